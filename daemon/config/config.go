@@ -1,0 +1,370 @@
+// Package config owns llmlab's configuration file: its schema, defaults,
+// validation and the error messages an operator reads when a file is wrong.
+//
+// The file is TOML (see etc/llmlab.toml for every key with its comment).
+// Unknown keys, malformed durations and impossible combinations are errors
+// that name the file, the key and the value; all problems are reported at
+// once so an operator fixes a file in one pass.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where the daemon looks for its configuration file.
+const DefaultPath = "/etc/llmlab/llmlab.toml"
+
+// Config is the validated configuration of llmlabd.
+type Config struct {
+	// Path is the file the configuration was read from ("" for defaults).
+	Path    string
+	Gateway Gateway
+	Engine  Engine
+	Queue   Queue
+	Limits  Limits
+	Auth    Auth
+	Metrics Metrics
+	Log     Log
+}
+
+// Gateway configures the API listener and its lifecycle.
+type Gateway struct {
+	// Listen is the API address used when the daemon is not socket-activated.
+	Listen string
+	// AllowPublicWithoutKeys permits a non-loopback Listen with no API keys.
+	AllowPublicWithoutKeys bool
+	// ShutdownGrace bounds how long in-flight requests may run after SIGTERM.
+	ShutdownGrace time.Duration
+}
+
+// Engine names the inference engine the gateway proxies to.
+type Engine struct {
+	URL *url.URL
+	// Models are the model names the engine serves; requests for other
+	// names are refused before they are queued.
+	Models []string
+}
+
+// Queue configures admission control and micro-batching.
+type Queue struct {
+	MaxInflight int
+	MaxQueued   int
+	MaxWait     time.Duration
+	// NominalRPS is the sequence completion rate assumed until one is measured.
+	NominalRPS  float64
+	BatchWindow time.Duration
+	MaxBatch    int
+	// Coalesce merges compatible non-streamed completions of one dispatch
+	// into a single upstream request with a list of prompts.
+	Coalesce bool
+}
+
+// Limits bounds what one request may ask for and how often clients may ask.
+type Limits struct {
+	MaxBodyBytes int64
+	MaxTokens    int
+	MaxN         int
+	MaxBestOf    int
+	Rate         float64
+	Burst        int
+	GlobalRate   float64
+	GlobalBurst  int
+}
+
+// Auth configures optional API keys.
+type Auth struct {
+	// KeysFile holds "name key" lines; "" disables authentication.
+	KeysFile string
+}
+
+// Metrics configures the Prometheus listener.
+type Metrics struct {
+	// Listen is the metrics address ("" disables the listener).
+	Listen string
+}
+
+// Log configures logging.
+type Log struct {
+	Level     string
+	Format    string
+	AccessLog bool
+}
+
+// raw mirrors the file; durations are strings so that a bad one can be
+// reported with its key and value.
+type raw struct {
+	Gateway struct {
+		Listen                 string `toml:"listen"`
+		AllowPublicWithoutKeys bool   `toml:"allow_public_without_keys"`
+		ShutdownGrace          string `toml:"shutdown_grace"`
+	} `toml:"gateway"`
+	Engine struct {
+		URL    string   `toml:"url"`
+		Models []string `toml:"models"`
+	} `toml:"engine"`
+	Queue struct {
+		MaxInflight int     `toml:"max_inflight"`
+		MaxQueued   int     `toml:"max_queued"`
+		MaxWait     string  `toml:"max_wait"`
+		NominalRPS  float64 `toml:"nominal_rps"`
+		BatchWindow string  `toml:"batch_window"`
+		MaxBatch    int     `toml:"max_batch"`
+		Coalesce    bool    `toml:"coalesce"`
+	} `toml:"queue"`
+	Limits struct {
+		MaxBodyBytes int64   `toml:"max_body_bytes"`
+		MaxTokens    int     `toml:"max_tokens"`
+		MaxN         int     `toml:"max_n"`
+		MaxBestOf    int     `toml:"max_best_of"`
+		Rate         float64 `toml:"rate"`
+		Burst        int     `toml:"burst"`
+		GlobalRate   float64 `toml:"global_rate"`
+		GlobalBurst  int     `toml:"global_burst"`
+	} `toml:"limits"`
+	Auth struct {
+		KeysFile string `toml:"keys_file"`
+	} `toml:"auth"`
+	Metrics struct {
+		Listen string `toml:"listen"`
+	} `toml:"metrics"`
+	Log struct {
+		Level     string `toml:"level"`
+		Format    string `toml:"format"`
+		AccessLog bool   `toml:"access_log"`
+	} `toml:"log"`
+}
+
+func defaults() raw {
+	var r raw
+	r.Gateway.Listen = "127.0.0.1:8080"
+	r.Gateway.ShutdownGrace = "30s"
+	r.Engine.URL = "http://127.0.0.1:8000"
+	r.Engine.Models = []string{"Qwen/Qwen2.5-0.5B-Instruct"}
+	r.Queue.MaxInflight = 64
+	r.Queue.MaxQueued = 256
+	r.Queue.MaxWait = "4s"
+	r.Queue.NominalRPS = 8
+	r.Queue.BatchWindow = "0s"
+	r.Queue.MaxBatch = 16
+	r.Limits.MaxBodyBytes = 1 << 20
+	r.Limits.MaxTokens = 1024
+	r.Limits.MaxN = 4
+	r.Limits.MaxBestOf = 4
+	r.Metrics.Listen = "127.0.0.1:9180"
+	r.Log.Level = "info"
+	r.Log.Format = "auto"
+	r.Log.AccessLog = true
+	return r
+}
+
+// Default returns the configuration used when no file exists.
+func Default() *Config {
+	c, err := fromRaw("", defaults())
+	if err != nil {
+		panic("config: defaults are invalid: " + err.Error())
+	}
+	return c
+}
+
+// Load reads and validates the file at path. A missing file at the default
+// path yields the defaults (so that flags alone can run the daemon); a
+// missing file named explicitly is an error.
+func Load(path string, explicit bool) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) && !explicit {
+		return Default(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return Parse(path, data)
+}
+
+// Parse validates the TOML document data, read from path (used in messages).
+func Parse(path string, data []byte) (*Config, error) {
+	r := defaults()
+	md, err := toml.Decode(string(data), &r)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %s", path, decodeMessage(err))
+	}
+	var errs []error
+	for _, k := range md.Undecoded() {
+		errs = append(errs, fmt.Errorf("config %s: unknown key %q", path, k.String()))
+	}
+	c, err := fromRaw(path, r)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// decodeMessage flattens a TOML error to one line that keeps its position.
+func decodeMessage(err error) string {
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		msg := fmt.Sprintf("line %d", pe.Position.Line)
+		if pe.LastKey != "" {
+			msg += fmt.Sprintf(", key %q", pe.LastKey)
+		}
+		return msg + ": " + pe.Message
+	}
+	return strings.TrimPrefix(err.Error(), "toml: ")
+}
+
+type checker struct {
+	path string
+	errs []error
+}
+
+func (c *checker) fail(key string, value any, format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf("config %s: key %s = %#v: %s", c.path, key, value, fmt.Sprintf(format, args...)))
+}
+
+func (c *checker) duration(key, s string, min time.Duration) time.Duration {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		c.fail(key, s, `not a duration (want for example "250ms", "4s", "1m30s")`)
+		return 0
+	}
+	if d < min {
+		c.fail(key, s, "must be at least %s", min)
+	}
+	return d
+}
+
+func (c *checker) atLeast(key string, v, min int) {
+	if v < min {
+		c.fail(key, v, "must be at least %d", min)
+	}
+}
+
+func (c *checker) addr(key, s string, allowEmpty bool) {
+	if s == "" {
+		if !allowEmpty {
+			c.fail(key, s, "must not be empty")
+		}
+		return
+	}
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		c.fail(key, s, "not a host:port address (want for example \"127.0.0.1:8080\")")
+	}
+}
+
+func fromRaw(path string, r raw) (*Config, error) {
+	ck := &checker{path: path}
+	c := &Config{Path: path}
+
+	ck.addr("gateway.listen", r.Gateway.Listen, false)
+	c.Gateway = Gateway{
+		Listen:                 r.Gateway.Listen,
+		AllowPublicWithoutKeys: r.Gateway.AllowPublicWithoutKeys,
+		ShutdownGrace:          ck.duration("gateway.shutdown_grace", r.Gateway.ShutdownGrace, 0),
+	}
+
+	u, err := url.Parse(r.Engine.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		ck.fail("engine.url", r.Engine.URL, `not an http(s) URL (want for example "http://127.0.0.1:8000")`)
+	}
+	if len(r.Engine.Models) == 0 {
+		ck.fail("engine.models", r.Engine.Models, "name at least one served model")
+	}
+	for _, m := range r.Engine.Models {
+		if strings.TrimSpace(m) == "" {
+			ck.fail("engine.models", r.Engine.Models, "model names must not be empty")
+		}
+	}
+	c.Engine = Engine{URL: u, Models: r.Engine.Models}
+
+	q := r.Queue
+	ck.atLeast("queue.max_inflight", q.MaxInflight, 1)
+	ck.atLeast("queue.max_queued", q.MaxQueued, 0)
+	ck.atLeast("queue.max_batch", q.MaxBatch, 1)
+	if q.NominalRPS <= 0 {
+		ck.fail("queue.nominal_rps", q.NominalRPS, "must be above 0 (sequences completed per second before any is measured)")
+	}
+	c.Queue = Queue{
+		MaxInflight: q.MaxInflight,
+		MaxQueued:   q.MaxQueued,
+		MaxWait:     ck.duration("queue.max_wait", q.MaxWait, time.Millisecond),
+		NominalRPS:  q.NominalRPS,
+		BatchWindow: ck.duration("queue.batch_window", q.BatchWindow, 0),
+		MaxBatch:    q.MaxBatch,
+		Coalesce:    q.Coalesce,
+	}
+	if c.Queue.BatchWindow > time.Second {
+		ck.fail("queue.batch_window", q.BatchWindow, "must be at most 1s (it delays every request)")
+	}
+	if q.MaxBatch > q.MaxInflight {
+		ck.fail("queue.max_batch", q.MaxBatch, "cannot exceed queue.max_inflight (%d)", q.MaxInflight)
+	}
+	if q.Coalesce && c.Queue.BatchWindow == 0 {
+		ck.fail("queue.coalesce", true, "needs a queue.batch_window above 0 to collect requests")
+	}
+
+	l := r.Limits
+	if l.MaxBodyBytes < 1024 {
+		ck.fail("limits.max_body_bytes", l.MaxBodyBytes, "must be at least 1024")
+	}
+	ck.atLeast("limits.max_tokens", l.MaxTokens, 1)
+	ck.atLeast("limits.max_n", l.MaxN, 1)
+	ck.atLeast("limits.max_best_of", l.MaxBestOf, 1)
+	if l.Rate < 0 {
+		ck.fail("limits.rate", l.Rate, "must be 0 (off) or above")
+	}
+	if l.GlobalRate < 0 {
+		ck.fail("limits.global_rate", l.GlobalRate, "must be 0 (off) or above")
+	}
+	if l.Rate > 0 && l.Burst < 1 {
+		ck.fail("limits.burst", l.Burst, "must be at least 1 when limits.rate is set")
+	}
+	if l.GlobalRate > 0 && l.GlobalBurst < 1 {
+		ck.fail("limits.global_burst", l.GlobalBurst, "must be at least 1 when limits.global_rate is set")
+	}
+	c.Limits = Limits(l)
+
+	c.Auth = Auth{KeysFile: r.Auth.KeysFile}
+	if c.Gateway.Listen != "" && !IsLoopback(c.Gateway.Listen) && c.Auth.KeysFile == "" && !c.Gateway.AllowPublicWithoutKeys {
+		ck.fail("gateway.listen", c.Gateway.Listen, "listens beyond loopback without API keys: set auth.keys_file, or gateway.allow_public_without_keys = true to accept the risk")
+	}
+
+	ck.addr("metrics.listen", r.Metrics.Listen, true)
+	c.Metrics = Metrics{Listen: r.Metrics.Listen}
+
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, r.Log.Level) {
+		ck.fail("log.level", r.Log.Level, `want "debug", "info", "warn" or "error"`)
+	}
+	if !slices.Contains([]string{"auto", "text", "json", "journal"}, r.Log.Format) {
+		ck.fail("log.format", r.Log.Format, `want "auto", "text", "json" or "journal"`)
+	}
+	c.Log = Log{Level: r.Log.Level, Format: r.Log.Format, AccessLog: r.Log.AccessLog}
+
+	if len(ck.errs) > 0 {
+		return nil, errors.Join(ck.errs...)
+	}
+	return c, nil
+}
+
+// IsLoopback reports whether addr (host:port) binds only loopback addresses.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

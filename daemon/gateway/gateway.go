@@ -1,0 +1,388 @@
+// Package gateway owns llmlab's OpenAI-compatible front door: routes,
+// request validation, the error envelope, authentication, rate limiting,
+// admission through the queue, and the streaming proxy to the engine.
+//
+// A work request (POST /v1/completions, POST /v1/chat/completions) goes
+// through these steps; each refusal is answered at once, OpenAI-shaped,
+// with the request id, and counted in llmlab_requests_total:
+//
+//  1. Tell the engine's supervisor that work arrived (a stopped engine
+//     starts while the body is still being read).
+//  2. Authenticate the API key, if keys are configured (401).
+//  3. Take a rate-limit token for the client and for the gateway (429).
+//  4. Read the body within the size limit (413) and validate it (400, 404).
+//  5. Wait for admission in the queue (429 queue full, 503 overloaded,
+//     queue timeout or draining).
+//  6. Proxy to the engine, streaming server-sent events as they arrive, or
+//     coalesce with compatible requests into one upstream request.
+//
+// Metrics: llmlab_requests_total, llmlab_request_duration_seconds,
+// llmlab_queue_wait_seconds, llmlab_time_to_first_token_seconds,
+// llmlab_dispatch_batch_size, llmlab_upstream_requests_total,
+// llmlab_client_requests_total, llmlab_client_tokens_total and the queue
+// gauges (llmlab_queue_depth, llmlab_queue_sequences,
+// llmlab_inflight_sequences, llmlab_inflight_limit, llmlab_queue_limit,
+// llmlab_completion_rate).
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llmlab/llmlab/daemon/auth"
+	"github.com/llmlab/llmlab/daemon/queue"
+	"github.com/llmlab/llmlab/daemon/ratelimit"
+)
+
+// Engine is the gateway's view of the engine's lifecycle.
+type Engine interface {
+	// Wake is called as soon as a work request's headers arrive.
+	Wake()
+	// State names the engine's lifecycle state.
+	State() string
+}
+
+// Config is what the gateway needs from the daemon's configuration.
+type Config struct {
+	EngineURL    *url.URL
+	Limits       Limits
+	MaxBodyBytes int64
+	Queue        queue.Config
+	Coalesce     bool
+	RateLimit    ratelimit.Config
+	AccessLog    bool
+}
+
+// settings is the part of the configuration that a reload swaps whole.
+type settings struct {
+	cfg  Config
+	keys *auth.Keys
+}
+
+// Gateway serves the API. Create it with New.
+type Gateway struct {
+	log       *slog.Logger
+	settings  atomic.Pointer[settings]
+	queue     *queue.Queue
+	limiter   *ratelimit.Limiter
+	engine    Engine
+	transport *http.Transport
+	proxy     *httputil.ReverseProxy
+	coalescer *coalescer
+	metrics   *metrics
+}
+
+// New returns a gateway in front of cfg.EngineURL. keys may be nil (no
+// authentication).
+func New(cfg Config, keys *auth.Keys, engine Engine, warmup queue.Warmup, reg prometheus.Registerer, log *slog.Logger) *Gateway {
+	g := &Gateway{log: log, engine: engine, limiter: ratelimit.New(cfg.RateLimit)}
+	g.settings.Store(&settings{cfg: cfg, keys: keys})
+	g.metrics = newMetrics(reg, func() queue.Stats { return g.queue.Stats() })
+	g.queue = queue.New(cfg.Queue, warmup, g.metrics)
+	g.transport = &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        0,
+		MaxIdleConnsPerHost: 4096,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+	g.proxy = &httputil.ReverseProxy{
+		Rewrite:        g.rewrite,
+		Transport:      g.transport,
+		FlushInterval:  -1,
+		ModifyResponse: g.modifyResponse,
+		ErrorHandler:   g.proxyError,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	g.coalescer = newCoalescer(g)
+	return g
+}
+
+// Reload applies a new configuration; connections and queued requests are
+// kept. The engine URL is not changed by a reload.
+func (g *Gateway) Reload(cfg Config, keys *auth.Keys) {
+	old := g.settings.Load()
+	cfg.EngineURL = old.cfg.EngineURL
+	g.settings.Store(&settings{cfg: cfg, keys: keys})
+	g.queue.SetConfig(cfg.Queue)
+	if cfg.RateLimit != old.cfg.RateLimit {
+		g.limiter.SetConfig(cfg.RateLimit)
+	}
+}
+
+// Drain refuses queued and new work with 503, for shutdown. Requests in
+// the engine run on.
+func (g *Gateway) Drain() { g.queue.Drain() }
+
+// QueueStats returns a snapshot of the queue.
+func (g *Gateway) QueueStats() queue.Stats { return g.queue.Stats() }
+
+// CloseIdle closes idle upstream connections.
+func (g *Gateway) CloseIdle() { g.transport.CloseIdleConnections() }
+
+// Handler returns the API's routes.
+func (g *Gateway) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/completions", func(w http.ResponseWriter, r *http.Request) { g.serveWork(w, r, routeCompletions) })
+	mux.HandleFunc("/v1/chat/completions", func(w http.ResponseWriter, r *http.Request) { g.serveWork(w, r, routeChat) })
+	mux.HandleFunc("/v1/models", g.serveModels)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, typeInvalid, "unknown_url", "", "Unknown request URL: "+r.Method+" "+r.URL.Path, requestID(w, r), 0)
+	})
+	return mux
+}
+
+// reqState follows one request through the gateway.
+type reqState struct {
+	id       string
+	client   string
+	route    string
+	start    time.Time
+	body     []byte
+	stream   bool
+	model    string
+	status   int
+	outcome  string
+	reason   string
+	waited   time.Duration
+	ttft     time.Duration
+	prompt   int
+	complete int
+}
+
+type stateKey struct{}
+
+// requestID returns the request's X-Request-Id, making one when absent or
+// unusable, and echoes it in the response.
+func requestID(w http.ResponseWriter, r *http.Request) string {
+	id := r.Header.Get("X-Request-Id")
+	if !validID(id) {
+		var b [12]byte
+		_, _ = rand.Read(b[:])
+		id = hex.EncodeToString(b[:])
+	}
+	w.Header().Set("X-Request-Id", id)
+	return id
+}
+
+func validID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string) {
+	st := &reqState{route: route, start: time.Now(), client: "anonymous"}
+	st.id = requestID(w, r)
+	rec := &recorder{ResponseWriter: w}
+	defer g.finish(rec, st)
+	if r.Method != http.MethodPost {
+		rec.Header().Set("Allow", http.MethodPost)
+		g.fail(rec, st, http.StatusMethodNotAllowed, typeInvalid, "method_not_allowed", "", "use POST", 0, "invalid")
+		return
+	}
+	g.engine.Wake()
+	s := g.settings.Load()
+
+	name, err := s.keys.Authenticate(r)
+	if err != nil {
+		g.fail(rec, st, http.StatusUnauthorized, typeAuth, "invalid_api_key", "", err.Error(), 0, "unauthorized")
+		return
+	}
+	clientID := name
+	if name != "" {
+		st.client = name
+	} else if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		clientID = host
+	}
+	if ok, wait, scope := g.limiter.Allow(time.Now(), clientID); !ok {
+		st.reason = scope
+		g.fail(rec, st, http.StatusTooManyRequests, typeRateLimit, "rate_limit_exceeded", "",
+			"Rate limit reached ("+scope+"); retry after the time in Retry-After.", retrySeconds(wait), "rate_limited")
+		return
+	}
+
+	body, err := io.ReadAll(http.MaxBytesReader(rec, r.Body, s.cfg.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			g.fail(rec, st, http.StatusRequestEntityTooLarge, typeInvalid, "request_too_large", "",
+				"The request body exceeds "+strconv.FormatInt(mbe.Limit, 10)+" bytes.", 0, "invalid")
+			return
+		}
+		st.outcome, st.status = "cancelled", 499
+		return
+	}
+	p, inv := validate(route, body, s.cfg.Limits, s.cfg.Coalesce)
+	if inv != nil {
+		g.fail(rec, st, inv.Status, typeInvalid, inv.Code, inv.Param, inv.Msg, 0, "invalid")
+		return
+	}
+	st.body, st.stream, st.model = p.Body, p.Stream, p.Model
+
+	ctx := r.Context()
+	ticket, err := g.queue.Acquire(ctx, queue.Request{Weight: p.Weight, Key: p.CoalesceKey})
+	if err != nil {
+		var ref *queue.Refusal
+		if errors.As(err, &ref) {
+			st.reason = ref.Reason
+			errType, retry := typeUnavailable, ref.RetryAfterSeconds()
+			switch ref.Status {
+			case http.StatusTooManyRequests:
+				errType = typeRateLimit
+			case http.StatusBadRequest:
+				errType, retry = typeInvalid, 0
+			}
+			g.fail(rec, st, ref.Status, errType, ref.Reason, "", ref.Message, retry, ref.Reason)
+			return
+		}
+		st.outcome, st.status = "cancelled", 499
+		return
+	}
+	st.waited = ticket.Waited()
+	g.metrics.queueWait.Observe(st.waited.Seconds())
+	if ctx.Err() != nil {
+		ticket.Release()
+		st.outcome, st.status = "cancelled", 499
+		return
+	}
+	if grp := ticket.Group(); grp != nil && len(grp.Members) > 1 {
+		g.coalescer.serve(ctx, rec, st, ticket, p)
+		return
+	}
+	defer ticket.Release()
+	g.metrics.upstream.WithLabelValues("proxied").Inc()
+	g.proxy.ServeHTTP(rec, r.WithContext(context.WithValue(ctx, stateKey{}, st)))
+}
+
+// fail answers with an error and records the outcome.
+func (g *Gateway) fail(w http.ResponseWriter, st *reqState, status int, errType, code, param, msg string, retryAfter int, outcome string) {
+	st.outcome = outcome
+	writeError(w, status, errType, code, param, msg, st.id, retryAfter)
+}
+
+func retrySeconds(d time.Duration) int {
+	return max(1, int((d+time.Second-1)/time.Second))
+}
+
+// finish counts the request and writes its access-log line.
+func (g *Gateway) finish(rec *recorder, st *reqState) {
+	status := rec.status
+	if status == 0 {
+		status = st.status
+	}
+	if status == 0 {
+		status = http.StatusOK
+	}
+	if st.outcome == "" {
+		switch {
+		case status < 400:
+			st.outcome = "ok"
+		case status < 500:
+			st.outcome = "invalid"
+		default:
+			st.outcome = "engine_error"
+		}
+	}
+	elapsed := time.Since(st.start)
+	m := g.metrics
+	m.requests.WithLabelValues(st.route, st.outcome, strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(st.route).Observe(elapsed.Seconds())
+	m.clientReqs.WithLabelValues(st.client).Inc()
+	if st.ttft > 0 {
+		m.ttft.WithLabelValues(st.route).Observe(st.ttft.Seconds())
+	}
+	if st.prompt > 0 || st.complete > 0 {
+		m.clientTokens.WithLabelValues(st.client, "prompt").Add(float64(st.prompt))
+		m.clientTokens.WithLabelValues(st.client, "completion").Add(float64(st.complete))
+	}
+	if !g.settings.Load().cfg.AccessLog {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", st.id),
+		slog.String("client", st.client),
+		slog.String("route", st.route),
+		slog.Int("status", status),
+		slog.String("outcome", st.outcome),
+		slog.Duration("queue_wait", st.waited),
+		slog.Duration("duration", elapsed),
+	}
+	if st.reason != "" {
+		attrs = append(attrs, slog.String("reason", st.reason))
+	}
+	if st.ttft > 0 {
+		attrs = append(attrs, slog.Duration("ttft", st.ttft))
+	}
+	if st.prompt > 0 || st.complete > 0 {
+		attrs = append(attrs, slog.Int("prompt_tokens", st.prompt), slog.Int("completion_tokens", st.complete))
+	}
+	g.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
+}
+
+// serveModels answers GET /v1/models from the engine, or from the
+// configuration when the engine does not answer.
+func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
+	id := requestID(w, r)
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		writeError(w, http.StatusMethodNotAllowed, typeInvalid, "method_not_allowed", "", "use GET", id, 0)
+		return
+	}
+	s := g.settings.Load()
+	if _, err := s.keys.Authenticate(r); err != nil {
+		writeError(w, http.StatusUnauthorized, typeAuth, "invalid_api_key", "", err.Error(), id, 0)
+		return
+	}
+	writeModels(w, s.cfg.Limits.Models)
+}
+
+// recorder remembers the status written through it.
+type recorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(p)
+}
+
+// Flush forwards to the client connection, so streams are not buffered.
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

@@ -1,0 +1,86 @@
+package gateway
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llmlab/llmlab/daemon/queue"
+)
+
+// metrics are the gateway's Prometheus series. Outcomes:
+//
+//	ok, invalid, unauthorized, rate_limited, queue_full, overloaded,
+//	queue_timeout, draining, engine_error, engine_unavailable, cancelled
+type metrics struct {
+	requests     *prometheus.CounterVec   // route, outcome, code
+	duration     *prometheus.HistogramVec // route
+	queueWait    prometheus.Histogram
+	ttft         *prometheus.HistogramVec // route
+	batchSize    prometheus.Histogram
+	upstream     *prometheus.CounterVec // kind: proxied, coalesced
+	clientReqs   *prometheus.CounterVec // client
+	clientTokens *prometheus.CounterVec // client, type
+}
+
+var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 60}
+
+func newMetrics(reg prometheus.Registerer, stats func() queue.Stats) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmlab_requests_total",
+			Help: "Requests answered by the gateway, by route, outcome and HTTP status code.",
+		}, []string{"route", "outcome", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "llmlab_request_duration_seconds",
+			Help:    "Time from a request's arrival to the end of its answer.",
+			Buckets: latencyBuckets,
+		}, []string{"route"}),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "llmlab_queue_wait_seconds",
+			Help:    "Time admitted requests waited in the queue before reaching the engine.",
+			Buckets: latencyBuckets,
+		}),
+		ttft: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "llmlab_time_to_first_token_seconds",
+			Help:    "Time from a request's arrival to the first byte of the engine's answer.",
+			Buckets: latencyBuckets,
+		}, []string{"route"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "llmlab_dispatch_batch_size",
+			Help:    "Requests released to the engine together by one dispatch.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128},
+		}),
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmlab_upstream_requests_total",
+			Help: "Requests sent to the engine: proxied one for one, or coalesced from several clients.",
+		}, []string{"kind"}),
+		clientReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmlab_client_requests_total",
+			Help: "Requests by API key name (\"anonymous\" when keys are off).",
+		}, []string{"client"}),
+		clientTokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmlab_client_tokens_total",
+			Help: "Tokens by API key name and type (prompt, completion), from the engine's usage reports.",
+		}, []string{"client", "type"}),
+	}
+	stat := func(f func(queue.Stats) float64) func() float64 {
+		return func() float64 { return f(stats()) }
+	}
+	reg.MustRegister(m.requests, m.duration, m.queueWait, m.ttft, m.batchSize, m.upstream, m.clientReqs, m.clientTokens,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_depth", Help: "Requests waiting in the queue."},
+			stat(func(s queue.Stats) float64 { return float64(s.Queued) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_sequences", Help: "Sequences waiting in the queue."},
+			stat(func(s queue.Stats) float64 { return float64(s.QueuedSlots) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_inflight_sequences", Help: "Sequences in the engine."},
+			stat(func(s queue.Stats) float64 { return float64(s.Inflight) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_inflight_limit", Help: "Most sequences allowed in the engine at once."},
+			stat(func(s queue.Stats) float64 { return float64(s.MaxInflight) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_limit", Help: "Most sequences allowed to wait in the queue."},
+			stat(func(s queue.Stats) float64 { return float64(s.MaxQueued) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_completion_rate", Help: "Sequences per second the engine completes, as admission predicts waits with (nominal until learned)."},
+			stat(func(s queue.Stats) float64 { return s.RateRPS })),
+	)
+	return m
+}
+
+// Dispatched implements queue.Observer.
+func (m *metrics) Dispatched(n int) { m.batchSize.Observe(float64(n)) }

@@ -1,0 +1,125 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// rewrite points the outbound request at the engine with the validated
+// body. Hop-by-hop headers were already removed by httputil.ReverseProxy.
+func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
+	st := pr.In.Context().Value(stateKey{}).(*reqState)
+	pr.SetURL(g.settings.Load().cfg.EngineURL)
+	pr.SetXForwarded()
+	pr.Out.Body = io.NopCloser(bytes.NewReader(st.body))
+	pr.Out.ContentLength = int64(len(st.body))
+	pr.Out.Header.Set("Content-Length", strconv.Itoa(len(st.body)))
+	pr.Out.Header.Set("X-Request-Id", st.id)
+	// The client's API key is the gateway's business, not the engine's.
+	pr.Out.Header.Del("Authorization")
+	pr.Out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(st.body)), nil }
+}
+
+// modifyResponse taps the engine's answer for time to first byte and usage.
+func (g *Gateway) modifyResponse(resp *http.Response) error {
+	st := resp.Request.Context().Value(stateKey{}).(*reqState)
+	resp.Body = &tap{rc: resp.Body, st: st}
+	return nil
+}
+
+// proxyError answers a request whose engine exchange failed.
+func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	st := r.Context().Value(stateKey{}).(*reqState)
+	switch {
+	case r.Context().Err() != nil:
+		st.outcome, st.status = "cancelled", 499
+	case errors.Is(err, syscall.ECONNREFUSED):
+		g.fail(w, st, http.StatusServiceUnavailable, typeUnavailable, "engine_unavailable", "",
+			"The engine is not accepting connections; retry shortly.", 1, "engine_unavailable")
+		g.log.Warn("engine unavailable", "request_id", st.id, "err", err)
+	default:
+		g.fail(w, st, http.StatusBadGateway, typeServer, "engine_error", "",
+			"The engine failed to answer the request.", 0, "engine_error")
+		g.log.Warn("engine error", "request_id", st.id, "err", err)
+	}
+}
+
+// tailSize is how much of an answer's end is kept to find its usage.
+const tailSize = 4096
+
+// tap passes the engine's answer through, noting when the first byte came
+// and keeping the end of the answer, where usage is reported.
+type tap struct {
+	rc   io.ReadCloser
+	st   *reqState
+	tail []byte
+}
+
+func (t *tap) Read(p []byte) (int, error) {
+	n, err := t.rc.Read(p)
+	if n > 0 {
+		if t.st.ttft == 0 {
+			t.st.ttft = time.Since(t.st.start)
+		}
+		t.tail = append(t.tail, p[:n]...)
+		if len(t.tail) > 2*tailSize {
+			t.tail = append(t.tail[:0], t.tail[len(t.tail)-tailSize:]...)
+		}
+	}
+	return n, err
+}
+
+func (t *tap) Close() error {
+	if u, ok := findUsage(t.tail); ok {
+		t.st.prompt, t.st.complete = u.PromptTokens, u.CompletionTokens
+	}
+	return t.rc.Close()
+}
+
+type usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+// findUsage returns the last usage object in b, a JSON answer or the end
+// of an event stream.
+func findUsage(b []byte) (usage, bool) {
+	i := bytes.LastIndex(b, []byte(`"usage":`))
+	if i < 0 {
+		return usage{}, false
+	}
+	var u *usage
+	if json.NewDecoder(bytes.NewReader(b[i+len(`"usage":`):])).Decode(&u) != nil || u == nil {
+		return usage{}, false
+	}
+	return *u, true
+}
+
+// writeModels answers GET /v1/models from the configured model names, as
+// vLLM does, without waking the engine.
+func writeModels(w http.ResponseWriter, models []string) {
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	list := struct {
+		Object string  `json:"object"`
+		Data   []model `json:"data"`
+	}{Object: "list"}
+	for _, m := range models {
+		list.Data = append(list.Data, model{ID: m, Object: "model", OwnedBy: "llmlab"})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(list)
+}
+

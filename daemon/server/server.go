@@ -1,0 +1,307 @@
+// Package server owns llmlabd's process lifecycle: it loads the
+// configuration, opens the listeners (socket-activated or its own), wires
+// the gateway, serves the API and metrics, keeps systemd informed, reloads
+// on request and drains on shutdown.
+//
+// Shutdown (ctx cancelled, e.g. by SIGTERM):
+//
+//  1. STOPPING=1; the listeners close, so no new connection is accepted.
+//  2. Queued requests are answered 503 (draining) at once.
+//  3. Requests in the engine finish within gateway.shutdown_grace; then the
+//     remaining connections are closed.
+//  4. Run returns nil, so the process exits 0.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/llmlab/llmlab/daemon/auth"
+	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/daemon/gateway"
+	"github.com/llmlab/llmlab/daemon/logging"
+	"github.com/llmlab/llmlab/daemon/queue"
+	"github.com/llmlab/llmlab/daemon/ratelimit"
+	"github.com/llmlab/llmlab/daemon/sd"
+)
+
+// Options are the daemon's command-line inputs.
+type Options struct {
+	// ConfigPath is the configuration file; Explicit says the user named it
+	// (a missing default file means "use defaults", a missing named one is
+	// an error).
+	ConfigPath string
+	Explicit   bool
+	// Listen and EngineURL override the file when not empty.
+	Listen    string
+	EngineURL string
+	// Reload receives a value for each SIGHUP.
+	Reload <-chan struct{}
+	// Stderr receives plain-text logs.
+	Stderr io.Writer
+}
+
+// LoadConfig reads the configuration and applies the flag overrides.
+func LoadConfig(o Options) (*config.Config, *auth.Keys, error) {
+	cfg, err := config.Load(o.ConfigPath, o.Explicit)
+	if err != nil {
+		return nil, nil, err
+	}
+	if o.Listen != "" {
+		if _, _, err := net.SplitHostPort(o.Listen); err != nil {
+			return nil, nil, fmt.Errorf("flag --listen %q: not a host:port address", o.Listen)
+		}
+		cfg.Gateway.Listen = o.Listen
+	}
+	if o.EngineURL != "" {
+		u, err := url.Parse(o.EngineURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, nil, fmt.Errorf("flag --engine-url %q: not an http(s) URL", o.EngineURL)
+		}
+		cfg.Engine.URL = u
+	}
+	var keys *auth.Keys
+	if cfg.Auth.KeysFile != "" {
+		keys, err = auth.Load(cfg.Auth.KeysFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("config %s: key auth.keys_file = %q: %w", cfg.Path, cfg.Auth.KeysFile, err)
+		}
+	}
+	return cfg, keys, nil
+}
+
+// gatewayConfig extracts the gateway's part of cfg.
+func gatewayConfig(cfg *config.Config) gateway.Config {
+	return gateway.Config{
+		EngineURL: cfg.Engine.URL,
+		Limits: gateway.Limits{
+			MaxTokens: cfg.Limits.MaxTokens,
+			MaxN:      cfg.Limits.MaxN,
+			MaxBestOf: cfg.Limits.MaxBestOf,
+			Models:    cfg.Engine.Models,
+		},
+		MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+		Queue: queue.Config{
+			MaxInflight: cfg.Queue.MaxInflight,
+			MaxQueued:   cfg.Queue.MaxQueued,
+			MaxWait:     cfg.Queue.MaxWait,
+			NominalRPS:  cfg.Queue.NominalRPS,
+			BatchWindow: cfg.Queue.BatchWindow,
+			MaxBatch:    cfg.Queue.MaxBatch,
+		},
+		Coalesce: cfg.Queue.Coalesce,
+		RateLimit: ratelimit.Config{
+			Rate:        cfg.Limits.Rate,
+			Burst:       cfg.Limits.Burst,
+			GlobalRate:  cfg.Limits.GlobalRate,
+			GlobalBurst: cfg.Limits.GlobalBurst,
+		},
+		AccessLog: cfg.Log.AccessLog,
+	}
+}
+
+// externalEngine is an engine managed outside llmlab: always on.
+type externalEngine struct{}
+
+func (externalEngine) Wake()         {}
+func (externalEngine) State() string { return "external" }
+
+// Run serves until ctx is cancelled, then drains and returns nil. It
+// returns an error when the daemon cannot start or a listener fails.
+func Run(ctx context.Context, o Options) error {
+	notify := &sd.Notifier{}
+	cfg, keys, err := LoadConfig(o)
+	if err != nil {
+		notify.Notify("STATUS=" + firstLine(err.Error()))
+		return err
+	}
+	log, err := logging.New(cfg.Log.Format, cfg.Log.Level, o.Stderr)
+	if err != nil {
+		return err
+	}
+
+	apiLns, activated, err := apiListeners(cfg)
+	if err != nil {
+		return err
+	}
+	for _, l := range apiLns {
+		if !config.IsLoopback(l.Addr().String()) && !keys.Enabled() {
+			if !cfg.Gateway.AllowPublicWithoutKeys {
+				closeAll(apiLns)
+				return fmt.Errorf("the API listens on %s, beyond loopback, without API keys: set auth.keys_file, or gateway.allow_public_without_keys = true to accept the risk", l.Addr())
+			}
+			log.Warn("api listens beyond loopback without api keys", "addr", l.Addr().String())
+		}
+	}
+	var metricsLn net.Listener
+	if cfg.Metrics.Listen != "" {
+		metricsLn, err = net.Listen("tcp", cfg.Metrics.Listen)
+		if err != nil {
+			closeAll(apiLns)
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	engine := externalEngine{}
+	gw := gateway.New(gatewayConfig(cfg), keys, engine, nil, reg, log)
+	st := &statusSource{gw: gw, engine: engine, cfg: cfg, started: time.Now()}
+
+	api := gw.Handler()
+	apiMux := http.NewServeMux()
+	apiMux.Handle("/", api)
+	apiMux.HandleFunc("GET /healthz", serveHealthz)
+	apiMux.HandleFunc("GET /status", st.serve)
+	apiSrv := &http.Server{Handler: apiMux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+
+	metricsMux := http.NewServeMux()
+	metricsMux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	metricsMux.HandleFunc("GET /healthz", serveHealthz)
+	metricsMux.HandleFunc("GET /status", st.serve)
+	metricsSrv := &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second}
+
+	errc := make(chan error, len(apiLns)+1)
+	for _, l := range apiLns {
+		go func() { errc <- serve(apiSrv, l) }()
+	}
+	if metricsLn != nil {
+		go func() { errc <- serve(metricsSrv, metricsLn) }()
+	}
+	addrs := make([]string, len(apiLns))
+	for i, l := range apiLns {
+		addrs[i] = l.Addr().String()
+	}
+	metricsAddr := ""
+	if metricsLn != nil {
+		metricsAddr = metricsLn.Addr().String()
+	}
+	log.Info("serving", "api", strings.Join(addrs, ","), "socket_activated", activated, "metrics", metricsAddr,
+		"engine", cfg.Engine.URL.String(), "config", cfg.Path, "api_keys", keys.Len())
+	notify.Ready(st.line())
+
+	var watchdog <-chan time.Time
+	if d := sd.WatchdogInterval(); d > 0 {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	statusTick := time.NewTicker(500 * time.Millisecond)
+	defer statusTick.Stop()
+
+	for {
+		select {
+		case <-ctx.Done():
+			notify.Stopping("draining")
+			return drain(log, gw, apiSrv, metricsSrv, st.cfgNow().Gateway.ShutdownGrace)
+		case err := <-errc:
+			notify.Stopping("listener failed")
+			_ = apiSrv.Close()
+			_ = metricsSrv.Close()
+			return err
+		case <-o.Reload:
+			notify.Reloading()
+			reload(log, o, st, gw)
+			notify.Ready(st.line())
+		case <-watchdog:
+			notify.Watchdog()
+		case <-statusTick.C:
+			notify.Status(st.line())
+		}
+	}
+}
+
+// apiListeners returns the socket-activated "http" listeners, or one of
+// the daemon's own on gateway.listen.
+func apiListeners(cfg *config.Config) ([]net.Listener, bool, error) {
+	lns, err := sd.Listeners("http")
+	if err != nil {
+		return nil, false, err
+	}
+	if len(lns) > 0 {
+		return lns, true, nil
+	}
+	l, err := net.Listen("tcp", cfg.Gateway.Listen)
+	if err != nil {
+		return nil, false, fmt.Errorf("api listener: %w", err)
+	}
+	return []net.Listener{l}, false, nil
+}
+
+func serve(srv *http.Server, l net.Listener) error {
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving on %s: %w", l.Addr(), err)
+	}
+	return nil
+}
+
+// drain implements the shutdown sequence of the package doc.
+func drain(log *slog.Logger, gw *gateway.Gateway, apiSrv, metricsSrv *http.Server, grace time.Duration) error {
+	s := gw.QueueStats()
+	log.Info("draining", "queued", s.Queued, "inflight_sequences", s.Inflight, "grace", grace)
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- apiSrv.Shutdown(ctx) }()
+	gw.Drain()
+	if err := <-done; err != nil {
+		log.Warn("grace period over; closing remaining connections", "grace", grace)
+		_ = apiSrv.Close()
+	}
+	_ = metricsSrv.Close()
+	gw.CloseIdle()
+	log.Info("stopped")
+	return nil
+}
+
+// reload re-reads the configuration; a bad one is refused and the running
+// one kept.
+func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway) {
+	o.Explicit = true
+	cfg, keys, err := LoadConfig(o)
+	if err != nil {
+		log.Error("reload refused; keeping the running configuration", "err", err)
+		return
+	}
+	old := st.cfgNow()
+	changes := config.Diff(old, cfg)
+	for _, c := range changes {
+		if strings.HasPrefix(c, "gateway.listen:") || strings.HasPrefix(c, "metrics.listen:") ||
+			strings.HasPrefix(c, "engine.url:") || strings.HasPrefix(c, "log.format:") || strings.HasPrefix(c, "log.level:") {
+			log.Warn("setting needs a restart to take effect", "change", c)
+		}
+	}
+	gw.Reload(gatewayConfig(cfg), keys)
+	st.setCfg(cfg)
+	log.Info("reloaded", "changes", strings.Join(changes, "; "), "api_keys", keys.Len())
+}
+
+func closeAll(ls []net.Listener) {
+	for _, l := range ls {
+		_ = l.Close()
+	}
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
+
+func serveHealthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = io.WriteString(w, "{\"status\":\"ok\"}\n")
+}
+

@@ -1,0 +1,84 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/daemon/gateway"
+	"github.com/llmlab/llmlab/daemon/queue"
+)
+
+// statusSource answers /status and builds the sd_notify STATUS= line. It
+// reveals no prompts and no keys.
+type statusSource struct {
+	gw      *gateway.Gateway
+	engine  gateway.Engine
+	started time.Time
+
+	mu  sync.Mutex
+	cfg *config.Config
+}
+
+func (s *statusSource) cfgNow() *config.Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg
+}
+
+func (s *statusSource) setCfg(c *config.Config) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg = c
+}
+
+// line is the STATUS= text, e.g. "engine external; 3 queued, 12 in flight".
+func (s *statusSource) line() string {
+	q := s.gw.QueueStats()
+	return fmt.Sprintf("engine %s; %d queued, %d in flight", s.engine.State(), q.Queued, q.Inflight)
+}
+
+type statusDoc struct {
+	Engine struct {
+		State string `json:"state"`
+		URL   string `json:"url"`
+	} `json:"engine"`
+	Queue  queue.Stats `json:"queue"`
+	Limits struct {
+		MaxWaitSeconds     float64 `json:"max_wait_seconds"`
+		BatchWindowSeconds float64 `json:"batch_window_seconds"`
+		MaxBatch           int     `json:"max_batch"`
+		Coalesce           bool    `json:"coalesce"`
+		MaxTokens          int     `json:"max_tokens"`
+		MaxBodyBytes       int64   `json:"max_body_bytes"`
+		Rate               float64 `json:"rate"`
+		Burst              int     `json:"burst"`
+		GlobalRate         float64 `json:"global_rate"`
+		GlobalBurst        int     `json:"global_burst"`
+	} `json:"limits"`
+	Models        []string `json:"models"`
+	UptimeSeconds float64  `json:"uptime_seconds"`
+}
+
+func (s *statusSource) serve(w http.ResponseWriter, _ *http.Request) {
+	cfg := s.cfgNow()
+	var d statusDoc
+	d.Engine.State = s.engine.State()
+	d.Engine.URL = cfg.Engine.URL.Redacted()
+	d.Queue = s.gw.QueueStats()
+	d.Limits.MaxWaitSeconds = cfg.Queue.MaxWait.Seconds()
+	d.Limits.BatchWindowSeconds = cfg.Queue.BatchWindow.Seconds()
+	d.Limits.MaxBatch = cfg.Queue.MaxBatch
+	d.Limits.Coalesce = cfg.Queue.Coalesce
+	d.Limits.MaxTokens = cfg.Limits.MaxTokens
+	d.Limits.MaxBodyBytes = cfg.Limits.MaxBodyBytes
+	d.Limits.Rate, d.Limits.Burst = cfg.Limits.Rate, cfg.Limits.Burst
+	d.Limits.GlobalRate, d.Limits.GlobalBurst = cfg.Limits.GlobalRate, cfg.Limits.GlobalBurst
+	d.Models = cfg.Engine.Models
+	d.UptimeSeconds = time.Since(s.started).Seconds()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(d)
+}
