@@ -122,4 +122,3 @@ func writeModels(w http.ResponseWriter, models []string) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(list)
 }
-

@@ -304,4 +304,3 @@ func serveHealthz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = io.WriteString(w, "{\"status\":\"ok\"}\n")
 }
-
