@@ -197,7 +197,12 @@ func Parse(path string, data []byte) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %s", path, decodeMessage(err))
 	}
 	var errs []error
+	unknown := map[string]bool{}
 	for _, k := range md.Undecoded() {
+		if len(k) > 1 && unknown[k[:len(k)-1].String()] {
+			continue // inside a table already reported
+		}
+		unknown[k.String()] = true
 		errs = append(errs, fmt.Errorf("config %s: unknown key %q", path, k.String()))
 	}
 	c, err := fromRaw(path, r)

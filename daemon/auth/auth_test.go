@@ -1,0 +1,68 @@
+package auth
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+const file = `# name key
+alice  sk-alice-0123456789
+bob    sk-bob-0123456789abc
+`
+
+func TestAuthenticate(t *testing.T) {
+	k, err := Parse("keys", []byte(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, header, want string
+		err                error
+	}{
+		{"alice", "Bearer sk-alice-0123456789", "alice", nil},
+		{"bob lower-case scheme", "bearer sk-bob-0123456789abc", "bob", nil},
+		{"missing", "", "", ErrMissing},
+		{"basic scheme", "Basic sk-alice-0123456789", "", ErrMissing},
+		{"wrong", "Bearer sk-alice-0123456780", "", ErrInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest("POST", "/v1/completions", nil)
+			if tt.header != "" {
+				r.Header.Set("Authorization", tt.header)
+			}
+			got, err := k.Authenticate(r)
+			if got != tt.want || err != tt.err {
+				t.Errorf("Authenticate(%q) = %q, %v; want %q, %v", tt.header, got, err, tt.want, tt.err)
+			}
+		})
+	}
+}
+
+func TestNoKeysMeansAnonymous(t *testing.T) {
+	var k *Keys
+	r := httptest.NewRequest("POST", "/", nil)
+	if name, err := k.Authenticate(r); name != "" || err != nil {
+		t.Fatalf("nil Keys: Authenticate = %q, %v", name, err)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct{ name, data, want string }{
+		{"one field", "alice\n", "line 1: want \"name key\""},
+		{"short key", "alice short\n", "shorter than 16"},
+		{"bad name", "al/ice sk-0123456789abcdef\n", "name \"al/ice\""},
+		{"duplicate name", "a sk-0123456789abcdef\na sk-0123456789abcdeg\n", "appears twice"},
+		{"shared key", "a sk-0123456789abcdef\nb sk-0123456789abcdef\n", "also another name's key"},
+		{"empty", "# nothing\n", "no keys"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("keys", []byte(tt.data))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Parse error = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}

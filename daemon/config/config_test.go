@@ -1,0 +1,117 @@
+package config
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// render prints a loaded config (or its error) for golden comparison.
+func render(c *Config, err error) string {
+	if err != nil {
+		return "error:\n" + err.Error() + "\n"
+	}
+	var b strings.Builder
+	b.WriteString("ok:\n")
+	for _, d := range Diff(Default(), c) {
+		fmt.Fprintf(&b, "%s\n", d)
+	}
+	return b.String()
+}
+
+func TestGolden(t *testing.T) {
+	files, _ := filepath.Glob("testdata/*.toml")
+	if len(files) == 0 {
+		t.Fatal("no testdata")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := render(Parse(f, data))
+			golden := strings.TrimSuffix(f, ".toml") + ".golden"
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(string(want), got); diff != "" {
+				t.Errorf("Parse(%s) mismatch (-want +got):\n%s", f, diff)
+			}
+			if strings.HasPrefix(filepath.Base(f), "bad-") != strings.HasPrefix(got, "error:") {
+				t.Errorf("%s: bad-* files must fail and others load; got %q", f, got)
+			}
+		})
+	}
+}
+
+// The shipped, commented file must load and say what the defaults say.
+func TestShippedFileIsTheDefaults(t *testing.T) {
+	path := "../../etc/llmlab.toml"
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse(path, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := Diff(Default(), c); len(d) > 1 || (len(d) == 1 && !strings.HasPrefix(d[0], "path:")) {
+		t.Errorf("etc/llmlab.toml differs from the defaults: %v", d)
+	}
+}
+
+func TestMissingFile(t *testing.T) {
+	if c, err := Load("/nonexistent/llmlab.toml", false); err != nil || c == nil {
+		t.Errorf("Load(default path missing) = %v, %v; want the defaults", c, err)
+	}
+	if _, err := Load("/nonexistent/llmlab.toml", true); err == nil || !strings.Contains(err.Error(), "/nonexistent/llmlab.toml") {
+		t.Errorf("Load(named file missing) error = %v, want one naming the file", err)
+	}
+}
+
+func TestIsLoopback(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:8080": true, "[::1]:80": true, "localhost:1": true,
+		"0.0.0.0:8080": false, ":8080": false, "10.1.2.3:80": false, "nonsense": false,
+	} {
+		if got := IsLoopback(addr); got != want {
+			t.Errorf("IsLoopback(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*.toml")
+	for _, p := range files {
+		data, _ := os.ReadFile(p)
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.toml", data)
+		if err != nil {
+			if !strings.Contains(err.Error(), "fuzz.toml") {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		// Whatever loads must be usable.
+		if c.Queue.MaxInflight < 1 || c.Queue.MaxBatch > c.Queue.MaxInflight || c.Engine.URL == nil ||
+			c.Queue.NominalRPS <= 0 || c.Limits.MaxBodyBytes < 1024 || len(c.Engine.Models) == 0 {
+			t.Fatalf("Parse accepted an unusable config: %+v", c)
+		}
+	})
+}

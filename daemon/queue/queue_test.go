@@ -1,0 +1,368 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+func cfg() Config {
+	return Config{MaxInflight: 2, MaxQueued: 4, MaxWait: 4 * time.Second, NominalRPS: 1, MaxBatch: 2}
+}
+
+// result is what an Acquire in a goroutine ended with.
+type result struct {
+	t   *Ticket
+	err error
+}
+
+func acquireAsync(q *Queue, ctx context.Context, r Request) <-chan result {
+	ch := make(chan result, 1)
+	go func() {
+		t, err := q.Acquire(ctx, r)
+		ch <- result{t, err}
+	}()
+	return ch
+}
+
+func refusal(t *testing.T, err error) *Refusal {
+	t.Helper()
+	var r *Refusal
+	if !errors.As(err, &r) {
+		t.Fatalf("error = %v, want a *Refusal", err)
+	}
+	return r
+}
+
+func TestAdmitsUpToMaxInflightThenQueuesFIFO(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := New(cfg(), nil, nil)
+		ctx := context.Background()
+		a, _ := q.Acquire(ctx, Request{Weight: 1})
+		b, _ := q.Acquire(ctx, Request{Weight: 1})
+		if s := q.Stats(); s.Inflight != 2 || s.Queued != 0 {
+			t.Fatalf("Stats = %+v, want 2 in flight, 0 queued", s)
+		}
+		c := acquireAsync(q, ctx, Request{Weight: 1})
+		synctest.Wait()
+		d := acquireAsync(q, ctx, Request{Weight: 1})
+		synctest.Wait()
+		if s := q.Stats(); s.Queued != 2 {
+			t.Fatalf("Stats.Queued = %d, want 2", s.Queued)
+		}
+		a.Release()
+		synctest.Wait()
+		select {
+		case r := <-c:
+			if r.err != nil {
+				t.Fatalf("first queued request: %v", r.err)
+			}
+			r.t.Release()
+		default:
+			t.Fatal("first queued request not dispatched after a release")
+		}
+		synctest.Wait()
+		r := <-d // FIFO: d follows c
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		b.Release()
+		r.t.Release()
+		if s := q.Stats(); s.Inflight != 0 || s.Queued != 0 {
+			t.Fatalf("Stats after all released = %+v", s)
+		}
+	})
+}
+
+func TestQueueFullIs429WithRetryAfter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxWait = time.Hour // only the size limit applies
+		q := New(c, nil, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		for range 2 {
+			if _, err := q.Acquire(ctx, Request{Weight: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 4 {
+			acquireAsync(q, ctx, Request{Weight: 1})
+		}
+		synctest.Wait()
+		_, err := q.Acquire(ctx, Request{Weight: 1})
+		r := refusal(t, err)
+		if r.Status != http.StatusTooManyRequests || r.Reason != ReasonQueueFull {
+			t.Fatalf("refusal = %+v, want 429 queue_full", r)
+		}
+		// 4 sequences queued at the nominal 1/s drain in 4 s.
+		if got := r.RetryAfterSeconds(); got != 4 {
+			t.Errorf("RetryAfterSeconds() = %d, want 4", got)
+		}
+	})
+}
+
+func TestPredictedWaitBeyondMaxWaitIs503(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxQueued = 100
+		c.MaxWait = 2500 * time.Millisecond // nominal 1/s: the third in line would wait 3 s
+		q := New(c, nil, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		q.Acquire(ctx, Request{Weight: 1})
+		q.Acquire(ctx, Request{Weight: 1})
+		acquireAsync(q, ctx, Request{Weight: 1})
+		acquireAsync(q, ctx, Request{Weight: 1})
+		synctest.Wait()
+		start := time.Now()
+		_, err := q.Acquire(ctx, Request{Weight: 1})
+		r := refusal(t, err)
+		if r.Status != http.StatusServiceUnavailable || r.Reason != ReasonOverloaded {
+			t.Fatalf("refusal = %+v, want 503 overloaded", r)
+		}
+		if time.Since(start) != 0 {
+			t.Errorf("refusal took %s, want at once", time.Since(start))
+		}
+		if r.RetryAfterSeconds() < 1 {
+			t.Errorf("RetryAfterSeconds() = %d, want >= 1", r.RetryAfterSeconds())
+		}
+	})
+}
+
+func TestDeadlineInQueueIs503(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.NominalRPS = 100 // admission predicts a short wait...
+		q := New(c, nil, nil)
+		ctx := context.Background()
+		q.Acquire(ctx, Request{Weight: 1})
+		q.Acquire(ctx, Request{Weight: 1})
+		start := time.Now()
+		_, err := q.Acquire(ctx, Request{Weight: 1}) // ...but nothing completes
+		r := refusal(t, err)
+		if r.Reason != ReasonQueueTimeout || r.Status != http.StatusServiceUnavailable {
+			t.Fatalf("refusal = %+v, want 503 queue_timeout", r)
+		}
+		if got := time.Since(start); got != c.MaxWait {
+			t.Errorf("timed out after %s, want %s", got, c.MaxWait)
+		}
+		if s := q.Stats(); s.Queued != 0 {
+			t.Errorf("Stats.Queued = %d after timeout, want 0", s.Queued)
+		}
+	})
+}
+
+func TestCancelledWaiterLeavesQueueAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := New(cfg(), nil, nil)
+		bg := context.Background()
+		a, _ := q.Acquire(bg, Request{Weight: 1})
+		q.Acquire(bg, Request{Weight: 1})
+		ctx, cancel := context.WithCancel(bg)
+		ch := acquireAsync(q, ctx, Request{Weight: 1})
+		synctest.Wait()
+		cancel()
+		synctest.Wait()
+		r := <-ch
+		if !errors.Is(r.err, context.Canceled) {
+			t.Fatalf("Acquire after cancel = %v, want context.Canceled", r.err)
+		}
+		if s := q.Stats(); s.Queued != 0 || s.QueuedSlots != 0 {
+			t.Fatalf("Stats = %+v, want nothing queued", s)
+		}
+		a.Release()
+		if s := q.Stats(); s.Inflight != 1 {
+			t.Fatalf("Stats.Inflight = %d, want 1 (the cancelled waiter must not take the slot)", s.Inflight)
+		}
+	})
+}
+
+func TestWeightCountsSequences(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight = 4
+		q := New(c, nil, nil)
+		bg := context.Background()
+		a, _ := q.Acquire(bg, Request{Weight: 3})
+		ch := acquireAsync(q, bg, Request{Weight: 2}) // 3+2 > 4: waits
+		synctest.Wait()
+		if s := q.Stats(); s.Inflight != 3 || s.QueuedSlots != 2 {
+			t.Fatalf("Stats = %+v, want 3 in flight and 2 queued sequences", s)
+		}
+		a.Release()
+		synctest.Wait()
+		r := <-ch
+		if r.err != nil || r.t.Weight() != 2 {
+			t.Fatalf("Acquire = %v, %v", r.t, r.err)
+		}
+		_, err := q.Acquire(bg, Request{Weight: 5})
+		if ref := refusal(t, err); ref.Status != http.StatusBadRequest {
+			t.Fatalf("weight above max_inflight: %+v, want 400", ref)
+		}
+	})
+}
+
+func TestBatchWindowReleasesTogether(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight = 8
+		c.MaxBatch = 4
+		c.BatchWindow = 20 * time.Millisecond
+		rec := &recordingObserver{}
+		q := New(c, nil, rec)
+		bg := context.Background()
+		start := time.Now()
+		var chans []<-chan result
+		for range 3 {
+			chans = append(chans, acquireAsync(q, bg, Request{Weight: 1, Key: "k"}))
+			time.Sleep(5 * time.Millisecond)
+		}
+		for _, ch := range chans {
+			r := <-ch
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			// The window opened with the first request and releases all three
+			// when it closes.
+			if got := time.Since(start); got != c.BatchWindow {
+				t.Fatalf("released after %s, want %s (when the window closes)", got, c.BatchWindow)
+			}
+			if g := r.t.Group(); g == nil || len(g.Members) != 3 {
+				t.Fatalf("Group() = %+v, want the 3 requests of the window", g)
+			}
+		}
+		if want := []int{3}; !equal(rec.sizes, want) {
+			t.Fatalf("dispatch sizes = %v, want %v", rec.sizes, want)
+		}
+	})
+}
+
+func TestBatchFullReleasesBeforeWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight = 8
+		c.MaxBatch = 2
+		c.BatchWindow = time.Second
+		rec := &recordingObserver{}
+		q := New(c, nil, rec)
+		bg := context.Background()
+		start := time.Now()
+		a := acquireAsync(q, bg, Request{Weight: 1})
+		b := acquireAsync(q, bg, Request{Weight: 1})
+		<-a
+		<-b
+		if got := time.Since(start); got != 0 {
+			t.Fatalf("full batch released after %s, want at once", got)
+		}
+		if want := []int{2}; !equal(rec.sizes, want) {
+			t.Fatalf("dispatch sizes = %v, want %v", rec.sizes, want)
+		}
+	})
+}
+
+func TestDrainRefusesQueuedAndNew(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := New(cfg(), nil, nil)
+		bg := context.Background()
+		a, _ := q.Acquire(bg, Request{Weight: 1})
+		q.Acquire(bg, Request{Weight: 1})
+		ch := acquireAsync(q, bg, Request{Weight: 1})
+		synctest.Wait()
+		q.Drain()
+		if ref := refusal(t, (<-ch).err); ref.Reason != ReasonDraining || ref.Status != 503 {
+			t.Fatalf("queued request on drain: %+v, want 503 draining", ref)
+		}
+		_, err := q.Acquire(bg, Request{Weight: 1})
+		if ref := refusal(t, err); ref.Reason != ReasonDraining {
+			t.Fatalf("new request while draining: %+v", ref)
+		}
+		a.Release() // in-flight work still releases normally
+		if s := q.Stats(); s.Inflight != 1 {
+			t.Fatalf("Inflight = %d, want 1", s.Inflight)
+		}
+	})
+}
+
+type fixedWarmup time.Duration
+
+func (f fixedWarmup) RemainingStart() time.Duration { return time.Duration(f) }
+
+func TestColdStartAddsExpectedStartTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxWait = 2 * time.Second
+		c.MaxQueued = 100
+		// The engine needs 10 s more to start: a request that would wait
+		// 10 s + its queue position is still admitted, not refused.
+		q := New(c, fixedWarmup(10*time.Second), nil)
+		bg, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		q.Acquire(bg, Request{Weight: 1})
+		q.Acquire(bg, Request{Weight: 1})
+		ch := acquireAsync(q, bg, Request{Weight: 1})
+		synctest.Wait()
+		select {
+		case r := <-ch:
+			t.Fatalf("request during a cold start ended early: %v", r.err)
+		default:
+		}
+		if s := q.Stats(); s.Queued != 1 {
+			t.Fatalf("Queued = %d, want 1", s.Queued)
+		}
+	})
+}
+
+func TestLearnsCompletionRate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight = 1
+		c.MaxQueued = 1000
+		c.MaxWait = time.Hour
+		c.NominalRPS = 1
+		q := New(c, nil, nil)
+		bg := context.Background()
+		// The engine completes one sequence every 100 ms while others wait.
+		first, _ := q.Acquire(bg, Request{Weight: 1})
+		var chans []<-chan result
+		for range 30 {
+			chans = append(chans, acquireAsync(q, bg, Request{Weight: 1}))
+			synctest.Wait() // queue in a known order
+		}
+		cur := first
+		for _, ch := range chans {
+			time.Sleep(100 * time.Millisecond)
+			cur.Release()
+			cur = (<-ch).t
+		}
+		cur.Release()
+		s := q.Stats()
+		if !s.RateLearned || s.RateRPS < 9 || s.RateRPS > 11 {
+			t.Fatalf("learned rate = %.2f/s (learned=%v), want about 10/s", s.RateRPS, s.RateLearned)
+		}
+		// Idle time does not erase what was learned.
+		time.Sleep(5 * time.Minute)
+		if s := q.Stats(); s.RateRPS < 9 || s.RateRPS > 11 {
+			t.Fatalf("rate after idle = %.2f/s, want about 10/s", s.RateRPS)
+		}
+	})
+}
+
+type recordingObserver struct{ sizes []int }
+
+func (r *recordingObserver) Dispatched(n int) { r.sizes = append(r.sizes, n) }
+
+func equal(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
