@@ -1,0 +1,155 @@
+package gateway
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+var testLimits = Limits{MaxTokens: 256, MaxN: 4, MaxBestOf: 4, Models: []string{"m"}}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name, route, body string
+		status            int    // 0: valid
+		param             string // for invalid ones
+		weight            int
+	}{
+		{"completion", routeCompletions, `{"model":"m","prompt":"hi","max_tokens":10}`, 0, "", 1},
+		{"no model is the default model", routeCompletions, `{"prompt":"hi"}`, 0, "", 1},
+		{"prompt list", routeCompletions, `{"model":"m","prompt":["a","b","c"]}`, 0, "", 3},
+		{"token ids", routeCompletions, `{"model":"m","prompt":[1,2,3]}`, 0, "", 1},
+		{"token id lists", routeCompletions, `{"model":"m","prompt":[[1],[2]]}`, 0, "", 2},
+		{"n and best_of", routeCompletions, `{"model":"m","prompt":["a","b"],"n":2,"best_of":3}`, 0, "", 6},
+		{"chat", routeChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}`, 0, "", 1},
+		{"chat max_completion_tokens", routeChat, `{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":256}`, 0, "", 1},
+
+		{"not json", routeCompletions, `{"model":`, 400, "", 0},
+		{"not an object", routeCompletions, `["a"]`, 400, "", 0},
+		{"empty body", routeCompletions, ``, 400, "", 0},
+		{"unknown model", routeCompletions, `{"model":"gpt-5","prompt":"hi"}`, 404, "model", 0},
+		{"model not a string", routeCompletions, `{"model":7,"prompt":"hi"}`, 400, "model", 0},
+		{"missing prompt", routeCompletions, `{"model":"m"}`, 400, "prompt", 0},
+		{"empty prompt", routeCompletions, `{"model":"m","prompt":""}`, 400, "prompt", 0},
+		{"empty prompt list", routeCompletions, `{"model":"m","prompt":[]}`, 400, "prompt", 0},
+		{"empty prompt in list", routeCompletions, `{"model":"m","prompt":["a",""]}`, 400, "prompt", 0},
+		{"prompt object", routeCompletions, `{"model":"m","prompt":{"a":1}}`, 400, "prompt", 0},
+		{"messages on completions", routeCompletions, `{"model":"m","messages":[]}`, 400, "messages", 0},
+		{"missing messages", routeChat, `{"model":"m"}`, 400, "messages", 0},
+		{"empty messages", routeChat, `{"model":"m","messages":[]}`, 400, "messages", 0},
+		{"message without role", routeChat, `{"model":"m","messages":[{"content":"x"}]}`, 400, "messages[0].role", 0},
+		{"max_tokens over cap", routeCompletions, `{"model":"m","prompt":"x","max_tokens":257}`, 400, "max_tokens", 0},
+		{"max_tokens zero", routeCompletions, `{"model":"m","prompt":"x","max_tokens":0}`, 400, "max_tokens", 0},
+		{"max_tokens string", routeCompletions, `{"model":"m","prompt":"x","max_tokens":"9"}`, 400, "max_tokens", 0},
+		{"max_completion_tokens over cap", routeChat, `{"model":"m","messages":[{"role":"user"}],"max_completion_tokens":1000}`, 400, "max_completion_tokens", 0},
+		{"n over cap", routeCompletions, `{"model":"m","prompt":"x","n":5}`, 400, "n", 0},
+		{"best_of below n", routeCompletions, `{"model":"m","prompt":"x","n":3,"best_of":2}`, 400, "best_of", 0},
+		{"stream not bool", routeChat, `{"model":"m","messages":[{"role":"user"}],"stream":"yes"}`, 400, "stream", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, inv := validate(tt.route, []byte(tt.body), testLimits, false)
+			if tt.status == 0 {
+				if inv != nil {
+					t.Fatalf("validate(%s) = %+v, want valid", tt.body, inv)
+				}
+				if p.Weight != tt.weight {
+					t.Errorf("Weight = %d, want %d", p.Weight, tt.weight)
+				}
+				if !json.Valid(p.Body) {
+					t.Errorf("upstream body is not JSON: %s", p.Body)
+				}
+				return
+			}
+			if inv == nil {
+				t.Fatalf("validate(%s) = valid, want %d", tt.body, tt.status)
+			}
+			if inv.Status != tt.status || inv.Param != tt.param {
+				t.Errorf("validate(%s) = %d param %q (%s), want %d param %q", tt.body, inv.Status, inv.Param, inv.Msg, tt.status, tt.param)
+			}
+		})
+	}
+}
+
+func TestValidateAddsMaxTokens(t *testing.T) {
+	p, inv := validate(routeChat, []byte(` {"messages":[{"role":"user","content":"x"}]}`), testLimits, false)
+	if inv != nil {
+		t.Fatal(inv)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(p.Body, &m); err != nil {
+		t.Fatalf("body %s: %v", p.Body, err)
+	}
+	if m["max_tokens"] != float64(256) || m["messages"] == nil {
+		t.Fatalf("upstream body = %s, want max_tokens 256 added and messages kept", p.Body)
+	}
+	// A request that names its own is passed through byte for byte.
+	in := `{"prompt":"x","max_tokens":5, "extra_vllm_param": true}`
+	p, _ = validate(routeCompletions, []byte(in), testLimits, false)
+	if string(p.Body) != in {
+		t.Fatalf("upstream body = %s, want the original %s", p.Body, in)
+	}
+}
+
+func TestCoalesceKey(t *testing.T) {
+	key := func(body string) string {
+		p, inv := validate(routeCompletions, []byte(body), testLimits, true)
+		if inv != nil {
+			t.Fatal(inv)
+		}
+		return p.CoalesceKey
+	}
+	a := key(`{"model":"m","prompt":"one","max_tokens":10,"temperature":0}`)
+	b := key(`{"temperature":0,"max_tokens":10,"prompt":"two","model":"m"}`)
+	if a == "" || a != b {
+		t.Errorf("same parameters, different prompts: keys %q and %q, want equal and non-empty", a, b)
+	}
+	if c := key(`{"model":"m","prompt":"one","max_tokens":11,"temperature":0}`); c == a {
+		t.Error("different max_tokens gave the same key")
+	}
+	for _, body := range []string{
+		`{"model":"m","prompt":"x","stream":true}`,
+		`{"model":"m","prompt":["x","y"]}`,
+		`{"model":"m","prompt":"x","n":2}`,
+	} {
+		if k := key(body); k != "" {
+			t.Errorf("%s: key %q, want none (not coalescable)", body, k)
+		}
+	}
+}
+
+func FuzzValidate(f *testing.F) {
+	for _, s := range []string{
+		`{"model":"m","prompt":"hi","max_tokens":10}`,
+		`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"n":2}`,
+		`{"prompt":[[1,2],[3]],"best_of":3}`,
+		`{"prompt":["a","b"]}`, `[]`, `{`, `{"max_tokens":1e99}`,
+	} {
+		f.Add(s, true)
+		f.Add(s, false)
+	}
+	f.Fuzz(func(t *testing.T, body string, chat bool) {
+		route := routeCompletions
+		if chat {
+			route = routeChat
+		}
+		p, inv := validate(route, []byte(body), testLimits, true)
+		if inv != nil {
+			if inv.Status != 400 && inv.Status != 404 || inv.Msg == "" {
+				t.Fatalf("invalid %+v: want 400/404 with a message", inv)
+			}
+			return
+		}
+		if p.Weight < 1 || p.Weight > testLimits.MaxN*testLimits.MaxBestOf*len(body) {
+			t.Fatalf("Weight = %d for %s", p.Weight, body)
+		}
+		if !json.Valid(p.Body) {
+			t.Fatalf("upstream body not valid JSON: %s (from %s)", p.Body, body)
+		}
+		if p.CoalesceKey != "" {
+			var fields map[string]json.RawMessage
+			if chat || json.Unmarshal([]byte(p.CoalesceKey), &fields) != nil || fields["prompt"] != nil {
+				t.Fatalf("bad coalesce key %q", p.CoalesceKey)
+			}
+		}
+	})
+}
