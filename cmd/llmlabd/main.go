@@ -19,6 +19,7 @@ func main() {
 	cfgPath := fs.String("config", config.DefaultPath, "configuration file (TOML)")
 	listen := fs.String("listen", "", "API address when not socket-activated (overrides gateway.listen)")
 	engineURL := fs.String("engine-url", "", "engine base URL (overrides engine.url)")
+	metricsListen := fs.String("metrics-listen", "", "metrics address (overrides metrics.listen)")
 	_ = fs.Parse(os.Args[1:])
 	explicit := false
 	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
@@ -39,7 +40,7 @@ func main() {
 
 	err := server.Run(ctx, server.Options{
 		ConfigPath: *cfgPath, Explicit: explicit,
-		Listen: *listen, EngineURL: *engineURL,
+		Listen: *listen, EngineURL: *engineURL, MetricsListen: *metricsListen,
 		Reload: reload, Stderr: os.Stderr,
 	})
 	if err != nil {

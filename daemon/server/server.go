@@ -45,8 +45,9 @@ type Options struct {
 	ConfigPath string
 	Explicit   bool
 	// Listen and EngineURL override the file when not empty.
-	Listen    string
-	EngineURL string
+	Listen        string
+	EngineURL     string
+	MetricsListen string
 	// Reload receives a value for each SIGHUP.
 	Reload <-chan struct{}
 	// Stderr receives plain-text logs.
@@ -64,6 +65,12 @@ func LoadConfig(o Options) (*config.Config, *auth.Keys, error) {
 			return nil, nil, fmt.Errorf("flag --listen %q: not a host:port address", o.Listen)
 		}
 		cfg.Gateway.Listen = o.Listen
+	}
+	if o.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(o.MetricsListen); err != nil {
+			return nil, nil, fmt.Errorf("flag --metrics-listen %q: not a host:port address", o.MetricsListen)
+		}
+		cfg.Metrics.Listen = o.MetricsListen
 	}
 	if o.EngineURL != "" {
 		u, err := url.Parse(o.EngineURL)

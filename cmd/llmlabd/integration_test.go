@@ -1,0 +1,487 @@
+package main_test
+
+// Integration tests: they build the real llmlabd, run it as a process in
+// front of a fake engine, and check from the client's side.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/llmlab/llmlab/daemon/enginetest"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "llmlabd-test")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "llmlabd")
+	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building llmlabd: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// daemon is a running llmlabd.
+type daemon struct {
+	cmd     *exec.Cmd
+	api     string // base URL
+	metrics string
+	logs    *syncBuffer
+	exited  chan error
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+var servingRE = regexp.MustCompile(`msg=serving api=(\S+) .*metrics=(\S+)`)
+
+// writeConfig writes a config file for an engine at engineURL with the
+// extra TOML appended (sections may repeat keys only once).
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "llmlab.toml")
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func baseConfig(engineURL, queue string) string {
+	return fmt.Sprintf(`[gateway]
+listen = "127.0.0.1:0"
+shutdown_grace = "10s"
+[engine]
+url = %q
+models = ["m"]
+[queue]
+%s
+[metrics]
+listen = "127.0.0.1:0"
+[log]
+format = "text"
+`, engineURL, queue)
+}
+
+// start runs llmlabd (through wrapper, if given) and waits until it serves.
+func start(t *testing.T, env []string, wrapper []string, args ...string) *daemon {
+	t.Helper()
+	argv := append(append([]string{}, wrapper...), binary)
+	argv = append(argv, args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	d := &daemon{cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	cmd.Stderr = d.logs
+	cmd.Stdout = d.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGKILL)
+		<-d.exited
+		if t.Failed() {
+			t.Logf("llmlabd output:\n%s", d.logs.String())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if m := servingRE.FindStringSubmatch(d.logs.String()); m != nil {
+			d.api = "http://" + m[1]
+			d.metrics = "http://" + m[2]
+			return d
+		}
+		select {
+		case err := <-d.exited:
+			d.exited <- err
+			t.Fatalf("llmlabd exited before serving: %v\n%s", err, d.logs.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("llmlabd did not report serving:\n%s", d.logs.String())
+		}
+	}
+}
+
+func post(t *testing.T, url, body string) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, data
+}
+
+func TestProxiesStreamedAndNonStreamed(t *testing.T) {
+	eng := &enginetest.Engine{}
+	es := httptest.NewServer(eng)
+	defer es.Close()
+	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL, "")))
+
+	resp, body := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"hi","max_tokens":7}`)
+	var c struct {
+		Choices []struct{ Text string }
+		Usage   struct {
+			CompletionTokens int `json:"completion_tokens"`
+		}
+	}
+	if err := json.Unmarshal(body, &c); err != nil || resp.StatusCode != 200 || len(c.Choices) != 1 || c.Usage.CompletionTokens != 7 {
+		t.Fatalf("non-streamed: %d %s", resp.StatusCode, body)
+	}
+	if c.Choices[0].Text != strings.Repeat(" tok", 7) {
+		t.Errorf("text = %q", c.Choices[0].Text)
+	}
+
+	resp, body = post(t, d.api+"/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":200,"stream":true}`)
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("streamed: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	events := strings.Count(string(body), "data: ")
+	if events != 201 || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
+		t.Fatalf("stream had %d events, want 200 tokens and [DONE]", events)
+	}
+
+	// /metrics counts both, on the metrics listener only.
+	mresp, err := http.Get(d.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mdata, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{
+		`llmlab_requests_total{code="200",outcome="ok",route="completions"} 1`,
+		`llmlab_requests_total{code="200",outcome="ok",route="chat"} 1`,
+	} {
+		if !strings.Contains(string(mdata), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if r, _ := http.Get(d.api + "/metrics"); r.StatusCode != 404 {
+		t.Errorf("/metrics on the API listener: %d, want 404", r.StatusCode)
+	}
+	var st struct {
+		Engine struct{ State string }
+		Queue  struct {
+			MaxInflight int `json:"max_inflight"`
+		}
+	}
+	r, _ := http.Get(d.api + "/status")
+	json.NewDecoder(r.Body).Decode(&st)
+	r.Body.Close()
+	if st.Engine.State == "" || st.Queue.MaxInflight != 64 {
+		t.Errorf("/status = %+v", st)
+	}
+	// Access log line with the request id.
+	if !strings.Contains(d.logs.String(), "msg=request request_id=") {
+		t.Errorf("no access-log line:\n%s", d.logs.String())
+	}
+}
+
+// A flood beyond max_inflight + max_queued gets fast 429/503 with
+// Retry-After, and the engine never runs more than max_inflight.
+func TestFlood(t *testing.T) {
+	eng := &enginetest.Engine{Delay: 300 * time.Millisecond}
+	es := httptest.NewServer(eng)
+	defer es.Close()
+	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL,
+		"max_inflight = 4\nmax_queued = 4\nmax_batch = 4\nmax_wait = \"5s\"\nnominal_rps = 10")))
+
+	const total = 40
+	type answer struct {
+		code  int
+		retry string
+		took  time.Duration
+	}
+	ch := make(chan answer, total)
+	var wg sync.WaitGroup
+	for range total {
+		wg.Go(func() {
+			start := time.Now()
+			resp, _ := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"x","max_tokens":1}`)
+			ch <- answer{resp.StatusCode, resp.Header.Get("Retry-After"), time.Since(start)}
+		})
+	}
+	wg.Wait()
+	close(ch)
+	ok, refused := 0, 0
+	for a := range ch {
+		switch a.code {
+		case 200:
+			ok++
+		case 429, 503:
+			refused++
+			if a.retry == "" {
+				t.Errorf("%d without Retry-After", a.code)
+			}
+			if a.took > 250*time.Millisecond {
+				// Refusals come at once, well before the engine's 300 ms answer.
+				t.Errorf("refusal took %s", a.took)
+			}
+		default:
+			t.Errorf("unexpected status %d", a.code)
+		}
+	}
+	if ok < 8 || ok+refused != total {
+		t.Errorf("%d ok, %d refused of %d; want at least max_inflight+max_queued = 8 ok and the rest refused", ok, refused, total)
+	}
+	if m := eng.Stats().MaxRunning; m > 4 {
+		t.Errorf("engine ran %d at once, want at most 4", m)
+	}
+}
+
+// SIGTERM: queued requests get 503 at once, the in-flight one finishes,
+// the process exits 0.
+func TestSIGTERMDrains(t *testing.T) {
+	hold := make(chan struct{})
+	eng := &enginetest.Engine{Hold: hold}
+	es := httptest.NewServer(eng)
+	defer es.Close()
+	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL, "max_inflight = 1\nmax_batch = 1\nmax_wait = \"30s\"")))
+	started := eng.Started()
+
+	inflight := make(chan int, 1)
+	go func() {
+		resp, _ := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"a","max_tokens":3}`)
+		inflight <- resp.StatusCode
+	}()
+	<-started
+	queued := make(chan *http.Response, 1)
+	go func() {
+		resp, _ := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"b","max_tokens":3}`)
+		queued <- resp
+	}()
+	waitStatus(t, d, func(q queueStatus) bool { return q.Queued == 1 })
+
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case resp := <-queued:
+		if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("queued request on SIGTERM: %d, want 503 with Retry-After", resp.StatusCode)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("queued request not answered on SIGTERM")
+	}
+	select {
+	case err := <-d.exited:
+		t.Fatalf("exited (%v) while a request was still in flight", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(hold)
+	if code := <-inflight; code != 200 {
+		t.Errorf("in-flight request finished with %d, want 200", code)
+	}
+	select {
+	case err := <-d.exited:
+		if err != nil {
+			t.Fatalf("exit: %v, want 0", err)
+		}
+		d.exited <- nil
+	case <-time.After(10 * time.Second):
+		t.Fatal("did not exit after draining")
+	}
+}
+
+type queueStatus struct {
+	Queued   int `json:"queued"`
+	Inflight int `json:"inflight_sequences"`
+}
+
+func waitStatus(t *testing.T, d *daemon, cond func(queueStatus) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		r, err := http.Get(d.metrics + "/status")
+		if err == nil {
+			var st struct{ Queue queueStatus }
+			json.NewDecoder(r.Body).Decode(&st)
+			r.Body.Close()
+			if cond(st.Queue) {
+				return
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("status condition not reached")
+}
+
+// SIGHUP applies a new config without dropping connections, and refuses a
+// bad one, keeping the old.
+func TestSIGHUPReloads(t *testing.T) {
+	es := httptest.NewServer(&enginetest.Engine{})
+	defer es.Close()
+	path := writeConfig(t, baseConfig(es.URL, ""))
+	d := start(t, nil, nil, "--config", path)
+	req := `{"model":"m","prompt":"x","max_tokens":500}`
+	if resp, body := post(t, d.api+"/v1/completions", req); resp.StatusCode != 200 {
+		t.Fatalf("before reload: %d %s", resp.StatusCode, body)
+	}
+	os.WriteFile(path, []byte(baseConfig(es.URL, "")+"[limits]\nmax_tokens = 100\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, d, "msg=reloaded")
+	if !strings.Contains(d.logs.String(), "limits.max_tokens: 1024 -> 100") {
+		t.Errorf("reload log does not say what changed:\n%s", d.logs.String())
+	}
+	if resp, _ := post(t, d.api+"/v1/completions", req); resp.StatusCode != 400 {
+		t.Fatalf("after reload to max_tokens=100: %d, want 400", resp.StatusCode)
+	}
+	os.WriteFile(path, []byte(baseConfig(es.URL, "max_inflight = -1")), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, d, "reload refused")
+	if !strings.Contains(d.logs.String(), "queue.max_inflight = -1") {
+		t.Errorf("refusal does not name key and value:\n%s", d.logs.String())
+	}
+	if resp, _ := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"x","max_tokens":50}`); resp.StatusCode != 200 {
+		t.Fatalf("after a refused reload: %d, want 200 (old config kept)", resp.StatusCode)
+	}
+}
+
+func waitLog(t *testing.T, d *daemon, s string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.logs.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("log never said %q:\n%s", s, d.logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestBadConfigStops(t *testing.T) {
+	path := writeConfig(t, "[queue]\nmax_wait = \"soon\"\n")
+	out, err := exec.Command(binary, "--config", path).CombinedOutput()
+	if err == nil {
+		t.Fatal("llmlabd started with a bad config")
+	}
+	if !strings.Contains(string(out), path) || !strings.Contains(string(out), "queue.max_wait") || !strings.Contains(string(out), `"soon"`) {
+		t.Errorf("error does not name file, key and value: %s", out)
+	}
+}
+
+func TestNoConfigFileWithFlags(t *testing.T) {
+	es := httptest.NewServer(&enginetest.Engine{})
+	defer es.Close()
+	// No --config: the default file need not exist, flags are enough.
+	d := start(t, nil, nil, "--listen", "127.0.0.1:0", "--engine-url", es.URL, "--metrics-listen", "127.0.0.1:0")
+	resp, body := post(t, d.api+"/v1/completions", `{"prompt":"x","max_tokens":2}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+}
+
+// Socket activation: systemd-socket-activate passes the listener as fd 3
+// named "http"; llmlabd serves on it.
+func TestSocketActivation(t *testing.T) {
+	if _, err := exec.LookPath("systemd-socket-activate"); err != nil {
+		t.Fatal("systemd-socket-activate is required (apt-get install systemd)")
+	}
+	es := httptest.NewServer(&enginetest.Engine{})
+	defer es.Close()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	// With a notify socket, READY=1 and STATUS= arrive there.
+	sock := filepath.Join(t.TempDir(), "notify")
+	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	msgs := make(chan string, 64)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, _, err := nl.ReadFromUnix(buf)
+			if err != nil {
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	cfg := strings.Replace(baseConfig(es.URL, ""), `listen = "127.0.0.1:0"`, `listen = "127.0.0.1:1"`, 1)
+	// systemd-socket-activate listens first and starts llmlabd on the first
+	// connection, as systemd does with llmlab.socket.
+	cmd := exec.Command("systemd-socket-activate", "-l", addr, "--fdname=http", "-E", "NOTIFY_SOCKET", binary, "--config", writeConfig(t, cfg))
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("output:\n%s", logs.String())
+		}
+	}()
+	deadline0 := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "Listening on") {
+		if time.Now().After(deadline0) {
+			t.Fatal("systemd-socket-activate did not listen")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if resp, body := post(t, "http://"+addr+"/v1/completions", `{"model":"m","prompt":"x"}`); resp.StatusCode != 200 {
+		t.Fatalf("through the activated socket: %d %s", resp.StatusCode, body)
+	}
+	if !strings.Contains(logs.String(), "socket_activated=true") {
+		t.Fatalf("llmlabd did not serve the activated socket:\n%s", logs.String())
+	}
+	want := map[string]bool{"READY=1": false, "STATUS=engine external": false, "STOPPING=1": false}
+	cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.After(10 * time.Second)
+	for !(want["READY=1"] && want["STATUS=engine external"] && want["STOPPING=1"]) {
+		select {
+		case m := <-msgs:
+			sc := bufio.NewScanner(strings.NewReader(m))
+			for sc.Scan() {
+				for k := range want {
+					if strings.HasPrefix(sc.Text(), k) {
+						want[k] = true
+					}
+				}
+			}
+		case <-deadline:
+			t.Fatalf("sd_notify messages seen: %v", want)
+		}
+	}
+}
