@@ -1,19 +1,23 @@
-// Command llmlab is llmlab's toolbox: it checks configuration files (and,
-// as the project grows, simulates an engine and runs benchmarks).
+// Command llmlab is llmlab's toolbox: it checks configuration files, runs
+// a fake engine and measures the gateway's overhead (and, as the project
+// grows, simulates an engine and runs benchmarks).
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
-
-	"github.com/llmlab/llmlab/daemon/config"
-	"github.com/llmlab/llmlab/daemon/server"
+	"os/signal"
+	"syscall"
 )
 
-const usage = `usage: llmlab COMMAND [ARGS]
+const usage = `usage: llmlab COMMAND [FLAGS]
 
 commands:
-  check-config [PATH]   validate a configuration file (default ` + config.DefaultPath + `)
+  check-config [PATH]   validate a configuration file (default /etc/llmlab/llmlab.toml)
+  bench                 send the fixed workload and report throughput, goodput and latency
+  fake-engine           serve an OpenAI-compatible engine that answers at once
+  overhead              measure llmlabd's overhead against nginx and direct access
 `
 
 func main() {
@@ -21,32 +25,23 @@ func main() {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
 	}
-	switch os.Args[1] {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var code int
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
 	case "check-config":
-		os.Exit(checkConfig(os.Args[2:]))
+		code = checkConfig(args)
+	case "fake-engine":
+		code = fakeEngine(ctx, args)
+	case "bench":
+		code = benchCmd(ctx, args)
+	case "overhead":
+		code = overheadCmd(ctx, args)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
-		fmt.Fprintf(os.Stderr, "llmlab: unknown command %q\n%s", os.Args[1], usage)
-		os.Exit(2)
+		fmt.Fprintf(os.Stderr, "llmlab: unknown command %q\n%s", cmd, usage)
+		code = 2
 	}
-}
-
-// checkConfig validates a file as llmlabd would load it, keys file
-// included, and prints every problem.
-func checkConfig(args []string) int {
-	path, explicit := config.DefaultPath, false
-	if len(args) > 1 {
-		fmt.Fprint(os.Stderr, usage)
-		return 2
-	}
-	if len(args) == 1 {
-		path, explicit = args[0], true
-	}
-	if _, _, err := server.LoadConfig(server.Options{ConfigPath: path, Explicit: explicit}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fmt.Printf("%s: ok\n", path)
-	return 0
+	os.Exit(code)
 }

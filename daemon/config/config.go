@@ -90,6 +90,8 @@ type Auth struct {
 type Metrics struct {
 	// Listen is the metrics address ("" disables the listener).
 	Listen string
+	// Pprof serves Go's profiler under /debug/pprof/ on the metrics listener.
+	Pprof bool
 }
 
 // Log configures logging.
@@ -135,6 +137,7 @@ type raw struct {
 	} `toml:"auth"`
 	Metrics struct {
 		Listen string `toml:"listen"`
+		Pprof  bool   `toml:"pprof"`
 	} `toml:"metrics"`
 	Log struct {
 		Level     string `toml:"level"`
@@ -345,7 +348,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 	}
 
 	ck.addr("metrics.listen", r.Metrics.Listen, true)
-	c.Metrics = Metrics{Listen: r.Metrics.Listen}
+	c.Metrics = Metrics{Listen: r.Metrics.Listen, Pprof: r.Metrics.Pprof}
 
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, r.Log.Level) {
 		ck.fail("log.level", r.Log.Level, `want "debug", "info", "warn" or "error"`)

@@ -103,7 +103,10 @@ func New(cfg Config, keys *auth.Keys, engine Engine, warmup queue.Warmup, reg pr
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite:        g.rewrite,
 		Transport:      g.transport,
-		FlushInterval:  -1,
+		// FlushInterval 0: ReverseProxy flushes event streams and chunked
+		// answers after every read from the engine, and lets answers of
+		// known length go out in one write.
+		BufferPool:     bufferPool{},
 		ModifyResponse: g.modifyResponse,
 		ErrorHandler:   g.proxyError,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -50,6 +51,16 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		g.log.Warn("engine error", "request_id", st.id, "err", err)
 	}
 }
+
+// copyBuffers recycles the proxy's copy buffers: without a pool,
+// httputil.ReverseProxy allocates 32 KiB per request, which dominated the
+// gateway's allocations.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+type bufferPool struct{}
+
+func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
 
 // tailSize is how much of an answer's end is kept to find its usage.
 const tailSize = 4096

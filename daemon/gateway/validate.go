@@ -59,12 +59,17 @@ func bad(param, format string, args ...any) *invalid {
 type request struct {
 	Model               *string         `json:"model"`
 	Prompt              json.RawMessage `json:"prompt"`
-	Messages            json.RawMessage `json:"messages"`
+	Messages            *[]message      `json:"messages"`
 	MaxTokens           *int            `json:"max_tokens"`
 	MaxCompletionTokens *int            `json:"max_completion_tokens"`
 	N                   *int            `json:"n"`
 	BestOf              *int            `json:"best_of"`
 	Stream              *bool           `json:"stream"`
+}
+
+// message is the part of a chat message the validator reads.
+type message struct {
+	Role *string `json:"role"`
 }
 
 // validate checks body for route against lim. coalesce asks it to
@@ -169,21 +174,26 @@ func injectField(obj []byte, name, value string) []byte {
 
 // countPrompts checks a completions prompt: a string, a list of strings, a
 // list of token ids, or a list of token-id lists. It returns how many
-// prompts the engine will run.
+// prompts the engine will run. raw is known to be valid JSON.
 func countPrompts(raw json.RawMessage) (int, *invalid) {
+	const kinds = "prompt must be a string, a list of strings, a list of token ids or a list of token-id lists"
 	if len(raw) == 0 || string(raw) == "null" {
 		return 0, bad("prompt", "prompt is required")
 	}
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		if s == "" {
+	switch raw[0] {
+	case '"':
+		// The common case, decided without decoding the string again.
+		if string(raw) == `""` {
 			return 0, bad("prompt", "prompt must not be empty")
 		}
 		return 1, nil
+	case '[':
+	default:
+		return 0, bad("prompt", kinds)
 	}
 	var list []json.RawMessage
 	if json.Unmarshal(raw, &list) != nil {
-		return 0, bad("prompt", "prompt must be a string, a list of strings, a list of token ids or a list of token-id lists")
+		return 0, bad("prompt", kinds)
 	}
 	if len(list) == 0 {
 		return 0, bad("prompt", "prompt must not be an empty list")
@@ -210,25 +220,19 @@ func countPrompts(raw json.RawMessage) (int, *invalid) {
 		}
 		return len(lists), nil
 	}
-	return 0, bad("prompt", "prompt must be a string, a list of strings, a list of token ids or a list of token-id lists")
+	return 0, bad("prompt", kinds)
 }
 
 // checkMessages checks that chat messages are a non-empty list of objects
 // that each name a role.
-func checkMessages(raw json.RawMessage) *invalid {
-	if len(raw) == 0 || string(raw) == "null" {
+func checkMessages(msgs *[]message) *invalid {
+	if msgs == nil {
 		return bad("messages", "messages is required")
 	}
-	var msgs []struct {
-		Role *string `json:"role"`
-	}
-	if err := json.Unmarshal(raw, &msgs); err != nil {
-		return bad("messages", "messages must be a list of objects with a role and content")
-	}
-	if len(msgs) == 0 {
+	if len(*msgs) == 0 {
 		return bad("messages", "messages must not be empty")
 	}
-	for i, m := range msgs {
+	for i, m := range *msgs {
 		if m.Role == nil || *m.Role == "" {
 			return bad(fmt.Sprintf("messages[%d].role", i), "messages[%d] has no role", i)
 		}

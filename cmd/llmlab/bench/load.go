@@ -1,0 +1,245 @@
+// Package bench is llmlab's load generator and statistics: it sends the
+// fixed workload (a prompt of 200 tokens, max_tokens output) to an
+// OpenAI-compatible target in a closed loop (fixed concurrency) or an open
+// loop (constant or Poisson arrivals at a rate), and records every request.
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Options describe one load run.
+type Options struct {
+	// Target is the base URL (http://host:port).
+	Target string
+	// Chat uses /v1/chat/completions instead of /v1/completions.
+	Chat   bool
+	Stream bool
+	Model  string
+	// PromptTokens is the prompt length in tokens of Qwen2.5's tokenizer:
+	// "Write" followed by PromptTokens-1 times " word".
+	PromptTokens int
+	MaxTokens    int
+	// Concurrency > 0 runs a closed loop with that many clients.
+	Concurrency int
+	// Rate > 0 runs an open loop at that many requests per second.
+	Rate    float64
+	Poisson bool
+	// Duration is how long requests are started, after Warmup.
+	Duration time.Duration
+	Warmup   time.Duration
+	// Timeout bounds each request.
+	Timeout time.Duration
+	// Seed makes Poisson arrivals repeatable.
+	Seed uint64
+}
+
+// Sample is one request's record. Times are from the run's start.
+type Sample struct {
+	Start        time.Duration `json:"start"`
+	Latency      time.Duration `json:"latency"`
+	TTFT         time.Duration `json:"ttft"`
+	Status       int           `json:"status"`
+	Error        string        `json:"error,omitempty"`
+	PromptTokens int           `json:"prompt_tokens"`
+	OutputTokens int           `json:"output_tokens"`
+	Warmup       bool          `json:"warmup,omitempty"`
+}
+
+// Prompt returns the benchmark prompt of n tokens.
+func Prompt(n int) string {
+	return "Write" + strings.Repeat(" word", max(0, n-1))
+}
+
+// Body returns the request body for o.
+func (o Options) Body() []byte {
+	m := map[string]any{
+		"model":       o.Model,
+		"max_tokens":  o.MaxTokens,
+		"temperature": 0,
+		"ignore_eos":  true,
+		"min_tokens":  o.MaxTokens,
+	}
+	if o.Model == "" {
+		delete(m, "model")
+	}
+	if o.Chat {
+		m["messages"] = []map[string]string{{"role": "user", "content": Prompt(o.PromptTokens)}}
+	} else {
+		m["prompt"] = Prompt(o.PromptTokens)
+	}
+	if o.Stream {
+		m["stream"] = true
+		m["stream_options"] = map[string]bool{"include_usage": true}
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+// NewClient returns an HTTP client sized for concurrency connections.
+func NewClient(concurrency int) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: max(64, concurrency*2),
+		IdleConnTimeout:     60 * time.Second,
+		DisableCompression:  true,
+	}}
+}
+
+// Run sends load as o says and returns every sample, warm-up included
+// (marked). It stops starting requests when ctx ends.
+func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) {
+	if (o.Concurrency > 0) == (o.Rate > 0) {
+		return nil, fmt.Errorf("set exactly one of concurrency and rate")
+	}
+	path := "/v1/completions"
+	if o.Chat {
+		path = "/v1/chat/completions"
+	}
+	url := strings.TrimRight(o.Target, "/") + path
+	body := o.Body()
+	timeout := o.Timeout
+	if timeout == 0 {
+		timeout = 60 * time.Second
+	}
+	start := time.Now()
+	end := start.Add(o.Warmup + o.Duration)
+	var mu sync.Mutex
+	var samples []Sample
+	record := func(s Sample) {
+		s.Warmup = s.Start < o.Warmup
+		mu.Lock()
+		samples = append(samples, s)
+		mu.Unlock()
+	}
+	one := func() {
+		s := Do(ctx, client, url, body, o.Stream, timeout, start)
+		record(s)
+	}
+	var wg sync.WaitGroup
+	if o.Concurrency > 0 {
+		for range o.Concurrency {
+			wg.Go(func() {
+				for ctx.Err() == nil && time.Now().Before(end) {
+					one()
+				}
+			})
+		}
+		wg.Wait()
+		return samples, ctx.Err()
+	}
+	rng := rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15))
+	next := start
+	for {
+		if o.Poisson {
+			next = next.Add(time.Duration(rng.ExpFloat64() / o.Rate * float64(time.Second)))
+		} else {
+			next = next.Add(time.Duration(float64(time.Second) / o.Rate))
+		}
+		if next.After(end) {
+			break
+		}
+		if d := time.Until(next); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Go(one)
+	}
+	wg.Wait()
+	return samples, ctx.Err()
+}
+
+// Do sends one request and records it, timed from base.
+func Do(ctx context.Context, client *http.Client, url string, body []byte, stream bool, timeout time.Duration, base time.Time) Sample {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t0 := time.Now()
+	s := Sample{Start: t0.Sub(base)}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		s.Latency = time.Since(t0)
+		s.Error = errText(err)
+		return s
+	}
+	defer resp.Body.Close()
+	s.Status = resp.StatusCode
+	if resp.StatusCode != http.StatusOK {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		s.Latency = time.Since(t0)
+		return s
+	}
+	var last []byte
+	if stream {
+		br := bufio.NewReaderSize(resp.Body, 32<<10)
+		for {
+			line, err := br.ReadSlice('\n')
+			if bytes.HasPrefix(line, []byte("data: ")) {
+				data := bytes.TrimSpace(line[6:])
+				if s.TTFT == 0 {
+					s.TTFT = time.Since(t0)
+				}
+				if !bytes.Equal(data, []byte("[DONE]")) {
+					last = append(last[:0], data...)
+				}
+			}
+			if err == bufio.ErrBufferFull {
+				continue
+			}
+			if err != nil {
+				if err != io.EOF {
+					s.Error = errText(err)
+				}
+				break
+			}
+		}
+	} else {
+		last, err = io.ReadAll(resp.Body)
+		if err != nil {
+			s.Error = errText(err)
+		}
+		s.TTFT = time.Since(t0)
+	}
+	s.Latency = time.Since(t0)
+	var u struct {
+		Usage *struct {
+			PromptTokens     int `json:"prompt_tokens"`
+			CompletionTokens int `json:"completion_tokens"`
+		} `json:"usage"`
+	}
+	if json.Unmarshal(last, &u) == nil && u.Usage != nil {
+		s.PromptTokens, s.OutputTokens = u.Usage.PromptTokens, u.Usage.CompletionTokens
+	}
+	return s
+}
+
+func errText(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case strings.Contains(err.Error(), "deadline exceeded"):
+		return "timeout"
+	case strings.Contains(err.Error(), "connection refused"):
+		return "connection refused"
+	case strings.Contains(err.Error(), "connection reset"):
+		return "connection reset"
+	}
+	return err.Error()
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/overhead"
+	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/daemon/enginetest"
+	"github.com/llmlab/llmlab/daemon/server"
+)
+
+// checkConfig validates a file as llmlabd would load it, keys file
+// included, and prints every problem.
+func checkConfig(args []string) int {
+	path, explicit := config.DefaultPath, false
+	if len(args) > 1 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	if len(args) == 1 {
+		path, explicit = args[0], true
+	}
+	if _, _, err := server.LoadConfig(server.Options{ConfigPath: path, Explicit: explicit}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Printf("%s: ok\n", path)
+	return 0
+}
+
+func fakeEngine(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("llmlab fake-engine", flag.ExitOnError)
+	listen := fs.String("listen", "127.0.0.1:8000", "address to serve on")
+	delay := fs.Duration("delay", 0, "time before the first token")
+	tokenDelay := fs.Duration("token-delay", 0, "time between streamed tokens")
+	_ = fs.Parse(args)
+	l, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "llmlab fake-engine:", err)
+		return 1
+	}
+	srv := &http.Server{Handler: &enginetest.Engine{Delay: *delay, TokenDelay: *tokenDelay}, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	fmt.Printf("fake engine listening on %s\n", l.Addr())
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		fmt.Fprintln(os.Stderr, "llmlab fake-engine:", err)
+		return 1
+	}
+	return 0
+}
+
+func overheadCmd(ctx context.Context, args []string) int {
+	self, _ := os.Executable()
+	fs := flag.NewFlagSet("llmlab overhead", flag.ExitOnError)
+	llmlabd := fs.String("llmlabd", filepath.Join(filepath.Dir(self), "llmlabd"), "llmlabd binary")
+	nginx := fs.String("nginx", "nginx", "nginx binary (Debian's nginx-light)")
+	conc := fs.Int("concurrency", 32, "closed-loop concurrency")
+	dur := fs.Duration("duration", 8*time.Second, "measurement time per target and phase")
+	rounds := fs.Int("rounds", 3, "interleaved closed-loop rounds per target")
+	_ = fs.Parse(args)
+	nginxPath, err := exec.LookPath(*nginx)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "llmlab overhead: nginx not found (apt-get install nginx-light):", err)
+		return 1
+	}
+	_, err = overhead.Run(ctx, overhead.Options{Llmlab: self, Llmlabd: *llmlabd, Nginx: nginxPath,
+		Concurrency: *conc, Duration: *dur, Rounds: *rounds, Out: os.Stdout})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "llmlab overhead:", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,288 @@
+// Package overhead measures what a proxy costs: the same load against a
+// fake engine that answers at once, sent directly, through nginx (a
+// reverse proxy with proxy_buffering off and keepalive to the engine) and
+// through llmlabd, all in one run on one machine.
+//
+// For each workload (short non-streamed answers, 200-token streams):
+//   - capacity: a closed loop at fixed concurrency against each target, in
+//     interleaved rounds; the median round per target is reported;
+//   - added latency: an open loop at half of nginx's capacity against each
+//     target; p50 and p99 minus direct's.
+package overhead
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+)
+
+// Options configure a run.
+type Options struct {
+	Llmlab      string // this binary, for the fake engine
+	Llmlabd     string
+	Nginx       string
+	Concurrency int
+	Duration    time.Duration
+	Rounds      int
+	Out         io.Writer
+}
+
+// Result is one target's figures for one workload.
+type Result struct {
+	Workload   string
+	Target     string
+	Capacity   float64 // requests/s, closed loop, median round
+	Rate       float64 // open-loop offered rate
+	P50, P99   time.Duration
+	AddedP50   time.Duration
+	AddedP99   time.Duration
+	OpenErrors int
+}
+
+type workload struct {
+	name      string
+	stream    bool
+	maxTokens int
+}
+
+// Run performs the measurement and writes a Markdown report to o.Out.
+func Run(ctx context.Context, o Options) ([]Result, error) {
+	dir, err := os.MkdirTemp("", "llmlab-overhead")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+
+	enginePort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	engineAddr := "127.0.0.1:" + enginePort
+	stop, err := startProc(ctx, dir, "engine", o.Llmlab, "fake-engine", "--listen", engineAddr)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+
+	gwPort, _ := freePort()
+	cfg := fmt.Sprintf(`[gateway]
+listen = "127.0.0.1:%s"
+[engine]
+url = "http://%s"
+models = ["m"]
+[queue]
+max_inflight = 256
+max_queued = 4096
+max_wait = "30s"
+nominal_rps = 10000
+[limits]
+max_tokens = 1024
+[metrics]
+listen = ""
+[log]
+format = "text"
+access_log = false
+`, gwPort, engineAddr)
+	cfgPath := filepath.Join(dir, "llmlab.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	stopGw, err := startProc(ctx, dir, "llmlabd", o.Llmlabd, "--config", cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	defer stopGw()
+
+	nginxPort, _ := freePort()
+	nginxConf := fmt.Sprintf(`worker_processes auto;
+pid %[1]s/nginx.pid;
+error_log %[1]s/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  upstream engine { server %[2]s; keepalive 256; }
+  server {
+    listen 127.0.0.1:%[3]s;
+    location / {
+      proxy_pass http://engine;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+`, dir, engineAddr, nginxPort)
+	nginxConfPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(nginxConfPath, []byte(nginxConf), 0o644); err != nil {
+		return nil, err
+	}
+	stopNginx, err := startProc(ctx, dir, "nginx", o.Nginx, "-c", nginxConfPath, "-p", dir, "-g", "daemon off;")
+	if err != nil {
+		return nil, err
+	}
+	defer stopNginx()
+
+	targets := []struct{ name, url string }{
+		{"direct", "http://" + engineAddr},
+		{"nginx", "http://127.0.0.1:" + nginxPort},
+		{"llmlabd", "http://127.0.0.1:" + gwPort},
+	}
+	for _, t := range targets {
+		if err := waitUp(ctx, t.url); err != nil {
+			return nil, fmt.Errorf("%s: %w", t.name, err)
+		}
+	}
+
+	client := bench.NewClient(o.Concurrency * 4)
+	var results []Result
+	for _, w := range []workload{{"short, non-streamed (1 token)", false, 1}, {"200-token stream", true, 200}} {
+		base := bench.Options{Stream: w.stream, MaxTokens: w.maxTokens, PromptTokens: 200, Model: "m",
+			Duration: o.Duration, Warmup: time.Second}
+		caps := map[string][]float64{}
+		for range o.Rounds {
+			for _, t := range targets {
+				opt := base
+				opt.Target, opt.Concurrency = t.url, o.Concurrency
+				samples, err := bench.Run(ctx, client, opt)
+				if err != nil {
+					return nil, err
+				}
+				s := bench.Summarize(samples, o.Duration, bench.SLO{Latency: time.Hour, MaxErrorRate: 1})
+				if s.Failed > 0 {
+					return nil, fmt.Errorf("%s, %s: %d failed requests (%v)", w.name, t.name, s.Failed, s.ByCode)
+				}
+				caps[t.name] = append(caps[t.name], s.RPS)
+			}
+		}
+		rate := median(caps["nginx"]) / 2
+		var direct bench.Summary
+		for _, t := range targets {
+			opt := base
+			opt.Target, opt.Rate, opt.Poisson, opt.Seed = t.url, rate, true, 1
+			samples, err := bench.Run(ctx, client, opt)
+			if err != nil {
+				return nil, err
+			}
+			s := bench.Summarize(samples, o.Duration, bench.SLO{Latency: time.Hour, MaxErrorRate: 1})
+			if t.name == "direct" {
+				direct = s
+			}
+			results = append(results, Result{
+				Workload: w.name, Target: t.name, Capacity: median(caps[t.name]), Rate: rate,
+				P50: s.Latency.P50, P99: s.Latency.P99,
+				AddedP50: s.Latency.P50 - direct.Latency.P50, AddedP99: s.Latency.P99 - direct.Latency.P99,
+				OpenErrors: s.Refused + s.Failed,
+			})
+		}
+	}
+	report(o.Out, o, results)
+	return results, nil
+}
+
+func report(w io.Writer, o Options, rs []Result) {
+	fmt.Fprintf(w, "closed loop at concurrency %d, %d rounds of %s per target (median); open loop (Poisson) at half nginx's capacity for %s\n\n",
+		o.Concurrency, o.Rounds, o.Duration, o.Duration)
+	fmt.Fprintln(w, "| workload | target | capacity req/s | x direct | open-loop rate | p50 | p99 | added p50 | added p99 |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+	byKey := map[string]Result{}
+	for _, r := range rs {
+		byKey[r.Workload+"/"+r.Target] = r
+	}
+	for _, r := range rs {
+		d := byKey[r.Workload+"/direct"]
+		fmt.Fprintf(w, "| %s | %s | %.0f | %.2f | %.0f | %s | %s | %s | %s |\n", r.Workload, r.Target, r.Capacity, r.Capacity/d.Capacity,
+			r.Rate, ms(r.P50), ms(r.P99), ms(r.AddedP50), ms(r.AddedP99))
+	}
+	fmt.Fprintln(w)
+	for _, wl := range []string{"short, non-streamed (1 token)", "200-token stream"} {
+		n, l := byKey[wl+"/nginx"], byKey[wl+"/llmlabd"]
+		fmt.Fprintf(w, "- %s: llmlabd capacity %.2fx nginx's (target >= 0.8); added p50 %s vs %s (%.2fx), added p99 %s vs %s (%.2fx) (target <= 1.25x)\n",
+			wl, l.Capacity/n.Capacity, ms(l.AddedP50), ms(n.AddedP50), ratio(l.AddedP50, n.AddedP50), ms(l.AddedP99), ms(n.AddedP99), ratio(l.AddedP99, n.AddedP99))
+	}
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/1e6) }
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port, nil
+}
+
+// startProc starts a helper process with its output in dir/name.log and
+// returns a function that stops it.
+func startProc(ctx context.Context, dir, name, bin string, args ...string) (func(), error) {
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	return func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		logf.Close()
+	}, nil
+}
+
+// waitUp waits until url answers HTTP at all.
+func waitUp(ctx context.Context, url string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(url + "/v1/models")
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("not answering at %s: %w", url, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
