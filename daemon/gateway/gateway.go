@@ -101,8 +101,8 @@ func New(cfg Config, keys *auth.Keys, engine Engine, warmup queue.Warmup, reg pr
 		DisableCompression:  true,
 	}
 	g.proxy = &httputil.ReverseProxy{
-		Rewrite:        g.rewrite,
-		Transport:      g.transport,
+		Rewrite:   g.rewrite,
+		Transport: g.transport,
 		// FlushInterval 0: ReverseProxy flushes event streams and chunked
 		// answers after every read from the engine, and lets answers of
 		// known length go out in one write.

@@ -285,4 +285,3 @@ func waitUp(ctx context.Context, url string) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
