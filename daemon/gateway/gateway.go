@@ -79,7 +79,7 @@ type Gateway struct {
 	queue     *queue.Queue
 	limiter   *ratelimit.Limiter
 	engine    Engine
-	transport *http.Transport
+	transport *engineTransport
 	proxy     *httputil.ReverseProxy
 	coalescer *coalescer
 	metrics   *metrics
@@ -92,14 +92,7 @@ func New(cfg Config, keys *auth.Keys, engine Engine, warmup queue.Warmup, reg pr
 	g.settings.Store(&settings{cfg: cfg, keys: keys})
 	g.metrics = newMetrics(reg, func() queue.Stats { return g.queue.Stats() })
 	g.queue = queue.New(cfg.Queue, warmup, g.metrics)
-	g.transport = &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        0,
-		MaxIdleConnsPerHost: 4096,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-	}
+	g.transport = newEngineTransport()
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite:   g.rewrite,
 		Transport: g.transport,

@@ -1,0 +1,41 @@
+# llmlab: `make demo` runs the main job, `make test` runs every test.
+GO        ?= go
+BIN       := bin
+FUZZTIME  ?= 15s
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all build test test-quick lint fuzz bench-overhead clean
+
+all: build
+
+## build: the binaries, in bin/
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+## test: lint, every unit and integration test with the race detector, and a short fuzz of each parser
+test: lint
+	$(GO) test -race -count=1 ./...
+	$(MAKE) fuzz
+
+## test-quick: the unit and integration tests, no race detector, no fuzzing
+test-quick:
+	$(GO) test -count=1 ./...
+
+## lint: gofmt, go vet and staticcheck must be clean
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+## fuzz: each fuzz target for FUZZTIME
+fuzz:
+	$(GO) test ./daemon/config -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./daemon/gateway -run '^$$' -fuzz FuzzValidate -fuzztime $(FUZZTIME)
+
+## bench-overhead: llmlabd's overhead against nginx and direct access (needs nginx-light)
+bench-overhead: build
+	$(BIN)/llmlab overhead
+
+clean:
+	rm -rf $(BIN) dist

@@ -1,0 +1,201 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// engineTransport is the gateway's HTTP/1.1 client for the one engine.
+//
+// Why not http.Transport: it runs two goroutines per connection and hands
+// every request and response between them over channels. For a gateway
+// whose every request is one exchange with one local engine, that handoff
+// was a large part of the CPU per request (docs/benchmarks.md). Here the
+// caller's goroutine writes the request and reads the response itself,
+// with the standard library's own serialisation (Request.Write,
+// http.ReadResponse), on keep-alive connections kept in a LIFO pool.
+//
+// A connection serves one request at a time. It returns to the pool when
+// its response body has been read to the end and neither side asked to
+// close; a request whose context ends closes its connection, which is how
+// the engine learns that the client left.
+type engineTransport struct {
+	dialer      net.Dialer
+	idleTimeout time.Duration
+	maxIdle     int
+
+	mu   sync.Mutex
+	idle []*engineConn
+}
+
+type engineConn struct {
+	c        net.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	lastUsed time.Time
+}
+
+func newEngineTransport() *engineTransport {
+	return &engineTransport{
+		dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
+		// Below uvicorn's 5 s keep-alive timeout (vLLM's server), so the
+		// gateway rarely picks a connection the engine is closing.
+		idleTimeout: 4 * time.Second,
+		maxIdle:     1024,
+	}
+}
+
+// get returns an idle connection to addr, or a new one.
+func (t *engineTransport) get(ctx context.Context, addr string) (*engineConn, bool, error) {
+	now := time.Now()
+	t.mu.Lock()
+	for len(t.idle) > 0 {
+		ec := t.idle[len(t.idle)-1]
+		t.idle = t.idle[:len(t.idle)-1]
+		if now.Sub(ec.lastUsed) < t.idleTimeout {
+			t.mu.Unlock()
+			return ec, true, nil
+		}
+		_ = ec.c.Close()
+	}
+	t.mu.Unlock()
+	c, err := t.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, false, err
+	}
+	return &engineConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 8<<10)}, false, nil
+}
+
+func (t *engineTransport) put(ec *engineConn) {
+	ec.lastUsed = time.Now()
+	t.mu.Lock()
+	if len(t.idle) < t.maxIdle {
+		t.idle = append(t.idle, ec)
+		t.mu.Unlock()
+		return
+	}
+	t.mu.Unlock()
+	_ = ec.c.Close()
+}
+
+// CloseIdleConnections closes the pooled connections.
+func (t *engineTransport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = nil
+	t.mu.Unlock()
+	for _, ec := range idle {
+		_ = ec.c.Close()
+	}
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *engineTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	for attempt := 0; ; attempt++ {
+		ec, reused, err := t.get(ctx, hostPort(req))
+		if err != nil {
+			return nil, err
+		}
+		stop := context.AfterFunc(ctx, func() { _ = ec.c.Close() })
+		resp, err := t.exchange(ec, req)
+		if err != nil {
+			stop()
+			_ = ec.c.Close()
+			// A reused connection the engine closed while idle fails before
+			// any answer: send the request again on a fresh one.
+			if reused && attempt == 0 && ctx.Err() == nil && req.GetBody != nil && staleConn(err) {
+				body, gerr := req.GetBody()
+				if gerr == nil {
+					req = req.Clone(ctx)
+					req.Body = body
+					continue
+				}
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, err
+		}
+		resp.Body = &engineBody{rc: resp.Body, t: t, ec: ec, stop: stop, reuse: !resp.Close && !req.Close}
+		return resp, nil
+	}
+}
+
+func (t *engineTransport) exchange(ec *engineConn, req *http.Request) (*http.Response, error) {
+	if err := req.Write(ec.bw); err != nil {
+		return nil, err
+	}
+	if err := ec.bw.Flush(); err != nil {
+		return nil, err
+	}
+	return http.ReadResponse(ec.br, req)
+}
+
+func staleConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func hostPort(req *http.Request) string {
+	host := req.URL.Host
+	if req.URL.Port() == "" {
+		if req.URL.Scheme == "https" {
+			return host + ":443"
+		}
+		return host + ":80"
+	}
+	return host
+}
+
+// engineBody returns the connection to the pool once the answer has been
+// read to the end.
+type engineBody struct {
+	rc    io.ReadCloser
+	t     *engineTransport
+	ec    *engineConn
+	stop  func() bool
+	reuse bool
+	done  bool
+}
+
+func (b *engineBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.finish(true)
+	}
+	return n, err
+}
+
+func (b *engineBody) Close() error {
+	if !b.done {
+		// Not read to the end: the connection holds the rest of an answer.
+		b.finish(false)
+	}
+	return nil
+}
+
+func (b *engineBody) finish(complete bool) {
+	b.done = true
+	// stop reports false when the request's context already ended (and
+	// closed the connection).
+	if b.stop() && complete && b.reuse {
+		_ = b.rc.Close()
+		b.t.put(b.ec)
+		return
+	}
+	// Close the connection first: closing an unfinished body would
+	// otherwise read the rest of the answer.
+	_ = b.ec.c.Close()
+	_ = b.rc.Close()
+}

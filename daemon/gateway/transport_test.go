@@ -1,0 +1,115 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func roundTrip(t *testing.T, tr *engineTransport, ctx context.Context, url, body string) (*http.Response, error) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, "POST", url, strings.NewReader(body))
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(body)), nil }
+	return tr.RoundTrip(req)
+}
+
+func TestTransportReusesConnections(t *testing.T) {
+	var conns atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(bytes.ToUpper(b))
+	}))
+	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	tr := newEngineTransport()
+	for i := range 5 {
+		resp, err := roundTrip(t, tr, context.Background(), srv.URL, "abc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(got) != "ABC" {
+			t.Fatalf("request %d: %q", i, got)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections for 5 sequential requests, want 1", n)
+	}
+}
+
+// The engine closes a keep-alive connection while it is idle: the next
+// request is sent again on a fresh connection instead of failing.
+func TestTransportRetriesStaleConnection(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	tr := newEngineTransport()
+	resp, err := roundTrip(t, tr, context.Background(), srv.URL, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	srv.CloseClientConnections() // the server side closes the idle connection
+	time.Sleep(10 * time.Millisecond)
+	resp, err = roundTrip(t, tr, context.Background(), srv.URL, "x")
+	if err != nil {
+		t.Fatalf("request on a stale connection failed: %v", err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(got) != "ok" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+// Cancelling the request closes the connection at once, even mid-stream,
+// so the engine sees the client leave.
+func TestTransportCancelClosesConnection(t *testing.T) {
+	gone := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		close(gone)
+	}))
+	defer srv.Close()
+	tr := newEngineTransport()
+	ctx, cancel := context.WithCancel(context.Background())
+	resp, err := roundTrip(t, tr, ctx, srv.URL, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	io.ReadFull(resp.Body, buf)
+	cancel()
+	select {
+	case <-gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the engine did not see the cancellation")
+	}
+	done := make(chan struct{})
+	go func() { resp.Body.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("closing a cancelled body blocked")
+	}
+	if n := len(tr.idle); n != 0 {
+		t.Errorf("%d idle connections after a cancelled request, want 0", n)
+	}
+}
