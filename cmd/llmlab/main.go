@@ -16,6 +16,7 @@ const usage = `usage: llmlab COMMAND [FLAGS]
 commands:
   check-config [PATH]   validate a configuration file (default /etc/llmlab/llmlab.toml)
   bench                 send the fixed workload and report throughput, goodput and latency
+  sim                   simulate a vLLM engine on a GPU profile (vLLM's API and metrics)
   fake-engine           serve an OpenAI-compatible engine that answers at once
   overhead              measure llmlabd's overhead against nginx and direct access
 `
@@ -31,6 +32,8 @@ func main() {
 	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
 	case "check-config":
 		code = checkConfig(args)
+	case "sim":
+		code = simCmd(ctx, args)
 	case "fake-engine":
 		code = fakeEngine(ctx, args)
 	case "bench":

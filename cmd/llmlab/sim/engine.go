@@ -1,0 +1,352 @@
+// Package sim is llmlab's engine simulator: it speaks vLLM's HTTP API and
+// metrics and schedules sequences the way vLLM's continuous batching does,
+// in real time, with step times from a cost model of a GPU and a model
+// (see Profile).
+//
+// Each engine step decodes one token for every running sequence whose
+// prompt is computed, and spends the rest of max_num_batched_tokens on
+// prompt chunks (chunked prefill), first for running sequences, then for
+// waiting ones, while fewer than max_num_seqs run and the KV cache has
+// blocks. A decode that finds no free block preempts the latest-arrived
+// running sequence, which frees its blocks and is recomputed later, as
+// vLLM's recompute preemption does.
+package sim
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// BlockSize is the KV-cache block size in tokens.
+const BlockSize = 16
+
+// Config sets the engine's knobs.
+type Config struct {
+	Profile             Profile
+	MaxNumSeqs          int
+	MaxNumBatchedTokens int
+	MaxModelLen         int
+	KVBlocks            int
+	// MaxNumQueuedReqs bounds the waiting queue (0: unbounded).
+	MaxNumQueuedReqs int
+}
+
+// seq is one sequence the engine generates.
+type seq struct {
+	arrival   time.Time
+	prompt    int // prompt tokens
+	maxTokens int // stop after this many output tokens
+	// Owned by the engine goroutine:
+	computed  int // context tokens whose KV is computed
+	blocks    int
+	scheduled time.Time // first time scheduled
+	// Read by the request's goroutine:
+	generated atomic.Int32
+	done      atomic.Bool
+	firstTok  atomic.Int64 // unix nanos of the first token
+	cancelled atomic.Bool
+	// notify is poked (non-blocking) on every new token; the sequences of
+	// one request share it.
+	notify chan struct{}
+}
+
+func newSeq(prompt, maxTokens int, notify chan struct{}) *seq {
+	return &seq{arrival: time.Now(), prompt: prompt, maxTokens: maxTokens, notify: notify}
+}
+
+// context is the number of tokens whose KV the sequence needs.
+func (s *seq) context() int { return s.prompt + int(s.generated.Load()) }
+
+func (s *seq) poke() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Engine runs the scheduler. Create it with NewEngine and run Loop.
+type Engine struct {
+	cfg     Config
+	metrics *metrics
+
+	mu       sync.Mutex
+	incoming []*seq
+	wake     chan struct{}
+	waitingN atomic.Int32 // waiting + incoming, for admission and metrics
+	paused   atomic.Bool
+
+	// Owned by the loop goroutine.
+	running    []*seq
+	waiting    []*seq
+	freeBlocks int
+}
+
+// NewEngine returns an engine; m may be nil.
+func NewEngine(cfg Config, m *metrics) *Engine {
+	return &Engine{cfg: cfg, metrics: m, wake: make(chan struct{}, 1), freeBlocks: cfg.KVBlocks}
+}
+
+// ErrQueueFull is returned by Submit when max_num_queued_reqs is reached.
+type ErrQueueFull struct{}
+
+func (ErrQueueFull) Error() string { return "the engine's waiting queue is full" }
+
+// Submit hands sequences to the engine.
+func (e *Engine) Submit(seqs ...*seq) error {
+	if max := e.cfg.MaxNumQueuedReqs; max > 0 && int(e.waitingN.Load())+len(seqs) > max {
+		return ErrQueueFull{}
+	}
+	e.mu.Lock()
+	e.incoming = append(e.incoming, seqs...)
+	e.mu.Unlock()
+	e.waitingN.Add(int32(len(seqs)))
+	e.poke()
+	return nil
+}
+
+// Cancel marks s for removal at the next step.
+func (e *Engine) Cancel(s *seq) {
+	s.cancelled.Store(true)
+	e.poke()
+}
+
+func (e *Engine) poke() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Loop runs engine steps until stop is closed.
+func (e *Engine) Loop(stop <-chan struct{}) {
+	next := time.Now() // when the next step may start, on the model's clock
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		e.mu.Lock()
+		for _, s := range e.incoming {
+			e.waiting = append(e.waiting, s)
+		}
+		e.incoming = e.incoming[:0]
+		e.mu.Unlock()
+		e.dropCancelled()
+
+		tokens, kv, decodes, prefills := e.schedule()
+		e.publish()
+		if tokens == 0 {
+			select {
+			case <-e.wake:
+				next = time.Now()
+				continue
+			case <-stop:
+				return
+			}
+		}
+		step := e.cfg.Profile.StepTime(tokens, kv)
+		now := time.Now()
+		if next.Before(now) {
+			next = now
+		}
+		end := next.Add(step)
+		timer.Reset(time.Until(end))
+		select {
+		case <-timer.C:
+		case <-stop:
+			return
+		}
+		if e.metrics != nil {
+			e.metrics.observeStep(tokens, time.Since(end))
+		}
+		next = end
+		e.finishStep(end, decodes, prefills)
+	}
+}
+
+// scheduled work of one step.
+type chunk struct {
+	s *seq
+	n int
+}
+
+// schedule picks the step's work and reserves KV blocks for it. It returns
+// the tokens processed, the KV tokens read, the decoding sequences and the
+// prompt chunks.
+func (e *Engine) schedule() (tokens, kv int, decodes []*seq, prefills []chunk) {
+	budget := e.cfg.MaxNumBatchedTokens
+	// Running sequences first, in arrival order; preempt from the back.
+	for i := 0; i < len(e.running) && budget > 0; i++ {
+		s := e.running[i]
+		need := s.context()
+		if s.computed >= need {
+			// Decode one token: its KV slot must fit.
+			for !e.reserve(s, need+1) {
+				victim := e.running[len(e.running)-1]
+				e.preempt(victim)
+				if victim == s {
+					break
+				}
+			}
+			if i >= len(e.running) || e.running[i] != s {
+				break // s itself was preempted
+			}
+			decodes = append(decodes, s)
+			tokens++
+			kv += need
+			budget--
+			continue
+		}
+		n := min(need-s.computed, budget)
+		if !e.reserve(s, s.computed+n) {
+			continue
+		}
+		prefills = append(prefills, chunk{s, n})
+		tokens += n
+		kv += s.computed + n
+		budget -= n
+	}
+	// Then waiting sequences, first come first served.
+	admitted := 0
+	for admitted < len(e.waiting) && budget > 0 && len(e.running) < e.cfg.MaxNumSeqs {
+		s := e.waiting[admitted]
+		n := min(s.context()-s.computed, budget)
+		if !e.reserve(s, s.computed+n) {
+			break
+		}
+		if s.scheduled.IsZero() {
+			s.scheduled = time.Now()
+			if e.metrics != nil {
+				e.metrics.queueTime.Observe(s.scheduled.Sub(s.arrival).Seconds())
+			}
+		}
+		e.running = append(e.running, s)
+		prefills = append(prefills, chunk{s, n})
+		tokens += n
+		kv += s.computed + n
+		budget -= n
+		admitted++
+	}
+	if admitted > 0 {
+		e.waiting = append(e.waiting[:0], e.waiting[admitted:]...)
+		e.waitingN.Add(-int32(admitted))
+	}
+	return tokens, kv, decodes, prefills
+}
+
+// reserve grows s's KV blocks to hold tokens; false if the cache is full.
+func (e *Engine) reserve(s *seq, tokens int) bool {
+	need := (tokens + BlockSize - 1) / BlockSize
+	if need <= s.blocks {
+		return true
+	}
+	if need-s.blocks > e.freeBlocks {
+		return false
+	}
+	e.freeBlocks -= need - s.blocks
+	s.blocks = need
+	return true
+}
+
+func (e *Engine) release(s *seq) {
+	e.freeBlocks += s.blocks
+	s.blocks = 0
+}
+
+// preempt moves a running sequence back to the front of the waiting queue
+// and frees its KV cache; it will be recomputed (prompt and the tokens
+// generated so far).
+func (e *Engine) preempt(s *seq) {
+	for i, r := range e.running {
+		if r == s {
+			e.running = append(e.running[:i], e.running[i+1:]...)
+			break
+		}
+	}
+	e.release(s)
+	s.computed = 0
+	e.waiting = append([]*seq{s}, e.waiting...)
+	e.waitingN.Add(1)
+	if e.metrics != nil {
+		e.metrics.preemptions.Inc()
+	}
+}
+
+// finishStep applies a step's results at the model's time end.
+func (e *Engine) finishStep(end time.Time, decodes []*seq, prefills []chunk) {
+	for _, s := range decodes {
+		s.computed++
+		e.emit(s, end)
+	}
+	for _, c := range prefills {
+		c.s.computed += c.n
+		if c.s.computed >= c.s.context() {
+			// The step that completes a prompt samples the next token.
+			e.emit(c.s, end)
+		}
+	}
+	kept := e.running[:0]
+	for _, s := range e.running {
+		if s.done.Load() {
+			e.release(s)
+			continue
+		}
+		kept = append(kept, s)
+	}
+	clear(e.running[len(kept):])
+	e.running = kept
+}
+
+func (e *Engine) emit(s *seq, at time.Time) {
+	g := s.generated.Add(1)
+	if g == 1 {
+		s.firstTok.Store(at.UnixNano())
+		if e.metrics != nil {
+			e.metrics.ttft.Observe(at.Sub(s.arrival).Seconds())
+		}
+	}
+	if int(g) >= s.maxTokens {
+		s.done.Store(true)
+		if e.metrics != nil {
+			e.metrics.e2e.Observe(at.Sub(s.arrival).Seconds())
+			e.metrics.success.Inc()
+		}
+	}
+	s.poke()
+}
+
+// dropCancelled removes sequences whose clients left.
+func (e *Engine) dropCancelled() {
+	kept := e.running[:0]
+	for _, s := range e.running {
+		if s.cancelled.Load() {
+			e.release(s)
+			continue
+		}
+		kept = append(kept, s)
+	}
+	clear(e.running[len(kept):])
+	e.running = kept
+	w := e.waiting[:0]
+	for _, s := range e.waiting {
+		if s.cancelled.Load() {
+			e.release(s)
+			e.waitingN.Add(-1)
+			continue
+		}
+		w = append(w, s)
+	}
+	clear(e.waiting[len(w):])
+	e.waiting = w
+}
+
+// publish updates the gauges from the loop's state.
+func (e *Engine) publish() {
+	if e.metrics == nil {
+		return
+	}
+	e.metrics.running.Set(float64(len(e.running)))
+	e.metrics.waiting.Set(float64(e.waitingN.Load()))
+	if e.cfg.KVBlocks > 0 {
+		e.metrics.kvUsage.Set(1 - float64(e.freeBlocks)/float64(e.cfg.KVBlocks))
+	}
+}

@@ -1,0 +1,340 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Options configure a simulator server.
+type Options struct {
+	Engine Config
+	// Model is the served model name.
+	Model string
+	// StartupDelay keeps the port closed this long, as vLLM's does while
+	// it loads.
+	StartupDelay time.Duration
+	// ErrorRate answers this fraction of requests with 500.
+	ErrorRate float64
+	// CrashAfter makes the process exit (via Crash) when request number
+	// CrashAfter+1 arrives; 0 never.
+	CrashAfter int
+	Crash      func()
+	// Ready, when set, is called with the address once the port is open.
+	Ready func(addr string)
+}
+
+// Server is the simulator's HTTP side.
+type Server struct {
+	opt      Options
+	engine   *Engine
+	reg      *prometheus.Registry
+	requests atomic.Int64
+	sleeping atomic.Bool
+	rngMu    sync.Mutex
+	rng      *rand.Rand
+}
+
+// NewServer returns a server and its engine; run the engine with Run.
+func NewServer(opt Options) *Server {
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg, opt.Model)
+	return &Server{opt: opt, engine: NewEngine(opt.Engine, m), reg: reg, rng: rand.New(rand.NewPCG(1, 2))}
+}
+
+// Run waits out the startup delay, then serves on l until ctx ends.
+func (s *Server) Run(ctx context.Context, listen string) error {
+	select {
+	case <-time.After(s.opt.StartupDelay):
+	case <-ctx.Done():
+		return nil
+	}
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, l)
+}
+
+// Serve serves on l until ctx ends.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	stop := make(chan struct{})
+	go s.engine.Loop(stop)
+	defer close(stop)
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if s.opt.Ready != nil {
+		s.opt.Ready(l.Addr().String())
+	}
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Handler returns vLLM's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/completions", func(w http.ResponseWriter, r *http.Request) { s.generate(w, r, false) })
+	mux.HandleFunc("POST /v1/chat/completions", func(w http.ResponseWriter, r *http.Request) { s.generate(w, r, true) })
+	mux.HandleFunc("GET /v1/models", s.models)
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {})
+	mux.HandleFunc("POST /tokenize", s.tokenize)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("POST /sleep", func(w http.ResponseWriter, r *http.Request) { s.sleeping.Store(true) })
+	mux.HandleFunc("POST /wake_up", func(w http.ResponseWriter, r *http.Request) {
+		if s.sleeping.Load() {
+			time.Sleep(s.opt.Engine.Profile.WakeTime)
+			s.sleeping.Store(false)
+		}
+	})
+	mux.HandleFunc("GET /is_sleeping", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "{\"is_sleeping\":%t}\n", s.sleeping.Load())
+	})
+	return mux
+}
+
+// vllmError writes an error as vLLM's OpenAI server does.
+func vllmError(w http.ResponseWriter, status int, typ, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": status}})
+	w.Write(b)
+}
+
+type genRequest struct {
+	Model    string          `json:"model"`
+	Prompt   json.RawMessage `json:"prompt"`
+	Messages []struct {
+		Role    string          `json:"role"`
+		Content json.RawMessage `json:"content"`
+	} `json:"messages"`
+	MaxTokens           *int  `json:"max_tokens"`
+	MaxCompletionTokens *int  `json:"max_completion_tokens"`
+	MinTokens           int   `json:"min_tokens"`
+	IgnoreEOS           bool  `json:"ignore_eos"`
+	N                   *int  `json:"n"`
+	Stream              bool  `json:"stream"`
+	ReturnTokenIDs      bool  `json:"return_token_ids"`
+	StreamOptions       *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+// prompt is one prompt's token count and stable identity.
+type prompt struct {
+	tokens int
+	ids    []int
+	hash   uint32
+}
+
+func textPrompt(text string) prompt {
+	h := fnv.New32a()
+	h.Write([]byte(text))
+	ids := Tokenize(text)
+	return prompt{tokens: len(ids), ids: ids, hash: h.Sum32()}
+}
+
+func idsPrompt(ids []int) prompt {
+	h := fnv.New32a()
+	for _, id := range ids {
+		h.Write([]byte(strconv.Itoa(id)))
+	}
+	return prompt{tokens: len(ids), ids: ids, hash: h.Sum32()}
+}
+
+func (s *Server) parsePrompts(req *genRequest, chat bool) ([]prompt, error) {
+	if chat {
+		if len(req.Messages) == 0 {
+			return nil, errors.New("messages must not be empty")
+		}
+		var text bytes.Buffer
+		hasSystem := false
+		for _, m := range req.Messages {
+			hasSystem = hasSystem || m.Role == "system"
+			var str string
+			if json.Unmarshal(m.Content, &str) == nil {
+				text.WriteString(str)
+				continue
+			}
+			var parts []struct {
+				Text string `json:"text"`
+			}
+			if err := json.Unmarshal(m.Content, &parts); err != nil {
+				return nil, errors.New("message content must be a string or a list of parts")
+			}
+			for _, p := range parts {
+				text.WriteString(p.Text)
+			}
+		}
+		p := textPrompt(text.String())
+		extra := chatTemplateTokens(len(req.Messages), hasSystem)
+		p.tokens += extra
+		for i := 0; i < extra; i++ {
+			p.ids = append(p.ids, 151644+i%3)
+		}
+		return []prompt{p}, nil
+	}
+	var str string
+	if json.Unmarshal(req.Prompt, &str) == nil {
+		return []prompt{textPrompt(str)}, nil
+	}
+	var strs []string
+	if json.Unmarshal(req.Prompt, &strs) == nil && len(strs) > 0 {
+		out := make([]prompt, len(strs))
+		for i, t := range strs {
+			out[i] = textPrompt(t)
+		}
+		return out, nil
+	}
+	var ids []int
+	if json.Unmarshal(req.Prompt, &ids) == nil && len(ids) > 0 {
+		return []prompt{idsPrompt(ids)}, nil
+	}
+	var lists [][]int
+	if json.Unmarshal(req.Prompt, &lists) == nil && len(lists) > 0 {
+		out := make([]prompt, len(lists))
+		for i, l := range lists {
+			out[i] = idsPrompt(l)
+		}
+		return out, nil
+	}
+	return nil, errors.New("prompt must be a string, a list of strings, a list of token ids or a list of token-id lists")
+}
+
+func (s *Server) injectFailure(w http.ResponseWriter) bool {
+	n := s.requests.Add(1)
+	if s.opt.CrashAfter > 0 && n > int64(s.opt.CrashAfter) && s.opt.Crash != nil {
+		s.opt.Crash()
+	}
+	if s.opt.ErrorRate > 0 {
+		s.rngMu.Lock()
+		fail := s.rng.Float64() < s.opt.ErrorRate
+		s.rngMu.Unlock()
+		if fail {
+			vllmError(w, http.StatusInternalServerError, "InternalServerError", "injected failure")
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) {
+	if s.injectFailure(w) {
+		return
+	}
+	if s.sleeping.Load() {
+		vllmError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "the engine is sleeping; POST /wake_up first")
+		return
+	}
+	var req genRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		vllmError(w, http.StatusBadRequest, "BadRequestError", "invalid JSON: "+err.Error())
+		return
+	}
+	if req.Model != "" && req.Model != s.opt.Model {
+		vllmError(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("The model `%s` does not exist.", req.Model))
+		return
+	}
+	prompts, err := s.parsePrompts(&req, chat)
+	if err != nil {
+		vllmError(w, http.StatusBadRequest, "BadRequestError", err.Error())
+		return
+	}
+	n := 1
+	if req.N != nil {
+		n = *req.N
+	}
+	if n < 1 {
+		vllmError(w, http.StatusBadRequest, "BadRequestError", "n must be at least 1")
+		return
+	}
+	maxTok := req.MaxTokens
+	if req.MaxCompletionTokens != nil {
+		maxTok = req.MaxCompletionTokens
+	}
+	limit := s.opt.Engine.MaxModelLen
+	var seqs []*seq
+	notify := make(chan struct{}, 1)
+	for _, p := range prompts {
+		out := limit - p.tokens
+		if maxTok != nil {
+			if *maxTok < 1 {
+				vllmError(w, http.StatusBadRequest, "BadRequestError", "max_tokens must be at least 1")
+				return
+			}
+			out = *maxTok
+		}
+		if p.tokens+out > limit {
+			vllmError(w, http.StatusBadRequest, "BadRequestError", fmt.Sprintf(
+				"This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the messages, %d in the completion). Please reduce the length of the messages or completion.",
+				limit, p.tokens+out, p.tokens, out))
+			return
+		}
+		if !req.IgnoreEOS {
+			// temperature 0 and no ignore_eos: a deterministic natural
+			// length, never below min_tokens.
+			out = max(min(out, 16+int(p.hash%240)), min(req.MinTokens, out))
+		}
+		for range n {
+			seqs = append(seqs, newSeq(p.tokens, out, notify))
+		}
+	}
+	if err := s.engine.Submit(seqs...); err != nil {
+		vllmError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", err.Error())
+		return
+	}
+	g := &generation{s: s, chat: chat, req: &req, prompts: prompts, n: n, seqs: seqs, notify: notify, created: time.Now().Unix()}
+	g.id = fmt.Sprintf("%s%016x", map[bool]string{false: "cmpl-", true: "chatcmpl-"}[chat], s.rng2())
+	g.model, _ = json.Marshal(s.opt.Model)
+	if req.Stream {
+		g.stream(w, r.Context())
+	} else {
+		g.wait(w, r.Context())
+	}
+}
+
+func (s *Server) rng2() uint64 {
+	s.rngMu.Lock()
+	defer s.rngMu.Unlock()
+	return s.rng.Uint64()
+}
+
+func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"object":"list","data":[{"id":%q,"object":"model","created":%d,"owned_by":"vllm","root":%q,"parent":null,"max_model_len":%d}]}`,
+		s.opt.Model, time.Now().Unix(), s.opt.Model, s.opt.Engine.MaxModelLen)
+}
+
+func (s *Server) tokenize(w http.ResponseWriter, r *http.Request) {
+	var req genRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		vllmError(w, http.StatusBadRequest, "BadRequestError", "invalid JSON")
+		return
+	}
+	chat := len(req.Messages) > 0
+	prompts, err := s.parsePrompts(&req, chat)
+	if err != nil || len(prompts) != 1 {
+		vllmError(w, http.StatusBadRequest, "BadRequestError", "tokenize takes one prompt or messages")
+		return
+	}
+	ids, _ := json.Marshal(prompts[0].ids)
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"count":%d,"max_model_len":%d,"tokens":%s,"token_strs":null}`, prompts[0].tokens, s.opt.Engine.MaxModelLen, ids)
+}
