@@ -4,13 +4,17 @@ BIN       := bin
 FUZZTIME  ?= 15s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-quick lint fuzz bench-overhead clean
+.PHONY: all build demo test test-quick lint fuzz bench-overhead clean
 
 all: build
 
 ## build: the binaries, in bin/
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+
+## demo: two engine simulators, llmlabd in front of one, rising load against both, a results table (under a minute)
+demo: build
+	$(BIN)/llmlab demo
 
 ## test: lint, every unit and integration test with the race detector, and a short fuzz of each parser
 test: lint

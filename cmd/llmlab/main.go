@@ -15,6 +15,7 @@ const usage = `usage: llmlab COMMAND [FLAGS]
 
 commands:
   check-config [PATH]   validate a configuration file (default /etc/llmlab/llmlab.toml)
+  demo                  the simulator, llmlabd in front of it, rising load, a results table
   bench                 send the fixed workload and report throughput, goodput and latency
   sim                   simulate a vLLM engine on a GPU profile (vLLM's API and metrics)
   fake-engine           serve an OpenAI-compatible engine that answers at once
@@ -32,6 +33,8 @@ func main() {
 	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
 	case "check-config":
 		code = checkConfig(args)
+	case "demo":
+		code = demoCmd(ctx, args)
 	case "sim":
 		code = simCmd(ctx, args)
 	case "fake-engine":

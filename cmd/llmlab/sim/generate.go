@@ -228,4 +228,3 @@ func (g *generation) stream(w http.ResponseWriter, ctx context.Context) {
 	w.Write(buf)
 	fl.Flush()
 }
-

@@ -53,9 +53,9 @@ var Profiles = map[string]Profile{
 		Name:        "gtx1650",
 		Description: "GeForce GTX 1650 (4 GB GDDR5/6, Turing TU117) serving Qwen2.5-0.5B-Instruct",
 		Source: "datasheet estimates, not yet measured: 128 GB/s memory bandwidth -> 0.99 GB of weights read per step = 7.7 ms, " +
-			"plus about 2 ms of launches = 10 ms fixed; about 6 TFLOPS fp16 at 40% for 1 GFLOP per token = 0.42 ms per token; " +
+			"plus about 2 ms of launches = 10 ms fixed; about 6 TFLOPS fp16 at about 65% in the large matmuls of a busy step, for 1 GFLOP per token = 0.25 ms per token; " +
 			"12 KiB of KV per context token at 128 GB/s = 96 ns; 4 GiB card, 0.6 GiB of activations and graphs",
-		StepFixed: 10 * time.Millisecond, PerToken: 420 * time.Microsecond, PerKVToken: 96 * time.Nanosecond,
+		StepFixed: 10 * time.Millisecond, PerToken: 250 * time.Microsecond, PerKVToken: 96 * time.Nanosecond,
 		GPUMemory: 4 * gib, Weights: qwenWeights, Overhead: 600 << 20, KVBytesPerToken: qwenKV,
 		MaxNumSeqs: 256, MaxNumBatchedTokens: 2048, MaxModelLen: 2048,
 		StartupDelay: 20 * time.Second, WakeTime: 300 * time.Millisecond,

@@ -125,13 +125,13 @@ type genRequest struct {
 		Role    string          `json:"role"`
 		Content json.RawMessage `json:"content"`
 	} `json:"messages"`
-	MaxTokens           *int  `json:"max_tokens"`
-	MaxCompletionTokens *int  `json:"max_completion_tokens"`
-	MinTokens           int   `json:"min_tokens"`
-	IgnoreEOS           bool  `json:"ignore_eos"`
-	N                   *int  `json:"n"`
-	Stream              bool  `json:"stream"`
-	ReturnTokenIDs      bool  `json:"return_token_ids"`
+	MaxTokens           *int `json:"max_tokens"`
+	MaxCompletionTokens *int `json:"max_completion_tokens"`
+	MinTokens           int  `json:"min_tokens"`
+	IgnoreEOS           bool `json:"ignore_eos"`
+	N                   *int `json:"n"`
+	Stream              bool `json:"stream"`
+	ReturnTokenIDs      bool `json:"return_token_ids"`
 	StreamOptions       *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`

@@ -1,0 +1,341 @@
+// Package demo runs llmlab's main job on a laptop: two identical engine
+// simulators, llmlabd in front of one of them, and the fixed workload at
+// rising offered load against both at once, so that "through llmlab" and
+// "the engine alone" are measured side by side without one side's
+// overload spilling into the other's numbers.
+package demo
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/sim"
+)
+
+// Options configure a demo run.
+type Options struct {
+	Llmlabd  string
+	Profile  string
+	Capacity float64   // the engine's sustainable rate, req/s (the load unit)
+	Loads    []float64 // multiples of Capacity
+	Warmup   time.Duration
+	Duration time.Duration
+	Timeout  time.Duration
+	SLO      bench.SLO
+	// MaxInflight and MaxWait configure llmlabd's admission.
+	MaxInflight int
+	MaxWait     time.Duration
+	// MaxLag marks a phase invalid when a simulator step ran later than this.
+	MaxLag  time.Duration
+	Results string // folder for results; "" skips writing them
+	Out     io.Writer
+}
+
+// Row is one phase's figures for one target.
+type Row struct {
+	Load    float64        `json:"load"` // multiple of capacity
+	Rate    float64        `json:"rate"` // offered req/s
+	Target  string         `json:"target"`
+	Summary bench.Summary  `json:"summary"`
+	MaxLag  time.Duration  `json:"sim_max_lag"`
+	Valid   bool           `json:"valid"`
+	Samples []bench.Sample `json:"samples"`
+}
+
+// Run runs the demo and prints its table.
+func Run(ctx context.Context, o Options) ([]Row, error) {
+	prof, ok := sim.Profiles[o.Profile]
+	if !ok {
+		return nil, fmt.Errorf("unknown profile %q", o.Profile)
+	}
+	blocks, err := prof.KVBlocks(0.9)
+	if err != nil {
+		return nil, err
+	}
+	cfg := sim.Config{Profile: prof, MaxNumSeqs: prof.MaxNumSeqs, MaxNumBatchedTokens: prof.MaxNumBatchedTokens,
+		MaxModelLen: prof.MaxModelLen, KVBlocks: blocks}
+	const model = "Qwen/Qwen2.5-0.5B-Instruct"
+
+	dir, err := os.MkdirTemp("", "llmlab-demo")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+
+	sctx, stopSims := context.WithCancel(ctx)
+	defer stopSims()
+	startSim := func() (string, error) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		srv := sim.NewServer(sim.Options{Engine: cfg, Model: model})
+		go srv.Serve(sctx, l)
+		return "http://" + l.Addr().String(), nil
+	}
+	direct, err := startSim()
+	if err != nil {
+		return nil, err
+	}
+	behind, err := startSim()
+	if err != nil {
+		return nil, err
+	}
+
+	gw, stopGw, err := startLlmlabd(ctx, dir, o, behind, model)
+	if err != nil {
+		return nil, err
+	}
+	defer stopGw()
+
+	fmt.Fprintf(o.Out, "llmlab demo: profile %s (%s)\n", prof.Name, prof.Description)
+	fmt.Fprintf(o.Out, "workload: 200 prompt + 200 output tokens, streamed, Poisson arrivals; SLO p95 <= %s, error rate <= %g\n",
+		o.SLO.Latency, o.SLO.MaxErrorRate)
+	fmt.Fprintf(o.Out, "two identical simulators; llmlabd (max_inflight %d, max_wait %s) in front of one; each load runs against both at once\n\n",
+		o.MaxInflight, o.MaxWait)
+
+	client := bench.NewClient(1024)
+	var rows []Row
+	for i, load := range o.Loads {
+		rate := load * o.Capacity
+		fmt.Fprintf(o.Out, "  load %.1fx (%.1f req/s) ...\n", load, rate)
+		targets := []struct{ name, url, sim string }{{"llmlab", gw, behind}, {"direct", direct, direct}}
+		res := make([]Row, len(targets))
+		var wg sync.WaitGroup
+		for j, t := range targets {
+			wg.Go(func() {
+				opt := bench.Options{Target: t.url, Model: model, Stream: true, PromptTokens: 200, MaxTokens: 200,
+					Rate: rate, Poisson: true, Seed: uint64(i + 1), Warmup: o.Warmup, Duration: o.Duration, Timeout: o.Timeout}
+				samples, _ := bench.Run(ctx, client, opt)
+				res[j] = Row{Load: load, Rate: rate, Target: t.name, Summary: bench.Summarize(samples, o.Duration, o.SLO), Samples: samples}
+			})
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			return rows, ctx.Err()
+		}
+		for j, t := range targets {
+			lag, err := simLag(t.sim)
+			if err != nil {
+				return rows, err
+			}
+			res[j].MaxLag = lag
+			res[j].Valid = lag <= o.MaxLag
+		}
+		rows = append(rows, res...)
+		// Let both engines drain before the next load.
+		if err := waitIdle(ctx, direct, behind); err != nil {
+			return rows, err
+		}
+	}
+	printTable(o.Out, o, rows)
+	if o.Results != "" {
+		if err := writeResults(o.Results, o, rows); err != nil {
+			return rows, err
+		}
+		fmt.Fprintf(o.Out, "\nresults (every sample, the table as CSV, the latency-versus-load plot): %s\n", o.Results)
+	}
+	return rows, nil
+}
+
+func startLlmlabd(ctx context.Context, dir string, o Options, engine, model string) (string, func(), error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg := fmt.Sprintf(`[gateway]
+listen = %q
+[engine]
+url = %q
+models = [%q]
+[queue]
+max_inflight = %d
+max_queued = %d
+max_wait = %q
+nominal_rps = %g
+[metrics]
+listen = ""
+[log]
+format = "text"
+access_log = false
+`, addr, engine, model, o.MaxInflight, 4*o.MaxInflight, o.MaxWait.String(), o.Capacity)
+	path := filepath.Join(dir, "llmlab.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return "", nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "llmlabd.log"))
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.CommandContext(ctx, o.Llmlabd, "--config", path)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return "", nil, fmt.Errorf("starting llmlabd: %w", err)
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		logf.Close()
+	}
+	url := "http://" + addr
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			return url, stop, nil
+		}
+		if time.Now().After(deadline) {
+			stop()
+			log, _ := os.ReadFile(filepath.Join(dir, "llmlabd.log"))
+			return "", nil, fmt.Errorf("llmlabd did not start: %s", log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// simMetric reads one series from a simulator's /metrics.
+func simMetric(url, name string) (float64, error) {
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
+			f := strings.Fields(line)
+			return strconv.ParseFloat(f[len(f)-1], 64)
+		}
+	}
+	return 0, fmt.Errorf("%s: no %s in /metrics", url, name)
+}
+
+func simLag(url string) (time.Duration, error) {
+	v, err := simMetric(url, "llmlab_sim_step_lag_max_seconds")
+	return time.Duration(v * float64(time.Second)), err
+}
+
+func waitIdle(ctx context.Context, urls ...string) error {
+	for _, u := range urls {
+		for {
+			run, err := simMetric(u, "vllm:num_requests_running")
+			if err != nil {
+				return err
+			}
+			wait, _ := simMetric(u, "vllm:num_requests_waiting")
+			if run+wait == 0 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+func printTable(w io.Writer, o Options, rows []Row) {
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "%-6s %-8s %-8s %9s %9s %9s %9s %8s %8s %8s  %s\n",
+		"load", "rate", "target", "goodput", "ok/s", "p95", "ttft p95", "ok", "refused", "failed", "SLO")
+	for _, r := range rows {
+		s := r.Summary
+		verdict := "fail"
+		if s.Pass {
+			verdict = "pass"
+		}
+		if !r.Valid {
+			verdict += fmt.Sprintf(" (INVALID: simulator lagged %s)", r.MaxLag.Round(time.Millisecond))
+		}
+		fmt.Fprintf(w, "%-6s %-8s %-8s %9.1f %9.1f %9s %9s %8d %8d %8d  %s\n",
+			fmt.Sprintf("%.1fx", r.Load), fmt.Sprintf("%.1f/s", r.Rate), r.Target, s.Goodput, s.RPS,
+			s.Latency.P95.Round(10*time.Millisecond), s.TTFT.P95.Round(10*time.Millisecond), s.OK, s.Refused, s.Failed, verdict)
+	}
+	peak := 0.0
+	for _, r := range rows {
+		if r.Target == "direct" {
+			peak = max(peak, r.Summary.Goodput)
+		}
+	}
+	fmt.Fprintf(w, "\ngoodput = requests/s answered within %s; the engine alone peaks at %.1f req/s of goodput.\n", o.SLO.Latency, peak)
+	for _, r := range rows {
+		if r.Target == "llmlab" && r.Load >= 2 {
+			fmt.Fprintf(w, "at %.1fx load llmlab keeps %.2fx of that peak (p95 %s), the engine alone %.2fx.\n", r.Load,
+				r.Summary.Goodput/peak, r.Summary.Latency.P95.Round(10*time.Millisecond), direct(rows, r.Load).Summary.Goodput/peak)
+		}
+	}
+}
+
+func direct(rows []Row, load float64) Row {
+	for _, r := range rows {
+		if r.Target == "direct" && r.Load == load {
+			return r
+		}
+	}
+	return Row{}
+}
+
+func writeResults(dir string, o Options, rows []Row) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(dir, "results.json"))
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(f)
+	enc.SetIndent("", " ")
+	if err := enc.Encode(struct {
+		Command string    `json:"command"`
+		Options Options   `json:"options"`
+		Rows    []Row     `json:"rows"`
+		When    time.Time `json:"when"`
+	}{strings.Join(os.Args, " "), o, rows, time.Now().UTC()}); err != nil {
+		f.Close()
+		return err
+	}
+	f.Close()
+	c, err := os.Create(filepath.Join(dir, "results.csv"))
+	if err != nil {
+		return err
+	}
+	cw := csv.NewWriter(c)
+	cw.Write([]string{"load", "rate", "target", "goodput", "rps", "p50_s", "p95_s", "p99_s", "ttft_p95_s", "ok", "refused", "failed", "pass", "valid"})
+	for _, r := range rows {
+		s := r.Summary
+		cw.Write([]string{f2(r.Load), f2(r.Rate), r.Target, f2(s.Goodput), f2(s.RPS), f3(s.Latency.P50.Seconds()), f3(s.Latency.P95.Seconds()),
+			f3(s.Latency.P99.Seconds()), f3(s.TTFT.P95.Seconds()), strconv.Itoa(s.OK), strconv.Itoa(s.Refused), strconv.Itoa(s.Failed),
+			strconv.FormatBool(s.Pass), strconv.FormatBool(r.Valid)})
+	}
+	cw.Flush()
+	c.Close()
+	return os.WriteFile(filepath.Join(dir, "latency-vs-load.svg"), []byte(plot(rows, o)), 0o644)
+}
+
+func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
+func f3(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
+
+func (o Options) MarshalJSON() ([]byte, error) {
+	type plain Options
+	p := plain(o)
+	p.Out = nil
+	return json.Marshal(p)
+}

@@ -1,0 +1,47 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/demo"
+)
+
+func demoCmd(ctx context.Context, args []string) int {
+	self, _ := os.Executable()
+	fs := flag.NewFlagSet("llmlab demo", flag.ExitOnError)
+	o := demo.Options{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
+	fs.StringVar(&o.Llmlabd, "llmlabd", filepath.Join(filepath.Dir(self), "llmlabd"), "llmlabd binary")
+	fs.StringVar(&o.Profile, "profile", "t4", "simulator profile")
+	fs.Float64Var(&o.Capacity, "capacity", 25, "the engine's sustainable rate in req/s (the unit of load)")
+	loads := fs.String("loads", "0.5,1.5,3", "offered loads, as multiples of --capacity")
+	fs.DurationVar(&o.Warmup, "warmup", 3*time.Second, "warm-up per load, excluded")
+	fs.DurationVar(&o.Duration, "duration", 6*time.Second, "measurement per load")
+	fs.DurationVar(&o.Timeout, "timeout", 10*time.Second, "per-request timeout (counted as a failure)")
+	fs.DurationVar(&o.SLO.Latency, "slo-p95", 5*time.Second, "SLO latency")
+	fs.IntVar(&o.MaxInflight, "max-inflight", 96, "llmlabd's queue.max_inflight")
+	fs.DurationVar(&o.MaxWait, "max-wait", time.Second, "llmlabd's queue.max_wait")
+	fs.DurationVar(&o.MaxLag, "max-lag", 25*time.Millisecond, "mark a load invalid when a simulator step lagged more")
+	fs.StringVar(&o.Results, "results", filepath.Join("results", "demo-"+time.Now().UTC().Format("20060102T150405Z")), "results folder")
+	_ = fs.Parse(args)
+	for _, f := range strings.Split(*loads, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v <= 0 {
+			fmt.Fprintf(os.Stderr, "llmlab demo: --loads %q: want positive numbers separated by commas\n", *loads)
+			return 2
+		}
+		o.Loads = append(o.Loads, v)
+	}
+	if _, err := demo.Run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "llmlab demo:", err)
+		return 1
+	}
+	return 0
+}
