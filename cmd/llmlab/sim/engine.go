@@ -74,7 +74,6 @@ type Engine struct {
 	incoming []*seq
 	wake     chan struct{}
 	waitingN atomic.Int32 // waiting + incoming, for admission and metrics
-	paused   atomic.Bool
 
 	// Owned by the loop goroutine.
 	running    []*seq
@@ -125,14 +124,12 @@ func (e *Engine) Loop(stop <-chan struct{}) {
 	defer timer.Stop()
 	for {
 		e.mu.Lock()
-		for _, s := range e.incoming {
-			e.waiting = append(e.waiting, s)
-		}
+		e.waiting = append(e.waiting, e.incoming...)
 		e.incoming = e.incoming[:0]
 		e.mu.Unlock()
 		e.dropCancelled()
 
-		tokens, kv, decodes, prefills := e.schedule()
+		tokens, kv, chunks := e.schedule()
 		e.publish()
 		if tokens == 0 {
 			select {
@@ -159,7 +156,7 @@ func (e *Engine) Loop(stop <-chan struct{}) {
 			e.metrics.observeStep(tokens, time.Since(end))
 		}
 		next = end
-		e.finishStep(end, decodes, prefills)
+		e.finishStep(end, chunks)
 	}
 }
 
@@ -170,37 +167,27 @@ type chunk struct {
 }
 
 // schedule picks the step's work and reserves KV blocks for it. It returns
-// the tokens processed, the KV tokens read, the decoding sequences and the
-// prompt chunks.
-func (e *Engine) schedule() (tokens, kv int, decodes []*seq, prefills []chunk) {
+// the tokens processed, the KV tokens read and the chunks: a decoding
+// sequence's chunk is its one newest token, a prefilling sequence's is the
+// next part of its prompt (or, after a preemption, of its prompt and the
+// tokens it had generated).
+func (e *Engine) schedule() (tokens, kv int, chunks []chunk) {
 	budget := e.cfg.MaxNumBatchedTokens
 	// Running sequences first, in arrival order; preempt from the back.
 	for i := 0; i < len(e.running) && budget > 0; i++ {
 		s := e.running[i]
-		need := s.context()
-		if s.computed >= need {
-			// Decode one token: its KV slot must fit.
-			for !e.reserve(s, need+1) {
-				victim := e.running[len(e.running)-1]
-				e.preempt(victim)
-				if victim == s {
-					break
-				}
+		n := min(s.context()-s.computed, budget)
+		for !e.reserve(s, s.computed+n) {
+			victim := e.running[len(e.running)-1]
+			e.preempt(victim)
+			if victim == s {
+				break
 			}
-			if i >= len(e.running) || e.running[i] != s {
-				break // s itself was preempted
-			}
-			decodes = append(decodes, s)
-			tokens++
-			kv += need
-			budget--
-			continue
 		}
-		n := min(need-s.computed, budget)
-		if !e.reserve(s, s.computed+n) {
-			continue
+		if i >= len(e.running) || e.running[i] != s {
+			break // s itself was preempted
 		}
-		prefills = append(prefills, chunk{s, n})
+		chunks = append(chunks, chunk{s, n})
 		tokens += n
 		kv += s.computed + n
 		budget -= n
@@ -220,7 +207,7 @@ func (e *Engine) schedule() (tokens, kv int, decodes []*seq, prefills []chunk) {
 			}
 		}
 		e.running = append(e.running, s)
-		prefills = append(prefills, chunk{s, n})
+		chunks = append(chunks, chunk{s, n})
 		tokens += n
 		kv += s.computed + n
 		budget -= n
@@ -230,7 +217,7 @@ func (e *Engine) schedule() (tokens, kv int, decodes []*seq, prefills []chunk) {
 		e.waiting = append(e.waiting[:0], e.waiting[admitted:]...)
 		e.waitingN.Add(-int32(admitted))
 	}
-	return tokens, kv, decodes, prefills
+	return tokens, kv, chunks
 }
 
 // reserve grows s's KV blocks to hold tokens; false if the cache is full.
@@ -272,15 +259,12 @@ func (e *Engine) preempt(s *seq) {
 }
 
 // finishStep applies a step's results at the model's time end.
-func (e *Engine) finishStep(end time.Time, decodes []*seq, prefills []chunk) {
-	for _, s := range decodes {
-		s.computed++
-		e.emit(s, end)
-	}
-	for _, c := range prefills {
+func (e *Engine) finishStep(end time.Time, chunks []chunk) {
+	for _, c := range chunks {
 		c.s.computed += c.n
 		if c.s.computed >= c.s.context() {
-			// The step that completes a prompt samples the next token.
+			// A step that computes a sequence's whole context samples its
+			// next token.
 			e.emit(c.s, end)
 		}
 	}

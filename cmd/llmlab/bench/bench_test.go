@@ -1,0 +1,107 @@
+package bench
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/sim"
+)
+
+func TestPercentile(t *testing.T) {
+	var v []time.Duration
+	for i := 1; i <= 100; i++ {
+		v = append(v, time.Duration(i)*time.Millisecond)
+	}
+	for p, want := range map[float64]time.Duration{50: 50 * time.Millisecond, 95: 95 * time.Millisecond, 99: 99 * time.Millisecond, 100: 100 * time.Millisecond, 0.1: time.Millisecond} {
+		if got := Percentile(v, p); got != want {
+			t.Errorf("Percentile(1..100ms, %v) = %s, want %s", p, got, want)
+		}
+	}
+	if got := Percentile([]time.Duration{7}, 95); got != 7 {
+		t.Errorf("one sample: %s", got)
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	slo := SLO{Latency: 5 * time.Second, MaxErrorRate: 0.1}
+	var samples []Sample
+	// 10 warm-up samples that must not count.
+	for range 10 {
+		samples = append(samples, Sample{Warmup: true, Status: 500})
+	}
+	// 8 successes: 6 within the SLO, 2 beyond; 1 refusal; 1 failure.
+	for i := range 8 {
+		lat := time.Second
+		if i >= 6 {
+			lat = 6 * time.Second
+		}
+		samples = append(samples, Sample{Status: 200, Latency: lat, TTFT: 100 * time.Millisecond, OutputTokens: 201})
+	}
+	samples = append(samples, Sample{Status: 429}, Sample{Error: "timeout"})
+	s := Summarize(samples, 2*time.Second, slo)
+	if s.Requests != 10 || s.OK != 8 || s.Refused != 1 || s.Failed != 1 {
+		t.Fatalf("counts = %d/%d/%d/%d, want 10/8/1/1", s.Requests, s.OK, s.Refused, s.Failed)
+	}
+	if s.RPS != 4 || s.Goodput != 3 {
+		t.Errorf("RPS %v goodput %v, want 4 and 3 (6 within SLO over 2 s)", s.RPS, s.Goodput)
+	}
+	if s.ErrorRate != 0.2 || s.FailureRate != 0.1 {
+		t.Errorf("error rate %v failure rate %v, want 0.2 and 0.1", s.ErrorRate, s.FailureRate)
+	}
+	if s.Latency.P50 != time.Second || s.Latency.P95 != 6*time.Second {
+		t.Errorf("latency %+v", s.Latency)
+	}
+	if s.TPOT.P50 != 4500*time.Microsecond {
+		t.Errorf("TPOT p50 %s, want (1s-100ms)/200 = 4.5ms", s.TPOT.P50)
+	}
+	if s.Pass {
+		t.Error("Pass with p95 6s > 5s and error rate 0.2 > 0.1")
+	}
+	if s.ByCode["200"] != 8 || s.ByCode["429"] != 1 || s.ByCode["timeout"] != 1 {
+		t.Errorf("ByCode = %v", s.ByCode)
+	}
+}
+
+// End to end against the simulator: the fixed workload is exactly 200
+// prompt and 200 output tokens, as the engine's usage reports.
+func TestRunAgainstSimulator(t *testing.T) {
+	p := sim.Profiles["instant"]
+	srv := sim.NewServer(sim.Options{Model: "m", Engine: sim.Config{Profile: p, MaxNumSeqs: 64, MaxNumBatchedTokens: 8192, MaxModelLen: 1024, KVBlocks: 10000}})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.Serve(ctx, l)
+	for _, o := range []Options{
+		{Concurrency: 4, Stream: true},
+		{Rate: 50, Poisson: true, Seed: 3, Chat: false},
+		{Concurrency: 2, Chat: true, Stream: true},
+	} {
+		o.Target, o.Model, o.PromptTokens, o.MaxTokens = "http://"+l.Addr().String(), "m", 200, 200
+		o.Duration, o.Warmup = 500*time.Millisecond, 100*time.Millisecond
+		samples, err := Run(ctx, NewClient(8), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := Summarize(samples, o.Duration, SLO{Latency: 5 * time.Second, MaxErrorRate: 0.001})
+		if s.OK == 0 || s.Failed != 0 || !s.Pass {
+			t.Fatalf("%+v: %+v", o, s)
+		}
+		for _, x := range samples {
+			wantPrompt := 200
+			if o.Chat {
+				wantPrompt = 200 + 33 // Qwen's chat template around one user message
+			}
+			if x.PromptTokens != wantPrompt || x.OutputTokens != 200 {
+				t.Fatalf("%+v: sample with %d prompt and %d output tokens, want %d and 200", o, x.PromptTokens, x.OutputTokens, wantPrompt)
+			}
+			if o.Stream && (x.TTFT <= 0 || x.TTFT > x.Latency) {
+				t.Fatalf("TTFT %s with latency %s", x.TTFT, x.Latency)
+			}
+		}
+	}
+}
