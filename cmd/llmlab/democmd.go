@@ -28,9 +28,13 @@ func demoCmd(ctx context.Context, args []string) int {
 	fs.DurationVar(&o.SLO.Latency, "slo-p95", 5*time.Second, "SLO latency")
 	fs.IntVar(&o.MaxInflight, "max-inflight", 96, "llmlabd's queue.max_inflight")
 	fs.DurationVar(&o.MaxWait, "max-wait", time.Second, "llmlabd's queue.max_wait")
+	fs.DurationVar(&o.BatchWindow, "batch-window", 0, "llmlabd's queue.batch_window")
+	fs.BoolVar(&o.Coalesce, "coalesce", false, "llmlabd's queue.coalesce (with --stream=false)")
+	stream := fs.Bool("stream", true, "stream the answers")
 	fs.DurationVar(&o.MaxLag, "max-lag", 25*time.Millisecond, "mark a load invalid when a simulator step lagged more")
 	fs.StringVar(&o.Results, "results", filepath.Join("results", "demo-"+time.Now().UTC().Format("20060102T150405Z")), "results folder")
 	_ = fs.Parse(args)
+	o.NoStream = !*stream
 	for _, f := range strings.Split(*loads, ",") {
 		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
 		if err != nil || v <= 0 {

@@ -38,6 +38,11 @@ type Options struct {
 	// MaxInflight and MaxWait configure llmlabd's admission.
 	MaxInflight int
 	MaxWait     time.Duration
+	// BatchWindow and Coalesce configure llmlabd's micro-batching.
+	BatchWindow time.Duration
+	Coalesce    bool
+	// NoStream sends non-streamed requests (coalescing needs them).
+	NoStream bool
 	// MaxLag marks a phase invalid when a simulator step ran later than this.
 	MaxLag  time.Duration
 	Results string // folder for results; "" skips writing them
@@ -102,10 +107,14 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	defer stopGw()
 
 	fmt.Fprintf(o.Out, "llmlab demo: profile %s (%s)\n", prof.Name, prof.Description)
-	fmt.Fprintf(o.Out, "workload: 200 prompt + 200 output tokens, streamed, Poisson arrivals; SLO p95 <= %s, error rate <= %g\n",
-		o.SLO.Latency, o.SLO.MaxErrorRate)
-	fmt.Fprintf(o.Out, "two identical simulators; llmlabd (max_inflight %d, max_wait %s) in front of one; each load runs against both at once\n\n",
-		o.MaxInflight, o.MaxWait)
+	mode := "streamed"
+	if o.NoStream {
+		mode = "not streamed"
+	}
+	fmt.Fprintf(o.Out, "workload: 200 prompt + 200 output tokens, %s, Poisson arrivals; SLO p95 <= %s, error rate <= %g\n",
+		mode, o.SLO.Latency, o.SLO.MaxErrorRate)
+	fmt.Fprintf(o.Out, "two identical simulators; llmlabd (max_inflight %d, max_wait %s, batch_window %s, coalesce %t) in front of one; each load runs against both at once\n\n",
+		o.MaxInflight, o.MaxWait, o.BatchWindow, o.Coalesce)
 
 	client := bench.NewClient(1024)
 	var rows []Row
@@ -117,7 +126,7 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		var wg sync.WaitGroup
 		for j, t := range targets {
 			wg.Go(func() {
-				opt := bench.Options{Target: t.url, Model: model, Stream: true, PromptTokens: 200, MaxTokens: 200,
+				opt := bench.Options{Target: t.url, Model: model, Stream: !o.NoStream, PromptTokens: 200, MaxTokens: 200,
 					Rate: rate, Poisson: true, Seed: uint64(i + 1), Warmup: o.Warmup, Duration: o.Duration, Timeout: o.Timeout}
 				samples, _ := bench.Run(ctx, client, opt)
 				res[j] = Row{Load: load, Rate: rate, Target: t.name, Summary: bench.Summarize(samples, o.Duration, o.SLO), Samples: samples}
@@ -168,12 +177,16 @@ max_inflight = %d
 max_queued = %d
 max_wait = %q
 nominal_rps = %g
+batch_window = %q
+max_batch = %d
+coalesce = %t
 [metrics]
 listen = ""
 [log]
 format = "text"
 access_log = false
-`, addr, engine, model, o.MaxInflight, 4*o.MaxInflight, o.MaxWait.String(), o.Capacity)
+`, addr, engine, model, o.MaxInflight, 4*o.MaxInflight, o.MaxWait.String(), o.Capacity,
+		o.BatchWindow.String(), min(16, o.MaxInflight), o.Coalesce)
 	path := filepath.Join(dir, "llmlab.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return "", nil, err

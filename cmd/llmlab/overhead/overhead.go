@@ -20,6 +20,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
@@ -38,14 +40,17 @@ type Options struct {
 
 // Result is one target's figures for one workload.
 type Result struct {
-	Workload   string
-	Target     string
-	Capacity   float64 // requests/s, closed loop, median round
-	Rate       float64 // open-loop offered rate
-	P50, P99   time.Duration
-	AddedP50   time.Duration
-	AddedP99   time.Duration
-	OpenErrors int
+	Workload string
+	Target   string
+	Capacity float64 // requests/s, closed loop, median round
+	// CPUPerRequest is the proxy's own CPU time per request in
+	// microseconds (closed loop, median round; 0 for direct).
+	CPUPerRequest float64
+	Rate          float64 // open-loop offered rate
+	P50, P99      time.Duration
+	AddedP50      time.Duration
+	AddedP99      time.Duration
+	OpenErrors    int
 }
 
 type workload struct {
@@ -96,7 +101,7 @@ access_log = false
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	stopGw, err := startProc(ctx, dir, "llmlabd", o.Llmlabd, "--config", cfgPath)
+	stopGw, gwPID, err := startProcPID(ctx, dir, "llmlabd", o.Llmlabd, "--config", cfgPath)
 	if err != nil {
 		return nil, err
 	}
@@ -130,16 +135,19 @@ http {
 	if err := os.WriteFile(nginxConfPath, []byte(nginxConf), 0o644); err != nil {
 		return nil, err
 	}
-	stopNginx, err := startProc(ctx, dir, "nginx", o.Nginx, "-c", nginxConfPath, "-p", dir, "-g", "daemon off;")
+	stopNginx, nginxPID, err := startProcPID(ctx, dir, "nginx", o.Nginx, "-c", nginxConfPath, "-p", dir, "-g", "daemon off;")
 	if err != nil {
 		return nil, err
 	}
 	defer stopNginx()
 
-	targets := []struct{ name, url string }{
-		{"direct", "http://" + engineAddr},
-		{"nginx", "http://127.0.0.1:" + nginxPort},
-		{"llmlabd", "http://127.0.0.1:" + gwPort},
+	targets := []struct {
+		name, url string
+		pid       int
+	}{
+		{"direct", "http://" + engineAddr, 0},
+		{"nginx", "http://127.0.0.1:" + nginxPort, nginxPID},
+		{"llmlabd", "http://127.0.0.1:" + gwPort, gwPID},
 	}
 	for _, t := range targets {
 		if err := waitUp(ctx, t.url); err != nil {
@@ -153,11 +161,14 @@ http {
 		base := bench.Options{Stream: w.stream, MaxTokens: w.maxTokens, PromptTokens: 200, Model: "m",
 			Duration: o.Duration, Warmup: time.Second}
 		caps := map[string][]float64{}
+		cpu := map[string][]float64{}
 		for range o.Rounds {
 			for _, t := range targets {
 				opt := base
 				opt.Target, opt.Concurrency = t.url, o.Concurrency
+				before := cpuTicks(t.pid)
 				samples, err := bench.Run(ctx, client, opt)
+				ticks := cpuTicks(t.pid) - before
 				if err != nil {
 					return nil, err
 				}
@@ -166,26 +177,33 @@ http {
 					return nil, fmt.Errorf("%s, %s: %d failed requests (%v)", w.name, t.name, s.Failed, s.ByCode)
 				}
 				caps[t.name] = append(caps[t.name], s.RPS)
+				// Warm-up requests used CPU too: count every request.
+				cpu[t.name] = append(cpu[t.name], float64(ticks)*1e4/float64(len(samples)))
 			}
 		}
 		rate := median(caps["nginx"]) / 2
-		var direct bench.Summary
+		p50s, p99s := map[string][]float64{}, map[string][]float64{}
+		errs := map[string]int{}
+		for round := range o.Rounds {
+			for _, t := range targets {
+				opt := base
+				opt.Target, opt.Rate, opt.Poisson, opt.Seed = t.url, rate, true, uint64(round+1)
+				samples, err := bench.Run(ctx, client, opt)
+				if err != nil {
+					return nil, err
+				}
+				s := bench.Summarize(samples, o.Duration, bench.SLO{Latency: time.Hour, MaxErrorRate: 1})
+				p50s[t.name] = append(p50s[t.name], float64(s.Latency.P50))
+				p99s[t.name] = append(p99s[t.name], float64(s.Latency.P99))
+				errs[t.name] += s.Refused + s.Failed
+			}
+		}
 		for _, t := range targets {
-			opt := base
-			opt.Target, opt.Rate, opt.Poisson, opt.Seed = t.url, rate, true, 1
-			samples, err := bench.Run(ctx, client, opt)
-			if err != nil {
-				return nil, err
-			}
-			s := bench.Summarize(samples, o.Duration, bench.SLO{Latency: time.Hour, MaxErrorRate: 1})
-			if t.name == "direct" {
-				direct = s
-			}
+			p50, p99 := time.Duration(median(p50s[t.name])), time.Duration(median(p99s[t.name]))
+			d50, d99 := time.Duration(median(p50s["direct"])), time.Duration(median(p99s["direct"]))
 			results = append(results, Result{
-				Workload: w.name, Target: t.name, Capacity: median(caps[t.name]), Rate: rate,
-				P50: s.Latency.P50, P99: s.Latency.P99,
-				AddedP50: s.Latency.P50 - direct.Latency.P50, AddedP99: s.Latency.P99 - direct.Latency.P99,
-				OpenErrors: s.Refused + s.Failed,
+				Workload: w.name, Target: t.name, Capacity: median(caps[t.name]), CPUPerRequest: median(cpu[t.name]), Rate: rate,
+				P50: p50, P99: p99, AddedP50: p50 - d50, AddedP99: p99 - d99, OpenErrors: errs[t.name],
 			})
 		}
 	}
@@ -194,18 +212,18 @@ http {
 }
 
 func report(w io.Writer, o Options, rs []Result) {
-	fmt.Fprintf(w, "closed loop at concurrency %d, %d rounds of %s per target (median); open loop (Poisson) at half nginx's capacity for %s\n\n",
-		o.Concurrency, o.Rounds, o.Duration, o.Duration)
-	fmt.Fprintln(w, "| workload | target | capacity req/s | x direct | open-loop rate | p50 | p99 | added p50 | added p99 |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(w, "closed loop at concurrency %d and open loop (Poisson) at half nginx's capacity, %d interleaved rounds of %s per target each; medians of the rounds\n\n",
+		o.Concurrency, o.Rounds, o.Duration)
+	fmt.Fprintln(w, "| workload | target | capacity req/s | x direct | proxy CPU us/req | open-loop rate | p50 | p99 | added p50 | added p99 |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	byKey := map[string]Result{}
 	for _, r := range rs {
 		byKey[r.Workload+"/"+r.Target] = r
 	}
 	for _, r := range rs {
 		d := byKey[r.Workload+"/direct"]
-		fmt.Fprintf(w, "| %s | %s | %.0f | %.2f | %.0f | %s | %s | %s | %s |\n", r.Workload, r.Target, r.Capacity, r.Capacity/d.Capacity,
-			r.Rate, ms(r.P50), ms(r.P99), ms(r.AddedP50), ms(r.AddedP99))
+		fmt.Fprintf(w, "| %s | %s | %.0f | %.2f | %.0f | %.0f | %s | %s | %s | %s |\n", r.Workload, r.Target, r.Capacity, r.Capacity/d.Capacity,
+			r.CPUPerRequest, r.Rate, ms(r.P50), ms(r.P99), ms(r.AddedP50), ms(r.AddedP99))
 	}
 	fmt.Fprintln(w)
 	for _, wl := range []string{"short, non-streamed (1 token)", "200-token stream"} {
@@ -246,15 +264,21 @@ func freePort() (string, error) {
 // startProc starts a helper process with its output in dir/name.log and
 // returns a function that stops it.
 func startProc(ctx context.Context, dir, name, bin string, args ...string) (func(), error) {
+	stop, _, err := startProcPID(ctx, dir, name, bin, args...)
+	return stop, err
+}
+
+// startProcPID is startProc that also returns the process id.
+func startProcPID(ctx context.Context, dir, name, bin string, args ...string) (func(), int, error) {
 	logf, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return nil, fmt.Errorf("starting %s: %w", name, err)
+		return nil, 0, fmt.Errorf("starting %s: %w", name, err)
 	}
 	return func() {
 		_ = cmd.Process.Signal(os.Interrupt)
@@ -267,7 +291,39 @@ func startProc(ctx context.Context, dir, name, bin string, args ...string) (func
 			<-done
 		}
 		logf.Close()
-	}, nil
+	}, cmd.Process.Pid, nil
+}
+
+// cpuTicks returns the user and system CPU time, in clock ticks (1/100 s),
+// of pid and its children (nginx's workers).
+func cpuTicks(pid int) int64 {
+	if pid == 0 {
+		return 0
+	}
+	total := int64(0)
+	pids := []int{pid}
+	if kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)); err == nil {
+		for _, f := range strings.Fields(string(kids)) {
+			if k, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, k)
+			}
+		}
+	}
+	for _, p := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which is in parentheses.
+		rest := string(data[strings.LastIndexByte(string(data), ')')+2:])
+		f := strings.Fields(rest)
+		if len(f) > 13 {
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			sy, _ := strconv.ParseInt(f[12], 10, 64)
+			total += u + sy
+		}
+	}
+	return total
 }
 
 // waitUp waits until url answers HTTP at all.
