@@ -2,61 +2,304 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 )
 
+// benchFlags are llmlab bench's options beyond one load run's.
+type benchFlags struct {
+	o             bench.Options
+	rates         []float64
+	baseline      string
+	findMax       bool
+	maxRate       float64
+	precision     float64
+	targetMetrics string
+	baseMetrics   string
+	results       string
+	progress      bool
+	slo           bench.SLO
+	drainTimeout  time.Duration
+}
+
 func benchCmd(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("llmlab bench", flag.ExitOnError)
-	var o bench.Options
-	fs.StringVar(&o.Target, "target", "http://127.0.0.1:8080", "base URL of the OpenAI-compatible server")
+	var f benchFlags
+	o := &f.o
+	fs.StringVar(&o.Target, "target", "http://127.0.0.1:8080", "base URL of the OpenAI-compatible server under test")
+	fs.StringVar(&f.baseline, "baseline", "", "a second server to measure side by side (alternating phases), e.g. the engine alone")
 	fs.StringVar(&o.Model, "model", "Qwen/Qwen2.5-0.5B-Instruct", "model name (empty: the server's default)")
 	fs.BoolVar(&o.Chat, "chat", false, "use /v1/chat/completions")
 	fs.BoolVar(&o.Stream, "stream", true, "stream the answer (measures time to first token)")
 	fs.IntVar(&o.PromptTokens, "prompt-tokens", 200, "prompt length in tokens")
-	fs.IntVar(&o.MaxTokens, "max-tokens", 200, "output tokens (sent with ignore_eos)")
+	fs.IntVar(&o.MaxTokens, "max-tokens", 200, "output tokens (sent with ignore_eos and min_tokens)")
 	fs.IntVar(&o.Concurrency, "concurrency", 0, "closed loop: this many clients")
-	fs.Float64Var(&o.Rate, "rate", 0, "open loop: requests per second")
+	fs.Float64Var(&o.Rate, "rate", 0, "open loop: requests per second (the start of --find-max)")
+	rates := fs.String("rates", "", "open loop: a sweep of rates, comma-separated")
 	fs.BoolVar(&o.Poisson, "poisson", true, "open loop: Poisson arrivals (else constant)")
-	fs.DurationVar(&o.Duration, "duration", 30*time.Second, "measurement time")
-	fs.DurationVar(&o.Warmup, "warmup", 5*time.Second, "warm-up time, excluded")
+	fs.DurationVar(&o.BurstOn, "burst-on", 0, "open loop: bursts of this length at --rate ...")
+	fs.DurationVar(&o.BurstOff, "burst-off", 0, "... separated by this much silence")
+	trace := fs.String("trace", "", "open loop: replay arrival times (seconds, one a line) from this file")
+	fs.IntVar(&o.Requests, "requests", 0, "stop after this many requests instead of --duration")
+	fs.DurationVar(&o.Duration, "duration", 30*time.Second, "measurement time per phase")
+	fs.DurationVar(&o.Warmup, "warmup", 5*time.Second, "warm-up time per phase, excluded")
 	fs.DurationVar(&o.Timeout, "timeout", 60*time.Second, "per-request timeout")
-	slo := fs.Duration("slo-p95", 5*time.Second, "SLO latency (p95 bound, and the goodput bound)")
-	maxErr := fs.Float64("max-error-rate", 0.001, "SLO error rate")
-	asJSON := fs.Bool("json", false, "print the summary as JSON")
+	fs.Uint64Var(&o.Seed, "seed", 1, "seed of the Poisson arrivals")
+	fs.DurationVar(&f.slo.Latency, "slo-p95", 5*time.Second, "SLO latency (p95 bound, and the goodput bound)")
+	fs.Float64Var(&f.slo.MaxErrorRate, "max-error-rate", 0.001, "SLO error rate (refusals and failures)")
+	fs.BoolVar(&f.findMax, "find-max", false, "search the highest rate that meets the SLO (starts at --rate, default 1)")
+	fs.Float64Var(&f.maxRate, "max-rate", 1000, "--find-max: never offer more than this")
+	fs.Float64Var(&f.precision, "precision", 0.05, "--find-max: stop when the bracket is this narrow (relative)")
+	fs.StringVar(&f.targetMetrics, "target-engine-metrics", "", "the engine behind --target: its /metrics URL, to drain between phases and check simulator lag (default: --target's own /metrics)")
+	fs.StringVar(&f.baseMetrics, "baseline-engine-metrics", "", "the same for --baseline (default: --baseline's own /metrics)")
+	fs.DurationVar(&f.drainTimeout, "drain-timeout", 2*time.Minute, "most time to wait for an engine to go idle between phases")
+	fs.StringVar(&f.results, "results", filepath.Join("results", "bench-"+time.Now().UTC().Format("20060102T150405Z")), "results folder (\"\" writes none)")
+	progress := fs.String("progress", "auto", "progress line on stderr: auto (when a terminal), on, off")
 	_ = fs.Parse(args)
-	if (o.Concurrency > 0) == (o.Rate > 0) {
-		fmt.Fprintln(os.Stderr, "llmlab bench: set one of --concurrency and --rate")
+
+	for _, r := range strings.Split(*rates, ",") {
+		if strings.TrimSpace(r) == "" {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(r), 64)
+		if err != nil || v <= 0 {
+			fmt.Fprintf(os.Stderr, "llmlab bench: --rates %q: want positive numbers separated by commas\n", *rates)
+			return 2
+		}
+		f.rates = append(f.rates, v)
+	}
+	if *trace != "" {
+		fh, err := os.Open(*trace)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "llmlab bench:", err)
+			return 2
+		}
+		o.Trace, err = bench.ParseTrace(fh)
+		fh.Close()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "llmlab bench: --trace %s: %v\n", *trace, err)
+			return 2
+		}
+	}
+	if f.findMax && o.Rate == 0 {
+		o.Rate = 1
+	}
+	open := o.Rate > 0 || len(f.rates) > 0 || len(o.Trace) > 0
+	if (o.Concurrency > 0) == open {
+		fmt.Fprintln(os.Stderr, "llmlab bench: choose a closed loop (--concurrency) or an open loop (--rate, --rates, --trace, --find-max)")
 		return 2
 	}
-	samples, err := bench.Run(ctx, bench.NewClient(max(o.Concurrency, 64)), o)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "llmlab bench:", err)
+	if (o.BurstOn > 0) != (o.BurstOff > 0) {
+		fmt.Fprintln(os.Stderr, "llmlab bench: --burst-on and --burst-off go together")
+		return 2
+	}
+	switch *progress {
+	case "on":
+		f.progress = true
+	case "auto":
+		_, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS)
+		f.progress = err == nil
+	}
+	if f.targetMetrics == "" {
+		f.targetMetrics = strings.TrimRight(o.Target, "/") + "/metrics"
+	}
+	if f.baseMetrics == "" && f.baseline != "" {
+		f.baseMetrics = strings.TrimRight(f.baseline, "/") + "/metrics"
+	}
+	return runBench(ctx, f, os.Stdout)
+}
+
+func runBench(ctx context.Context, f benchFlags, out io.Writer) int {
+	client := bench.NewClient(max(f.o.Concurrency, 256))
+	var phases []bench.Phase
+	phase := func(label, url, metrics string, o bench.Options) bench.Phase {
+		o.Target = url
+		steps0, ok0, lagOK := bench.LagSnapshot(metrics)
+		if f.progress {
+			o.Progress = newProgress(o).add
+		}
+		samples, _ := bench.Run(ctx, client, o)
+		if f.progress {
+			fmt.Fprint(os.Stderr, "\r\033[K")
+		}
+		p := bench.Phase{Target: url, Label: label, Rate: o.Rate, Samples: samples,
+			Summary: bench.Summarize(samples, bench.Window(samples, o), f.slo)}
+		if lagOK {
+			steps1, ok1, _ := bench.LagSnapshot(metrics)
+			p.Lag = bench.CheckLag(steps0, ok0, steps1, ok1)
+		}
+		drain(ctx, metrics, f.drainTimeout)
+		printPhase(out, p)
+		phases = append(phases, p)
+		return p
+	}
+
+	fmt.Fprintf(out, "%-8s %-9s %8s %8s %8s %8s %9s %9s %9s %7s %7s  %s\n",
+		"side", "rate", "ok/s", "goodput", "out tok/s", "err", "p50", "p95", "ttft p95", "refused", "failed", "SLO")
+	code := 0
+	switch {
+	case f.findMax:
+		best := findMax(f, func(rate float64) bool {
+			o := f.o
+			o.Rate = rate
+			p := phase("target", f.o.Target, f.targetMetrics, o)
+			return p.Summary.Pass && (!p.Lag.Checked || p.Lag.Valid)
+		})
+		fmt.Fprintf(out, "\nsustainable rate within the SLO (p95 <= %s, error rate <= %g): %.2f req/s\n", f.slo.Latency, f.slo.MaxErrorRate, best)
+	default:
+		rates := f.rates
+		if len(rates) == 0 {
+			rates = []float64{f.o.Rate}
+		}
+		for _, r := range rates {
+			o := f.o
+			o.Rate = r
+			p := phase("target", f.o.Target, f.targetMetrics, o)
+			if !p.Summary.Pass {
+				code = 3
+			}
+			if f.baseline != "" {
+				phase("baseline", f.baseline, f.baseMetrics, o)
+			}
+		}
+	}
+	if f.results != "" {
+		if err := bench.WriteResults(f.results, os.Args, f.o, phases, f.slo); err != nil {
+			fmt.Fprintln(os.Stderr, "llmlab bench: writing results:", err)
+			return 1
+		}
+		fmt.Fprintf(out, "\nresults: %s (command.txt, results.json with every sample, results.csv, latency-vs-load.svg, latency-distribution.svg)\n", f.results)
+	}
+	if ctx.Err() != nil {
 		return 1
 	}
-	s := bench.Summarize(samples, o.Duration, bench.SLO{Latency: *slo, MaxErrorRate: *maxErr})
-	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(s)
-	} else {
-		fmt.Printf("requests %d  ok %d  refused %d  failed %d  by status %v\n", s.Requests, s.OK, s.Refused, s.Failed, s.ByCode)
-		fmt.Printf("throughput %.1f req/s  goodput %.1f req/s  output %.0f tok/s  error rate %.4f\n", s.RPS, s.Goodput, s.OutputTPS, s.ErrorRate)
-		fmt.Printf("latency p50 %s p90 %s p95 %s p99 %s\n", s.Latency.P50, s.Latency.P90, s.Latency.P95, s.Latency.P99)
-		fmt.Printf("ttft    p50 %s p90 %s p95 %s p99 %s\n", s.TTFT.P50, s.TTFT.P90, s.TTFT.P95, s.TTFT.P99)
-		verdict := "FAIL"
-		if s.Pass {
-			verdict = "PASS"
-		}
-		fmt.Printf("SLO (p95 <= %s, error rate <= %g): %s\n", *slo, *maxErr, verdict)
-	}
-	if !s.Pass {
-		return 3
-	}
-	return 0
+	return code
 }
+
+// findMax brackets the highest passing rate by doubling, then bisects.
+func findMax(f benchFlags, pass func(float64) bool) float64 {
+	lo, hi := 0.0, 0.0
+	for r := f.o.Rate; hi == 0; r *= 2 {
+		if r > f.maxRate {
+			return lo
+		}
+		if pass(r) {
+			lo = r
+		} else {
+			hi = r
+		}
+	}
+	for i := 0; i < 8 && (hi-lo)/hi > f.precision; i++ {
+		mid := (lo + hi) / 2
+		if pass(mid) {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
+
+func printPhase(out io.Writer, p bench.Phase) {
+	s := p.Summary
+	verdict := "fail"
+	if s.Pass {
+		verdict = "pass"
+	}
+	if p.Lag.Checked && !p.Lag.Valid {
+		verdict += fmt.Sprintf(" INVALID: the simulator ran %.0f of %.0f steps late", p.Lag.LateSteps, p.Lag.Steps)
+	}
+	rate := "closed"
+	if p.Rate > 0 {
+		rate = fmt.Sprintf("%.2f/s", p.Rate)
+	}
+	fmt.Fprintf(out, "%-8s %-9s %8.2f %8.2f %8.0f %8.4f %9s %9s %9s %7d %7d  %s\n", p.Label, rate, s.RPS, s.Goodput, s.OutputTPS, s.ErrorRate,
+		s.Latency.P50.Round(time.Millisecond), s.Latency.P95.Round(time.Millisecond), s.TTFT.P95.Round(time.Millisecond), s.Refused, s.Failed, verdict)
+}
+
+// drain waits until the engine behind metricsURL runs and waits for no
+// request, so one phase's backlog does not spill into the next.
+func drain(ctx context.Context, metricsURL string, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		resp, err := http.Get(metricsURL)
+		if err != nil {
+			return
+		}
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		busy, seen := 0.0, false
+		for _, line := range strings.Split(string(data), "\n") {
+			if strings.HasPrefix(line, "vllm:num_requests_running") || strings.HasPrefix(line, "vllm:num_requests_waiting") {
+				f := strings.Fields(line)
+				v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+				busy += v
+				seen = true
+			}
+		}
+		if !seen || busy == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// progress prints a live line on stderr: elapsed time, answers, the rate
+// of answers and the p95 of the latest ones.
+type progress struct {
+	mu    sync.Mutex
+	start time.Time
+	total time.Duration
+	done  int
+	ok    int
+	last  []time.Duration
+	shown time.Time
+}
+
+func newProgress(o bench.Options) *progress {
+	return &progress{start: time.Now(), total: o.Warmup + o.Duration}
+}
+
+func (p *progress) add(s bench.Sample) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done++
+	if s.Status == 200 && s.Error == "" {
+		p.ok++
+		p.last = append(p.last, s.Latency)
+		if len(p.last) > 200 {
+			p.last = p.last[len(p.last)-200:]
+		}
+	}
+	if time.Since(p.shown) < 250*time.Millisecond {
+		return
+	}
+	p.shown = time.Now()
+	el := time.Since(p.start)
+	sorted := append([]time.Duration(nil), p.last...)
+	p95 := time.Duration(0)
+	if len(sorted) > 0 {
+		slicesSort(sorted)
+		p95 = bench.Percentile(sorted, 95)
+	}
+	width := 24
+	filled := min(width, int(float64(width)*el.Seconds()/max(p.total.Seconds(), 0.001)))
+	fmt.Fprintf(os.Stderr, "\r\033[K[%s%s] %5.1fs  answered %d (ok %d)  %.1f req/s  p95 %s",
+		strings.Repeat("=", filled), strings.Repeat(" ", width-filled), el.Seconds(), p.done, p.ok,
+		float64(p.done)/max(el.Seconds(), 0.001), p95.Round(time.Millisecond))
+}
+
+func slicesSort(v []time.Duration) { slices.Sort(v) }

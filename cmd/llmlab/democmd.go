@@ -31,7 +31,6 @@ func demoCmd(ctx context.Context, args []string) int {
 	fs.DurationVar(&o.BatchWindow, "batch-window", 0, "llmlabd's queue.batch_window")
 	fs.BoolVar(&o.Coalesce, "coalesce", false, "llmlabd's queue.coalesce (with --stream=false)")
 	stream := fs.Bool("stream", true, "stream the answers")
-	fs.DurationVar(&o.MaxLag, "max-lag", 25*time.Millisecond, "mark a load invalid when a simulator step lagged more")
 	fs.StringVar(&o.Results, "results", filepath.Join("results", "demo-"+time.Now().UTC().Format("20060102T150405Z")), "results folder")
 	_ = fs.Parse(args)
 	o.NoStream = !*stream

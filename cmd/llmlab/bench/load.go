@@ -1,7 +1,8 @@
 // Package bench is llmlab's load generator and statistics: it sends the
 // fixed workload (a prompt of 200 tokens, max_tokens output) to an
 // OpenAI-compatible target in a closed loop (fixed concurrency) or an open
-// loop (constant or Poisson arrivals at a rate), and records every request.
+// loop (constant or Poisson arrivals at a rate, on/off bursts, or a replayed
+// trace), and records every request.
 package bench
 
 import (
@@ -14,8 +15,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,6 +39,13 @@ type Options struct {
 	// Rate > 0 runs an open loop at that many requests per second.
 	Rate    float64
 	Poisson bool
+	// BurstOn and BurstOff make the open loop bursty: arrivals at Rate for
+	// BurstOn, then none for BurstOff, repeated.
+	BurstOn, BurstOff time.Duration
+	// Trace replays these arrival times instead (open loop).
+	Trace []time.Duration `json:"-"`
+	// Requests > 0 stops after that many requests instead of Duration.
+	Requests int
 	// Duration is how long requests are started, after Warmup.
 	Duration time.Duration
 	Warmup   time.Duration
@@ -43,6 +53,8 @@ type Options struct {
 	Timeout time.Duration
 	// Seed makes Poisson arrivals repeatable.
 	Seed uint64
+	// Progress, when set, is called with every finished sample.
+	Progress func(Sample) `json:"-"`
 }
 
 // Sample is one request's record. Times are from the run's start.
@@ -98,10 +110,12 @@ func NewClient(concurrency int) *http.Client {
 }
 
 // Run sends load as o says and returns every sample, warm-up included
-// (marked). It stops starting requests when ctx ends.
+// (marked). It stops starting requests when ctx ends; requests already
+// started finish (each within the timeout).
 func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) {
-	if (o.Concurrency > 0) == (o.Rate > 0) {
-		return nil, fmt.Errorf("set exactly one of concurrency and rate")
+	open := o.Rate > 0 || len(o.Trace) > 0
+	if (o.Concurrency > 0) == open {
+		return nil, fmt.Errorf("set exactly one of concurrency (closed loop) and rate or trace (open loop)")
 	}
 	path := "/v1/completions"
 	if o.Chat {
@@ -117,21 +131,27 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 	end := start.Add(o.Warmup + o.Duration)
 	var mu sync.Mutex
 	var samples []Sample
+	var started atomic.Int64
 	record := func(s Sample) {
 		s.Warmup = s.Start < o.Warmup
 		mu.Lock()
 		samples = append(samples, s)
 		mu.Unlock()
+		if o.Progress != nil {
+			o.Progress(s)
+		}
 	}
-	one := func() {
-		s := Do(ctx, client, url, body, o.Stream, timeout, start)
-		record(s)
+	// take reserves the next request number, or reports that the run is over.
+	take := func() bool {
+		n := started.Add(1)
+		return ctx.Err() == nil && (o.Requests == 0 || n <= int64(o.Requests))
 	}
+	one := func() { record(Do(ctx, client, url, body, o.Stream, timeout, start)) }
 	var wg sync.WaitGroup
 	if o.Concurrency > 0 {
 		for range o.Concurrency {
 			wg.Go(func() {
-				for ctx.Err() == nil && time.Now().Before(end) {
+				for (o.Requests > 0 || time.Now().Before(end)) && take() {
 					one()
 				}
 			})
@@ -139,30 +159,87 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 		wg.Wait()
 		return samples, ctx.Err()
 	}
-	rng := rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15))
-	next := start
-	for {
-		if o.Poisson {
-			next = next.Add(time.Duration(rng.ExpFloat64() / o.Rate * float64(time.Second)))
-		} else {
-			next = next.Add(time.Duration(float64(time.Second) / o.Rate))
-		}
-		if next.After(end) {
+	for _, at := range o.Arrivals() {
+		if o.Requests == 0 && at > o.Warmup+o.Duration {
 			break
 		}
-		if d := time.Until(next); d > 0 {
+		if d := time.Until(start.Add(at)); d > 0 {
 			select {
 			case <-time.After(d):
 			case <-ctx.Done():
 			}
 		}
-		if ctx.Err() != nil {
+		if !take() {
 			break
 		}
 		wg.Go(one)
 	}
 	wg.Wait()
 	return samples, ctx.Err()
+}
+
+// Arrivals returns the open loop's request start times, from the run's
+// start: a trace when given, else constant or Poisson arrivals at Rate,
+// during the on-phases of bursts when BurstOn is set.
+func (o Options) Arrivals() []time.Duration {
+	if len(o.Trace) > 0 {
+		return o.Trace
+	}
+	total := o.Warmup + o.Duration
+	limit := o.Requests
+	rng := rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15))
+	var out []time.Duration
+	var t time.Duration // time within the on-phases
+	for {
+		if o.Poisson {
+			t += time.Duration(rng.ExpFloat64() / o.Rate * float64(time.Second))
+		} else {
+			t += time.Duration(float64(time.Second) / o.Rate)
+		}
+		at := t
+		if o.BurstOn > 0 {
+			// Map on-phase time to wall time: each on-phase is followed by
+			// an off-phase with no arrivals.
+			cycles := t / o.BurstOn
+			at = cycles*(o.BurstOn+o.BurstOff) + t%o.BurstOn
+		}
+		if (limit == 0 && at > total) || (limit > 0 && len(out) >= limit) {
+			return out
+		}
+		out = append(out, at)
+	}
+}
+
+// ParseTrace reads arrival times, one a line, in seconds from the start
+// (the first column of a CSV also works; '#' lines are comments).
+func ParseTrace(r io.Reader) ([]time.Duration, error) {
+	var out []time.Duration
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		field, _, _ := strings.Cut(line, ",")
+		v, err := strconv.ParseFloat(strings.TrimSpace(field), 64)
+		if err != nil {
+			if n == 1 {
+				continue // a CSV header
+			}
+			return nil, fmt.Errorf("line %d: %q is not a time in seconds", n, field)
+		}
+		if v < 0 || (len(out) > 0 && time.Duration(v*float64(time.Second)) < out[len(out)-1]) {
+			return nil, fmt.Errorf("line %d: arrival times must be non-negative and in order", n)
+		}
+		out = append(out, time.Duration(v*float64(time.Second)))
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no arrival times")
+	}
+	return out, nil
 }
 
 // Do sends one request and records it, timed from base.

@@ -113,3 +113,5 @@ func Summarize(samples []Sample, window time.Duration, slo SLO) Summary {
 	s.Pass = s.OK > 0 && s.Latency.P95 <= slo.Latency && s.ErrorRate <= slo.MaxErrorRate
 	return s
 }
+
+func sortDurations(v []time.Duration) { slices.Sort(v) }

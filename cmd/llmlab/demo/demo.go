@@ -7,7 +7,6 @@ package demo
 
 import (
 	"context"
-	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -43,22 +42,18 @@ type Options struct {
 	Coalesce    bool
 	// NoStream sends non-streamed requests (coalescing needs them).
 	NoStream bool
-	// MaxLag marks a phase invalid when a simulator step ran later than this.
-	MaxLag  time.Duration
-	Results string // folder for results; "" skips writing them
-	Out     io.Writer
+	Results  string // folder for results; "" skips writing them
+	Out      io.Writer
 }
 
 // Row is one phase's figures for one target.
 type Row struct {
-	Load    float64        `json:"load"` // multiple of capacity
-	Rate    float64        `json:"rate"` // offered req/s
-	Target  string         `json:"target"`
-	Summary bench.Summary  `json:"summary"`
-	MaxLag  time.Duration  `json:"sim_max_lag"`
-	Valid   bool           `json:"valid"`
-	Samples []bench.Sample `json:"samples"`
+	bench.Phase
+	Load float64 `json:"load"` // multiple of capacity
 }
+
+// Valid reports whether the simulator kept up with its model.
+func (r Row) Valid() bool { return !r.Lag.Checked || r.Lag.Valid }
 
 // Run runs the demo and prints its table.
 func Run(ctx context.Context, o Options) ([]Row, error) {
@@ -128,21 +123,16 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 			wg.Go(func() {
 				opt := bench.Options{Target: t.url, Model: model, Stream: !o.NoStream, PromptTokens: 200, MaxTokens: 200,
 					Rate: rate, Poisson: true, Seed: uint64(i + 1), Warmup: o.Warmup, Duration: o.Duration, Timeout: o.Timeout}
+				steps0, onTime0, _ := bench.LagSnapshot(t.sim + "/metrics")
 				samples, _ := bench.Run(ctx, client, opt)
-				res[j] = Row{Load: load, Rate: rate, Target: t.name, Summary: bench.Summarize(samples, o.Duration, o.SLO), Samples: samples}
+				steps1, onTime1, _ := bench.LagSnapshot(t.sim + "/metrics")
+				res[j] = Row{Load: load, Phase: bench.Phase{Label: t.name, Target: t.url, Rate: rate, Samples: samples,
+					Summary: bench.Summarize(samples, o.Duration, o.SLO), Lag: bench.CheckLag(steps0, onTime0, steps1, onTime1)}}
 			})
 		}
 		wg.Wait()
 		if ctx.Err() != nil {
 			return rows, ctx.Err()
-		}
-		for j, t := range targets {
-			lag, err := simLag(t.sim)
-			if err != nil {
-				return rows, err
-			}
-			res[j].MaxLag = lag
-			res[j].Valid = lag <= o.MaxLag
 		}
 		rows = append(rows, res...)
 		// Let both engines drain before the next load.
@@ -239,11 +229,6 @@ func simMetric(url, name string) (float64, error) {
 	return 0, fmt.Errorf("%s: no %s in /metrics", url, name)
 }
 
-func simLag(url string) (time.Duration, error) {
-	v, err := simMetric(url, "llmlab_sim_step_lag_max_seconds")
-	return time.Duration(v * float64(time.Second)), err
-}
-
 func waitIdle(ctx context.Context, urls ...string) error {
 	for _, u := range urls {
 		for {
@@ -275,22 +260,22 @@ func printTable(w io.Writer, o Options, rows []Row) {
 		if s.Pass {
 			verdict = "pass"
 		}
-		if !r.Valid {
-			verdict += fmt.Sprintf(" (INVALID: simulator lagged %s)", r.MaxLag.Round(time.Millisecond))
+		if !r.Valid() {
+			verdict += fmt.Sprintf(" (INVALID: the simulator ran %.0f of %.0f steps late)", r.Lag.LateSteps, r.Lag.Steps)
 		}
 		fmt.Fprintf(w, "%-6s %-8s %-8s %9.1f %9.1f %9s %9s %8d %8d %8d  %s\n",
-			fmt.Sprintf("%.1fx", r.Load), fmt.Sprintf("%.1f/s", r.Rate), r.Target, s.Goodput, s.RPS,
+			fmt.Sprintf("%.1fx", r.Load), fmt.Sprintf("%.1f/s", r.Rate), r.Label, s.Goodput, s.RPS,
 			s.Latency.P95.Round(10*time.Millisecond), s.TTFT.P95.Round(10*time.Millisecond), s.OK, s.Refused, s.Failed, verdict)
 	}
 	peak := 0.0
 	for _, r := range rows {
-		if r.Target == "direct" {
+		if r.Label == "direct" {
 			peak = max(peak, r.Summary.Goodput)
 		}
 	}
 	fmt.Fprintf(w, "\ngoodput = requests/s answered within %s; the engine alone peaks at %.1f req/s of goodput.\n", o.SLO.Latency, peak)
 	for _, r := range rows {
-		if r.Target == "llmlab" && r.Load >= 2 {
+		if r.Label == "llmlab" && r.Load >= 2 {
 			fmt.Fprintf(w, "at %.1fx load llmlab keeps %.2fx of that peak (p95 %s), the engine alone %.2fx.\n", r.Load,
 				r.Summary.Goodput/peak, r.Summary.Latency.P95.Round(10*time.Millisecond), direct(rows, r.Load).Summary.Goodput/peak)
 		}
@@ -299,7 +284,7 @@ func printTable(w io.Writer, o Options, rows []Row) {
 
 func direct(rows []Row, load float64) Row {
 	for _, r := range rows {
-		if r.Target == "direct" && r.Load == load {
+		if r.Label == "direct" && r.Load == load {
 			return r
 		}
 	}
@@ -307,45 +292,14 @@ func direct(rows []Row, load float64) Row {
 }
 
 func writeResults(dir string, o Options, rows []Row) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+	phases := make([]bench.Phase, len(rows))
+	for i, r := range rows {
+		phases[i] = r.Phase
 	}
-	f, err := os.Create(filepath.Join(dir, "results.json"))
-	if err != nil {
-		return err
-	}
-	enc := json.NewEncoder(f)
-	enc.SetIndent("", " ")
-	if err := enc.Encode(struct {
-		Command string    `json:"command"`
-		Options Options   `json:"options"`
-		Rows    []Row     `json:"rows"`
-		When    time.Time `json:"when"`
-	}{strings.Join(os.Args, " "), o, rows, time.Now().UTC()}); err != nil {
-		f.Close()
-		return err
-	}
-	f.Close()
-	c, err := os.Create(filepath.Join(dir, "results.csv"))
-	if err != nil {
-		return err
-	}
-	cw := csv.NewWriter(c)
-	cw.Write([]string{"load", "rate", "target", "goodput", "rps", "p50_s", "p95_s", "p99_s", "ttft_p95_s", "ok", "refused", "failed", "pass", "valid"})
-	for _, r := range rows {
-		s := r.Summary
-		cw.Write([]string{f2(r.Load), f2(r.Rate), r.Target, f2(s.Goodput), f2(s.RPS), f3(s.Latency.P50.Seconds()), f3(s.Latency.P95.Seconds()),
-			f3(s.Latency.P99.Seconds()), f3(s.TTFT.P95.Seconds()), strconv.Itoa(s.OK), strconv.Itoa(s.Refused), strconv.Itoa(s.Failed),
-			strconv.FormatBool(s.Pass), strconv.FormatBool(r.Valid)})
-	}
-	cw.Flush()
-	c.Close()
-	return os.WriteFile(filepath.Join(dir, "latency-vs-load.svg"), []byte(plot(rows, o)), 0o644)
+	return bench.WriteResults(dir, os.Args, o, phases, o.SLO)
 }
 
-func f2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
-func f3(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
-
+// MarshalJSON leaves out the output writer.
 func (o Options) MarshalJSON() ([]byte, error) {
 	type plain Options
 	p := plain(o)

@@ -26,7 +26,7 @@ func TestDemo(t *testing.T) {
 		Llmlabd: bin, Profile: "instant", Capacity: 20, Loads: []float64{0.5, 2},
 		Warmup: 200 * time.Millisecond, Duration: time.Second, Timeout: 5 * time.Second,
 		SLO: bench.SLO{Latency: 5 * time.Second, MaxErrorRate: 0.001}, MaxInflight: 16, MaxWait: time.Second,
-		MaxLag: time.Second, Results: filepath.Join(dir, "results"), Out: &out,
+		Results: filepath.Join(dir, "results"), Out: &out,
 	}
 	rows, err := Run(context.Background(), o)
 	if err != nil {
@@ -36,8 +36,8 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("%d rows, want 2 loads x 2 targets", len(rows))
 	}
 	for _, r := range rows {
-		if r.Summary.OK == 0 || r.Summary.Failed != 0 || !r.Valid {
-			t.Errorf("%s at %.1fx: %+v", r.Target, r.Load, r.Summary)
+		if r.Summary.OK == 0 || r.Summary.Failed != 0 || !r.Lag.Checked {
+			t.Errorf("%s at %.1fx: %+v (lag %+v)", r.Label, r.Load, r.Summary, r.Lag)
 		}
 	}
 	for _, want := range []string{"load", "llmlab", "direct", "goodput"} {
@@ -45,7 +45,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
 	}
-	for _, f := range []string{"results.json", "results.csv", "latency-vs-load.svg"} {
+	for _, f := range []string{"results.json", "results.csv", "latency-vs-load.svg", "latency-distribution.svg", "command.txt"} {
 		if st, err := os.Stat(filepath.Join(o.Results, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}

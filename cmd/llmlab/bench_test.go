@@ -1,0 +1,77 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/sim"
+)
+
+func startSim(t *testing.T, ctx context.Context, maxSeqs int) string {
+	t.Helper()
+	p := sim.Profiles["instant"]
+	p.StepFixed = 2 * time.Millisecond
+	srv := sim.NewServer(sim.Options{Model: "m", Engine: sim.Config{Profile: p, MaxNumSeqs: maxSeqs, MaxNumBatchedTokens: 8192, MaxModelLen: 1024, KVBlocks: 10000}})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ctx, l)
+	return "http://" + l.Addr().String()
+}
+
+// A sweep with a baseline: alternating phases, a table, results on disk.
+func TestBenchBaselineSweep(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a, b := startSim(t, ctx, 64), startSim(t, ctx, 64)
+	dir := t.TempDir()
+	f := benchFlags{
+		o: bench.Options{Target: a, Model: "m", Stream: true, PromptTokens: 200, MaxTokens: 20, Poisson: true,
+			Warmup: 100 * time.Millisecond, Duration: 600 * time.Millisecond, Timeout: 5 * time.Second},
+		rates: []float64{20, 40}, baseline: b, slo: bench.SLO{Latency: 5 * time.Second, MaxErrorRate: 0.001},
+		targetMetrics: a + "/metrics", baseMetrics: b + "/metrics", drainTimeout: 5 * time.Second, results: dir,
+	}
+	var out bytes.Buffer
+	if code := runBench(ctx, f, &out); code != 0 {
+		t.Fatalf("exit %d\n%s", code, out.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var sides []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "target ") || strings.HasPrefix(l, "baseline ") {
+			sides = append(sides, strings.Fields(l)[0]+"@"+strings.Fields(l)[1])
+			if !strings.Contains(l, "pass") {
+				t.Errorf("phase failed: %s", l)
+			}
+		}
+	}
+	if want := "target@20.00/s baseline@20.00/s target@40.00/s baseline@40.00/s"; strings.Join(sides, " ") != want {
+		t.Fatalf("phases %v, want %s\n%s", sides, want, out.String())
+	}
+	for _, name := range []string{"command.txt", "results.json", "results.csv", "latency-vs-load.svg", "latency-distribution.svg"} {
+		if st, err := os.Stat(filepath.Join(dir, name)); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+// --find-max brackets and bisects to a rate near the engine's capacity.
+func TestFindMax(t *testing.T) {
+	f := benchFlags{o: bench.Options{Rate: 1}, maxRate: 1000, precision: 0.05}
+	var tried []float64
+	got := findMax(f, func(r float64) bool { tried = append(tried, r); return r <= 37 })
+	if got > 37 || got < 37*0.95 {
+		t.Fatalf("findMax = %.2f (tried %v), want within 5%% below 37", got, tried)
+	}
+	if got := findMax(benchFlags{o: bench.Options{Rate: 1}, maxRate: 10, precision: 0.05}, func(float64) bool { return true }); got != 8 {
+		t.Fatalf("findMax capped at 10 = %v, want 8 (the last rate tried below the cap)", got)
+	}
+}
