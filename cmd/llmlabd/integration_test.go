@@ -6,6 +6,7 @@ package main_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -318,6 +319,33 @@ func TestSIGTERMDrains(t *testing.T) {
 	}
 }
 
+// A client that disconnects frees its slot: with max_inflight 1, the next
+// request is served as soon as the first client leaves, and the engine saw
+// the first request cancelled.
+func TestDisconnectFreesSlot(t *testing.T) {
+	hold := make(chan struct{})
+	defer close(hold)
+	eng := &enginetest.Engine{Hold: hold}
+	es := httptest.NewServer(eng)
+	defer es.Close()
+	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL, "max_inflight = 1\nmax_batch = 1\nmax_wait = \"30s\"")))
+	started := eng.Started()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "POST", d.api+"/v1/completions", strings.NewReader(`{"model":"m","prompt":"a","stream":true}`))
+	go http.DefaultClient.Do(req)
+	<-started
+	waitStatus(t, d, func(q queueStatus) bool { return q.Inflight == 1 })
+	cancel()
+	waitStatus(t, d, func(q queueStatus) bool { return q.Inflight == 0 })
+	deadline := time.Now().Add(5 * time.Second)
+	for eng.Stats().Cancelled != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the engine did not see the client leave")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 type queueStatus struct {
 	Queued   int `json:"queued"`
 	Inflight int `json:"inflight_sequences"`
@@ -437,8 +465,9 @@ func TestSocketActivation(t *testing.T) {
 	cfg := strings.Replace(baseConfig(es.URL, ""), `listen = "127.0.0.1:0"`, `listen = "127.0.0.1:1"`, 1)
 	// systemd-socket-activate listens first and starts llmlabd on the first
 	// connection, as systemd does with llmlab.socket.
-	cmd := exec.Command("systemd-socket-activate", "-l", addr, "--fdname=http", "-E", "NOTIFY_SOCKET", binary, "--config", writeConfig(t, cfg))
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	cmd := exec.Command("systemd-socket-activate", "-l", addr, "--fdname=http", "-E", "NOTIFY_SOCKET", "-E", "WATCHDOG_USEC",
+		binary, "--config", writeConfig(t, cfg))
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=200000")
 	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
@@ -466,10 +495,23 @@ func TestSocketActivation(t *testing.T) {
 	if !strings.Contains(logs.String(), "socket_activated=true") {
 		t.Fatalf("llmlabd did not serve the activated socket:\n%s", logs.String())
 	}
-	want := map[string]bool{"READY=1": false, "STATUS=engine external": false, "STOPPING=1": false}
-	cmd.Process.Signal(syscall.SIGTERM)
+	want := map[string]bool{"READY=1": false, "STATUS=engine external": false, "WATCHDOG=1": false, "RELOADING=1": false, "STOPPING=1": false}
+	all := func() bool {
+		for _, ok := range want {
+			if !ok {
+				return false
+			}
+		}
+		return true
+	}
+	cmd.Process.Signal(syscall.SIGHUP)
 	deadline := time.After(10 * time.Second)
-	for !(want["READY=1"] && want["STATUS=engine external"] && want["STOPPING=1"]) {
+	sentTerm := false
+	for !all() {
+		if !sentTerm && want["RELOADING=1"] && want["WATCHDOG=1"] {
+			cmd.Process.Signal(syscall.SIGTERM)
+			sentTerm = true
+		}
 		select {
 		case m := <-msgs:
 			sc := bufio.NewScanner(strings.NewReader(m))

@@ -199,7 +199,7 @@ var palette = []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd"}
 
 func (s *svg) legend(series []series) {
 	for i, se := range series {
-		fmt.Fprintf(&s.b, `<text x="%d" y="%d" fill="%s">%s</text>`+"\n", plotPad+i*160, s.h-8, se.color, se.name)
+		fmt.Fprintf(&s.b, `<text x="%d" y="%d" fill="%s">%s</text>`+"\n", plotPad+(i%2)*200, s.h-22+(i/2)*14, se.color, se.name)
 	}
 }
 
@@ -222,11 +222,7 @@ func byLabel(phases []Phase, y func(Phase) float64) []series {
 		if !ok {
 			i = len(out)
 			idx[p.Label] = i
-			name := p.Label
-			if p.Target != "" {
-				name += " (" + p.Target + ")"
-			}
-			out = append(out, series{name: name, color: palette[i%len(palette)]})
+			out = append(out, series{name: p.Label, color: palette[i%len(palette)]})
 		}
 		out[i].points = append(out[i].points, [2]float64{p.Rate, y(p)})
 	}
@@ -236,7 +232,7 @@ func byLabel(phases []Phase, y func(Phase) float64) []series {
 // PlotLoad draws goodput and p95 latency against offered load, one line
 // per label, the SLO latency dashed.
 func PlotLoad(phases []Phase, slo SLO) string {
-	s := newSVG(840, 330)
+	s := newSVG(840, 350)
 	xmax, gmax, lmax := 1.0, 1.0, slo.Latency.Seconds()*1.5
 	for _, p := range phases {
 		xmax = max(xmax, p.Rate)
@@ -253,10 +249,10 @@ func PlotLoad(phases []Phase, slo SLO) string {
 
 // PlotDistribution draws the empirical CDF of each phase's latencies.
 func PlotDistribution(phases []Phase) string {
-	s := newSVG(440, 330)
+	s := newSVG(440, 350)
 	var ss []series
 	xmax := 0.001
-	for i, p := range phases {
+	for _, p := range phases {
 		var lat []time.Duration
 		for _, x := range p.Samples {
 			if !x.Warmup && x.Error == "" && x.Status == 200 {
@@ -267,7 +263,7 @@ func PlotDistribution(phases []Phase) string {
 			continue
 		}
 		sortDurations(lat)
-		se := series{name: fmt.Sprintf("%s @ %.3g/s", p.Label, p.Rate), color: palette[i%len(palette)]}
+		se := series{name: fmt.Sprintf("%s @ %.3g/s", p.Label, p.Rate)}
 		step := max(1, len(lat)/200)
 		for j := 0; j < len(lat); j += step {
 			se.points = append(se.points, [2]float64{lat[j].Seconds(), float64(j+1) / float64(len(lat))})
@@ -276,9 +272,14 @@ func PlotDistribution(phases []Phase) string {
 		xmax = max(xmax, lat[len(lat)-1].Seconds())
 		ss = append(ss, se)
 	}
+	// The last phases (the highest loads of a sweep), one color each.
 	if len(ss) > len(palette) {
 		ss = ss[len(ss)-len(palette):]
 	}
-	s.panel(0, "latency distribution (CDF)", "latency (s)", "share of answered requests", xmax, 1, ss, 0)
+	for i := range ss {
+		ss[i].color = palette[i]
+	}
+	s.panel(0, "latency distribution (CDF), last phases", "latency (s)", "share of answered requests", xmax, 1, ss, 0)
+	s.legend(ss)
 	return s.String()
 }
