@@ -25,6 +25,8 @@ func simCmd(ctx context.Context, args []string) int {
 	perToken := fs.Duration("per-token", -1, "cost per token processed in a step (default: the profile's)")
 	perKV := fs.Duration("per-kv-token", -1, "cost per KV-cache token read in a step (default: the profile's)")
 	startup := fs.Duration("startup-delay", -1, "time before the port opens (default: the profile's)")
+	wake := fs.Duration("wake-time", -1, "time POST /wake_up takes after POST /sleep (default: the profile's)")
+	gpuMem := fs.Float64("gpu-memory-gib", 0, "the card's memory in GiB (default: the profile's)")
 	errRate := fs.Float64("error-rate", 0, "fraction of requests answered 500 (failure injection)")
 	crashAfter := fs.Int("crash-after", 0, "exit with status 1 when this many requests have been served (0: never)")
 	show := fs.Bool("show-profile", false, "print the profile and exit")
@@ -46,6 +48,12 @@ func simCmd(ctx context.Context, args []string) int {
 	}
 	if *startup >= 0 {
 		p.StartupDelay = *startup
+	}
+	if *wake >= 0 {
+		p.WakeTime = *wake
+	}
+	if *gpuMem > 0 {
+		p.GPUMemory = int64(*gpuMem * (1 << 30))
 	}
 	cfg := sim.Config{Profile: p, MaxNumSeqs: p.MaxNumSeqs, MaxNumBatchedTokens: p.MaxNumBatchedTokens,
 		MaxModelLen: p.MaxModelLen, MaxNumQueuedReqs: *queued}

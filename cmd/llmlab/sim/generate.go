@@ -105,6 +105,9 @@ func (g *generation) wait(w http.ResponseWriter, ctx context.Context) {
 		b = append(b, `,"logprobs":null,"finish_reason":"`...)
 		b = append(b, g.finishReason(s)...)
 		b = append(b, `","stop_reason":null`...)
+		if !g.chat {
+			b = append(b, `,"prompt_logprobs":null`...)
+		}
 		if g.req.ReturnTokenIDs {
 			pids, _ := json.Marshal(g.prompts[i/g.n].ids)
 			b = append(b, `,"prompt_token_ids":`...)
@@ -189,6 +192,9 @@ func (g *generation) stream(w http.ResponseWriter, ctx context.Context) {
 					buf = append(buf, '"')
 				} else {
 					buf = append(buf, "null"...)
+				}
+				if !g.chat {
+					buf = append(buf, `,"stop_reason":null`...)
 				}
 				buf = append(buf, "}]}\n\n"...)
 			}
