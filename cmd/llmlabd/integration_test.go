@@ -26,7 +26,7 @@ import (
 	"github.com/llmlab/llmlab/daemon/enginetest"
 )
 
-var binary string
+var binary, toolBinary string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "llmlabd-test")
@@ -37,6 +37,11 @@ func TestMain(m *testing.M) {
 	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "building llmlabd: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	toolBinary = filepath.Join(dir, "llmlab")
+	if out, err := exec.Command("go", "build", "-o", toolBinary, "../llmlab").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building llmlab: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -106,6 +111,8 @@ func start(t *testing.T, env []string, wrapper []string, args ...string) *daemon
 	argv = append(argv, args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
+	// A child that keeps the output pipe open must not hang the test.
+	cmd.WaitDelay = 5 * time.Second
 	d := &daemon{cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
 	cmd.Stderr = d.logs
 	cmd.Stdout = d.logs
@@ -526,4 +533,123 @@ func TestSocketActivation(t *testing.T) {
 			t.Fatalf("sd_notify messages seen: %v", want)
 		}
 	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func engineState(t *testing.T, d *daemon) string {
+	t.Helper()
+	r, err := http.Get(d.metrics + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	var st struct{ Engine struct{ State string } }
+	json.NewDecoder(r.Body).Decode(&st)
+	return st.Engine.State
+}
+
+func waitState(t *testing.T, d *daemon, want string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for engineState(t, d) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("engine state %q, want %q\n%s", engineState(t, d), want, d.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Scale to zero with the exec backend: the first requests start the
+// engine (the real simulator, with a start-up delay) and are all answered,
+// none refused for concurrency; after the idle timeout the engine process
+// is gone; the next request starts it again.
+func TestScaleToZeroExec(t *testing.T) {
+	engineAddr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(engineAddr)
+	cfg := fmt.Sprintf(`[gateway]
+listen = "127.0.0.1:0"
+[engine]
+url = "http://%s"
+command = [%q, "sim", "--profile", "instant", "--startup-delay", "1s", "--host", %q, "--port", %q]
+idle_timeout = "1s"
+expected_start_time = "2s"
+max_cold_start_wait = "20s"
+stop_grace = "2s"
+[queue]
+max_inflight = 4
+max_batch = 4
+[metrics]
+listen = "127.0.0.1:0"
+[log]
+format = "text"
+`, engineAddr, toolBinary, host, port)
+	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
+	if s := engineState(t, d); s != "stopped" {
+		t.Fatalf("before any request the engine is %q, want stopped", s)
+	}
+	// A health check and a scrape do not start it.
+	http.Get(d.api + "/healthz")
+	http.Get(d.metrics + "/metrics")
+	http.Get(d.api + "/v1/models")
+	time.Sleep(300 * time.Millisecond)
+	if s := engineState(t, d); s != "stopped" {
+		t.Fatalf("after /healthz, /metrics and /v1/models the engine is %q, want stopped", s)
+	}
+
+	const burst = 12 // three times max_inflight, all during the cold start
+	codes := make(chan int, burst)
+	for range burst {
+		go func() {
+			resp, _ := post(t, d.api+"/v1/completions", `{"model":"Qwen/Qwen2.5-0.5B-Instruct","prompt":"x","max_tokens":3,"ignore_eos":true}`)
+			codes <- resp.StatusCode
+		}()
+	}
+	for range burst {
+		if c := <-codes; c != 200 {
+			t.Fatalf("a request during the cold start got %d, want 200\n%s", c, d.logs.String())
+		}
+	}
+	waitState(t, d, "stopped")
+	if _, err := http.Get("http://" + engineAddr + "/health"); err == nil {
+		t.Fatal("the engine still answers after the idle stop")
+	}
+	resp, body := post(t, d.api+"/v1/completions", `{"prompt":"again","max_tokens":2}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("after scale to zero: %d %s", resp.StatusCode, body)
+	}
+}
+
+// An engine that cannot start: waiting requests get 503 with Retry-After
+// and a clear message, and the failure is logged.
+func TestEngineStartFailure(t *testing.T) {
+	cfg := `[gateway]
+listen = "127.0.0.1:0"
+[engine]
+url = "http://127.0.0.1:9"
+command = ["sh", "-c", "echo no model here >&2; exit 1"]
+max_cold_start_wait = "20s"
+[metrics]
+listen = "127.0.0.1:0"
+[log]
+format = "text"
+`
+	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
+	start := time.Now()
+	resp, body := post(t, d.api+"/v1/completions", `{"prompt":"x","max_tokens":2}`)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "engine") {
+		t.Fatalf("engine failing to start: %d %s (Retry-After %q), want 503 naming the engine with Retry-After", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Fatalf("the refusal took %s; it should come when the engine fails, not at the deadline", time.Since(start))
+	}
+	waitLog(t, d, "engine exited")
 }

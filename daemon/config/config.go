@@ -52,6 +52,14 @@ type Engine struct {
 	// Models are the model names the engine serves; requests for other
 	// names are refused before they are queued.
 	Models []string
+	// Command, when set, is the engine llmlabd starts and stops itself
+	// (scale to zero); empty means the engine is managed elsewhere.
+	Command           []string
+	IdleTimeout       time.Duration
+	StartTimeout      time.Duration
+	ExpectedStartTime time.Duration
+	MaxColdStartWait  time.Duration
+	StopGrace         time.Duration
 }
 
 // Queue configures admission control and micro-batching.
@@ -110,8 +118,14 @@ type raw struct {
 		ShutdownGrace          string `toml:"shutdown_grace"`
 	} `toml:"gateway"`
 	Engine struct {
-		URL    string   `toml:"url"`
-		Models []string `toml:"models"`
+		URL               string   `toml:"url"`
+		Models            []string `toml:"models"`
+		Command           []string `toml:"command"`
+		IdleTimeout       string   `toml:"idle_timeout"`
+		StartTimeout      string   `toml:"start_timeout"`
+		ExpectedStartTime string   `toml:"expected_start_time"`
+		MaxColdStartWait  string   `toml:"max_cold_start_wait"`
+		StopGrace         string   `toml:"stop_grace"`
 	} `toml:"engine"`
 	Queue struct {
 		MaxInflight int     `toml:"max_inflight"`
@@ -152,6 +166,11 @@ func defaults() raw {
 	r.Gateway.ShutdownGrace = "30s"
 	r.Engine.URL = "http://127.0.0.1:8000"
 	r.Engine.Models = []string{"Qwen/Qwen2.5-0.5B-Instruct"}
+	r.Engine.IdleTimeout = "5m"
+	r.Engine.StartTimeout = "10m"
+	r.Engine.ExpectedStartTime = "30s"
+	r.Engine.MaxColdStartWait = "60s"
+	r.Engine.StopGrace = "10s"
 	r.Queue.MaxInflight = 64
 	r.Queue.MaxQueued = 256
 	r.Queue.MaxWait = "4s"
@@ -293,7 +312,16 @@ func fromRaw(path string, r raw) (*Config, error) {
 			ck.fail("engine.models", r.Engine.Models, "model names must not be empty")
 		}
 	}
-	c.Engine = Engine{URL: u, Models: r.Engine.Models}
+	c.Engine = Engine{URL: u, Models: r.Engine.Models, Command: r.Engine.Command,
+		IdleTimeout:       ck.duration("engine.idle_timeout", r.Engine.IdleTimeout, 0),
+		StartTimeout:      ck.duration("engine.start_timeout", r.Engine.StartTimeout, time.Second),
+		ExpectedStartTime: ck.duration("engine.expected_start_time", r.Engine.ExpectedStartTime, 0),
+		MaxColdStartWait:  ck.duration("engine.max_cold_start_wait", r.Engine.MaxColdStartWait, time.Millisecond),
+		StopGrace:         ck.duration("engine.stop_grace", r.Engine.StopGrace, 0),
+	}
+	if len(r.Engine.Command) > 0 && strings.TrimSpace(r.Engine.Command[0]) == "" {
+		ck.fail("engine.command", r.Engine.Command, "the first element must name the program to run")
+	}
 
 	q := r.Queue
 	ck.atLeast("queue.max_inflight", q.MaxInflight, 1)

@@ -124,6 +124,24 @@ func (g *Gateway) Reload(cfg Config, keys *auth.Keys) {
 // the engine run on.
 func (g *Gateway) Drain() { g.queue.Drain() }
 
+// SetEngineReady opens or closes the queue's gate to the engine.
+// Connections pooled to an engine that stopped are useless, so they are
+// closed when the gate closes.
+func (g *Gateway) SetEngineReady(ready bool) {
+	if !ready {
+		g.transport.CloseIdleConnections()
+	}
+	g.queue.SetEngineReady(ready)
+}
+
+// FailWaiting answers every queued request with 503.
+func (g *Gateway) FailWaiting(reason, message string, retryAfter time.Duration) {
+	g.queue.FailWaiting(reason, message, retryAfter)
+}
+
+// Busy is the number of requests queued plus sequences in flight.
+func (g *Gateway) Busy() int { return g.queue.Busy() }
+
 // QueueStats returns a snapshot of the queue.
 func (g *Gateway) QueueStats() queue.Stats { return g.queue.Stats() }
 

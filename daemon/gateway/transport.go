@@ -110,8 +110,9 @@ func (t *engineTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			stop()
 			_ = ec.c.Close()
 			// A reused connection the engine closed while idle fails before
-			// any answer: send the request again on a fresh one.
-			if reused && attempt == 0 && ctx.Err() == nil && req.GetBody != nil && staleConn(err) {
+			// any answer: send the request again, on the next pooled
+			// connection or a fresh one (a fresh one ends the retries).
+			if reused && attempt < t.maxIdle && ctx.Err() == nil && req.GetBody != nil && staleConn(err) {
 				body, gerr := req.GetBody()
 				if gerr == nil {
 					req = req.Clone(ctx)

@@ -37,6 +37,9 @@ type Config struct {
 	NominalRPS  float64
 	BatchWindow time.Duration
 	MaxBatch    int
+	// MaxColdStartWait is a request's deadline when it arrives while the
+	// engine is not ready (0: MaxWait plus the expected start time).
+	MaxColdStartWait time.Duration
 }
 
 // Warmup reports how much longer the engine is expected to take to start.
@@ -95,6 +98,7 @@ type Queue struct {
 	queuedSlots int
 	timer       *time.Timer
 	draining    bool
+	notReady    bool // the engine is starting or stopped: hold everything
 	rate        rateEstimator
 }
 
@@ -156,7 +160,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		q.mu.Unlock()
 		return nil, ref
 	}
-	if q.cfg.BatchWindow == 0 && q.waiters.Len() == 0 && q.inflight+r.Weight <= q.cfg.MaxInflight {
+	if !q.notReady && q.cfg.BatchWindow == 0 && q.waiters.Len() == 0 && q.inflight+r.Weight <= q.cfg.MaxInflight {
 		q.inflight += r.Weight
 		q.rate.update(now, q.blockedLocked())
 		q.mu.Unlock()
@@ -166,6 +170,9 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		return &Ticket{q: q, weight: r.Weight}, nil
 	}
 	wait := q.cfg.MaxWait + q.remainingStart()
+	if q.notReady && q.cfg.MaxColdStartWait > 0 {
+		wait = q.cfg.MaxColdStartWait
+	}
 	w := &waiter{req: r, ready: make(chan struct{})}
 	w.elem = q.waiters.PushBack(w)
 	q.queuedSlots += r.Weight
@@ -217,7 +224,7 @@ func (q *Queue) admitLocked(r Request) *Refusal {
 			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}
 	}
 	free := q.cfg.MaxInflight - q.inflight
-	if q.waiters.Len() == 0 && r.Weight <= free {
+	if !q.notReady && q.waiters.Len() == 0 && r.Weight <= free {
 		return nil
 	}
 	if q.queuedSlots+r.Weight > q.cfg.MaxQueued {
@@ -273,7 +280,7 @@ func (q *Queue) blockedLocked() bool {
 // MaxBatch requests wait, and otherwise makes sure a window is running.
 func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 	defer func() { q.rate.update(now, q.blockedLocked()) }()
-	if q.waiters.Len() == 0 {
+	if q.waiters.Len() == 0 || q.notReady {
 		return
 	}
 	limit := q.waiters.Len()
@@ -341,6 +348,38 @@ func (q *Queue) armLocked() {
 		q.timer = nil
 		q.dispatchLocked(time.Now(), true)
 	})
+}
+
+// SetEngineReady opens (true) or closes the gate to the engine. While it
+// is closed requests queue, each within its deadline, and none is
+// dispatched: a cold start holds requests instead of refusing them.
+func (q *Queue) SetEngineReady(ready bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.notReady = !ready
+	if ready {
+		q.dispatchLocked(time.Now(), true)
+	}
+}
+
+// FailWaiting answers every queued request with 503 and the reason, for an
+// engine that failed to start or died.
+func (q *Queue) FailWaiting(reason, message string, retryAfter time.Duration) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for e := q.waiters.Front(); e != nil; e = q.waiters.Front() {
+		w := q.waiters.Remove(e).(*waiter)
+		q.queuedSlots -= w.req.Weight
+		w.refusal = &Refusal{Status: http.StatusServiceUnavailable, Reason: reason, Message: message, RetryAfter: retryAfter}
+		close(w.ready)
+	}
+}
+
+// Busy is the number of requests queued plus sequences in flight.
+func (q *Queue) Busy() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.waiters.Len() + q.inflight
 }
 
 // Drain refuses every queued request and all new ones (503), for shutdown.

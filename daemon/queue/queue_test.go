@@ -366,3 +366,67 @@ func equal(a, b []int) bool {
 	}
 	return true
 }
+
+// While the engine starts, requests queue (none refused for concurrency),
+// each within max_cold_start_wait, and all flow when the gate opens.
+func TestGateHoldsRequestsDuringColdStart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.MaxQueued, c.MaxColdStartWait = 2, 10, 20*time.Second
+		q := New(c, fixedWarmup(5*time.Second), nil)
+		q.SetEngineReady(false)
+		bg := context.Background()
+		var chans []<-chan result
+		for range 5 {
+			chans = append(chans, acquireAsync(q, bg, Request{Weight: 1}))
+			synctest.Wait() // queue in a known order
+		}
+		if s := q.Stats(); s.Queued != 5 || s.Inflight != 0 {
+			t.Fatalf("during the start: %+v, want 5 queued and none dispatched", s)
+		}
+		if q.Busy() != 5 {
+			t.Fatalf("Busy() = %d, want 5", q.Busy())
+		}
+		time.Sleep(5 * time.Second) // past max_wait (4s), within max_cold_start_wait
+		q.SetEngineReady(true)
+		synctest.Wait()
+		got := 0
+		for _, ch := range chans[:2] {
+			if r := <-ch; r.err == nil {
+				got++
+				r.t.Release()
+			}
+		}
+		synctest.Wait()
+		for _, ch := range chans[2:] {
+			if r := <-ch; r.err == nil {
+				got++
+				r.t.Release()
+			}
+		}
+		if got != 5 {
+			t.Fatalf("%d of 5 requests admitted once the engine was ready", got)
+		}
+	})
+}
+
+func TestColdStartDeadlineAndFailWaiting(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxColdStartWait = 2 * time.Second
+		q := New(c, fixedWarmup(time.Minute), nil)
+		q.SetEngineReady(false)
+		start := time.Now()
+		_, err := q.Acquire(context.Background(), Request{Weight: 1})
+		if ref := refusal(t, err); ref.Reason != ReasonQueueTimeout || time.Since(start) != 2*time.Second {
+			t.Fatalf("cold start past its deadline: %+v after %s, want queue_timeout after 2s", ref, time.Since(start))
+		}
+		ch := acquireAsync(q, context.Background(), Request{Weight: 1})
+		synctest.Wait()
+		q.FailWaiting("engine_unavailable", "the engine stopped unexpectedly", 3*time.Second)
+		ref := refusal(t, (<-ch).err)
+		if ref.Status != 503 || ref.Reason != "engine_unavailable" || ref.RetryAfterSeconds() != 3 {
+			t.Fatalf("FailWaiting: %+v", ref)
+		}
+	})
+}

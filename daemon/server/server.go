@@ -36,6 +36,7 @@ import (
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/ratelimit"
 	"github.com/llmlab/llmlab/daemon/sd"
+	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
 // Options are the daemon's command-line inputs.
@@ -108,6 +109,8 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 			NominalRPS:  cfg.Queue.NominalRPS,
 			BatchWindow: cfg.Queue.BatchWindow,
 			MaxBatch:    cfg.Queue.MaxBatch,
+
+			MaxColdStartWait: cfg.Engine.MaxColdStartWait,
 		},
 		Coalesce: cfg.Queue.Coalesce,
 		RateLimit: ratelimit.Config{
@@ -117,6 +120,31 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 			GlobalBurst: cfg.Limits.GlobalBurst,
 		},
 		AccessLog: cfg.Log.AccessLog,
+	}
+}
+
+// supervisorConfig extracts the supervisor's part of cfg; the readiness
+// probe is GET /health on the engine, as vLLM answers once it serves.
+func supervisorConfig(cfg *config.Config) supervisor.Config {
+	health := cfg.Engine.URL.JoinPath("/health").String()
+	client := &http.Client{Timeout: time.Second}
+	return supervisor.Config{
+		Probe: func(ctx context.Context) bool {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, health, nil)
+			if err != nil {
+				return false
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		},
+		ProbeInterval: 50 * time.Millisecond,
+		IdleTimeout:   cfg.Engine.IdleTimeout,
+		StartTimeout:  cfg.Engine.StartTimeout,
+		ExpectedStart: cfg.Engine.ExpectedStartTime,
 	}
 }
 
@@ -164,8 +192,30 @@ func Run(ctx context.Context, o Options) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	engine := externalEngine{}
-	gw := gateway.New(gatewayConfig(cfg), keys, engine, nil, reg, log)
+	var (
+		engine gateway.Engine = externalEngine{}
+		warmup queue.Warmup
+		sup    *supervisor.Supervisor
+	)
+	if len(cfg.Engine.Command) > 0 {
+		sup = supervisor.New(supervisorConfig(cfg), &supervisor.Exec{Argv: cfg.Engine.Command, Grace: cfg.Engine.StopGrace, Output: o.Stderr},
+			nil, reg, log.With("component", "supervisor"))
+		engine, warmup = sup, sup
+	}
+	gw := gateway.New(gatewayConfig(cfg), keys, engine, warmup, reg, log)
+	supDone := make(chan struct{})
+	supCtx, stopSup := context.WithCancel(context.Background())
+	defer stopSup()
+	if sup != nil {
+		gw.SetEngineReady(false)
+		sup.Attach(gw)
+		go func() {
+			sup.Run(supCtx)
+			close(supDone)
+		}()
+	} else {
+		close(supDone)
+	}
 	st := &statusSource{gw: gw, engine: engine, cfg: cfg, started: time.Now()}
 
 	api := gw.Handler()
@@ -220,7 +270,10 @@ func Run(ctx context.Context, o Options) error {
 		select {
 		case <-ctx.Done():
 			notify.Stopping("draining")
-			return drain(log, gw, apiSrv, metricsSrv, st.cfgNow().Gateway.ShutdownGrace)
+			err := drain(log, gw, apiSrv, metricsSrv, st.cfgNow().Gateway.ShutdownGrace)
+			stopSup() // stop the engine once nothing uses it
+			<-supDone
+			return err
 		case err := <-errc:
 			notify.Stopping("listener failed")
 			_ = apiSrv.Close()

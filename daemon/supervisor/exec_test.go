@@ -1,0 +1,54 @@
+package supervisor
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExecStopsWithSIGTERM(t *testing.T) {
+	e := &Exec{Argv: []string{"sleep", "60"}, Grace: 5 * time.Second, Output: io.Discard}
+	p, err := e.Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := p.Stop(context.Background()); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("stopping took %s; sleep exits on SIGTERM at once", d)
+	}
+	select {
+	case <-p.Done():
+	default:
+		t.Fatal("Done not closed after Stop")
+	}
+}
+
+// A process that ignores SIGTERM, and its children (the whole group), are
+// killed after the grace period.
+func TestExecKillsGroupAfterGrace(t *testing.T) {
+	e := &Exec{Argv: []string{"sh", "-c", "trap '' TERM; sleep 60 & wait"}, Grace: 300 * time.Millisecond, Output: io.Discard}
+	p, err := e.Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // let the trap install
+	start := time.Now()
+	err = p.Stop(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("Stop = %v, want a report that the engine was killed", err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("stopped after %s, want just after the 300ms grace", d)
+	}
+}
+
+func TestExecNoCommand(t *testing.T) {
+	if _, err := (&Exec{}).Start(context.Background()); err == nil {
+		t.Fatal("Start with no command: want an error")
+	}
+}

@@ -1,0 +1,290 @@
+// Package supervisor owns the engine's lifecycle: it starts the engine when
+// work arrives, waits for it to answer its health check, stops it after an
+// idle period (scale to zero), and retries failed starts with backoff.
+//
+// One goroutine (Run) owns the state: stopped, starting, ready, stopping,
+// failed. Everything else talks to it through channels or reads published
+// snapshots.
+//
+//  1. stopped --Wake--> starting: the backend starts the engine; the
+//     health check is probed every ProbeInterval.
+//  2. starting --healthy--> ready: the gate opens (queued requests flow);
+//     the start's duration is learned for RemainingStart.
+//  3. ready --idle for IdleTimeout with nothing queued or in flight-->
+//     stopping --> stopped: the gate closes first.
+//  4. starting or ready --the engine exits, or the start takes longer than
+//     StartTimeout--> failed: the gate closes, waiting requests are failed
+//     with 503; with work waiting, a new start follows after a backoff
+//     (1 s, doubling to 30 s).
+//
+// Config keys: engine.command (the exec backend), engine.idle_timeout,
+// engine.start_timeout, engine.expected_start_time.
+// Metrics: llmlab_engine_state{state}, llmlab_engine_starts_total{result},
+// llmlab_engine_start_seconds.
+package supervisor
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// States of the engine.
+const (
+	Stopped  = "stopped"
+	Starting = "starting"
+	Ready    = "ready"
+	Stopping = "stopping"
+	Failed   = "failed"
+)
+
+var states = []string{Stopped, Starting, Ready, Stopping, Failed}
+
+// Backend starts the engine.
+type Backend interface {
+	Start(ctx context.Context) (Process, error)
+}
+
+// Process is a started engine.
+type Process interface {
+	// Done is closed when the engine has exited.
+	Done() <-chan struct{}
+	// Stop asks the engine to exit and waits until it has.
+	Stop(ctx context.Context) error
+}
+
+// Gate is the queue's side: it holds requests while the engine is not
+// ready and fails them when it cannot start.
+type Gate interface {
+	SetEngineReady(ready bool)
+	FailWaiting(reason, message string, retryAfter time.Duration)
+	// Busy is the number of requests queued or in flight.
+	Busy() int
+}
+
+// Config tunes the supervisor.
+type Config struct {
+	// Probe reports whether the engine answers its health check.
+	Probe         func(ctx context.Context) bool
+	ProbeInterval time.Duration
+	// IdleTimeout stops an idle engine; 0 never does.
+	IdleTimeout  time.Duration
+	StartTimeout time.Duration
+	// ExpectedStart is the start time assumed until one is measured.
+	ExpectedStart time.Duration
+}
+
+// Supervisor runs one engine. Create it with New and run Run.
+type Supervisor struct {
+	cfg     Config
+	backend Backend
+	gate    Gate
+	log     *slog.Logger
+
+	wake chan struct{}
+
+	// Published by Run for other goroutines.
+	state        atomic.Value // string
+	startedAt    atomic.Int64 // unix nanos of the current start
+	learnedStart atomic.Int64 // nanoseconds
+
+	metrics *metrics
+}
+
+type metrics struct {
+	state     *prometheus.GaugeVec
+	starts    *prometheus.CounterVec
+	startTime prometheus.Histogram
+}
+
+// Attach sets the gate; call it before Run (the gate is usually built
+// with the supervisor as its engine).
+func (s *Supervisor) Attach(g Gate) { s.gate = g }
+
+// New returns a supervisor; reg may be nil; gate may be attached later.
+func New(cfg Config, backend Backend, gate Gate, reg prometheus.Registerer, log *slog.Logger) *Supervisor {
+	if cfg.ProbeInterval <= 0 {
+		cfg.ProbeInterval = 50 * time.Millisecond
+	}
+	s := &Supervisor{cfg: cfg, backend: backend, gate: gate, log: log, wake: make(chan struct{}, 1)}
+	s.state.Store(Stopped)
+	s.learnedStart.Store(int64(cfg.ExpectedStart))
+	s.metrics = &metrics{
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "llmlab_engine_state",
+			Help: "1 for the engine's current lifecycle state."}, []string{"state"}),
+		starts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmlab_engine_starts_total",
+			Help: "Engine starts by result (ready, failed)."}, []string{"result"}),
+		startTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "llmlab_engine_start_seconds",
+			Help: "Time from starting the engine to its first healthy answer.", Buckets: []float64{0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300}}),
+	}
+	if reg != nil {
+		reg.MustRegister(s.metrics.state, s.metrics.starts, s.metrics.startTime)
+	}
+	s.publish(Stopped)
+	return s
+}
+
+// Wake notes that work arrived: a stopped engine starts.
+func (s *Supervisor) Wake() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// State names the engine's lifecycle state.
+func (s *Supervisor) State() string { return s.state.Load().(string) }
+
+// RemainingStart is how much longer the engine is expected to take to be
+// ready: 0 when ready, the learned start time when stopped.
+func (s *Supervisor) RemainingStart() time.Duration {
+	learned := time.Duration(s.learnedStart.Load())
+	switch s.State() {
+	case Ready:
+		return 0
+	case Starting:
+		elapsed := time.Since(time.Unix(0, s.startedAt.Load()))
+		// Past the expectation, assume a little more rather than none.
+		return max(learned-elapsed, learned/10)
+	}
+	return learned
+}
+
+func (s *Supervisor) publish(state string) {
+	s.state.Store(state)
+	for _, st := range states {
+		v := 0.0
+		if st == state {
+			v = 1
+		}
+		s.metrics.state.WithLabelValues(st).Set(v)
+	}
+}
+
+// Run owns the engine's lifecycle until ctx ends; then it stops the engine.
+func (s *Supervisor) Run(ctx context.Context) {
+	var (
+		proc        Process
+		state       = Stopped
+		lastWork    = time.Now()
+		backoff     = time.Second
+		retryAt     time.Time
+		probe       *time.Ticker
+		probeC      <-chan time.Time
+		exited      <-chan struct{}
+		startDone   time.Time // deadline of the current start
+		housekeeper = time.NewTicker(250 * time.Millisecond)
+	)
+	defer housekeeper.Stop()
+	set := func(st string) {
+		if st != state {
+			s.log.Info("engine state", "from", state, "to", st)
+		}
+		state = st
+		s.publish(st)
+	}
+	start := func() {
+		now := time.Now()
+		s.startedAt.Store(now.UnixNano())
+		set(Starting)
+		p, err := s.backend.Start(ctx)
+		if err != nil {
+			s.log.Error("engine start failed", "err", err)
+			s.fail(set, &retryAt, &backoff, "the engine could not be started")
+			return
+		}
+		proc, exited = p, p.Done()
+		startDone = now.Add(s.cfg.StartTimeout)
+		probe = time.NewTicker(s.cfg.ProbeInterval)
+		probeC = probe.C
+	}
+	stopProbe := func() {
+		if probe != nil {
+			probe.Stop()
+			probe, probeC = nil, nil
+		}
+	}
+	stop := func(ctx context.Context) {
+		stopProbe()
+		s.gate.SetEngineReady(false)
+		if proc != nil {
+			set(Stopping)
+			if err := proc.Stop(ctx); err != nil {
+				s.log.Warn("engine stop", "err", err)
+			}
+			proc, exited = nil, nil
+		}
+		set(Stopped)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			stop(sctx)
+			cancel()
+			return
+		case <-s.wake:
+			lastWork = time.Now()
+			if state == Stopped || (state == Failed && !time.Now().Before(retryAt)) {
+				start()
+			}
+		case <-probeC:
+			if s.cfg.Probe(ctx) {
+				stopProbe()
+				took := time.Since(time.Unix(0, s.startedAt.Load()))
+				s.learn(took)
+				s.metrics.starts.WithLabelValues("ready").Inc()
+				s.metrics.startTime.Observe(took.Seconds())
+				s.log.Info("engine ready", "start_time", took)
+				backoff = time.Second
+				set(Ready)
+				lastWork = time.Now()
+				s.gate.SetEngineReady(true)
+			} else if s.cfg.StartTimeout > 0 && time.Now().After(startDone) {
+				s.log.Error("engine did not become healthy in time", "start_timeout", s.cfg.StartTimeout)
+				stop(ctx)
+				s.fail(set, &retryAt, &backoff, "the engine did not become ready in time")
+			}
+		case <-exited:
+			s.log.Error("engine exited", "state", state)
+			stopProbe()
+			proc, exited = nil, nil
+			s.gate.SetEngineReady(false)
+			s.fail(set, &retryAt, &backoff, "the engine stopped unexpectedly")
+		case now := <-housekeeper.C:
+			busy := s.gate.Busy()
+			if busy > 0 {
+				lastWork = now
+			}
+			switch {
+			case state == Ready && s.cfg.IdleTimeout > 0 && busy == 0 && now.Sub(lastWork) >= s.cfg.IdleTimeout:
+				s.log.Info("engine idle; stopping", "idle_timeout", s.cfg.IdleTimeout)
+				stop(ctx)
+			case state == Failed && busy > 0 && !now.Before(retryAt):
+				start()
+			}
+		}
+	}
+}
+
+// fail records a failed start or a crash and fails the waiting requests.
+func (s *Supervisor) fail(set func(string), retryAt *time.Time, backoff *time.Duration, msg string) {
+	s.metrics.starts.WithLabelValues("failed").Inc()
+	set(Failed)
+	*retryAt = time.Now().Add(*backoff)
+	s.gate.FailWaiting("engine_unavailable", msg+"; retrying", *backoff+time.Duration(s.learnedStart.Load()))
+	*backoff = min(2**backoff, 30*time.Second)
+}
+
+// learn folds a measured start time into the estimate.
+func (s *Supervisor) learn(took time.Duration) {
+	old := time.Duration(s.learnedStart.Load())
+	if old == 0 {
+		s.learnedStart.Store(int64(took))
+		return
+	}
+	s.learnedStart.Store(int64(old/2 + took/2))
+}

@@ -1,0 +1,198 @@
+package supervisor
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// fakeEngine is a backend whose engine becomes healthy startDelay after a
+// start, and a recording gate.
+type fakeEngine struct {
+	startDelay time.Duration
+	failStart  bool
+
+	mu      sync.Mutex
+	starts  int
+	stops   int
+	current *fakeProc
+}
+
+type fakeProc struct {
+	e       *fakeEngine
+	started time.Time
+	done    chan struct{}
+	once    sync.Once
+}
+
+func (f *fakeEngine) Start(context.Context) (Process, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.starts++
+	if f.failStart {
+		return nil, io.ErrUnexpectedEOF
+	}
+	f.current = &fakeProc{e: f, started: time.Now(), done: make(chan struct{})}
+	return f.current, nil
+}
+
+func (p *fakeProc) Done() <-chan struct{} { return p.done }
+
+func (p *fakeProc) Stop(context.Context) error {
+	p.e.mu.Lock()
+	p.e.stops++
+	p.e.mu.Unlock()
+	p.once.Do(func() { close(p.done) })
+	return nil
+}
+
+// crash makes the running engine exit on its own.
+func (f *fakeEngine) crash() {
+	f.mu.Lock()
+	p := f.current
+	f.mu.Unlock()
+	p.once.Do(func() { close(p.done) })
+}
+
+func (f *fakeEngine) healthy(context.Context) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.current != nil && time.Since(f.current.started) >= f.startDelay
+}
+
+type gate struct {
+	ready  atomic.Bool
+	busy   atomic.Int32
+	failed atomic.Int32
+}
+
+func (g *gate) SetEngineReady(r bool)                     { g.ready.Store(r) }
+func (g *gate) FailWaiting(string, string, time.Duration) { g.failed.Add(1) }
+func (g *gate) Busy() int                                 { return int(g.busy.Load()) }
+
+func setup(t *testing.T, eng *fakeEngine, idle time.Duration) (*Supervisor, *gate, context.CancelFunc) {
+	t.Helper()
+	g := &gate{}
+	s := New(Config{Probe: eng.healthy, ProbeInterval: 50 * time.Millisecond, IdleTimeout: idle,
+		StartTimeout: time.Minute, ExpectedStart: 10 * time.Second}, eng, g, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	go s.Run(ctx)
+	return s, g, cancel
+}
+
+func TestColdStartThenIdleStop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		eng := &fakeEngine{startDelay: 3 * time.Second}
+		s, g, cancel := setup(t, eng, 30*time.Second)
+		defer cancel()
+		if s.State() != Stopped || s.RemainingStart() != 10*time.Second {
+			t.Fatalf("fresh: %s, remaining %s; want stopped and the expected 10s", s.State(), s.RemainingStart())
+		}
+		start := time.Now()
+		s.Wake()
+		synctest.Wait()
+		if s.State() != Starting || g.ready.Load() {
+			t.Fatalf("after Wake: %s, gate open %v", s.State(), g.ready.Load())
+		}
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+		// Ready within one probe interval of the engine's health.
+		if took := time.Since(start); took < 3*time.Second || took > 3*time.Second+60*time.Millisecond {
+			t.Fatalf("ready after %s, want 3s plus at most one probe interval", took)
+		}
+		if !g.ready.Load() || s.RemainingStart() != 0 {
+			t.Fatal("ready but the gate is closed or a start is still expected")
+		}
+		// The learned start time moves toward the measured 3 s.
+		if got := time.Duration(s.learnedStart.Load()); got > 7*time.Second || got < 6*time.Second {
+			t.Fatalf("learned start %s, want the average of 10s and 3s", got)
+		}
+		// Work keeps it up; idleness stops it.
+		g.busy.Store(1)
+		time.Sleep(time.Minute)
+		if s.State() != Ready {
+			t.Fatalf("busy engine stopped: %s", s.State())
+		}
+		g.busy.Store(0)
+		time.Sleep(31 * time.Second)
+		synctest.Wait()
+		if s.State() != Stopped || g.ready.Load() || eng.stops != 1 {
+			t.Fatalf("after the idle timeout: %s, gate open %v, %d stops", s.State(), g.ready.Load(), eng.stops)
+		}
+		// The next request starts it again.
+		s.Wake()
+		synctest.Wait()
+		if s.State() != Starting || eng.starts != 2 {
+			t.Fatalf("second wake: %s, %d starts", s.State(), eng.starts)
+		}
+	})
+}
+
+func TestCrashFailsWaitersAndRetries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		eng := &fakeEngine{}
+		s, g, cancel := setup(t, eng, 0)
+		defer cancel()
+		s.Wake()
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+		g.busy.Store(2) // work waits when the engine dies
+		eng.crash()
+		synctest.Wait()
+		if s.State() != Failed || g.ready.Load() || g.failed.Load() != 1 {
+			t.Fatalf("after a crash: %s, gate open %v, %d fail calls", s.State(), g.ready.Load(), g.failed.Load())
+		}
+		// With work waiting, a restart follows after the backoff.
+		time.Sleep(1500 * time.Millisecond)
+		synctest.Wait()
+		if eng.starts != 2 {
+			t.Fatalf("%d starts after the backoff, want 2", eng.starts)
+		}
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+func TestFailedStartBacksOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		eng := &fakeEngine{failStart: true}
+		s, g, cancel := setup(t, eng, 0)
+		defer cancel()
+		g.busy.Store(1)
+		s.Wake()
+		synctest.Wait()
+		if s.State() != Failed {
+			t.Fatalf("state %s, want failed", s.State())
+		}
+		// Retries at 1 s, then 2 s, then 4 s later: 3 starts in 3.5 s.
+		time.Sleep(3500 * time.Millisecond)
+		synctest.Wait()
+		if eng.starts != 3 {
+			t.Fatalf("%d starts in 3.5s, want 3 (backoff 1s, 2s)", eng.starts)
+		}
+	})
+}
+
+func TestShutdownStopsEngine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		eng := &fakeEngine{}
+		s, _, cancel := setup(t, eng, 0)
+		s.Wake()
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+		cancel()
+		synctest.Wait()
+		if eng.stops != 1 || s.State() != Stopped {
+			t.Fatalf("after shutdown: %d stops, state %s", eng.stops, s.State())
+		}
+	})
+}
