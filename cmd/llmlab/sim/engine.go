@@ -268,16 +268,22 @@ func (e *Engine) finishStep(end time.Time, chunks []chunk) {
 			e.emit(c.s, end)
 		}
 	}
-	kept := e.running[:0]
-	for _, s := range e.running {
-		if s.done.Load() {
+	e.running = e.removeIf(e.running, func(s *seq) bool { return s.done.Load() })
+}
+
+// removeIf drops the sequences for which drop is true from list, freeing
+// their KV blocks, and returns the shortened list.
+func (e *Engine) removeIf(list []*seq, drop func(*seq) bool) []*seq {
+	kept := list[:0]
+	for _, s := range list {
+		if drop(s) {
 			e.release(s)
 			continue
 		}
 		kept = append(kept, s)
 	}
-	clear(e.running[len(kept):])
-	e.running = kept
+	clear(list[len(kept):])
+	return kept
 }
 
 func (e *Engine) emit(s *seq, at time.Time) {
@@ -300,27 +306,11 @@ func (e *Engine) emit(s *seq, at time.Time) {
 
 // dropCancelled removes sequences whose clients left.
 func (e *Engine) dropCancelled() {
-	kept := e.running[:0]
-	for _, s := range e.running {
-		if s.cancelled.Load() {
-			e.release(s)
-			continue
-		}
-		kept = append(kept, s)
-	}
-	clear(e.running[len(kept):])
-	e.running = kept
-	w := e.waiting[:0]
-	for _, s := range e.waiting {
-		if s.cancelled.Load() {
-			e.release(s)
-			e.waitingN.Add(-1)
-			continue
-		}
-		w = append(w, s)
-	}
-	clear(e.waiting[len(w):])
-	e.waiting = w
+	cancelled := func(s *seq) bool { return s.cancelled.Load() }
+	e.running = e.removeIf(e.running, cancelled)
+	before := len(e.waiting)
+	e.waiting = e.removeIf(e.waiting, cancelled)
+	e.waitingN.Add(-int32(before - len(e.waiting)))
 }
 
 // publish updates the gauges from the loop's state.
