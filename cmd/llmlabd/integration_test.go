@@ -575,8 +575,10 @@ func waitState(t *testing.T, d *daemon, want string) {
 func TestScaleToZeroExec(t *testing.T) {
 	engineAddr := freeAddr(t)
 	host, port, _ := net.SplitHostPort(engineAddr)
+	stateDir := t.TempDir()
 	cfg := fmt.Sprintf(`[gateway]
 listen = "127.0.0.1:0"
+state_dir = %q
 [engine]
 url = "http://%s"
 command = [%q, "sim", "--profile", "instant", "--startup-delay", "1s", "--host", %q, "--port", %q]
@@ -591,8 +593,9 @@ max_batch = 4
 listen = "127.0.0.1:0"
 [log]
 format = "text"
-`, engineAddr, toolBinary, host, port)
-	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
+`, stateDir, engineAddr, toolBinary, host, port)
+	cfgPath := writeConfig(t, cfg)
+	d := start(t, nil, nil, "--config", cfgPath)
 	if s := engineState(t, d); s != "stopped" {
 		t.Fatalf("before any request the engine is %q, want stopped", s)
 	}
@@ -625,6 +628,40 @@ format = "text"
 	resp, body := post(t, d.api+"/v1/completions", `{"prompt":"again","max_tokens":2}`)
 	if resp.StatusCode != 200 {
 		t.Fatalf("after scale to zero: %d %s", resp.StatusCode, body)
+	}
+
+	// What it learned survives a restart: the measured start time (about
+	// 1 s, not the configured 2 s) is kept in the state directory.
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-d.exited; err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	d.exited <- nil
+	data, err := os.ReadFile(filepath.Join(stateDir, "learned.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept struct {
+		EngineStartSeconds float64 `json:"engine_start_seconds"`
+	}
+	json.Unmarshal(data, &kept)
+	if kept.EngineStartSeconds < 1 || kept.EngineStartSeconds > 1.9 {
+		t.Fatalf("kept start time %.2fs (%s), want the average of 2s and two starts of about 1s", kept.EngineStartSeconds, data)
+	}
+	d2 := start(t, nil, nil, "--config", cfgPath)
+	r, err := http.Get(d2.metrics + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Engine struct {
+			ExpectedStartSeconds float64 `json:"expected_start_seconds"`
+		}
+	}
+	json.NewDecoder(r.Body).Decode(&st)
+	r.Body.Close()
+	if st.Engine.ExpectedStartSeconds != kept.EngineStartSeconds {
+		t.Fatalf("after a restart the expected start is %.3fs, want the kept %.3fs", st.Engine.ExpectedStartSeconds, kept.EngineStartSeconds)
 	}
 }
 

@@ -44,6 +44,9 @@ type Gateway struct {
 	AllowPublicWithoutKeys bool
 	// ShutdownGrace bounds how long in-flight requests may run after SIGTERM.
 	ShutdownGrace time.Duration
+	// StateDir keeps what the daemon learns across restarts ("": not kept;
+	// systemd's $STATE_DIRECTORY is used when the key is unset).
+	StateDir string
 }
 
 // Engine names the inference engine the gateway proxies to.
@@ -116,6 +119,7 @@ type raw struct {
 		Listen                 string `toml:"listen"`
 		AllowPublicWithoutKeys bool   `toml:"allow_public_without_keys"`
 		ShutdownGrace          string `toml:"shutdown_grace"`
+		StateDir               string `toml:"state_dir"`
 	} `toml:"gateway"`
 	Engine struct {
 		URL               string   `toml:"url"`
@@ -298,6 +302,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 		Listen:                 r.Gateway.Listen,
 		AllowPublicWithoutKeys: r.Gateway.AllowPublicWithoutKeys,
 		ShutdownGrace:          ck.duration("gateway.shutdown_grace", r.Gateway.ShutdownGrace, 0),
+		StateDir:               r.Gateway.StateDir,
 	}
 
 	u, err := url.Parse(r.Engine.URL)

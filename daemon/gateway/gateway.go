@@ -142,6 +142,13 @@ func (g *Gateway) FailWaiting(reason, message string, retryAfter time.Duration) 
 // Busy is the number of requests queued plus sequences in flight.
 func (g *Gateway) Busy() int { return g.queue.Busy() }
 
+// LearnedRate and SeedRate give access to the queue's learned completion
+// rate, for keeping it across restarts.
+func (g *Gateway) LearnedRate() float64 { return g.queue.LearnedRate() }
+
+// SeedRate restores a completion rate learned in an earlier run.
+func (g *Gateway) SeedRate(rate float64) { g.queue.SeedRate(rate) }
+
 // QueueStats returns a snapshot of the queue.
 func (g *Gateway) QueueStats() queue.Stats { return g.queue.Stats() }
 

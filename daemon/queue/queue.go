@@ -396,6 +396,23 @@ func (q *Queue) Drain() {
 	}
 }
 
+// LearnedRate returns the learned completion rate, or 0 if none yet.
+func (q *Queue) LearnedRate() float64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.rate.learned() {
+		return 0
+	}
+	return q.rate.rate()
+}
+
+// SeedRate restores a completion rate learned in an earlier run.
+func (q *Queue) SeedRate(rate float64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.rate.seed(rate)
+}
+
 // Stats is a snapshot of the queue.
 type Stats struct {
 	Queued      int     `json:"queued"`

@@ -69,3 +69,14 @@ func (e *rateEstimator) rate() float64 {
 	}
 	return e.nominal
 }
+
+// seed restores a rate learned earlier, weighted as minBusy of observation
+// so that fresh measurements soon take over.
+func (e *rateEstimator) seed(rate float64) {
+	if rate <= 0 {
+		return
+	}
+	e.busy = minBusy.Seconds()
+	e.completed = rate * e.busy
+	e.seen = true
+}

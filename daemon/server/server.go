@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -36,6 +37,7 @@ import (
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/ratelimit"
 	"github.com/llmlab/llmlab/daemon/sd"
+	"github.com/llmlab/llmlab/daemon/statefile"
 	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
@@ -148,6 +150,34 @@ func supervisorConfig(cfg *config.Config) supervisor.Config {
 	}
 }
 
+// restoreLearned loads what an earlier run learned and applies it.
+func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supervisor.Supervisor) statefile.State {
+	if dir == "" {
+		return statefile.State{}
+	}
+	s, err := statefile.Load(dir)
+	if err != nil {
+		log.Warn("ignoring learned state", "err", err)
+		return statefile.State{}
+	}
+	gw.SeedRate(s.CompletionRate)
+	if sup != nil {
+		sup.SetLearnedStart(time.Duration(s.EngineStartSeconds * float64(time.Second)))
+	}
+	if s.CompletionRate > 0 || s.EngineStartSeconds > 0 {
+		log.Info("restored learned state", "dir", dir, "completion_rate", s.CompletionRate, "engine_start_seconds", s.EngineStartSeconds)
+	}
+	return currentLearned(gw, sup)
+}
+
+func currentLearned(gw *gateway.Gateway, sup *supervisor.Supervisor) statefile.State {
+	s := statefile.State{CompletionRate: gw.LearnedRate()}
+	if sup != nil {
+		s.EngineStartSeconds = sup.LearnedStart().Seconds()
+	}
+	return s
+}
+
 // externalEngine is an engine managed outside llmlab: always on.
 type externalEngine struct{}
 
@@ -216,7 +246,27 @@ func Run(ctx context.Context, o Options) error {
 	} else {
 		close(supDone)
 	}
-	st := &statusSource{gw: gw, engine: engine, cfg: cfg, started: time.Now()}
+	st := &statusSource{gw: gw, engine: engine, sup: sup, cfg: cfg, started: time.Now()}
+	stateDir := cfg.Gateway.StateDir
+	if stateDir == "" {
+		stateDir = os.Getenv("STATE_DIRECTORY")
+	}
+	learned := restoreLearned(log, stateDir, gw, sup)
+	saveLearned := func() {
+		if stateDir == "" {
+			return
+		}
+		now := currentLearned(gw, sup)
+		if now == learned {
+			return
+		}
+		if err := statefile.Save(stateDir, now); err != nil {
+			log.Warn("cannot keep learned state", "err", err)
+			return
+		}
+		learned = now
+	}
+	defer saveLearned()
 
 	api := gw.Handler()
 	apiMux := http.NewServeMux()
@@ -265,6 +315,8 @@ func Run(ctx context.Context, o Options) error {
 	}
 	statusTick := time.NewTicker(500 * time.Millisecond)
 	defer statusTick.Stop()
+	saveTick := time.NewTicker(30 * time.Second)
+	defer saveTick.Stop()
 
 	for {
 		select {
@@ -273,6 +325,7 @@ func Run(ctx context.Context, o Options) error {
 			err := drain(log, gw, apiSrv, metricsSrv, st.cfgNow().Gateway.ShutdownGrace)
 			stopSup() // stop the engine once nothing uses it
 			<-supDone
+			saveLearned()
 			return err
 		case err := <-errc:
 			notify.Stopping("listener failed")
@@ -287,6 +340,8 @@ func Run(ctx context.Context, o Options) error {
 			notify.Watchdog()
 		case <-statusTick.C:
 			notify.Status(st.line())
+		case <-saveTick.C:
+			saveLearned()
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/llmlab/llmlab/daemon/config"
 	"github.com/llmlab/llmlab/daemon/gateway"
 	"github.com/llmlab/llmlab/daemon/queue"
+	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
 // statusSource answers /status and builds the sd_notify STATUS= line. It
@@ -17,6 +18,7 @@ import (
 type statusSource struct {
 	gw      *gateway.Gateway
 	engine  gateway.Engine
+	sup     *supervisor.Supervisor // nil when the engine is managed elsewhere
 	started time.Time
 
 	mu  sync.Mutex
@@ -45,6 +47,8 @@ type statusDoc struct {
 	Engine struct {
 		State string `json:"state"`
 		URL   string `json:"url"`
+		// ExpectedStartSeconds is the learned start time (supervised engines).
+		ExpectedStartSeconds float64 `json:"expected_start_seconds,omitempty"`
 	} `json:"engine"`
 	Queue  queue.Stats `json:"queue"`
 	Limits struct {
@@ -68,6 +72,9 @@ func (s *statusSource) serve(w http.ResponseWriter, _ *http.Request) {
 	var d statusDoc
 	d.Engine.State = s.engine.State()
 	d.Engine.URL = cfg.Engine.URL.Redacted()
+	if s.sup != nil {
+		d.Engine.ExpectedStartSeconds = s.sup.LearnedStart().Seconds()
+	}
 	d.Queue = s.gw.QueueStats()
 	d.Limits.MaxWaitSeconds = cfg.Queue.MaxWait.Seconds()
 	d.Limits.BatchWindowSeconds = cfg.Queue.BatchWindow.Seconds()

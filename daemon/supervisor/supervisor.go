@@ -279,6 +279,16 @@ func (s *Supervisor) fail(set func(string), retryAt *time.Time, backoff *time.Du
 	*backoff = min(2**backoff, 30*time.Second)
 }
 
+// LearnedStart is the current estimate of the engine's start time.
+func (s *Supervisor) LearnedStart() time.Duration { return time.Duration(s.learnedStart.Load()) }
+
+// SetLearnedStart restores an estimate kept from an earlier run.
+func (s *Supervisor) SetLearnedStart(d time.Duration) {
+	if d > 0 {
+		s.learnedStart.Store(int64(d))
+	}
+}
+
 // learn folds a measured start time into the estimate.
 func (s *Supervisor) learn(took time.Duration) {
 	old := time.Duration(s.learnedStart.Load())

@@ -1,0 +1,70 @@
+// Package statefile keeps what llmlabd learns (the engine's start time and
+// completion rate) in its state directory, so that an exit on idle or a
+// restart does not make it forget. The file is JSON, written atomically
+// (a temporary file renamed over the old one).
+package statefile
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Name is the file's name inside the state directory.
+const Name = "learned.json"
+
+// State is what is kept.
+type State struct {
+	// EngineStartSeconds is the learned engine start time (0: none yet).
+	EngineStartSeconds float64 `json:"engine_start_seconds,omitempty"`
+	// CompletionRate is the learned completion rate in sequences per
+	// second (0: none yet).
+	CompletionRate float64   `json:"completion_rate,omitempty"`
+	Saved          time.Time `json:"saved"`
+}
+
+// Load reads the state in dir; a missing file is an empty state.
+func Load(dir string) (State, error) {
+	var s State
+	data, err := os.ReadFile(filepath.Join(dir, Name))
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return s, fmt.Errorf("reading learned state: %w", err)
+	}
+	if err := json.Unmarshal(data, &s); err != nil {
+		return State{}, fmt.Errorf("learned state %s: %w", filepath.Join(dir, Name), err)
+	}
+	if s.EngineStartSeconds < 0 || s.CompletionRate < 0 {
+		return State{}, fmt.Errorf("learned state %s: negative values", filepath.Join(dir, Name))
+	}
+	return s, nil
+}
+
+// Save writes s to dir atomically.
+func Save(dir string, s State) error {
+	s.Saved = time.Now().UTC()
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, Name+".*")
+	if err != nil {
+		return fmt.Errorf("saving learned state: %w", err)
+	}
+	_, werr := tmp.Write(append(data, '\n'))
+	cerr := tmp.Close()
+	if werr != nil || cerr != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("saving learned state: %w", errors.Join(werr, cerr))
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, Name)); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("saving learned state: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,33 @@
+package statefile
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	if s, err := Load(dir); err != nil || s.EngineStartSeconds != 0 {
+		t.Fatalf("Load(empty dir) = %+v, %v; want an empty state", s, err)
+	}
+	if err := Save(dir, State{EngineStartSeconds: 12.5, CompletionRate: 27}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load(dir)
+	if err != nil || s.EngineStartSeconds != 12.5 || s.CompletionRate != 27 || s.Saved.IsZero() {
+		t.Fatalf("Load = %+v, %v", s, err)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Fatalf("%d files in the state directory, want just %s (no temporary files left)", len(entries), Name)
+	}
+}
+
+func TestCorruptFileIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, Name), []byte("{not json"), 0o644)
+	if _, err := Load(dir); err == nil {
+		t.Fatal("Load of a corrupt file: want an error naming it")
+	}
+}
