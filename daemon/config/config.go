@@ -57,7 +57,10 @@ type Engine struct {
 	Models []string
 	// Command, when set, is the engine llmlabd starts and stops itself
 	// (scale to zero); empty means the engine is managed elsewhere.
-	Command           []string
+	Command []string
+	// Unit, when set, is the systemd unit llmlabd starts and stops through
+	// the D-Bus API instead.
+	Unit              string
 	IdleTimeout       time.Duration
 	StartTimeout      time.Duration
 	ExpectedStartTime time.Duration
@@ -125,6 +128,7 @@ type raw struct {
 		URL               string   `toml:"url"`
 		Models            []string `toml:"models"`
 		Command           []string `toml:"command"`
+		Unit              string   `toml:"unit"`
 		IdleTimeout       string   `toml:"idle_timeout"`
 		StartTimeout      string   `toml:"start_timeout"`
 		ExpectedStartTime string   `toml:"expected_start_time"`
@@ -317,12 +321,18 @@ func fromRaw(path string, r raw) (*Config, error) {
 			ck.fail("engine.models", r.Engine.Models, "model names must not be empty")
 		}
 	}
-	c.Engine = Engine{URL: u, Models: r.Engine.Models, Command: r.Engine.Command,
+	c.Engine = Engine{URL: u, Models: r.Engine.Models, Command: r.Engine.Command, Unit: r.Engine.Unit,
 		IdleTimeout:       ck.duration("engine.idle_timeout", r.Engine.IdleTimeout, 0),
 		StartTimeout:      ck.duration("engine.start_timeout", r.Engine.StartTimeout, time.Second),
 		ExpectedStartTime: ck.duration("engine.expected_start_time", r.Engine.ExpectedStartTime, 0),
 		MaxColdStartWait:  ck.duration("engine.max_cold_start_wait", r.Engine.MaxColdStartWait, time.Millisecond),
 		StopGrace:         ck.duration("engine.stop_grace", r.Engine.StopGrace, 0),
+	}
+	if len(r.Engine.Command) > 0 && r.Engine.Unit != "" {
+		ck.fail("engine.unit", r.Engine.Unit, "set engine.unit or engine.command, not both")
+	}
+	if r.Engine.Unit != "" && !strings.Contains(r.Engine.Unit, ".") {
+		ck.fail("engine.unit", r.Engine.Unit, `name the unit with its type, e.g. "llmlab-vllm.service"`)
 	}
 	if len(r.Engine.Command) > 0 && strings.TrimSpace(r.Engine.Command[0]) == "" {
 		ck.fail("engine.command", r.Engine.Command, "the first element must name the program to run")

@@ -227,9 +227,15 @@ func Run(ctx context.Context, o Options) error {
 		warmup queue.Warmup
 		sup    *supervisor.Supervisor
 	)
-	if len(cfg.Engine.Command) > 0 {
-		sup = supervisor.New(supervisorConfig(cfg), &supervisor.Exec{Argv: cfg.Engine.Command, Grace: cfg.Engine.StopGrace, Output: o.Stderr},
-			nil, reg, log.With("component", "supervisor"))
+	var backend supervisor.Backend
+	switch {
+	case cfg.Engine.Unit != "":
+		backend = &supervisor.Systemd{Unit: cfg.Engine.Unit, Log: log.With("component", "supervisor")}
+	case len(cfg.Engine.Command) > 0:
+		backend = &supervisor.Exec{Argv: cfg.Engine.Command, Grace: cfg.Engine.StopGrace, Output: o.Stderr}
+	}
+	if backend != nil {
+		sup = supervisor.New(supervisorConfig(cfg), backend, nil, reg, log.With("component", "supervisor"))
 		engine, warmup = sup, sup
 	}
 	gw := gateway.New(gatewayConfig(cfg), keys, engine, warmup, reg, log)
