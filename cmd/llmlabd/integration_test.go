@@ -690,3 +690,57 @@ format = "text"
 	}
 	waitLog(t, d, "engine exited")
 }
+
+// Socket-activated, llmlabd exits once idle (never while a request is in
+// flight), and exits 0.
+func TestExitOnIdle(t *testing.T) {
+	eng := &enginetest.Engine{Delay: 1500 * time.Millisecond}
+	es := httptest.NewServer(eng)
+	defer es.Close()
+	addr := freeAddr(t)
+	cfg := strings.Replace(baseConfig(es.URL, ""), "[gateway]\n", "[gateway]\nexit_idle_timeout = \"1s\"\n", 1)
+	cmd := exec.Command("systemd-socket-activate", "-l", addr, "--fdname=http", binary, "--config", writeConfig(t, cfg))
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("output:\n%s", logs.String())
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "Listening on") {
+		if time.Now().After(deadline) {
+			t.Fatal("systemd-socket-activate did not listen")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	// The engine takes 1.5 s, longer than the idle timeout: the daemon must
+	// not leave while the request is in flight.
+	if resp, body := post(t, "http://"+addr+"/v1/completions", `{"model":"m","prompt":"x"}`); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("exited (%v) %s after start, while busy or before the idle timeout", err, time.Since(start))
+	default:
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit on idle: %v, want status 0", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("did not exit after the idle timeout")
+	}
+	if !strings.Contains(logs.String(), "exiting on idle") {
+		t.Fatalf("no log line says why it exited:\n%s", logs.String())
+	}
+}

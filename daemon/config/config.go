@@ -44,6 +44,9 @@ type Gateway struct {
 	AllowPublicWithoutKeys bool
 	// ShutdownGrace bounds how long in-flight requests may run after SIGTERM.
 	ShutdownGrace time.Duration
+	// ExitIdleTimeout makes a socket-activated daemon exit after this long
+	// with nothing to do and the engine stopped (0: never).
+	ExitIdleTimeout time.Duration
 	// StateDir keeps what the daemon learns across restarts ("": not kept;
 	// systemd's $STATE_DIRECTORY is used when the key is unset).
 	StateDir string
@@ -123,6 +126,7 @@ type raw struct {
 		AllowPublicWithoutKeys bool   `toml:"allow_public_without_keys"`
 		ShutdownGrace          string `toml:"shutdown_grace"`
 		StateDir               string `toml:"state_dir"`
+		ExitIdleTimeout        string `toml:"exit_idle_timeout"`
 	} `toml:"gateway"`
 	Engine struct {
 		URL               string   `toml:"url"`
@@ -172,6 +176,7 @@ func defaults() raw {
 	var r raw
 	r.Gateway.Listen = "127.0.0.1:8080"
 	r.Gateway.ShutdownGrace = "30s"
+	r.Gateway.ExitIdleTimeout = "10m"
 	r.Engine.URL = "http://127.0.0.1:8000"
 	r.Engine.Models = []string{"Qwen/Qwen2.5-0.5B-Instruct"}
 	r.Engine.IdleTimeout = "5m"
@@ -307,6 +312,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 		AllowPublicWithoutKeys: r.Gateway.AllowPublicWithoutKeys,
 		ShutdownGrace:          ck.duration("gateway.shutdown_grace", r.Gateway.ShutdownGrace, 0),
 		StateDir:               r.Gateway.StateDir,
+		ExitIdleTimeout:        ck.duration("gateway.exit_idle_timeout", r.Gateway.ExitIdleTimeout, 0),
 	}
 
 	u, err := url.Parse(r.Engine.URL)

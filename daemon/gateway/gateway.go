@@ -83,6 +83,7 @@ type Gateway struct {
 	proxy     *httputil.ReverseProxy
 	coalescer *coalescer
 	metrics   *metrics
+	lastWork  atomic.Int64 // unix nanos of the latest work request's arrival
 }
 
 // New returns a gateway in front of cfg.EngineURL. keys may be nil (no
@@ -148,6 +149,14 @@ func (g *Gateway) LearnedRate() float64 { return g.queue.LearnedRate() }
 
 // SeedRate restores a completion rate learned in an earlier run.
 func (g *Gateway) SeedRate(rate float64) { g.queue.SeedRate(rate) }
+
+// LastWork is when the latest work request arrived (zero if none yet).
+func (g *Gateway) LastWork() time.Time {
+	if n := g.lastWork.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
 
 // QueueStats returns a snapshot of the queue.
 func (g *Gateway) QueueStats() queue.Stats { return g.queue.Stats() }
@@ -222,6 +231,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 		g.fail(rec, st, http.StatusMethodNotAllowed, typeInvalid, "method_not_allowed", "", "use POST", 0, "invalid")
 		return
 	}
+	g.lastWork.Store(st.start.UnixNano())
 	g.engine.Wake()
 	s := g.settings.Load()
 

@@ -150,6 +150,23 @@ func supervisorConfig(cfg *config.Config) supervisor.Config {
 	}
 }
 
+// idleLongEnough reports whether a socket-activated daemon may exit:
+// nothing queued or in flight, the engine stopped (or not ours), and no
+// work for the timeout.
+func idleLongEnough(now, started time.Time, gw *gateway.Gateway, engine gateway.Engine, timeout time.Duration) bool {
+	if timeout <= 0 || gw.Busy() > 0 {
+		return false
+	}
+	if s := engine.State(); s != supervisor.Stopped && s != "external" {
+		return false
+	}
+	last := gw.LastWork()
+	if last.Before(started) {
+		last = started
+	}
+	return now.Sub(last) >= timeout
+}
+
 // restoreLearned loads what an earlier run learned and applies it.
 func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supervisor.Supervisor) statefile.State {
 	if dir == "" {
@@ -312,6 +329,7 @@ func Run(ctx context.Context, o Options) error {
 	log.Info("serving", "api", strings.Join(addrs, ","), "socket_activated", activated, "metrics", metricsAddr,
 		"engine", cfg.Engine.URL.String(), "config", cfg.Path, "api_keys", keys.Len())
 	notify.Ready(st.line())
+	started := time.Now()
 
 	var watchdog <-chan time.Time
 	if d := sd.WatchdogInterval(); d > 0 {
@@ -344,8 +362,17 @@ func Run(ctx context.Context, o Options) error {
 			notify.Ready(st.line())
 		case <-watchdog:
 			notify.Watchdog()
-		case <-statusTick.C:
+		case now := <-statusTick.C:
 			notify.Status(st.line())
+			if activated && idleLongEnough(now, started, gw, engine, st.cfgNow().Gateway.ExitIdleTimeout) {
+				log.Info("exiting on idle; the socket stays with systemd", "exit_idle_timeout", st.cfgNow().Gateway.ExitIdleTimeout)
+				notify.Stopping("exiting on idle")
+				err := drain(log, gw, apiSrv, metricsSrv, st.cfgNow().Gateway.ShutdownGrace)
+				stopSup()
+				<-supDone
+				saveLearned()
+				return err
+			}
 		case <-saveTick.C:
 			saveLearned()
 		}
