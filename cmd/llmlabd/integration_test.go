@@ -99,6 +99,7 @@ models = ["m"]
 %s
 [metrics]
 listen = "127.0.0.1:0"
+textfile = ""
 [log]
 format = "text"
 `, engineURL, queue)
@@ -591,6 +592,7 @@ max_inflight = 4
 max_batch = 4
 [metrics]
 listen = "127.0.0.1:0"
+textfile = ""
 [log]
 format = "text"
 `, stateDir, engineAddr, toolBinary, host, port)
@@ -676,6 +678,7 @@ command = ["sh", "-c", "echo no model here >&2; exit 1"]
 max_cold_start_wait = "20s"
 [metrics]
 listen = "127.0.0.1:0"
+textfile = ""
 [log]
 format = "text"
 `
@@ -692,14 +695,37 @@ format = "text"
 }
 
 // Socket-activated, llmlabd exits once idle (never while a request is in
-// flight), and exits 0.
+// flight), and exits 0; node_exporter's textfile then says it is down, with
+// its counters continuing across the next activation.
 func TestExitOnIdle(t *testing.T) {
 	eng := &enginetest.Engine{Delay: 1500 * time.Millisecond}
 	es := httptest.NewServer(eng)
 	defer es.Close()
+	collector, stateDir := t.TempDir(), t.TempDir()
+	textfile := filepath.Join(collector, "llmlab.prom")
+	cfg := strings.Replace(baseConfig(es.URL, ""), "[gateway]\n",
+		fmt.Sprintf("[gateway]\nexit_idle_timeout = \"1s\"\nstate_dir = %q\n", stateDir), 1)
+	cfg = strings.Replace(cfg, `textfile = ""`, fmt.Sprintf("textfile = %q", textfile), 1)
+	cfgPath := writeConfig(t, cfg)
+	for run := 1; run <= 2; run++ {
+		activateOnce(t, cfgPath)
+		data, err := os.ReadFile(textfile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf(`llmlab_requests_total{code="200",outcome="ok",route="completions"} %d`, run)
+		if !strings.Contains(string(data), "llmlab_up 0") || !strings.Contains(string(data), want) {
+			t.Fatalf("run %d: textfile after the exit lacks llmlab_up 0 or %s:\n%s", run, want, data)
+		}
+	}
+}
+
+// activateOnce starts llmlabd through socket activation, sends one request
+// and waits for the daemon to exit on idle.
+func activateOnce(t *testing.T, cfgPath string) {
+	t.Helper()
 	addr := freeAddr(t)
-	cfg := strings.Replace(baseConfig(es.URL, ""), "[gateway]\n", "[gateway]\nexit_idle_timeout = \"1s\"\n", 1)
-	cmd := exec.Command("systemd-socket-activate", "-l", addr, "--fdname=http", binary, "--config", writeConfig(t, cfg))
+	cmd := exec.Command("systemd-socket-activate", "-l", addr, "--fdname=http", binary, "--config", cfgPath)
 	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.WaitDelay = 5 * time.Second

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -109,6 +110,8 @@ type Metrics struct {
 	Listen string
 	// Pprof serves Go's profiler under /debug/pprof/ on the metrics listener.
 	Pprof bool
+	// Textfile is node_exporter's textfile-collector file ("": none).
+	Textfile string
 }
 
 // Log configures logging.
@@ -162,8 +165,9 @@ type raw struct {
 		KeysFile string `toml:"keys_file"`
 	} `toml:"auth"`
 	Metrics struct {
-		Listen string `toml:"listen"`
-		Pprof  bool   `toml:"pprof"`
+		Listen   string `toml:"listen"`
+		Pprof    bool   `toml:"pprof"`
+		Textfile string `toml:"textfile"`
 	} `toml:"metrics"`
 	Log struct {
 		Level     string `toml:"level"`
@@ -195,6 +199,7 @@ func defaults() raw {
 	r.Limits.MaxN = 4
 	r.Limits.MaxBestOf = 4
 	r.Metrics.Listen = "127.0.0.1:9180"
+	r.Metrics.Textfile = "/var/lib/prometheus/node-exporter/llmlab.prom"
 	r.Log.Level = "info"
 	r.Log.Format = "auto"
 	r.Log.AccessLog = true
@@ -397,7 +402,10 @@ func fromRaw(path string, r raw) (*Config, error) {
 	}
 
 	ck.addr("metrics.listen", r.Metrics.Listen, true)
-	c.Metrics = Metrics{Listen: r.Metrics.Listen, Pprof: r.Metrics.Pprof}
+	c.Metrics = Metrics{Listen: r.Metrics.Listen, Pprof: r.Metrics.Pprof, Textfile: r.Metrics.Textfile}
+	if t := r.Metrics.Textfile; t != "" && (!strings.HasSuffix(t, ".prom") || !filepath.IsAbs(t)) {
+		ck.fail("metrics.textfile", t, `want an absolute path ending in ".prom" (node_exporter reads only those)`)
+	}
 
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, r.Log.Level) {
 		ck.fail("log.level", r.Log.Level, `want "debug", "info", "warn" or "error"`)

@@ -39,6 +39,7 @@ import (
 	"github.com/llmlab/llmlab/daemon/sd"
 	"github.com/llmlab/llmlab/daemon/statefile"
 	"github.com/llmlab/llmlab/daemon/supervisor"
+	"github.com/llmlab/llmlab/daemon/textfile"
 )
 
 // Options are the daemon's command-line inputs.
@@ -184,7 +185,9 @@ func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supe
 	if s.CompletionRate > 0 || s.EngineStartSeconds > 0 {
 		log.Info("restored learned state", "dir", dir, "completion_rate", s.CompletionRate, "engine_start_seconds", s.EngineStartSeconds)
 	}
-	return currentLearned(gw, sup)
+	now := currentLearned(gw, sup)
+	now.Counters = s.Counters
+	return now
 }
 
 func currentLearned(gw *gateway.Gateway, sup *supervisor.Supervisor) statefile.State {
@@ -275,20 +278,48 @@ func Run(ctx context.Context, o Options) error {
 		stateDir = os.Getenv("STATE_DIRECTORY")
 	}
 	learned := restoreLearned(log, stateDir, gw, sup)
+	var tf *textfile.Writer
+	if cfg.Metrics.Textfile != "" {
+		tf = textfile.New(cfg.Metrics.Textfile, reg, learned.Counters)
+	}
 	saveLearned := func() {
 		if stateDir == "" {
 			return
 		}
 		now := currentLearned(gw, sup)
-		if now == learned {
+		if now.CompletionRate == learned.CompletionRate && now.EngineStartSeconds == learned.EngineStartSeconds {
 			return
 		}
+		now.Counters = learned.Counters
 		if err := statefile.Save(stateDir, now); err != nil {
 			log.Warn("cannot keep learned state", "err", err)
 			return
 		}
 		learned = now
 	}
+	// writeTextfile writes node_exporter's file; at exit (up false) it also
+	// keeps the counters' totals for the next run.
+	writeTextfile := func(up bool) {
+		if tf == nil {
+			return
+		}
+		if err := tf.Write(up); err != nil {
+			log.Warn("cannot write the textfile", "path", cfg.Metrics.Textfile, "err", err)
+		}
+		if !up && stateDir != "" {
+			totals, err := tf.Totals()
+			if err == nil {
+				learned.Counters = totals
+				now := currentLearned(gw, sup)
+				now.Counters = totals
+				if err := statefile.Save(stateDir, now); err != nil {
+					log.Warn("cannot keep learned state", "err", err)
+				}
+			}
+		}
+	}
+	writeTextfile(true)
+	defer writeTextfile(false)
 	defer saveLearned()
 
 	api := gw.Handler()
@@ -364,6 +395,7 @@ func Run(ctx context.Context, o Options) error {
 			notify.Watchdog()
 		case now := <-statusTick.C:
 			notify.Status(st.line())
+			writeTextfile(true)
 			if activated && idleLongEnough(now, started, gw, engine, st.cfgNow().Gateway.ExitIdleTimeout) {
 				log.Info("exiting on idle; the socket stays with systemd", "exit_idle_timeout", st.cfgNow().Gateway.ExitIdleTimeout)
 				notify.Stopping("exiting on idle")

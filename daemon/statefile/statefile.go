@@ -22,8 +22,11 @@ type State struct {
 	EngineStartSeconds float64 `json:"engine_start_seconds,omitempty"`
 	// CompletionRate is the learned completion rate in sequences per
 	// second (0: none yet).
-	CompletionRate float64   `json:"completion_rate,omitempty"`
-	Saved          time.Time `json:"saved"`
+	CompletionRate float64 `json:"completion_rate,omitempty"`
+	// Counters are the totals of the textfile's counters at the last exit,
+	// by series ("name{label=value,...}").
+	Counters map[string]float64 `json:"counters,omitempty"`
+	Saved    time.Time          `json:"saved"`
 }
 
 // Load reads the state in dir; a missing file is an empty state.

@@ -172,6 +172,7 @@ max_batch = %d
 coalesce = %t
 [metrics]
 listen = ""
+textfile = ""
 [log]
 format = "text"
 access_log = false

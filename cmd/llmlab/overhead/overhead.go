@@ -93,6 +93,7 @@ nominal_rps = 10000
 max_tokens = 1024
 [metrics]
 listen = ""
+textfile = ""
 [log]
 format = "text"
 access_log = false
