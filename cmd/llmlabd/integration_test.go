@@ -770,3 +770,47 @@ func activateOnce(t *testing.T, cfgPath string) {
 		t.Fatalf("no log line says why it exited:\n%s", logs.String())
 	}
 }
+
+// A reload that changes the engine's settings drains the engine and
+// restarts it once, without refusing the requests that arrive meanwhile.
+func TestReloadRestartsEngine(t *testing.T) {
+	engineAddr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(engineAddr)
+	conf := func(maxSeqs string) string {
+		return fmt.Sprintf(`[gateway]
+listen = "127.0.0.1:0"
+[engine]
+url = "http://%s"
+command = [%q, "sim", "--profile", "instant", "--startup-delay", "500ms", "--max-num-seqs", %q, "--host", %q, "--port", %q]
+idle_timeout = "0s"
+[metrics]
+listen = "127.0.0.1:0"
+textfile = ""
+[log]
+format = "text"
+`, engineAddr, toolBinary, maxSeqs, host, port)
+	}
+	path := writeConfig(t, conf("64"))
+	d := start(t, nil, nil, "--config", path)
+	req := `{"model":"Qwen/Qwen2.5-0.5B-Instruct","prompt":"x","max_tokens":2}`
+	if resp, body := post(t, d.api+"/v1/completions", req); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	os.WriteFile(path, []byte(conf("32")), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, d, "engine.command:")
+	codes := make(chan int, 6)
+	for range 6 {
+		go func() {
+			resp, _ := post(t, d.api+"/v1/completions", req)
+			codes <- resp.StatusCode
+		}()
+	}
+	for range 6 {
+		if c := <-codes; c != 200 {
+			t.Fatalf("a request during the engine restart got %d\n%s", c, d.logs.String())
+		}
+	}
+	waitLog(t, d, "restarting the engine with its new settings")
+	waitState(t, d, "ready")
+}

@@ -143,6 +143,9 @@ func (g *Gateway) FailWaiting(reason, message string, retryAfter time.Duration) 
 // Busy is the number of requests queued plus sequences in flight.
 func (g *Gateway) Busy() int { return g.queue.Busy() }
 
+// Inflight is the number of sequences in the engine.
+func (g *Gateway) Inflight() int { return g.queue.Inflight() }
+
 // LearnedRate and SeedRate give access to the queue's learned completion
 // rate, for keeping it across restarts.
 func (g *Gateway) LearnedRate() float64 { return g.queue.LearnedRate() }

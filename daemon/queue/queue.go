@@ -382,6 +382,13 @@ func (q *Queue) Busy() int {
 	return q.waiters.Len() + q.inflight
 }
 
+// Inflight is the number of sequences in the engine.
+func (q *Queue) Inflight() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.inflight
+}
+
 // Drain refuses every queued request and all new ones (503), for shutdown.
 func (q *Queue) Drain() {
 	q.mu.Lock()

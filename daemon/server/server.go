@@ -126,6 +126,18 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 	}
 }
 
+// engineBackend returns how the engine is run, or nil when it is managed
+// elsewhere.
+func engineBackend(cfg *config.Config, log *slog.Logger, stderr io.Writer) supervisor.Backend {
+	switch {
+	case cfg.Engine.Unit != "":
+		return &supervisor.Systemd{Unit: cfg.Engine.Unit, Log: log.With("component", "supervisor")}
+	case len(cfg.Engine.Command) > 0:
+		return &supervisor.Exec{Argv: cfg.Engine.Command, Grace: cfg.Engine.StopGrace, Output: stderr}
+	}
+	return nil
+}
+
 // supervisorConfig extracts the supervisor's part of cfg; the readiness
 // probe is GET /health on the engine, as vLLM answers once it serves.
 func supervisorConfig(cfg *config.Config) supervisor.Config {
@@ -247,14 +259,7 @@ func Run(ctx context.Context, o Options) error {
 		warmup queue.Warmup
 		sup    *supervisor.Supervisor
 	)
-	var backend supervisor.Backend
-	switch {
-	case cfg.Engine.Unit != "":
-		backend = &supervisor.Systemd{Unit: cfg.Engine.Unit, Log: log.With("component", "supervisor")}
-	case len(cfg.Engine.Command) > 0:
-		backend = &supervisor.Exec{Argv: cfg.Engine.Command, Grace: cfg.Engine.StopGrace, Output: o.Stderr}
-	}
-	if backend != nil {
+	if backend := engineBackend(cfg, log, o.Stderr); backend != nil {
 		sup = supervisor.New(supervisorConfig(cfg), backend, nil, reg, log.With("component", "supervisor"))
 		engine, warmup = sup, sup
 	}
@@ -389,7 +394,7 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		case <-o.Reload:
 			notify.Reloading()
-			reload(log, o, st, gw)
+			reload(log, o, st, gw, sup)
 			notify.Ready(st.line())
 		case <-watchdog:
 			notify.Watchdog()
@@ -456,7 +461,7 @@ func drain(log *slog.Logger, gw *gateway.Gateway, apiSrv, metricsSrv *http.Serve
 
 // reload re-reads the configuration; a bad one is refused and the running
 // one kept.
-func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway) {
+func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, sup *supervisor.Supervisor) {
 	o.Explicit = true
 	cfg, keys, err := LoadConfig(o)
 	if err != nil {
@@ -469,6 +474,20 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway) 
 		if strings.HasPrefix(c, "gateway.listen:") || strings.HasPrefix(c, "metrics.listen:") ||
 			strings.HasPrefix(c, "engine.url:") || strings.HasPrefix(c, "log.format:") || strings.HasPrefix(c, "log.level:") {
 			log.Warn("setting needs a restart to take effect", "change", c)
+		}
+	}
+	engineChanged := false
+	for _, c := range changes {
+		if strings.HasPrefix(c, "engine.command:") || strings.HasPrefix(c, "engine.unit:") {
+			engineChanged = true
+		}
+	}
+	if engineChanged {
+		switch b := engineBackend(cfg, log, o.Stderr); {
+		case sup != nil && b != nil:
+			sup.Restart(b) // drained, then restarted once; arrivals wait as in a cold start
+		default:
+			log.Warn("switching between a managed and an external engine needs a restart")
 		}
 	}
 	gw.Reload(gatewayConfig(cfg), keys)

@@ -63,6 +63,8 @@ type Gate interface {
 	FailWaiting(reason, message string, retryAfter time.Duration)
 	// Busy is the number of requests queued or in flight.
 	Busy() int
+	// Inflight is the number of sequences in the engine.
+	Inflight() int
 }
 
 // Config tunes the supervisor.
@@ -84,7 +86,8 @@ type Supervisor struct {
 	gate    Gate
 	log     *slog.Logger
 
-	wake chan struct{}
+	wake    chan struct{}
+	restart chan Backend
 
 	// Published by Run for other goroutines.
 	state        atomic.Value // string
@@ -109,7 +112,7 @@ func New(cfg Config, backend Backend, gate Gate, reg prometheus.Registerer, log 
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = 50 * time.Millisecond
 	}
-	s := &Supervisor{cfg: cfg, backend: backend, gate: gate, log: log, wake: make(chan struct{}, 1)}
+	s := &Supervisor{cfg: cfg, backend: backend, gate: gate, log: log, wake: make(chan struct{}, 1), restart: make(chan Backend, 1)}
 	s.state.Store(Stopped)
 	s.learnedStart.Store(int64(cfg.ExpectedStart))
 	s.metrics = &metrics{
@@ -133,6 +136,18 @@ func (s *Supervisor) Wake() {
 	case s.wake <- struct{}{}:
 	default:
 	}
+}
+
+// Restart switches to a new backend (new engine settings). A running
+// engine is drained and restarted once with it: the gate closes at once, so
+// requests that arrive meanwhile wait as in a cold start; when nothing is
+// left in the engine it stops and starts again.
+func (s *Supervisor) Restart(b Backend) {
+	select {
+	case <-s.restart: // a newer one replaces a pending one
+	default:
+	}
+	s.restart <- b
 }
 
 // State names the engine's lifecycle state.
@@ -176,6 +191,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 		probeC      <-chan time.Time
 		exited      <-chan struct{}
 		startDone   time.Time // deadline of the current start
+		pending     Backend   // a backend to restart with once drained
 		housekeeper = time.NewTicker(250 * time.Millisecond)
 	)
 	defer housekeeper.Stop()
@@ -226,6 +242,14 @@ func (s *Supervisor) Run(ctx context.Context) {
 			stop(sctx)
 			cancel()
 			return
+		case b := <-s.restart:
+			if state == Ready || state == Starting {
+				s.log.Info("engine settings changed; draining the engine to restart it")
+				pending = b
+				s.gate.SetEngineReady(false)
+				continue
+			}
+			s.backend = b
 		case <-s.wake:
 			lastWork = time.Now()
 			if state == Stopped || (state == Failed && !time.Now().Before(retryAt)) {
@@ -260,6 +284,11 @@ func (s *Supervisor) Run(ctx context.Context) {
 				lastWork = now
 			}
 			switch {
+			case pending != nil && s.gate.Inflight() == 0:
+				stop(ctx)
+				s.backend, pending = pending, nil
+				s.log.Info("restarting the engine with its new settings")
+				start()
 			case state == Ready && s.cfg.IdleTimeout > 0 && busy == 0 && now.Sub(lastWork) >= s.cfg.IdleTimeout:
 				s.log.Info("engine idle; stopping", "idle_timeout", s.cfg.IdleTimeout)
 				stop(ctx)

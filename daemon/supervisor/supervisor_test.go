@@ -66,10 +66,13 @@ func (f *fakeEngine) healthy(context.Context) bool {
 }
 
 type gate struct {
-	ready  atomic.Bool
-	busy   atomic.Int32
-	failed atomic.Int32
+	ready    atomic.Bool
+	busy     atomic.Int32
+	inflight atomic.Int32
+	failed   atomic.Int32
 }
+
+func (g *gate) Inflight() int { return int(g.inflight.Load()) }
 
 func (g *gate) SetEngineReady(r bool)                     { g.ready.Store(r) }
 func (g *gate) FailWaiting(string, string, time.Duration) { g.failed.Add(1) }
@@ -193,6 +196,44 @@ func TestShutdownStopsEngine(t *testing.T) {
 		synctest.Wait()
 		if eng.stops != 1 || s.State() != Stopped {
 			t.Fatalf("after shutdown: %d stops, state %s", eng.stops, s.State())
+		}
+	})
+}
+
+// New engine settings: the engine drains (the gate closes at once, work in
+// it finishes), stops, and starts once with the new backend.
+func TestRestartWithNewSettings(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		old := &fakeEngine{}
+		s, g, cancel := setup(t, old, 0)
+		defer cancel()
+		s.Wake()
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+		g.inflight.Store(1)
+		g.busy.Store(3)
+		next := &fakeEngine{}
+		s.Restart(next)
+		synctest.Wait()
+		if g.ready.Load() {
+			t.Fatal("the gate stayed open after new settings arrived")
+		}
+		time.Sleep(2 * time.Second)
+		if old.stops != 0 || next.starts != 0 {
+			t.Fatalf("restarted while a request was in the engine (%d stops, %d starts)", old.stops, next.starts)
+		}
+		g.inflight.Store(0)
+		time.Sleep(300 * time.Millisecond)
+		synctest.Wait()
+		if old.stops != 1 || next.starts != 1 {
+			t.Fatalf("after draining: old engine stopped %d times, new one started %d times; want 1 and 1", old.stops, next.starts)
+		}
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !g.ready.Load() {
+			t.Fatal("gate closed after the restart")
 		}
 	})
 }
