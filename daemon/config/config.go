@@ -70,6 +70,9 @@ type Engine struct {
 	ExpectedStartTime time.Duration
 	MaxColdStartWait  time.Duration
 	StopGrace         time.Duration
+	// SleepAfter puts an idle engine into vLLM's sleep mode before
+	// IdleTimeout stops it (0: never).
+	SleepAfter time.Duration
 }
 
 // Queue configures admission control and micro-batching.
@@ -141,6 +144,7 @@ type raw struct {
 		ExpectedStartTime string   `toml:"expected_start_time"`
 		MaxColdStartWait  string   `toml:"max_cold_start_wait"`
 		StopGrace         string   `toml:"stop_grace"`
+		SleepAfter        string   `toml:"sleep_after"`
 	} `toml:"engine"`
 	Queue struct {
 		MaxInflight int     `toml:"max_inflight"`
@@ -188,6 +192,7 @@ func defaults() raw {
 	r.Engine.ExpectedStartTime = "30s"
 	r.Engine.MaxColdStartWait = "60s"
 	r.Engine.StopGrace = "10s"
+	r.Engine.SleepAfter = "0s"
 	r.Queue.MaxInflight = 64
 	r.Queue.MaxQueued = 256
 	r.Queue.MaxWait = "4s"
@@ -338,6 +343,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 		ExpectedStartTime: ck.duration("engine.expected_start_time", r.Engine.ExpectedStartTime, 0),
 		MaxColdStartWait:  ck.duration("engine.max_cold_start_wait", r.Engine.MaxColdStartWait, time.Millisecond),
 		StopGrace:         ck.duration("engine.stop_grace", r.Engine.StopGrace, 0),
+		SleepAfter:        ck.duration("engine.sleep_after", r.Engine.SleepAfter, 0),
 	}
 	if len(r.Engine.Command) > 0 && r.Engine.Unit != "" {
 		ck.fail("engine.unit", r.Engine.Unit, "set engine.unit or engine.command, not both")

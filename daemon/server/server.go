@@ -143,7 +143,28 @@ func engineBackend(cfg *config.Config, log *slog.Logger, stderr io.Writer) super
 func supervisorConfig(cfg *config.Config) supervisor.Config {
 	health := cfg.Engine.URL.JoinPath("/health").String()
 	client := &http.Client{Timeout: time.Second}
+	post := func(path string) func(ctx context.Context) error {
+		u := cfg.Engine.URL.JoinPath(path).String()
+		return func(ctx context.Context) error {
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+			if err != nil {
+				return err
+			}
+			resp, err := (&http.Client{}).Do(req)
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("POST %s: %s", u, resp.Status)
+			}
+			return nil
+		}
+	}
 	return supervisor.Config{
+		SleepAfter: cfg.Engine.SleepAfter,
+		Sleep:      post("/sleep"),
+		WakeUp:     post("/wake_up"),
 		Probe: func(ctx context.Context) bool {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, health, nil)
 			if err != nil {

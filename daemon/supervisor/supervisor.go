@@ -39,9 +39,12 @@ const (
 	Ready    = "ready"
 	Stopping = "stopping"
 	Failed   = "failed"
+	// Sleeping is vLLM's sleep mode: the process runs but has released the
+	// GPU's weights and KV cache; waking takes a fraction of a start.
+	Sleeping = "sleeping"
 )
 
-var states = []string{Stopped, Starting, Ready, Stopping, Failed}
+var states = []string{Stopped, Starting, Ready, Stopping, Failed, Sleeping}
 
 // Backend starts the engine.
 type Backend interface {
@@ -77,7 +80,17 @@ type Config struct {
 	StartTimeout time.Duration
 	// ExpectedStart is the start time assumed until one is measured.
 	ExpectedStart time.Duration
+	// SleepAfter puts an idle engine to sleep (vLLM's POST /sleep) after
+	// this long, before IdleTimeout stops it; 0 never. Sleep and WakeUp
+	// make the calls.
+	SleepAfter time.Duration
+	Sleep      func(ctx context.Context) error
+	WakeUp     func(ctx context.Context) error
 }
+
+// expectedWake is the wake-up time assumed until one is measured (vLLM
+// documents 0.1-0.4 s for a small model).
+const expectedWake = 500 * time.Millisecond
 
 // Supervisor runs one engine. Create it with New and run Run.
 type Supervisor struct {
@@ -93,6 +106,7 @@ type Supervisor struct {
 	state        atomic.Value // string
 	startedAt    atomic.Int64 // unix nanos of the current start
 	learnedStart atomic.Int64 // nanoseconds
+	learnedWake  atomic.Int64 // nanoseconds
 
 	metrics *metrics
 }
@@ -115,6 +129,7 @@ func New(cfg Config, backend Backend, gate Gate, reg prometheus.Registerer, log 
 	s := &Supervisor{cfg: cfg, backend: backend, gate: gate, log: log, wake: make(chan struct{}, 1), restart: make(chan Backend, 1)}
 	s.state.Store(Stopped)
 	s.learnedStart.Store(int64(cfg.ExpectedStart))
+	s.learnedWake.Store(int64(expectedWake))
 	s.metrics = &metrics{
 		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "llmlab_engine_state",
 			Help: "1 for the engine's current lifecycle state."}, []string{"state"}),
@@ -164,6 +179,8 @@ func (s *Supervisor) RemainingStart() time.Duration {
 		elapsed := time.Since(time.Unix(0, s.startedAt.Load()))
 		// Past the expectation, assume a little more rather than none.
 		return max(learned-elapsed, learned/10)
+	case Sleeping:
+		return time.Duration(s.learnedWake.Load())
 	}
 	return learned
 }
@@ -252,7 +269,24 @@ func (s *Supervisor) Run(ctx context.Context) {
 			s.backend = b
 		case <-s.wake:
 			lastWork = time.Now()
-			if state == Stopped || (state == Failed && !time.Now().Before(retryAt)) {
+			switch {
+			case state == Sleeping:
+				t0 := time.Now()
+				wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				err := s.cfg.WakeUp(wctx)
+				cancel()
+				if err != nil {
+					s.log.Warn("engine did not wake up; restarting it", "err", err)
+					stop(ctx)
+					start()
+					continue
+				}
+				took := time.Since(t0)
+				s.learnedWake.Store(int64(took))
+				s.log.Info("engine woke up", "wake_time", took)
+				set(Ready)
+				s.gate.SetEngineReady(true)
+			case state == Stopped || (state == Failed && !time.Now().Before(retryAt)):
 				start()
 			}
 		case <-probeC:
@@ -289,9 +323,22 @@ func (s *Supervisor) Run(ctx context.Context) {
 				s.backend, pending = pending, nil
 				s.log.Info("restarting the engine with its new settings")
 				start()
-			case state == Ready && s.cfg.IdleTimeout > 0 && busy == 0 && now.Sub(lastWork) >= s.cfg.IdleTimeout:
+			case (state == Ready || state == Sleeping) && s.cfg.IdleTimeout > 0 && busy == 0 && now.Sub(lastWork) >= s.cfg.IdleTimeout:
 				s.log.Info("engine idle; stopping", "idle_timeout", s.cfg.IdleTimeout)
 				stop(ctx)
+			case state == Ready && s.cfg.SleepAfter > 0 && busy == 0 && now.Sub(lastWork) >= s.cfg.SleepAfter:
+				s.gate.SetEngineReady(false)
+				sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				err := s.cfg.Sleep(sctx)
+				cancel()
+				if err != nil {
+					s.log.Warn("engine did not go to sleep; keeping it ready", "err", err)
+					s.gate.SetEngineReady(true)
+					lastWork = now // do not retry at every tick
+					continue
+				}
+				s.log.Info("engine idle; sleeping", "sleep_after", s.cfg.SleepAfter)
+				set(Sleeping)
 			case state == Failed && busy > 0 && !now.Before(retryAt):
 				start()
 			}

@@ -237,3 +237,46 @@ func TestRestartWithNewSettings(t *testing.T) {
 		}
 	})
 }
+
+// Sleep mode: an idle engine sleeps first, wakes on the next request in
+// its (short) wake time, and is stopped only after the idle timeout.
+func TestSleepMode(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		eng := &fakeEngine{}
+		g := &gate{}
+		var sleeps, wakes atomic.Int32
+		s := New(Config{Probe: eng.healthy, ProbeInterval: 50 * time.Millisecond, IdleTimeout: time.Minute, SleepAfter: 10 * time.Second,
+			StartTimeout: time.Minute, ExpectedStart: 10 * time.Second,
+			Sleep:  func(context.Context) error { sleeps.Add(1); return nil },
+			WakeUp: func(context.Context) error { wakes.Add(1); time.Sleep(200 * time.Millisecond); return nil },
+		}, eng, g, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go s.Run(ctx)
+		s.Wake()
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(11 * time.Second)
+		synctest.Wait()
+		if s.State() != Sleeping || g.ready.Load() || sleeps.Load() != 1 {
+			t.Fatalf("after 11s idle: %s, gate open %v, %d sleeps", s.State(), g.ready.Load(), sleeps.Load())
+		}
+		if r := s.RemainingStart(); r != expectedWake {
+			t.Fatalf("RemainingStart while sleeping = %s, want the expected wake %s", r, expectedWake)
+		}
+		start := time.Now()
+		s.Wake()
+		for s.State() != Ready {
+			time.Sleep(time.Millisecond)
+		}
+		if took := time.Since(start); took != 200*time.Millisecond || eng.starts != 1 || !g.ready.Load() {
+			t.Fatalf("woke in %s with %d starts (gate open %v); want 200ms and no new start", took, eng.starts, g.ready.Load())
+		}
+		time.Sleep(2 * time.Minute)
+		synctest.Wait()
+		if s.State() != Stopped || eng.stops != 1 {
+			t.Fatalf("after the idle timeout: %s, %d stops", s.State(), eng.stops)
+		}
+	})
+}
