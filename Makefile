@@ -4,7 +4,7 @@ BIN       := bin
 FUZZTIME  ?= 15s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build demo test test-quick lint fuzz bench-overhead clean
+.PHONY: all build demo test test-quick test-system lint fuzz bench-overhead clean
 
 all: build
 
@@ -16,10 +16,15 @@ build:
 demo: build
 	$(BIN)/llmlab demo
 
-## test: lint, every unit and integration test with the race detector, and a short fuzz of each parser
+## test: lint, every unit and integration test with the race detector, a short fuzz of each parser, and (as root) the real-systemd tests
 test: lint
 	$(GO) test -race -count=1 ./...
 	$(MAKE) fuzz
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) test-system; else echo "make test: not root, so the real-systemd tests (make test-system) did not run"; fi
+
+## test-system: boot a Debian rootfs with systemd-nspawn and test the units, socket activation and scale to zero in it (root; needs systemd-container and debootstrap)
+test-system:
+	$(GO) test -tags systemtest -count=1 -timeout 20m -v ./units/
 
 ## test-quick: the unit and integration tests, no race detector, no fuzzing
 test-quick:

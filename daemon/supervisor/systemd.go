@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 )
@@ -98,9 +99,9 @@ func (p *unitProcess) watch(updates <-chan *sddbus.PropertiesUpdate, errs <-chan
 			if !ok {
 				continue
 			}
-			if state, _ := v.Value().(string); state == "inactive" || state == "failed" {
+			if state, _ := v.Value().(string); (state == "inactive" || state == "failed") && !p.stillActive() {
 				if p.s.Log != nil {
-					p.s.Log.Warn("engine unit left the active state", "unit", p.s.Unit, "active_state", state)
+					p.s.Log.Warn("engine unit left the active state", "unit", p.s.Unit, "active_state", state, "result", p.result())
 				}
 				p.exited()
 				if !p.stopping.Load() {
@@ -118,6 +119,34 @@ func (p *unitProcess) watch(updates <-chan *sddbus.PropertiesUpdate, errs <-chan
 			return
 		}
 	}
+}
+
+// stillActive checks the unit's current ActiveState when a signal said it
+// left: signals from before the start job finished (the unit was inactive
+// while its job was queued) arrive late and must not count. When the
+// state cannot be read, the signal is believed.
+func (p *unitProcess) stillActive() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	prop, err := p.conn.GetUnitPropertyContext(ctx, p.s.Unit, "ActiveState")
+	if err != nil {
+		return false
+	}
+	state, _ := prop.Value.Value().(string)
+	return state == "active" || state == "activating" || state == "reloading"
+}
+
+// result is the service's Result property ("exit-code", "timeout", ...),
+// or "" when it cannot be read.
+func (p *unitProcess) result() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	prop, err := p.conn.GetServicePropertyContext(ctx, p.s.Unit, "Result")
+	if err != nil {
+		return ""
+	}
+	r, _ := prop.Value.Value().(string)
+	return r
 }
 
 // Stop stops the unit and waits for the stop job.
