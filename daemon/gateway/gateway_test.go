@@ -446,3 +446,29 @@ func metricValue(c prometheus.Collector, want float64) float64 {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// An engine that dies in the middle of a stream: the client's stream ends
+// with an OpenAI-shaped error event rather than a cut connection.
+func TestStreamEndsWithErrorEventWhenEngineDies(t *testing.T) {
+	engine := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"text\":\"a\"}]}\n\n")
+		w.(http.Flusher).Flush()
+		conn, _, _ := http.NewResponseController(w).Hijack()
+		conn.Close() // the engine crashes
+	})
+	f := newFixture(t, testConfig(), nil, engine)
+	resp := f.post(t, "/v1/completions", `{"prompt":"x","stream":true}`)
+	data, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("reading the stream: %v (want a clean end)", err)
+	}
+	if !strings.Contains(string(data), `"text":"a"`) || !strings.HasSuffix(string(data), sseError) {
+		t.Fatalf("stream = %q, want the token and then the error event", data)
+	}
+	// The status was 200 when the stream began; the outcome says it failed.
+	if v := metricValue(f.gw.metrics.requests.WithLabelValues("completions", "engine_error", "200"), 1); v != 1 {
+		t.Errorf("requests_total{engine_error,200} = %v, want 1", v)
+	}
+}

@@ -2,12 +2,14 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httputil"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -31,7 +33,8 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 // modifyResponse taps the engine's answer for time to first byte and usage.
 func (g *Gateway) modifyResponse(resp *http.Response) error {
 	st := resp.Request.Context().Value(stateKey{}).(*reqState)
-	resp.Body = &tap{rc: resp.Body, st: st}
+	sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	resp.Body = &tap{rc: resp.Body, st: st, sse: sse, ctx: resp.Request.Context()}
 	return nil
 }
 
@@ -71,10 +74,36 @@ type tap struct {
 	rc   io.ReadCloser
 	st   *reqState
 	tail []byte
+	sse  bool
+	ctx  context.Context
+	// pending is an error event still to be delivered.
+	pending []byte
 }
 
+// sseError ends a stream whose engine failed midway: clients read an
+// OpenAI-shaped error event instead of a cut connection.
+const sseError = `data: {"error":{"message":"The engine failed while streaming the answer.","type":"server_error","param":null,"code":"engine_error"}}` + "\n\n"
+
 func (t *tap) Read(p []byte) (int, error) {
+	if t.pending != nil {
+		n := copy(p, t.pending)
+		t.pending = t.pending[n:]
+		if len(t.pending) == 0 {
+			return n, io.EOF
+		}
+		return n, nil
+	}
 	n, err := t.rc.Read(p)
+	if err != nil && err != io.EOF && t.sse && t.ctx.Err() == nil {
+		// The engine went away mid-stream (not the client): finish the
+		// stream with an error event.
+		t.st.outcome = "engine_error"
+		t.pending = []byte(sseError)
+		if n == 0 {
+			return t.Read(p)
+		}
+		err = nil
+	}
 	if n > 0 {
 		if t.st.ttft == 0 {
 			t.st.ttft = time.Since(t.st.start)

@@ -86,6 +86,10 @@ type Config struct {
 	SleepAfter time.Duration
 	Sleep      func(ctx context.Context) error
 	WakeUp     func(ctx context.Context) error
+	// AfterStop, when set, runs after the engine has stopped and before it
+	// is reported stopped: the GPU issue waits there until the engine's
+	// memory is really released.
+	AfterStop func(ctx context.Context)
 }
 
 // expectedWake is the wake-up time assumed until one is measured (vLLM
@@ -249,6 +253,9 @@ func (s *Supervisor) Run(ctx context.Context) {
 				s.log.Warn("engine stop", "err", err)
 			}
 			proc, exited = nil, nil
+			if s.cfg.AfterStop != nil {
+				s.cfg.AfterStop(ctx)
+			}
 		}
 		set(Stopped)
 	}

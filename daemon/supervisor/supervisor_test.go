@@ -188,14 +188,21 @@ func TestShutdownStopsEngine(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		eng := &fakeEngine{}
 		s, _, cancel := setup(t, eng, 0)
+		var afterStop atomic.Int32
+		s.cfg.AfterStop = func(context.Context) {
+			if s.State() != Stopping {
+				t.Errorf("AfterStop ran in state %s, want stopping (before stopped is reported)", s.State())
+			}
+			afterStop.Add(1)
+		}
 		s.Wake()
 		for s.State() != Ready {
 			time.Sleep(10 * time.Millisecond)
 		}
 		cancel()
 		synctest.Wait()
-		if eng.stops != 1 || s.State() != Stopped {
-			t.Fatalf("after shutdown: %d stops, state %s", eng.stops, s.State())
+		if eng.stops != 1 || s.State() != Stopped || afterStop.Load() != 1 {
+			t.Fatalf("after shutdown: %d stops, state %s, %d AfterStop calls", eng.stops, s.State(), afterStop.Load())
 		}
 	})
 }
