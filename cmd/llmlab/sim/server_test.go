@@ -201,12 +201,28 @@ func TestQueueLimitAndFailureInjection(t *testing.T) {
 	srv := newTestServer(t, func(o *Options) {
 		o.Engine.MaxNumQueuedReqs = 1
 		o.Engine.MaxNumSeqs = 1
-		o.Engine.Profile.StepFixed = 50 * time.Millisecond
+		o.Engine.Profile.StepFixed = 200 * time.Millisecond
 	})
 	for _, p := range []string{"a", "b"} {
 		go http.Post(srv.URL+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"`+p+`","max_tokens":20,"ignore_eos":true}`))
 	}
-	time.Sleep(200 * time.Millisecond) // one running, one waiting
+	// Wait until one runs and one waits.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(srv.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(m), `vllm:num_requests_waiting{engine="0",model_name="qwen"} 1`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never one waiting request:\n%s", m)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	if code, body := post(t, srv.URL+"/v1/completions", `{"prompt":"c","max_tokens":1}`); code != 503 {
 		t.Fatalf("beyond max_num_queued_reqs: %d %s, want 503", code, body)
 	}
