@@ -203,26 +203,33 @@ func TestQueueLimitAndFailureInjection(t *testing.T) {
 		o.Engine.MaxNumSeqs = 1
 		o.Engine.Profile.StepFixed = 200 * time.Millisecond
 	})
-	for _, p := range []string{"a", "b"} {
-		go http.Post(srv.URL+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"`+p+`","max_tokens":20,"ignore_eos":true}`))
+	// A client of its own: a kept-alive connection to an earlier test's
+	// server on a reused port would fail these requests silently.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	waitMetric := func(line string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			resp, err := http.Get(srv.URL + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(m), line) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/metrics never showed %s:\n%s", line, m)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
-	// Wait until one runs and one waits.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get(srv.URL + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if strings.Contains(string(m), `vllm:num_requests_waiting{engine="0",model_name="qwen"} 1`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never one waiting request:\n%s", m)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	// One request runs, then one waits: the queue (of one) is full.
+	go client.Post(srv.URL+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"a","max_tokens":8,"ignore_eos":true}`))
+	waitMetric(`vllm:num_requests_running{engine="0",model_name="qwen"} 1`)
+	go client.Post(srv.URL+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"b","max_tokens":8,"ignore_eos":true}`))
+	waitMetric(`vllm:num_requests_waiting{engine="0",model_name="qwen"} 1`)
 	if code, body := post(t, srv.URL+"/v1/completions", `{"prompt":"c","max_tokens":1}`); code != 503 {
 		t.Fatalf("beyond max_num_queued_reqs: %d %s, want 503", code, body)
 	}
