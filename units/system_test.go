@@ -178,9 +178,12 @@ func setup(t *testing.T) (*container, string) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the real-systemd tests need root (make test-system)")
 	}
-	rootfs, err := exec.Command("sh", "testdata/build-rootfs.sh").Output()
+	var stderr bytes.Buffer
+	build := exec.Command("sh", "testdata/build-rootfs.sh")
+	build.Stderr = &stderr
+	rootfs, err := build.Output()
 	if err != nil {
-		t.Fatalf("building the rootfs: %v", err)
+		t.Fatalf("building the rootfs (needs debootstrap and the Debian mirror): %v\n%s", err, stderr.String())
 	}
 	dist := t.TempDir()
 	for _, b := range []string{"llmlabd", "llmlab"} {
