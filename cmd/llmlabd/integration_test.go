@@ -449,9 +449,6 @@ func TestSocketActivation(t *testing.T) {
 	}
 	es := httptest.NewServer(&enginetest.Engine{})
 	defer es.Close()
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
 	// With a notify socket, READY=1 and STATUS= arrive there.
 	sock := filepath.Join(t.TempDir(), "notify")
 	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
@@ -471,32 +468,8 @@ func TestSocketActivation(t *testing.T) {
 		}
 	}()
 	cfg := strings.Replace(baseConfig(es.URL, ""), `listen = "127.0.0.1:0"`, `listen = "127.0.0.1:1"`, 1)
-	// systemd-socket-activate listens first and starts llmlabd on the first
-	// connection, as systemd does with llmlab.socket.
-	cmd := exec.Command("systemd-socket-activate", "-l", addr, "--fdname=http", "-E", "NOTIFY_SOCKET", "-E", "WATCHDOG_USEC",
-		binary, "--config", writeConfig(t, cfg))
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=200000")
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("output:\n%s", logs.String())
-		}
-	}()
-	deadline0 := time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), "Listening on") {
-		if time.Now().After(deadline0) {
-			t.Fatal("systemd-socket-activate did not listen")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	a := socketActivate(t, writeConfig(t, cfg), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=200000")
+	cmd, addr, logs := a.cmd, a.addr, a.logs
 	if resp, body := post(t, "http://"+addr+"/v1/completions", `{"model":"m","prompt":"x"}`); resp.StatusCode != 200 {
 		t.Fatalf("through the activated socket: %d %s", resp.StatusCode, body)
 	}
@@ -724,29 +697,8 @@ func TestExitOnIdle(t *testing.T) {
 // and waits for the daemon to exit on idle.
 func activateOnce(t *testing.T, cfgPath string) {
 	t.Helper()
-	addr := freeAddr(t)
-	cmd := exec.Command("systemd-socket-activate", "-l", addr, "--fdname=http", binary, "--config", cfgPath)
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("output:\n%s", logs.String())
-		}
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), "Listening on") {
-		if time.Now().After(deadline) {
-			t.Fatal("systemd-socket-activate did not listen")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	a := socketActivate(t, cfgPath)
+	addr, exited, logs := a.addr, a.exited, a.logs
 	start := time.Now()
 	// The engine takes 1.5 s, longer than the idle timeout: the daemon must
 	// not leave while the request is in flight.
@@ -813,4 +765,46 @@ format = "text"
 	}
 	waitLog(t, d, "restarting the engine with its new settings")
 	waitState(t, d, "ready")
+}
+
+// activated is llmlabd behind systemd-socket-activate, which listens first
+// and starts llmlabd on the first connection, as systemd does with
+// llmlab.socket.
+type activated struct {
+	addr   string
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan error
+}
+
+func socketActivate(t *testing.T, cfgPath string, env ...string) *activated {
+	t.Helper()
+	a := &activated{addr: freeAddr(t), logs: &syncBuffer{}, exited: make(chan error, 1)}
+	args := []string{"-l", a.addr, "--fdname=http"}
+	for _, e := range env {
+		name, _, _ := strings.Cut(e, "=")
+		args = append(args, "-E", name)
+	}
+	a.cmd = exec.Command("systemd-socket-activate", append(args, binary, "--config", cfgPath)...)
+	a.cmd.Env = append(os.Environ(), env...)
+	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
+	a.cmd.WaitDelay = 5 * time.Second
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { a.exited <- a.cmd.Wait() }()
+	t.Cleanup(func() {
+		a.cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("output:\n%s", a.logs.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(a.logs.String(), "Listening on") {
+		if time.Now().After(deadline) {
+			t.Fatal("systemd-socket-activate did not listen")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return a
 }
