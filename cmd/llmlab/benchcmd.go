@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -141,7 +140,7 @@ func runBench(ctx context.Context, f benchFlags, out io.Writer) int {
 			steps1, ok1, _ := bench.LagSnapshot(metrics)
 			p.Lag = bench.CheckLag(steps0, ok0, steps1, ok1)
 		}
-		drain(ctx, metrics, f.drainTimeout)
+		bench.Drain(ctx, metrics, f.drainTimeout)
 		printPhase(out, p)
 		phases = append(phases, p)
 		return p
@@ -228,33 +227,6 @@ func printPhase(out io.Writer, p bench.Phase) {
 	}
 	fmt.Fprintf(out, "%-8s %-9s %8.2f %8.2f %8.0f %8.4f %9s %9s %9s %7d %7d  %s\n", p.Label, rate, s.RPS, s.Goodput, s.OutputTPS, s.ErrorRate,
 		s.Latency.P50.Round(time.Millisecond), s.Latency.P95.Round(time.Millisecond), s.TTFT.P95.Round(time.Millisecond), s.Refused, s.Failed, verdict)
-}
-
-// drain waits until the engine behind metricsURL runs and waits for no
-// request, so one phase's backlog does not spill into the next.
-func drain(ctx context.Context, metricsURL string, timeout time.Duration) {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		resp, err := http.Get(metricsURL)
-		if err != nil {
-			return
-		}
-		data, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		busy, seen := 0.0, false
-		for _, line := range strings.Split(string(data), "\n") {
-			if strings.HasPrefix(line, "vllm:num_requests_running") || strings.HasPrefix(line, "vllm:num_requests_waiting") {
-				f := strings.Fields(line)
-				v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-				busy += v
-				seen = true
-			}
-		}
-		if !seen || busy == 0 {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // progress prints a live line on stderr: elapsed time, answers, the rate

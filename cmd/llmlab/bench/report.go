@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
@@ -91,6 +92,39 @@ func CheckLag(beforeSteps, beforeOnTime, afterSteps, afterOnTime float64) LagChe
 	c.LateSteps = c.Steps - (afterOnTime - beforeOnTime)
 	c.Valid = c.Steps == 0 || c.LateSteps/c.Steps <= maxLateShare
 	return c
+}
+
+// Drain waits until the engine behind metricsURL neither runs nor holds
+// a request (vllm:num_requests_running and _waiting at zero), so that one
+// phase's backlog does not spill into the next. It returns at once when the
+// URL is not an engine's, and gives up after timeout.
+func Drain(ctx context.Context, metricsURL string, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		resp, err := http.Get(metricsURL)
+		if err != nil {
+			return
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := parser.TextToMetricFamilies(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return
+		}
+		busy, seen := 0.0, false
+		for _, name := range []string{"vllm:num_requests_running", "vllm:num_requests_waiting"} {
+			if f := fams[name]; f != nil {
+				for _, m := range f.Metric {
+					busy += m.GetGauge().GetValue()
+					seen = true
+				}
+			}
+		}
+		if !seen || busy == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // WriteResults writes a results folder: the command and options, every

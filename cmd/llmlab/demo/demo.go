@@ -15,8 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -136,8 +134,11 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		}
 		rows = append(rows, res...)
 		// Let both engines drain before the next load.
-		if err := waitIdle(ctx, direct, behind); err != nil {
-			return rows, err
+		for _, u := range []string{direct, behind} {
+			bench.Drain(ctx, u+"/metrics", 2*time.Minute)
+		}
+		if ctx.Err() != nil {
+			return rows, ctx.Err()
 		}
 	}
 	printTable(o.Out, o, rows)
@@ -211,44 +212,6 @@ access_log = false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// simMetric reads one series from a simulator's /metrics.
-func simMetric(url, name string) (float64, error) {
-	resp, err := http.Get(url + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, name+" ") || strings.HasPrefix(line, name+"{") {
-			f := strings.Fields(line)
-			return strconv.ParseFloat(f[len(f)-1], 64)
-		}
-	}
-	return 0, fmt.Errorf("%s: no %s in /metrics", url, name)
-}
-
-func waitIdle(ctx context.Context, urls ...string) error {
-	for _, u := range urls {
-		for {
-			run, err := simMetric(u, "vllm:num_requests_running")
-			if err != nil {
-				return err
-			}
-			wait, _ := simMetric(u, "vllm:num_requests_waiting")
-			if run+wait == 0 {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}
-	return nil
 }
 
 func printTable(w io.Writer, o Options, rows []Row) {
