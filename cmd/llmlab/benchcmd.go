@@ -34,8 +34,7 @@ type benchFlags struct {
 	drainTimeout  time.Duration
 }
 
-func benchCmd(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("llmlab bench", flag.ExitOnError)
+func benchFlagSet(fs *flag.FlagSet) runFunc {
 	var f benchFlags
 	o := &f.o
 	fs.StringVar(&o.Target, "target", "http://127.0.0.1:8080", "base URL of the OpenAI-compatible server under test")
@@ -65,23 +64,30 @@ func benchCmd(ctx context.Context, args []string) int {
 	fs.StringVar(&f.targetMetrics, "target-engine-metrics", "", "the engine behind --target: its /metrics URL, to drain between phases and check simulator lag (default: --target's own /metrics)")
 	fs.StringVar(&f.baseMetrics, "baseline-engine-metrics", "", "the same for --baseline (default: --baseline's own /metrics)")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 2*time.Minute, "most time to wait for an engine to go idle between phases")
-	fs.StringVar(&f.results, "results", filepath.Join("results", "bench-"+time.Now().UTC().Format("20060102T150405Z")), "results folder (\"\" writes none)")
+	fs.StringVar(&f.results, "results", "auto", "results folder (auto: results/bench-<UTC time>; \"\" writes none)")
 	progress := fs.String("progress", "auto", "progress line on stderr: auto (when a terminal), on, off")
-	_ = fs.Parse(args)
+	return func(ctx context.Context, _ []string) int { return benchCmd(ctx, f, *rates, *trace, *progress) }
+}
 
-	for _, r := range strings.Split(*rates, ",") {
+func benchCmd(ctx context.Context, f benchFlags, rates, trace, progress string) int {
+	o := &f.o
+	if f.results == "auto" {
+		f.results = filepath.Join("results", "bench-"+time.Now().UTC().Format("20060102T150405Z"))
+	}
+
+	for _, r := range strings.Split(rates, ",") {
 		if strings.TrimSpace(r) == "" {
 			continue
 		}
 		v, err := strconv.ParseFloat(strings.TrimSpace(r), 64)
 		if err != nil || v <= 0 {
-			fmt.Fprintf(os.Stderr, "llmlab bench: --rates %q: want positive numbers separated by commas\n", *rates)
+			fmt.Fprintf(os.Stderr, "llmlab bench: --rates %q: want positive numbers separated by commas\n", rates)
 			return 2
 		}
 		f.rates = append(f.rates, v)
 	}
-	if *trace != "" {
-		fh, err := os.Open(*trace)
+	if trace != "" {
+		fh, err := os.Open(trace)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "llmlab bench:", err)
 			return 2
@@ -89,7 +95,7 @@ func benchCmd(ctx context.Context, args []string) int {
 		o.Trace, err = bench.ParseTrace(fh)
 		fh.Close()
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "llmlab bench: --trace %s: %v\n", *trace, err)
+			fmt.Fprintf(os.Stderr, "llmlab bench: --trace %s: %v\n", trace, err)
 			return 2
 		}
 	}
@@ -105,7 +111,7 @@ func benchCmd(ctx context.Context, args []string) int {
 		fmt.Fprintln(os.Stderr, "llmlab bench: --burst-on and --burst-off go together")
 		return 2
 	}
-	switch *progress {
+	switch progress {
 	case "on":
 		f.progress = true
 	case "auto":

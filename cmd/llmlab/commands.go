@@ -20,10 +20,10 @@ import (
 
 // checkConfig validates a file as llmlabd would load it, keys file
 // included, and prints every problem.
-func checkConfig(args []string) int {
+func checkConfig(_ context.Context, args []string) int {
 	path, explicit := config.DefaultPath, false
 	if len(args) > 1 {
-		fmt.Fprint(os.Stderr, usage)
+		fmt.Fprintln(os.Stderr, "usage: llmlab check-config [PATH]")
 		return 2
 	}
 	if len(args) == 1 {
@@ -37,18 +37,20 @@ func checkConfig(args []string) int {
 	return 0
 }
 
-func fakeEngine(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("llmlab fake-engine", flag.ExitOnError)
+func fakeEngineFlags(fs *flag.FlagSet) runFunc {
 	listen := fs.String("listen", "127.0.0.1:8000", "address to serve on")
 	delay := fs.Duration("delay", 0, "time before the first token")
 	tokenDelay := fs.Duration("token-delay", 0, "time between streamed tokens")
-	_ = fs.Parse(args)
-	l, err := net.Listen("tcp", *listen)
+	return func(ctx context.Context, _ []string) int { return fakeEngine(ctx, *listen, *delay, *tokenDelay) }
+}
+
+func fakeEngine(ctx context.Context, listen string, delay, tokenDelay time.Duration) int {
+	l, err := net.Listen("tcp", listen)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "llmlab fake-engine:", err)
 		return 1
 	}
-	srv := &http.Server{Handler: &enginetest.Engine{Delay: *delay, TokenDelay: *tokenDelay}, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: &enginetest.Engine{Delay: delay, TokenDelay: tokenDelay}, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
@@ -61,22 +63,29 @@ func fakeEngine(ctx context.Context, args []string) int {
 	return 0
 }
 
-func overheadCmd(ctx context.Context, args []string) int {
-	self, _ := os.Executable()
-	fs := flag.NewFlagSet("llmlab overhead", flag.ExitOnError)
-	llmlabd := fs.String("llmlabd", filepath.Join(filepath.Dir(self), "llmlabd"), "llmlabd binary")
+func overheadFlags(fs *flag.FlagSet) runFunc {
+	llmlabd := fs.String("llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
 	nginx := fs.String("nginx", "nginx", "nginx binary (Debian's nginx-light)")
 	conc := fs.Int("concurrency", 32, "closed-loop concurrency")
 	dur := fs.Duration("duration", 8*time.Second, "measurement time per target and phase")
 	rounds := fs.Int("rounds", 3, "interleaved closed-loop rounds per target")
-	_ = fs.Parse(args)
-	nginxPath, err := exec.LookPath(*nginx)
+	return func(ctx context.Context, _ []string) int {
+		return overheadCmd(ctx, *llmlabd, *nginx, *conc, *dur, *rounds)
+	}
+}
+
+func overheadCmd(ctx context.Context, llmlabd, nginx string, conc int, dur time.Duration, rounds int) int {
+	self, _ := os.Executable()
+	if llmlabd == "" {
+		llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
+	}
+	nginxPath, err := exec.LookPath(nginx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "llmlab overhead: nginx not found (apt-get install nginx-light):", err)
 		return 1
 	}
-	_, err = overhead.Run(ctx, overhead.Options{Llmlab: self, Llmlabd: *llmlabd, Nginx: nginxPath,
-		Concurrency: *conc, Duration: *dur, Rounds: *rounds, Out: os.Stdout})
+	_, err = overhead.Run(ctx, overhead.Options{Llmlab: self, Llmlabd: llmlabd, Nginx: nginxPath,
+		Concurrency: conc, Duration: dur, Rounds: rounds, Out: os.Stdout})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "llmlab overhead:", err)
 		return 1

@@ -14,11 +14,9 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/demo"
 )
 
-func demoCmd(ctx context.Context, args []string) int {
-	self, _ := os.Executable()
-	fs := flag.NewFlagSet("llmlab demo", flag.ExitOnError)
+func demoFlags(fs *flag.FlagSet) runFunc {
 	o := demo.Options{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
-	fs.StringVar(&o.Llmlabd, "llmlabd", filepath.Join(filepath.Dir(self), "llmlabd"), "llmlabd binary")
+	fs.StringVar(&o.Llmlabd, "llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
 	fs.StringVar(&o.Profile, "profile", "t4", "simulator profile")
 	fs.Float64Var(&o.Capacity, "capacity", 25, "the engine's sustainable rate in req/s (the unit of load)")
 	loads := fs.String("loads", "0.5,1.5,3", "offered loads, as multiples of --capacity")
@@ -31,13 +29,23 @@ func demoCmd(ctx context.Context, args []string) int {
 	fs.DurationVar(&o.BatchWindow, "batch-window", 0, "llmlabd's queue.batch_window")
 	fs.BoolVar(&o.Coalesce, "coalesce", false, "llmlabd's queue.coalesce (with --stream=false)")
 	stream := fs.Bool("stream", true, "stream the answers")
-	fs.StringVar(&o.Results, "results", filepath.Join("results", "demo-"+time.Now().UTC().Format("20060102T150405Z")), "results folder")
-	_ = fs.Parse(args)
-	o.NoStream = !*stream
-	for _, f := range strings.Split(*loads, ",") {
+	fs.StringVar(&o.Results, "results", "auto", "results folder (auto: results/demo-<UTC time>; \"\" writes none)")
+	return func(ctx context.Context, _ []string) int { return demoCmd(ctx, o, *loads, *stream) }
+}
+
+func demoCmd(ctx context.Context, o demo.Options, loads string, stream bool) int {
+	if o.Llmlabd == "" {
+		self, _ := os.Executable()
+		o.Llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
+	}
+	if o.Results == "auto" {
+		o.Results = filepath.Join("results", "demo-"+time.Now().UTC().Format("20060102T150405Z"))
+	}
+	o.NoStream = !stream
+	for _, f := range strings.Split(loads, ",") {
 		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
 		if err != nil || v <= 0 {
-			fmt.Fprintf(os.Stderr, "llmlab demo: --loads %q: want positive numbers separated by commas\n", *loads)
+			fmt.Fprintf(os.Stderr, "llmlab demo: --loads %q: want positive numbers separated by commas\n", loads)
 			return 2
 		}
 		o.Loads = append(o.Loads, v)

@@ -1,53 +1,80 @@
-// Command llmlab is llmlab's toolbox: it checks configuration files, runs
-// a fake engine and measures the gateway's overhead (and, as the project
-// grows, simulates an engine and runs benchmarks).
+// Command llmlab is llmlab's toolbox: it checks configuration files,
+// simulates a vLLM engine, runs benchmarks and the demo, measures the
+// gateway's overhead, and writes its own and llmlabd's manual pages and
+// shell completion.
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
 )
 
-const usage = `usage: llmlab COMMAND [FLAGS]
+// runFunc runs a command once its flags are parsed; args are the
+// positional arguments left.
+type runFunc func(ctx context.Context, args []string) int
 
-commands:
-  check-config [PATH]   validate a configuration file (default /etc/llmlab/llmlab.toml)
-  demo                  the simulator, llmlabd in front of it, rising load, a results table
-  bench                 send the fixed workload and report throughput, goodput and latency
-  sim                   simulate a vLLM engine on a GPU profile (vLLM's API and metrics)
-  fake-engine           serve an OpenAI-compatible engine that answers at once
-  overhead              measure llmlabd's overhead against nginx and direct access
-`
+// command is one of llmlab's subcommands. flags defines its flags on fs
+// and returns what runs it, so that the manual page and the completion
+// are generated from the same definitions.
+type command struct {
+	name, args, summary string
+	flags               func(fs *flag.FlagSet) runFunc
+}
+
+func commands() []command {
+	return []command{
+		{"check-config", "[PATH]", "validate a configuration file (default /etc/llmlab/llmlab.toml)",
+			func(*flag.FlagSet) runFunc { return checkConfig }},
+		{"demo", "", "the simulator, llmlabd in front of it, rising load, a results table", demoFlags},
+		{"bench", "", "send the fixed workload and report throughput, goodput and latency", benchFlagSet},
+		{"sim", "", "simulate a vLLM engine on a GPU profile (vLLM's API and metrics)", simFlags},
+		{"fake-engine", "", "serve an OpenAI-compatible engine that answers at once", fakeEngineFlags},
+		{"overhead", "", "measure llmlabd's overhead against nginx and direct access", overheadFlags},
+		{"man", "DIR", "write the manual pages llmlab.1 and llmlabd.8 into DIR",
+			func(*flag.FlagSet) runFunc { return manCmd }},
+		{"completion", "bash", "print the bash completion script",
+			func(*flag.FlagSet) runFunc { return completionCmd }},
+	}
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprint(w, "usage: llmlab COMMAND [FLAGS]\n\ncommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-22s%s\n", c.name+" "+c.args, c.summary)
+	}
+	fmt.Fprint(w, "\nllmlab COMMAND -h lists a command's flags.\n")
+}
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprint(os.Stderr, usage)
+		printUsage(os.Stderr)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	var code int
-	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
-	case "check-config":
-		code = checkConfig(args)
-	case "demo":
-		code = demoCmd(ctx, args)
-	case "sim":
-		code = simCmd(ctx, args)
-	case "fake-engine":
-		code = fakeEngine(ctx, args)
-	case "bench":
-		code = benchCmd(ctx, args)
-	case "overhead":
-		code = overheadCmd(ctx, args)
-	case "help", "-h", "--help":
-		fmt.Print(usage)
-	default:
-		fmt.Fprintf(os.Stderr, "llmlab: unknown command %q\n%s", cmd, usage)
-		code = 2
+	name := os.Args[1]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		printUsage(os.Stdout)
+		return
 	}
-	os.Exit(code)
+	for _, c := range commands() {
+		if c.name != name {
+			continue
+		}
+		fs := flag.NewFlagSet("llmlab "+c.name, flag.ExitOnError)
+		run := c.flags(fs)
+		_ = fs.Parse(os.Args[2:])
+		code := run(ctx, fs.Args())
+		stop()
+		os.Exit(code)
+	}
+	fmt.Fprintf(os.Stderr, "llmlab: unknown command %q\n", name)
+	printUsage(os.Stderr)
+	os.Exit(2)
 }

@@ -9,8 +9,7 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 )
 
-func simCmd(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("llmlab sim", flag.ExitOnError)
+func simFlags(fs *flag.FlagSet) runFunc {
 	profile := fs.String("profile", "gtx1650", "GPU and model profile: "+sim.ProfileNames())
 	host := fs.String("host", "127.0.0.1", "address to listen on (as vLLM's --host)")
 	port := fs.Int("port", 8000, "port to listen on (as vLLM's --port)")
@@ -30,73 +29,74 @@ func simCmd(ctx context.Context, args []string) int {
 	errRate := fs.Float64("error-rate", 0, "fraction of requests answered 500 (failure injection)")
 	crashAfter := fs.Int("crash-after", 0, "exit with status 1 when this many requests have been served (0: never)")
 	show := fs.Bool("show-profile", false, "print the profile and exit")
-	_ = fs.Parse(args)
+	return func(ctx context.Context, _ []string) int {
 
-	p, ok := sim.Profiles[*profile]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "llmlab sim: --profile %q: want one of %s\n", *profile, sim.ProfileNames())
-		return 2
-	}
-	if *stepFixed >= 0 {
-		p.StepFixed = *stepFixed
-	}
-	if *perToken >= 0 {
-		p.PerToken = *perToken
-	}
-	if *perKV >= 0 {
-		p.PerKVToken = *perKV
-	}
-	if *startup >= 0 {
-		p.StartupDelay = *startup
-	}
-	if *wake >= 0 {
-		p.WakeTime = *wake
-	}
-	if *gpuMem > 0 {
-		p.GPUMemory = int64(*gpuMem * (1 << 30))
-	}
-	cfg := sim.Config{Profile: p, MaxNumSeqs: p.MaxNumSeqs, MaxNumBatchedTokens: p.MaxNumBatchedTokens,
-		MaxModelLen: p.MaxModelLen, MaxNumQueuedReqs: *queued}
-	if *maxSeqs > 0 {
-		cfg.MaxNumSeqs = *maxSeqs
-	}
-	if *maxBatched > 0 {
-		cfg.MaxNumBatchedTokens = *maxBatched
-	}
-	if *maxLen > 0 {
-		cfg.MaxModelLen = *maxLen
-	}
-	if *blocks > 0 {
-		cfg.KVBlocks = *blocks
-	} else {
-		n, err := p.KVBlocks(*util)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "llmlab sim:", err)
+		p, ok := sim.Profiles[*profile]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "llmlab sim: --profile %q: want one of %s\n", *profile, sim.ProfileNames())
 			return 2
 		}
-		cfg.KVBlocks = n
-	}
-	if cfg.KVBlocks*sim.BlockSize < cfg.MaxModelLen {
-		fmt.Fprintf(os.Stderr, "llmlab sim: %d KV blocks hold %d tokens, less than --max-model-len %d\n", cfg.KVBlocks, cfg.KVBlocks*sim.BlockSize, cfg.MaxModelLen)
-		return 2
-	}
-	if *show {
-		fmt.Printf("profile %s: %s\nsource: %s\nstep = %s + %s/token + %s/KV token\nmax_num_seqs %d, max_num_batched_tokens %d, max_model_len %d, KV blocks %d (%d tokens), startup %s, wake %s\n",
-			p.Name, p.Description, p.Source, p.StepFixed, p.PerToken, p.PerKVToken, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, cfg.MaxModelLen,
-			cfg.KVBlocks, cfg.KVBlocks*sim.BlockSize, p.StartupDelay, p.WakeTime)
+		if *stepFixed >= 0 {
+			p.StepFixed = *stepFixed
+		}
+		if *perToken >= 0 {
+			p.PerToken = *perToken
+		}
+		if *perKV >= 0 {
+			p.PerKVToken = *perKV
+		}
+		if *startup >= 0 {
+			p.StartupDelay = *startup
+		}
+		if *wake >= 0 {
+			p.WakeTime = *wake
+		}
+		if *gpuMem > 0 {
+			p.GPUMemory = int64(*gpuMem * (1 << 30))
+		}
+		cfg := sim.Config{Profile: p, MaxNumSeqs: p.MaxNumSeqs, MaxNumBatchedTokens: p.MaxNumBatchedTokens,
+			MaxModelLen: p.MaxModelLen, MaxNumQueuedReqs: *queued}
+		if *maxSeqs > 0 {
+			cfg.MaxNumSeqs = *maxSeqs
+		}
+		if *maxBatched > 0 {
+			cfg.MaxNumBatchedTokens = *maxBatched
+		}
+		if *maxLen > 0 {
+			cfg.MaxModelLen = *maxLen
+		}
+		if *blocks > 0 {
+			cfg.KVBlocks = *blocks
+		} else {
+			n, err := p.KVBlocks(*util)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "llmlab sim:", err)
+				return 2
+			}
+			cfg.KVBlocks = n
+		}
+		if cfg.KVBlocks*sim.BlockSize < cfg.MaxModelLen {
+			fmt.Fprintf(os.Stderr, "llmlab sim: %d KV blocks hold %d tokens, less than --max-model-len %d\n", cfg.KVBlocks, cfg.KVBlocks*sim.BlockSize, cfg.MaxModelLen)
+			return 2
+		}
+		if *show {
+			fmt.Printf("profile %s: %s\nsource: %s\nstep = %s + %s/token + %s/KV token\nmax_num_seqs %d, max_num_batched_tokens %d, max_model_len %d, KV blocks %d (%d tokens), startup %s, wake %s\n",
+				p.Name, p.Description, p.Source, p.StepFixed, p.PerToken, p.PerKVToken, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, cfg.MaxModelLen,
+				cfg.KVBlocks, cfg.KVBlocks*sim.BlockSize, p.StartupDelay, p.WakeTime)
+			return 0
+		}
+		srv := sim.NewServer(sim.Options{
+			Engine: cfg, Model: *model, StartupDelay: p.StartupDelay, ErrorRate: *errRate, CrashAfter: *crashAfter,
+			Crash: func() {
+				fmt.Fprintln(os.Stderr, "llmlab sim: crashing as --crash-after asks")
+				os.Exit(1)
+			},
+			Ready: func(addr string) { fmt.Printf("llmlab sim (%s) listening on %s\n", p.Name, addr) },
+		})
+		if err := srv.Run(ctx, fmt.Sprintf("%s:%d", *host, *port)); err != nil {
+			fmt.Fprintln(os.Stderr, "llmlab sim:", err)
+			return 1
+		}
 		return 0
 	}
-	srv := sim.NewServer(sim.Options{
-		Engine: cfg, Model: *model, StartupDelay: p.StartupDelay, ErrorRate: *errRate, CrashAfter: *crashAfter,
-		Crash: func() {
-			fmt.Fprintln(os.Stderr, "llmlab sim: crashing as --crash-after asks")
-			os.Exit(1)
-		},
-		Ready: func(addr string) { fmt.Printf("llmlab sim (%s) listening on %s\n", p.Name, addr) },
-	})
-	if err := srv.Run(ctx, fmt.Sprintf("%s:%d", *host, *port)); err != nil {
-		fmt.Fprintln(os.Stderr, "llmlab sim:", err)
-		return 1
-	}
-	return 0
 }

@@ -10,19 +10,19 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/llmlab/llmlab/daemon/config"
 	"github.com/llmlab/llmlab/daemon/server"
 )
 
 func main() {
 	fs := flag.NewFlagSet("llmlabd", flag.ExitOnError)
-	cfgPath := fs.String("config", config.DefaultPath, "configuration file (TOML)")
-	listen := fs.String("listen", "", "API address when not socket-activated (overrides gateway.listen)")
-	engineURL := fs.String("engine-url", "", "engine base URL (overrides engine.url)")
-	metricsListen := fs.String("metrics-listen", "", "metrics address (overrides metrics.listen)")
+	var o server.Options
+	o.RegisterFlags(fs)
 	_ = fs.Parse(os.Args[1:])
-	explicit := false
-	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	if fs.Lookup("version").Value.String() == "true" {
+		fmt.Println("llmlabd", server.Version)
+		return
+	}
+	fs.Visit(func(f *flag.Flag) { o.Explicit = o.Explicit || f.Name == "config" })
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -38,11 +38,8 @@ func main() {
 		}
 	}()
 
-	err := server.Run(ctx, server.Options{
-		ConfigPath: *cfgPath, Explicit: explicit,
-		Listen: *listen, EngineURL: *engineURL, MetricsListen: *metricsListen,
-		Reload: reload, Stderr: os.Stderr,
-	})
+	o.Reload, o.Stderr = reload, os.Stderr
+	err := server.Run(ctx, o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "llmlabd:", err)
 		os.Exit(1)
