@@ -26,7 +26,7 @@ func copyUnits(t *testing.T) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := strings.NewReplacer("/usr/bin/llmlabd", self, "/usr/lib/llmlab/llmlab-engine", self).Replace(string(data))
+		s := strings.NewReplacer("/usr/bin/llmlabd", self, "/usr/libexec/llmlab/llmlab-engine", self).Replace(string(data))
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644); err != nil {
 			t.Fatal(err)
 		}
