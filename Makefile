@@ -4,7 +4,7 @@ BIN       := bin
 FUZZTIME  ?= 15s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build demo test test-quick test-system lint fuzz bench-overhead clean
+.PHONY: all build demo deb test test-quick test-system lint fuzz bench-overhead clean
 
 all: build
 
@@ -15,6 +15,10 @@ build:
 ## demo: two engine simulators, llmlabd in front of one, rising load against both, a results table (under a minute)
 demo: build
 	$(BIN)/llmlab demo
+
+## deb: dist/llmlab_<version>_amd64.deb, reproducibly (VERSION, SOURCE_DATE_EPOCH and DIST override the defaults)
+deb:
+	sh packaging/build-deb.sh
 
 ## test: lint, every unit and integration test with the race detector, a short fuzz of each parser, and (as root) the real-systemd tests
 test: lint

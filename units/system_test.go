@@ -2,7 +2,7 @@
 
 // Real-systemd tests: they boot a Debian rootfs with systemd-nspawn (as
 // root; `make test-system`, part of `make test` when run as root), install
-// llmlab's units and binaries in it, and check from outside. They follow
+// llmlab's .deb in it with dpkg, and check from outside. They follow
 // ../shared/docs/real-systemd.md's safety rules: the container's systemd
 // runs in a cgroup subtree of its own, the host's /sys is never bound in,
 // only the processes started here are killed, and the host's cgroup mounts
@@ -11,6 +11,7 @@ package units
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -31,6 +33,7 @@ type container struct {
 	pid1   int
 	log    *bytes.Buffer
 	cgname string
+	before []string // the files before the package was installed
 }
 
 func cgroupMounts(t *testing.T) string {
@@ -171,9 +174,61 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// install builds the binaries and the units into dist, boots a container
-// and installs llmlab in it, with the simulator as the engine.
-func setup(t *testing.T) (*container, string) {
+// debs are the packages under test, built once per test run by
+// packaging/build-deb.sh: the current commit's, and a later build of it
+// (SOURCE_DATE_EPOCH a minute on) for the upgrade.
+var debs struct {
+	once        sync.Once
+	dir         string
+	first, next string
+	err         error
+}
+
+func buildDebs(t *testing.T) (dir, first, next string) {
+	t.Helper()
+	debs.once.Do(func() {
+		debs.dir, debs.err = os.MkdirTemp("", "llmlab-debs")
+		if debs.err != nil {
+			return
+		}
+		epoch, err := exec.Command("git", "log", "-1", "--format=%ct").Output()
+		if err != nil {
+			debs.err = fmt.Errorf("git log: %v", err)
+			return
+		}
+		e, _ := strconv.ParseInt(strings.TrimSpace(string(epoch)), 10, 64)
+		build := func(epoch int64) (string, error) {
+			cmd := exec.Command("sh", "../packaging/build-deb.sh")
+			cmd.Env = append(os.Environ(), "DIST="+debs.dir, fmt.Sprintf("SOURCE_DATE_EPOCH=%d", epoch))
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				return "", fmt.Errorf("build-deb.sh: %v\n%s", err, stderr.String())
+			}
+			return filepath.Base(strings.TrimSpace(string(out))), nil
+		}
+		if debs.first, debs.err = build(e); debs.err == nil {
+			debs.next, debs.err = build(e + 60)
+		}
+	})
+	if debs.err != nil {
+		t.Fatal(debs.err)
+	}
+	return debs.dir, debs.first, debs.next
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if debs.dir != "" {
+		os.RemoveAll(debs.dir)
+	}
+	os.Exit(code)
+}
+
+// bootWithPackage boots a container with the packages at /mnt/dist and
+// installs the current one with dpkg, as an operator would.
+func bootWithPackage(t *testing.T) (*container, string, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the real-systemd tests need root (make test-system)")
@@ -185,22 +240,28 @@ func setup(t *testing.T) (*container, string) {
 	if err != nil {
 		t.Fatalf("building the rootfs (needs debootstrap and the Debian mirror): %v\n%s", err, stderr.String())
 	}
-	dist := t.TempDir()
-	for _, b := range []string{"llmlabd", "llmlab"} {
-		if out, err := exec.Command("go", "build", "-o", filepath.Join(dist, b), "../cmd/"+b).CombinedOutput(); err != nil {
-			t.Fatalf("building %s: %v\n%s", b, err, out)
-		}
-	}
-	for _, f := range []string{"llmlab.socket", "llmlab.service", "llmlab-vllm.service", "50-llmlab.rules"} {
-		data, _ := os.ReadFile(f)
-		os.WriteFile(filepath.Join(dist, f), data, 0o644)
-	}
+	dist, first, next := buildDebs(t)
 	c := boot(t, strings.TrimSpace(string(rootfs)), dist)
+	c.before = c.snapshot()
+	c.must("dpkg", "-i", "/mnt/dist/"+first)
+	return c, first, next
+}
+
+// snapshot lists the container's files, but for those that change on
+// their own (logs, caches, dpkg's and systemd's own state).
+func (c *container) snapshot() []string {
+	c.t.Helper()
+	out := c.must("sh", "-c", `find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp -o -path /var/tmp \
+ -o -path /var/log -o -path /var/cache -o -path /var/lib/dpkg -o -path /var/lib/apt -o -path /var/lib/systemd -o -path /mnt \) -prune -o -print | sort`)
+	return strings.Split(strings.TrimSpace(out), "\n")
+}
+
+// useSimulator points the installed package at the simulator (a drop-in
+// for the engine unit, the API socket on a free port, short idle
+// timeouts) and returns the API's URL.
+func useSimulator(c *container, t *testing.T) string {
+	t.Helper()
 	apiPort, enginePort := freePort(t), freePort(t)
-	c.must("sh", "-c", `install -m755 /mnt/dist/llmlabd /mnt/dist/llmlab /usr/bin/ &&
-cp /mnt/dist/*.service /mnt/dist/*.socket /etc/systemd/system/ &&
-mkdir -p /etc/polkit-1/rules.d && cp /mnt/dist/50-llmlab.rules /etc/polkit-1/rules.d/ &&
-useradd --system --no-create-home --shell /usr/sbin/nologin llmlab`)
 	c.write("/etc/systemd/system/llmlab.socket.d/test.conf", fmt.Sprintf("[Socket]\nListenStream=\nListenStream=127.0.0.1:%d\n", apiPort))
 	c.write("/etc/systemd/system/llmlab-vllm.service.d/test.conf", fmt.Sprintf(
 		"[Service]\nExecStart=\nExecStart=/usr/bin/llmlab sim --profile instant --startup-delay 2s --port %d\n", enginePort))
@@ -215,8 +276,16 @@ expected_start_time = "2s"
 listen = ""
 `, enginePort))
 	c.must("systemctl", "daemon-reload")
-	c.must("systemctl", "start", "llmlab.socket")
-	return c, fmt.Sprintf("http://127.0.0.1:%d", apiPort)
+	c.must("systemctl", "restart", "llmlab.socket")
+	return fmt.Sprintf("http://127.0.0.1:%d", apiPort)
+}
+
+// setup boots a container with the package installed and the simulator
+// as its engine.
+func setup(t *testing.T) (*container, string) {
+	t.Helper()
+	c, _, _ := bootWithPackage(t)
+	return c, useSimulator(c, t)
 }
 
 func (c *container) active(unit string) string {
@@ -389,4 +458,229 @@ func TestColdStartOverhead(t *testing.T) {
 	// A measurement, reported (docs/scale-to-zero.md), not a timed
 	// assertion: these machines are shared.
 	t.Logf("cold-start overhead beyond the engine's own start, 10 starts under systemd: median %s, p95 %s (all: %v)", median, p95, overheads)
+}
+
+// The package's life as an operator sees it: dpkg -i on a box without
+// vLLM (the socket listens, nothing else runs; a request gets 503 and the
+// engine unit's journal says how to install vLLM), then with an engine,
+// answers, journald fields, /metrics and node_exporter's textfile; an
+// upgrade that keeps an edited conffile and never stops the socket
+// listening; apt-get remove, then purge, which leaves no file behind.
+func TestPackageLifecycle(t *testing.T) {
+	c, first, next := bootWithPackage(t)
+
+	// Installed: the socket enabled and listening; no daemon, no engine.
+	if out := strings.TrimSpace(c.must("systemctl", "is-enabled", "llmlab.socket")); out != "enabled" {
+		t.Fatalf("llmlab.socket is %q after installation, want enabled", out)
+	}
+	c.waitActive("llmlab.socket", "active", 5*time.Second)
+	for _, u := range []string{"llmlab.service", "llmlab-vllm.service"} {
+		if s := c.active(u); s == "active" {
+			t.Fatalf("%s runs right after installation", u)
+		}
+	}
+	c.must("id", "llmlab")
+	c.must("test", "-f", "/usr/share/man/man8/llmlabd.8.gz", "-a", "-f", "/usr/share/man/man1/llmlab.1.gz",
+		"-a", "-f", "/usr/share/bash-completion/completions/llmlab", "-a", "-f", "/usr/share/doc/llmlab/copyright")
+
+	// The operator edits the conffile (the metrics port; the engine's URL)
+	// and moves the API socket to a free port.
+	apiPort, enginePort, metricsPort := freePort(t), freePort(t), freePort(t)
+	c.must("sed", "-i", "-e", fmt.Sprintf(`s|^listen = "127.0.0.1:9180"|listen = "127.0.0.1:%d"|`, metricsPort),
+		"-e", fmt.Sprintf(`s|^url = "http://127.0.0.1:8000"|url = "http://127.0.0.1:%d"|`, enginePort), "/etc/llmlab/llmlab.toml")
+	edited := c.must("cat", "/etc/llmlab/llmlab.toml")
+	if !strings.Contains(edited, fmt.Sprint(metricsPort)) || !strings.Contains(edited, fmt.Sprint(enginePort)) {
+		t.Fatalf("the shipped llmlab.toml no longer has the lines this test edits:\n%s", edited)
+	}
+	c.write("/etc/systemd/system/llmlab.socket.d/test.conf", fmt.Sprintf("[Socket]\nListenStream=\nListenStream=127.0.0.1:%d\n", apiPort))
+	c.must("systemctl", "daemon-reload")
+	c.must("systemctl", "restart", "llmlab.socket")
+	api := fmt.Sprintf("http://127.0.0.1:%d", apiPort)
+
+	// No vLLM on this box: 503 with Retry-After, and the engine unit's
+	// journal says how to install it.
+	resp, err := http.Post(api+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"x","max_tokens":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("without vLLM: %d %s (Retry-After %q), want 503 with Retry-After", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	if j := c.must("journalctl", "--no-pager", "-u", "llmlab-vllm.service"); !strings.Contains(j, "vLLM is not installed") || !strings.Contains(j, "LLMLAB_VLLM=") {
+		t.Fatalf("the engine unit's journal does not say how to install vLLM:\n%s", j)
+	}
+
+	// With an engine (the simulator, through a drop-in), requests are
+	// answered.
+	c.write("/etc/systemd/system/llmlab-vllm.service.d/test.conf", fmt.Sprintf(
+		"[Service]\nExecStart=\nExecStart=/usr/bin/llmlab sim --profile instant --startup-delay 1s --port %d\n", enginePort))
+	c.must("systemctl", "daemon-reload")
+	c.must("systemctl", "reset-failed", "llmlab-vllm.service")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		req, _ := http.NewRequest("POST", api+"/v1/completions", strings.NewReader(`{"prompt":"x","max_tokens":2}`))
+		req.Header.Set("X-Request-Id", "pkgtest-1")
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer once the engine can start: %v %v", resp, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	// journald: the access line carries the request id as a field.
+	j := c.must("journalctl", "--no-pager", "-u", "llmlab.service", "-o", "json", "REQUEST_ID=pkgtest-1")
+	var found bool
+	for _, line := range strings.Split(strings.TrimSpace(j), "\n") {
+		var e map[string]any
+		if json.Unmarshal([]byte(line), &e) == nil && e["REQUEST_ID"] == "pkgtest-1" && e["_COMM"] == "llmlabd" {
+			if status, _ := e["STATUS"].(string); status == "200" {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no journal entry of llmlab.service with REQUEST_ID=pkgtest-1 and STATUS=200:\n%s", j)
+	}
+
+	// Prometheus's scrape, and node_exporter's textfile.
+	mresp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	if !strings.Contains(string(metrics), `llmlab_requests_total{code="200"`) {
+		t.Fatalf("/metrics lacks the answered request:\n%s", metrics)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		out, _ := c.exec("cat", "/var/lib/prometheus/node-exporter/llmlab.prom")
+		if strings.Contains(out, "llmlab_up 1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node_exporter's textfile is not written:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// Upgrade under load: the socket never stops listening, the edited
+	// conffile stays, the daemon is restarted.
+	listening := func() string {
+		return strings.TrimSpace(c.must("systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "--value", "llmlab.socket"))
+	}
+	socketSince := listening()
+	oldPID := strings.TrimSpace(c.must("systemctl", "show", "-p", "MainPID", "--value", "llmlab.service"))
+	if oldPID == "0" {
+		t.Fatal("llmlabd is not running before the upgrade")
+	}
+	stop := make(chan struct{})
+	results := make(chan []string)
+	go func() {
+		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+		var bad []string
+		n := 0
+		for {
+			select {
+			case <-stop:
+				results <- append(bad, fmt.Sprintf("%d requests", n))
+				return
+			default:
+			}
+			resp, err := client.Post(api+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"x","max_tokens":2}`))
+			n++
+			if err != nil {
+				bad = append(bad, err.Error())
+				continue
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				bad = append(bad, resp.Status)
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	c.must("dpkg", "-i", "/mnt/dist/"+next)
+	time.Sleep(2 * time.Second)
+	close(stop)
+	during := <-results
+	if len(during) > 1 {
+		t.Errorf("requests during the upgrade failed: %v", during)
+	}
+	t.Logf("during the upgrade: %v", during)
+	if got := listening(); got != socketSince {
+		t.Errorf("llmlab.socket was restarted by the upgrade (active since %s, then %s)", socketSince, got)
+	}
+	if got := c.must("cat", "/etc/llmlab/llmlab.toml"); got != edited {
+		t.Errorf("the upgrade changed the edited /etc/llmlab/llmlab.toml")
+	}
+	version := strings.TrimSpace(c.must("dpkg-query", "-W", "-f=${Version}", "llmlab"))
+	if !strings.Contains(next, "_"+version+"_") || first == next {
+		t.Errorf("installed version %s after upgrading from %s to %s", version, first, next)
+	}
+	if newPID := strings.TrimSpace(c.must("systemctl", "show", "-p", "MainPID", "--value", "llmlab.service")); newPID == oldPID || newPID == "0" {
+		// With requests arriving, the socket starts the new daemon at once.
+		t.Errorf("llmlabd's PID %s -> %s: not restarted by the upgrade", oldPID, newPID)
+	}
+	code, _, _ := completion(t, api)
+	if code != 200 {
+		t.Fatalf("after the upgrade: %d", code)
+	}
+
+	// Remove: everything stopped, the conffile kept.
+	c.must("apt-get", "remove", "-y", "llmlab")
+	for _, u := range []string{"llmlab.socket", "llmlab.service", "llmlab-vllm.service"} {
+		if s := c.active(u); s == "active" || s == "activating" {
+			t.Errorf("%s is %s after apt-get remove", u, s)
+		}
+	}
+	if _, err := http.Get(api + "/healthz"); err == nil {
+		t.Error("the API port still answers after apt-get remove")
+	}
+	if got, _ := c.exec("cat", "/etc/llmlab/llmlab.toml"); got != edited {
+		t.Error("apt-get remove did not keep the edited conffile")
+	}
+	if _, err := c.exec("test", "-e", "/usr/bin/llmlabd"); err == nil {
+		t.Error("/usr/bin/llmlabd is still there after apt-get remove")
+	}
+
+	// Purge, once the operator's own drop-ins are gone: nothing is left
+	// but the llmlab system user (in /etc/passwd and friends).
+	c.must("rm", "-r", "/etc/systemd/system/llmlab.socket.d", "/etc/systemd/system/llmlab-vllm.service.d")
+	c.must("apt-get", "purge", "-y", "llmlab")
+	if st, _ := c.exec("dpkg-query", "-W", "-f=${db:Status-Status}", "llmlab"); strings.TrimSpace(st) == "config-files" {
+		t.Error("dpkg still lists llmlab's config files after purge")
+	}
+	after := c.snapshot()
+	var added, removed []string
+	inBefore := map[string]bool{}
+	for _, f := range c.before {
+		inBefore[f] = true
+	}
+	inAfter := map[string]bool{}
+	for _, f := range after {
+		inAfter[f] = true
+		if !inBefore[f] {
+			added = append(added, f)
+		}
+	}
+	for _, f := range c.before {
+		if !inAfter[f] {
+			removed = append(removed, f)
+		}
+	}
+	if len(added) > 0 || len(removed) > 0 {
+		t.Errorf("purge left the system changed:\nadded: %v\nremoved: %v", added, removed)
+	}
+	c.must("id", "llmlab") // stays, as Debian does with system users
 }

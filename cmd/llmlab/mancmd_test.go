@@ -38,7 +38,7 @@ func TestManPages(t *testing.T) {
 		}
 	})
 	if _, err := exec.LookPath("groff"); err != nil {
-		return
+		t.Fatal("groff is needed to check the pages (apt-get install groff-base)")
 	}
 	for _, f := range []string{"llmlab.1", "llmlabd.8"} {
 		out, err := exec.Command("groff", "-man", "-Tutf8", "-ww", "-z", filepath.Join(dir, f)).CombinedOutput()

@@ -40,13 +40,11 @@ func TestPageListsEveryFlag(t *testing.T) {
 		}
 	}
 	// man(1) renders it without warnings.
-	if _, err := exec.LookPath("groff"); err == nil {
-		f := filepath.Join(t.TempDir(), "tool.1")
-		os.WriteFile(f, b.Bytes(), 0o644)
-		cmd := exec.Command("groff", "-man", "-Tutf8", "-ww", "-z", f)
-		if msg, err := cmd.CombinedOutput(); err != nil || len(msg) > 0 {
-			t.Errorf("groff: %v\n%s", err, msg)
-		}
+	f := filepath.Join(t.TempDir(), "tool.1")
+	os.WriteFile(f, b.Bytes(), 0o644)
+	cmd := exec.Command("groff", "-man", "-Tutf8", "-ww", "-z", f)
+	if msg, err := cmd.CombinedOutput(); err != nil || len(msg) > 0 {
+		t.Errorf("groff: %v\n%s", err, msg)
 	}
 }
 
