@@ -341,6 +341,7 @@ func TestSocketToEngineAndBackToZero(t *testing.T) {
 	if user != "llmlab" {
 		t.Fatalf("llmlabd runs as %q, want llmlab", user)
 	}
+	c.checkHardening()
 	c.waitActive("llmlab-vllm.service", "inactive", 20*time.Second)
 	c.waitActive("llmlab.service", "inactive", 20*time.Second)
 	if s := c.active("llmlab.socket"); s != "active" {
@@ -683,4 +684,51 @@ func TestPackageLifecycle(t *testing.T) {
 		t.Errorf("purge left the system changed:\nadded: %v\nremoved: %v", added, removed)
 	}
 	c.must("id", "llmlab") // stays, as Debian does with system users
+}
+
+// checkHardening looks at the running llmlabd from the inside: the
+// sandbox that llmlab.service asks for is the one it runs in.
+func (c *container) checkHardening() {
+	c.t.Helper()
+	pid := strings.TrimSpace(c.must("systemctl", "show", "-p", "MainPID", "--value", "llmlab.service"))
+	status := c.must("cat", "/proc/"+pid+"/status")
+	for _, want := range []string{
+		"NoNewPrivs:\t1",            // NoNewPrivileges=yes
+		"Seccomp:\t2",               // SystemCallFilter, RestrictAddressFamilies
+		"CapEff:\t0000000000000000", // no capabilities
+		"CapBnd:\t0000000000000000", // CapabilityBoundingSet=
+		"CapAmb:\t0000000000000000", // AmbientCapabilities=
+	} {
+		if !strings.Contains(status, want+"\n") {
+			c.t.Errorf("llmlabd's /proc/%s/status lacks %q:\n%s", pid, want, status)
+		}
+	}
+	c.must("sh", "-c", "echo marker > /tmp/llmlab-host-marker")
+	inside := func(script string) (string, error) {
+		return c.exec("nsenter", "-t", pid, "-m", "--", "sh", "-c", script)
+	}
+	for _, ro := range []string{"/usr", "/etc", "/var/lib"} { // ProtectSystem=strict
+		if out, err := inside("touch " + ro + "/llmlab-probe"); err == nil || !strings.Contains(out, "Read-only file system") {
+			c.t.Errorf("%s is writable in llmlabd's namespace (%v %s)", ro, err, out)
+		}
+	}
+	for _, rw := range []string{"/var/lib/llmlab", "/var/lib/prometheus/node-exporter"} { // StateDirectory, ReadWritePaths
+		if out, err := inside("touch " + rw + "/llmlab-probe && rm " + rw + "/llmlab-probe"); err != nil {
+			c.t.Errorf("%s is not writable in llmlabd's namespace: %v %s", rw, err, out)
+		}
+	}
+	if out, _ := inside("test -e /tmp/llmlab-host-marker && echo shared"); strings.Contains(out, "shared") { // PrivateTmp
+		c.t.Error("llmlabd sees the host's /tmp")
+	}
+	if out, _ := inside("ls -A /root"); strings.TrimSpace(out) != "" { // ProtectHome
+		c.t.Errorf("llmlabd sees /root: %s", out)
+	}
+	// PrivateDevices: a /dev of its own, not the machine's.
+	outer := strings.TrimSpace(c.must("stat", "-c", "%d", "/dev"))
+	if own, _ := inside("stat -c %d /dev"); strings.TrimSpace(own) == outer {
+		c.t.Errorf("llmlabd's /dev is the machine's (device %s)", outer)
+	}
+	if out, _ := inside("ls /dev"); !strings.Contains(out, "null") {
+		c.t.Errorf("llmlabd's /dev lacks null: %s", out)
+	}
 }
