@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 )
@@ -17,7 +18,11 @@ func simFlags(fs *flag.FlagSet) runFunc {
 	maxSeqs := fs.Int("max-num-seqs", 0, "most sequences running at once (0: the profile's)")
 	maxBatched := fs.Int("max-num-batched-tokens", 0, "token budget of one engine step (0: the profile's)")
 	maxLen := fs.Int("max-model-len", 0, "context length (0: the profile's)")
-	util := fs.Float64("gpu-memory-utilization", 0.9, "fraction of the card's memory the engine takes")
+	defUtil := 0.9
+	if v, err := strconv.ParseFloat(os.Getenv("LLMLAB_GPU_MEMORY_UTILIZATION"), 64); err == nil && v > 0 && v <= 1 {
+		defUtil = v // as llmlab-engine passes llmlabd's share to vLLM
+	}
+	util := fs.Float64("gpu-memory-utilization", defUtil, "fraction of the card's memory the engine takes (default: $LLMLAB_GPU_MEMORY_UTILIZATION, else 0.9)")
 	blocks := fs.Int("num-gpu-blocks-override", 0, "KV-cache blocks of 16 tokens (0: from the memory budget)")
 	queued := fs.Int("max-num-queued-reqs", 0, "most waiting requests before 503 (0: unbounded, as vLLM's default)")
 	stepFixed := fs.Duration("step-fixed", -1, "fixed cost of an engine step (default: the profile's)")
@@ -86,7 +91,7 @@ func simFlags(fs *flag.FlagSet) runFunc {
 			return 0
 		}
 		srv := sim.NewServer(sim.Options{
-			Engine: cfg, Model: *model, StartupDelay: p.StartupDelay, ErrorRate: *errRate, CrashAfter: *crashAfter,
+			Engine: cfg, Model: *model, GPUMemoryUtilization: *util, StartupDelay: p.StartupDelay, ErrorRate: *errRate, CrashAfter: *crashAfter,
 			Crash: func() {
 				fmt.Fprintln(os.Stderr, "llmlab sim: crashing as --crash-after asks")
 				os.Exit(1)

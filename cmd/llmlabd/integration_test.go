@@ -808,3 +808,89 @@ func socketActivate(t *testing.T, cfgPath string, env ...string) *activated {
 	}
 	return a
 }
+
+// On a machine without an NVIDIA driver (as CI's): NVML's failure is
+// logged once and reported as "no GPU" in /status and /metrics, the engine
+// still starts, and its GPU share (gpu.memory_fraction) reaches it through
+// its environment and engine.runtime_env.
+func TestGPUReadingsAndEngineShare(t *testing.T) {
+	engineAddr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(engineAddr)
+	envFile := filepath.Join(t.TempDir(), "run", "engine.env")
+	cfg := fmt.Sprintf(`[gateway]
+listen = "127.0.0.1:0"
+[engine]
+url = "http://%s"
+command = [%q, "sim", "--profile", "instant", "--startup-delay", "200ms", "--host", %q, "--port", %q]
+runtime_env = %q
+[metrics]
+listen = "127.0.0.1:0"
+textfile = ""
+[log]
+format = "text"
+[gpu]
+poll_interval = "50ms"
+memory_fraction = 0.55
+`, engineAddr, toolBinary, host, port, envFile)
+	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
+	resp, body := post(t, d.api+"/v1/completions", `{"prompt":"x","max_tokens":2}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s\n%s", resp.StatusCode, body, d.logs.String())
+	}
+	_, driver := os.Stat("/dev/nvidiactl")
+	hasGPU := driver == nil
+
+	sresp, err := http.Get(d.api + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		GPU struct {
+			Available bool   `json:"available"`
+			Reason    string `json:"reason"`
+			Devices   []struct {
+				MemoryTotal uint64 `json:"memory_total_bytes"`
+			} `json:"devices"`
+		} `json:"gpu"`
+	}
+	json.NewDecoder(sresp.Body).Decode(&st)
+	sresp.Body.Close()
+	if st.GPU.Available != hasGPU || (!hasGPU && !strings.Contains(st.GPU.Reason, "no GPU")) || (hasGPU && len(st.GPU.Devices) == 0) {
+		t.Fatalf("/status gpu = %+v (an NVIDIA driver here: %v)", st.GPU, hasGPU)
+	}
+	mresp, err := http.Get(d.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	wantUp := "llmlab_gpu_up 0\n"
+	if hasGPU {
+		wantUp = "llmlab_gpu_up 1\n"
+	}
+	if !strings.Contains(string(metrics), wantUp) || !strings.Contains(string(metrics), `llmlab_engine_start_refusals_total{reason="gpu_memory"} 0`) {
+		t.Fatalf("/metrics lacks %q or the refusal counter:\n%s", wantUp, metrics)
+	}
+	if !hasGPU {
+		time.Sleep(200 * time.Millisecond) // several polls
+		if n := strings.Count(d.logs.String(), "GPU readings unavailable"); n != 1 {
+			t.Fatalf("the missing GPU was logged %d times, want once:\n%s", n, d.logs.String())
+		}
+	}
+
+	// The engine got its share: in its environment (the simulator shows it
+	// as vLLM does, in vllm:cache_config_info) and in the runtime file.
+	eresp, err := http.Get("http://" + engineAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	em, _ := io.ReadAll(eresp.Body)
+	eresp.Body.Close()
+	if !hasGPU && !strings.Contains(string(em), `gpu_memory_utilization="0.55"`) {
+		t.Fatalf("the engine did not get its share:\n%s", em)
+	}
+	env, err := os.ReadFile(envFile)
+	if err != nil || (!hasGPU && !strings.Contains(string(env), "LLMLAB_GPU_MEMORY_UTILIZATION=0.55\n")) {
+		t.Fatalf("engine.runtime_env: %v %q", err, env)
+	}
+}

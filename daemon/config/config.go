@@ -35,6 +35,20 @@ type Config struct {
 	Auth    Auth
 	Metrics Metrics
 	Log     Log
+	GPU     GPU
+}
+
+// GPU configures the NVML readings and the engine's memory share.
+type GPU struct {
+	// Enabled loads NVML; false never touches it.
+	Enabled      bool
+	Device       int
+	PollInterval time.Duration
+	// MemoryBudget (bytes, 0: none) gives the engine that much of the card
+	// whatever its size; otherwise MemoryFraction of it.
+	MemoryBudget   uint64
+	MemoryFraction float64
+	ReleaseTimeout time.Duration
 }
 
 // Gateway configures the API listener and its lifecycle.
@@ -73,6 +87,9 @@ type Engine struct {
 	// SleepAfter puts an idle engine into vLLM's sleep mode before
 	// IdleTimeout stops it (0: never).
 	SleepAfter time.Duration
+	// RuntimeEnv is the environment file llmlabd writes before each engine
+	// start ("": $RUNTIME_DIRECTORY/engine.env under systemd, else none).
+	RuntimeEnv string
 }
 
 // Queue configures admission control and micro-batching.
@@ -145,6 +162,7 @@ type raw struct {
 		MaxColdStartWait  string   `toml:"max_cold_start_wait"`
 		StopGrace         string   `toml:"stop_grace"`
 		SleepAfter        string   `toml:"sleep_after"`
+		RuntimeEnv        string   `toml:"runtime_env"`
 	} `toml:"engine"`
 	Queue struct {
 		MaxInflight int     `toml:"max_inflight"`
@@ -178,6 +196,14 @@ type raw struct {
 		Format    string `toml:"format"`
 		AccessLog bool   `toml:"access_log"`
 	} `toml:"log"`
+	GPU struct {
+		Enabled        bool    `toml:"enabled"`
+		Device         int     `toml:"device"`
+		PollInterval   string  `toml:"poll_interval"`
+		MemoryBudget   string  `toml:"memory_budget"`
+		MemoryFraction float64 `toml:"memory_fraction"`
+		ReleaseTimeout string  `toml:"release_timeout"`
+	} `toml:"gpu"`
 }
 
 func defaults() raw {
@@ -208,6 +234,10 @@ func defaults() raw {
 	r.Log.Level = "info"
 	r.Log.Format = "auto"
 	r.Log.AccessLog = true
+	r.GPU.Enabled = true
+	r.GPU.PollInterval = "1s"
+	r.GPU.MemoryFraction = 0.9
+	r.GPU.ReleaseTimeout = "30s"
 	return r
 }
 
@@ -344,6 +374,10 @@ func fromRaw(path string, r raw) (*Config, error) {
 		MaxColdStartWait:  ck.duration("engine.max_cold_start_wait", r.Engine.MaxColdStartWait, time.Millisecond),
 		StopGrace:         ck.duration("engine.stop_grace", r.Engine.StopGrace, 0),
 		SleepAfter:        ck.duration("engine.sleep_after", r.Engine.SleepAfter, 0),
+		RuntimeEnv:        r.Engine.RuntimeEnv,
+	}
+	if r.Engine.RuntimeEnv != "" && !filepath.IsAbs(r.Engine.RuntimeEnv) {
+		ck.fail("engine.runtime_env", r.Engine.RuntimeEnv, "want an absolute path")
 	}
 	if len(r.Engine.Command) > 0 && r.Engine.Unit != "" {
 		ck.fail("engine.unit", r.Engine.Unit, "set engine.unit or engine.command, not both")
@@ -421,6 +455,25 @@ func fromRaw(path string, r raw) (*Config, error) {
 	}
 	c.Log = Log{Level: r.Log.Level, Format: r.Log.Format, AccessLog: r.Log.AccessLog}
 
+	g := r.GPU
+	ck.atLeast("gpu.device", g.Device, 0)
+	if g.MemoryFraction <= 0 || g.MemoryFraction > 1 {
+		ck.fail("gpu.memory_fraction", g.MemoryFraction, "want a share of the card above 0 and at most 1 (vLLM's default is 0.9)")
+	}
+	c.GPU = GPU{Enabled: g.Enabled, Device: g.Device, MemoryFraction: g.MemoryFraction,
+		PollInterval:   ck.duration("gpu.poll_interval", g.PollInterval, 10*time.Millisecond),
+		ReleaseTimeout: ck.duration("gpu.release_timeout", g.ReleaseTimeout, 0),
+	}
+	if g.MemoryBudget != "" {
+		b, err := ParseBytes(g.MemoryBudget)
+		if err != nil {
+			ck.fail("gpu.memory_budget", g.MemoryBudget, "%v", err)
+		} else if b < 256<<20 {
+			ck.fail("gpu.memory_budget", g.MemoryBudget, "too small for any model (want at least 256MiB)")
+		}
+		c.GPU.MemoryBudget = b
+	}
+
 	if len(ck.errs) > 0 {
 		return nil, errors.Join(ck.errs...)
 	}
@@ -438,4 +491,22 @@ func IsLoopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// ParseBytes reads a size such as "4GiB", "3.5 GiB", "4096MiB", "4GB" or
+// "4294967296" (bytes).
+func ParseBytes(s string) (uint64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
+		i++
+	}
+	num, unit := t[:i], strings.TrimSpace(t[i:])
+	mult := map[string]float64{"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+		"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit]
+	var v float64
+	if _, err := fmt.Sscanf(num, "%g", &v); err != nil || num == "" || mult == 0 {
+		return 0, fmt.Errorf(`not a size (want for example "4GiB", "3500MiB" or a number of bytes)`)
+	}
+	return uint64(v * mult), nil
 }

@@ -23,9 +23,11 @@ import (
 	"net/http/pprof"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -33,6 +35,7 @@ import (
 	"github.com/llmlab/llmlab/daemon/auth"
 	"github.com/llmlab/llmlab/daemon/config"
 	"github.com/llmlab/llmlab/daemon/gateway"
+	"github.com/llmlab/llmlab/daemon/gpu"
 	"github.com/llmlab/llmlab/daemon/logging"
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/ratelimit"
@@ -128,14 +131,34 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 
 // engineBackend returns how the engine is run, or nil when it is managed
 // elsewhere.
-func engineBackend(cfg *config.Config, log *slog.Logger, stderr io.Writer) supervisor.Backend {
+func engineBackend(cfg *config.Config, log *slog.Logger, stderr io.Writer, env func() []string) supervisor.Backend {
 	switch {
 	case cfg.Engine.Unit != "":
 		return &supervisor.Systemd{Unit: cfg.Engine.Unit, Log: log.With("component", "supervisor")}
 	case len(cfg.Engine.Command) > 0:
-		return &supervisor.Exec{Argv: cfg.Engine.Command, Grace: cfg.Engine.StopGrace, Output: stderr}
+		return &supervisor.Exec{Argv: cfg.Engine.Command, Grace: cfg.Engine.StopGrace, Output: stderr, Env: env}
 	}
 	return nil
+}
+
+// runtimeEnv is where the engine's runtime settings go: engine.runtime_env,
+// else the service's runtime directory under systemd, else nowhere.
+func runtimeEnv(cfg *config.Config) string {
+	if cfg.Engine.RuntimeEnv != "" {
+		return cfg.Engine.RuntimeEnv
+	}
+	if dir, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); dir != "" {
+		return filepath.Join(dir, "engine.env")
+	}
+	return ""
+}
+
+// gpuAdmission builds the engine-start admission over mon's readings.
+func gpuAdmission(cfg *config.Config, mon *gpu.Monitor, reg prometheus.Registerer, log *slog.Logger) *gpu.Admission {
+	a := &gpu.Admission{Monitor: mon, Device: cfg.GPU.Device, Budget: cfg.GPU.MemoryBudget, Fraction: cfg.GPU.MemoryFraction,
+		EnvFile: runtimeEnv(cfg), ReleaseTimeout: cfg.GPU.ReleaseTimeout, Log: log}
+	a.Instrument(reg)
+	return a
 }
 
 // supervisorConfig extracts the supervisor's part of cfg; the readiness
@@ -280,8 +303,30 @@ func Run(ctx context.Context, o Options) error {
 		warmup queue.Warmup
 		sup    *supervisor.Supervisor
 	)
-	if backend := engineBackend(cfg, log, o.Stderr); backend != nil {
-		sup = supervisor.New(supervisorConfig(cfg), backend, nil, reg, log.With("component", "supervisor"))
+	// NVML runs until the supervisor has stopped the engine (it waits for
+	// the memory's release then).
+	var (
+		mon *gpu.Monitor
+		adm *gpu.Admission
+	)
+	gpuCtx, stopGPU := context.WithCancel(context.Background())
+	defer stopGPU()
+	if cfg.GPU.Enabled {
+		mon = gpu.New(nvml.New(), cfg.GPU.PollInterval, log.With("component", "gpu"))
+		reg.MustRegister(mon)
+		go mon.Run(gpuCtx)
+	}
+	var engineEnv func() []string
+	if mon != nil {
+		adm = gpuAdmission(cfg, mon, reg, log.With("component", "gpu"))
+		engineEnv = adm.Env
+	}
+	if backend := engineBackend(cfg, log, o.Stderr, engineEnv); backend != nil {
+		sc := supervisorConfig(cfg)
+		if adm != nil {
+			sc.BeforeStart, sc.OnReady, sc.AfterStop = adm.BeforeStart, adm.NoteRunning, adm.AfterStop
+		}
+		sup = supervisor.New(sc, backend, nil, reg, log.With("component", "supervisor"))
 		engine, warmup = sup, sup
 	}
 	gw := gateway.New(gatewayConfig(cfg), keys, engine, warmup, reg, log)
@@ -298,7 +343,7 @@ func Run(ctx context.Context, o Options) error {
 	} else {
 		close(supDone)
 	}
-	st := &statusSource{gw: gw, engine: engine, sup: sup, cfg: cfg, started: time.Now()}
+	st := &statusSource{gw: gw, engine: engine, sup: sup, gpu: mon, cfg: cfg, started: time.Now()}
 	stateDir := cfg.Gateway.StateDir
 	if stateDir == "" {
 		stateDir = os.Getenv("STATE_DIRECTORY")
@@ -415,7 +460,7 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		case <-o.Reload:
 			notify.Reloading()
-			reload(log, o, st, gw, sup)
+			reload(log, o, st, gw, sup, engineEnv)
 			notify.Ready(st.line())
 		case <-watchdog:
 			notify.Watchdog()
@@ -482,7 +527,7 @@ func drain(log *slog.Logger, gw *gateway.Gateway, apiSrv, metricsSrv *http.Serve
 
 // reload re-reads the configuration; a bad one is refused and the running
 // one kept.
-func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, sup *supervisor.Supervisor) {
+func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, sup *supervisor.Supervisor, engineEnv func() []string) {
 	o.Explicit = true
 	cfg, keys, err := LoadConfig(o)
 	if err != nil {
@@ -504,7 +549,7 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 		}
 	}
 	if engineChanged {
-		switch b := engineBackend(cfg, log, o.Stderr); {
+		switch b := engineBackend(cfg, log, o.Stderr, engineEnv); {
 		case sup != nil && b != nil:
 			sup.Restart(b) // drained, then restarted once; arrivals wait as in a cold start
 		default:

@@ -9,6 +9,7 @@ import (
 
 	"github.com/llmlab/llmlab/daemon/config"
 	"github.com/llmlab/llmlab/daemon/gateway"
+	"github.com/llmlab/llmlab/daemon/gpu"
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/supervisor"
 )
@@ -19,6 +20,7 @@ type statusSource struct {
 	gw      *gateway.Gateway
 	engine  gateway.Engine
 	sup     *supervisor.Supervisor // nil when the engine is managed elsewhere
+	gpu     *gpu.Monitor           // nil when gpu.enabled is false
 	started time.Time
 
 	mu  sync.Mutex
@@ -65,6 +67,13 @@ type statusDoc struct {
 	} `json:"limits"`
 	Models        []string `json:"models"`
 	UptimeSeconds float64  `json:"uptime_seconds"`
+	// GPU is the latest NVML reading, or why there is none.
+	GPU *gpuStatus `json:"gpu"`
+}
+
+type gpuStatus struct {
+	gpu.Snapshot
+	AgeSeconds float64 `json:"age_seconds"`
 }
 
 func (s *statusSource) serve(w http.ResponseWriter, _ *http.Request) {
@@ -86,6 +95,15 @@ func (s *statusSource) serve(w http.ResponseWriter, _ *http.Request) {
 	d.Limits.GlobalRate, d.Limits.GlobalBurst = cfg.Limits.GlobalRate, cfg.Limits.GlobalBurst
 	d.Models = cfg.Engine.Models
 	d.UptimeSeconds = time.Since(s.started).Seconds()
+	if s.gpu != nil {
+		snap := s.gpu.Snapshot()
+		d.GPU = &gpuStatus{Snapshot: snap}
+		if !snap.At.IsZero() {
+			d.GPU.AgeSeconds = time.Since(snap.At).Seconds()
+		}
+	} else {
+		d.GPU = &gpuStatus{Snapshot: gpu.Snapshot{Reason: "gpu.enabled is false"}}
+	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(d)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"syscall"
 	"time"
@@ -18,6 +19,8 @@ type Exec struct {
 	// whole group gets SIGKILL.
 	Grace  time.Duration
 	Output io.Writer
+	// Env, when set, adds to the engine's environment at each start.
+	Env func() []string
 }
 
 // Start starts the command.
@@ -31,6 +34,9 @@ func (e *Exec) Start(context.Context) (Process, error) {
 	// holding the GPU behind a dead daemon.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	cmd.Stdout, cmd.Stderr = e.Output, e.Output
+	if e.Env != nil {
+		cmd.Env = append(os.Environ(), e.Env()...)
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", e.Argv[0], err)
 	}

@@ -86,8 +86,14 @@ type Config struct {
 	SleepAfter time.Duration
 	Sleep      func(ctx context.Context) error
 	WakeUp     func(ctx context.Context) error
+	// BeforeStart, when set, may refuse a start (the GPU's memory is
+	// taken, say): the start fails as if the engine had, with the error's
+	// message for the waiting requests, and is retried with backoff.
+	BeforeStart func(ctx context.Context) error
+	// OnReady, when set, runs once the engine answers its health check.
+	OnReady func(ctx context.Context)
 	// AfterStop, when set, runs after the engine has stopped and before it
-	// is reported stopped: the GPU issue waits there until the engine's
+	// is reported stopped: the GPU admission waits there until the engine's
 	// memory is really released.
 	AfterStop func(ctx context.Context)
 }
@@ -227,6 +233,13 @@ func (s *Supervisor) Run(ctx context.Context) {
 		now := time.Now()
 		s.startedAt.Store(now.UnixNano())
 		set(Starting)
+		if s.cfg.BeforeStart != nil {
+			if err := s.cfg.BeforeStart(ctx); err != nil {
+				s.log.Error("engine start refused", "err", err)
+				s.fail(set, &retryAt, &backoff, "the engine was not started: "+err.Error())
+				return
+			}
+		}
 		p, err := s.backend.Start(ctx)
 		if err != nil {
 			s.log.Error("engine start failed", "err", err)
@@ -304,6 +317,9 @@ func (s *Supervisor) Run(ctx context.Context) {
 				s.metrics.starts.WithLabelValues("ready").Inc()
 				s.metrics.startTime.Observe(took.Seconds())
 				s.log.Info("engine ready", "start_time", took)
+				if s.cfg.OnReady != nil {
+					s.cfg.OnReady(ctx)
+				}
 				backoff = time.Second
 				set(Ready)
 				lastWork = time.Now()

@@ -2,8 +2,10 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -70,13 +72,14 @@ type gate struct {
 	busy     atomic.Int32
 	inflight atomic.Int32
 	failed   atomic.Int32
+	message  atomic.Value // the last FailWaiting message
 }
 
 func (g *gate) Inflight() int { return int(g.inflight.Load()) }
 
-func (g *gate) SetEngineReady(r bool)                     { g.ready.Store(r) }
-func (g *gate) FailWaiting(string, string, time.Duration) { g.failed.Add(1) }
-func (g *gate) Busy() int                                 { return int(g.busy.Load()) }
+func (g *gate) SetEngineReady(r bool)                      { g.ready.Store(r) }
+func (g *gate) FailWaiting(_, msg string, _ time.Duration) { g.failed.Add(1); g.message.Store(msg) }
+func (g *gate) Busy() int                                  { return int(g.busy.Load()) }
 
 func setup(t *testing.T, eng *fakeEngine, idle time.Duration) (*Supervisor, *gate, context.CancelFunc) {
 	t.Helper()
@@ -285,6 +288,42 @@ func TestSleepMode(t *testing.T) {
 		synctest.Wait()
 		if s.State() != Stopped || eng.stops != 1 {
 			t.Fatalf("after the idle timeout: %s, %d stops", s.State(), eng.stops)
+		}
+	})
+}
+
+// A start that BeforeStart refuses (the GPU's memory is taken) fails like
+// a failed start: the waiting requests get its message, the engine is not
+// started, and the start is retried with backoff while work waits.
+func TestBeforeStartRefuses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		eng := &fakeEngine{}
+		s, g, cancel := setup(t, eng, 0)
+		defer cancel()
+		var refuse atomic.Bool
+		refuse.Store(true)
+		var ready atomic.Int32
+		s.cfg.BeforeStart = func(context.Context) error {
+			if refuse.Load() {
+				return errors.New("GPU 0 has 1.00 GiB free")
+			}
+			return nil
+		}
+		s.cfg.OnReady = func(context.Context) { ready.Add(1) }
+		g.busy.Store(1)
+		s.Wake()
+		synctest.Wait()
+		msg, _ := g.message.Load().(string)
+		if s.State() != Failed || eng.starts != 0 || !strings.Contains(msg, "GPU 0 has 1.00 GiB free") {
+			t.Fatalf("refused start: state %s, %d starts, message %q", s.State(), eng.starts, msg)
+		}
+		refuse.Store(false)
+		time.Sleep(2 * time.Second) // past the first backoff
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if eng.starts != 1 || ready.Load() != 1 {
+			t.Fatalf("after the refusal cleared: %d starts, OnReady %d times", eng.starts, ready.Load())
 		}
 	})
 }

@@ -35,6 +35,9 @@ type Options struct {
 	Crash      func()
 	// Ready, when set, is called with the address once the port is open.
 	Ready func(addr string)
+	// GPUMemoryUtilization is the engine's share of the card, as vLLM's
+	// --gpu-memory-utilization (shown in vllm:cache_config_info).
+	GPUMemoryUtilization float64
 }
 
 // Server is the simulator's HTTP side.
@@ -52,6 +55,11 @@ type Server struct {
 func NewServer(opt Options) *Server {
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg, opt.Model)
+	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "vllm:cache_config_info", Help: "Information of the LLMEngine CacheConfig",
+		ConstLabels: prometheus.Labels{"block_size": strconv.Itoa(BlockSize), "num_gpu_blocks": strconv.Itoa(opt.Engine.KVBlocks),
+			"gpu_memory_utilization": strconv.FormatFloat(opt.GPUMemoryUtilization, 'g', -1, 64), "engine": "0"}})
+	info.Set(1)
+	reg.MustRegister(info)
 	return &Server{opt: opt, engine: NewEngine(opt.Engine, m), reg: reg, rng: rand.New(rand.NewPCG(1, 2))}
 }
 
