@@ -32,8 +32,9 @@ export STAGE
 
 # The binaries: no build paths or IDs in them, the version linked in.
 export CGO_ENABLED=${CGO_ENABLED:-1} CGO_CFLAGS="${CGO_CFLAGS:--O2 -Wno-deprecated-declarations}"
-# PIE with full RELRO, as Debian's hardening flags ask.
-ldflags="-s -w -buildid= -linkmode=external -extldflags=-Wl,-z,relro,-z,now -X github.com/llmlab/llmlab/daemon/server.Version=$VERSION"
+# PIE with RELRO, as Debian's hardening flags ask. Not -z now: go-nvml resolves
+# NVML's symbols lazily, after dlopen, and an immediate binding fails at start.
+ldflags="-s -w -buildid= -linkmode=external -extldflags=-Wl,-z,relro -X github.com/llmlab/llmlab/daemon/server.Version=$VERSION"
 $GO build -buildmode=pie -trimpath -buildvcs=false -ldflags "$ldflags" -o "$STAGE/" ./cmd/llmlabd ./cmd/llmlab
 
 # Manual pages and completion, generated from the flag definitions.

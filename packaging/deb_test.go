@@ -125,6 +125,14 @@ func TestDeb(t *testing.T) {
 		if out, err := exec.Command("dpkg-deb", "-x", a, root).CombinedOutput(); err != nil {
 			t.Fatalf("dpkg-deb -x: %v %s", err, out)
 		}
+		// The binaries start (a link option such as -z now breaks go-nvml's
+		// lazy symbols at start, on every machine).
+		if out, err := exec.Command(filepath.Join(root, "usr/bin/llmlabd"), "--version").CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "llmlabd ") {
+			t.Errorf("llmlabd --version: %v %s", err, out)
+		}
+		if out, err := exec.Command(filepath.Join(root, "usr/bin/llmlab"), "help").CombinedOutput(); err != nil {
+			t.Errorf("llmlab help: %v %s", err, out)
+		}
 		for _, bin := range []string{"usr/bin/llmlabd", "usr/bin/llmlab"} {
 			f, err := elf.Open(filepath.Join(root, bin))
 			if err != nil {
