@@ -47,6 +47,7 @@ lint:
 fuzz:
 	$(GO) test ./daemon/config -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./daemon/gateway -run '^$$' -fuzz FuzzValidate -fuzztime $(FUZZTIME)
+	$(GO) test ./daemon/enginemetrics -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 
 ## bench-overhead: llmlabd's overhead against nginx and direct access (needs nginx-light)
 bench-overhead: build

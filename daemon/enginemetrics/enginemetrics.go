@@ -1,0 +1,224 @@
+// Package enginemetrics reads the engine's own Prometheus metrics (vLLM's
+// /metrics) while it runs: how many requests it is running and keeping
+// waiting, and how full its KV cache is. The gateway's admission and the
+// adaptive concurrency limit use them: an engine that queues internally or
+// whose KV cache is full is saturated whatever llmlab's own counts say.
+//
+// One goroutine (Scraper.Run) scrapes at a short interval while the engine
+// is ready; readings older than three intervals are stale, and a stale
+// reading of a ready engine counts as saturated.
+package enginemetrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// Reading is one scrape of the engine's gauges, summed over its label sets
+// (engines, models).
+type Reading struct {
+	At      time.Time
+	Running float64
+	Waiting float64
+	// KVUsage is the KV cache's fill, 0 to 1.
+	KVUsage float64
+	// Preemptions is vLLM's running total of preempted sequences.
+	Preemptions float64
+}
+
+// Names of the series read; older vLLM releases call the KV gauge
+// gpu_cache_usage_perc.
+var (
+	running     = []string{"vllm:num_requests_running"}
+	waiting     = []string{"vllm:num_requests_waiting"}
+	kvUsage     = []string{"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"}
+	preemptions = []string{"vllm:num_preemptions_total", "vllm:num_preemptions"}
+)
+
+// ErrNotVLLM says the text parsed but carries none of vLLM's gauges.
+var ErrNotVLLM = errors.New("no vllm:num_requests_running or vllm:num_requests_waiting series: not a vLLM /metrics")
+
+// Parse reads Prometheus text exposition as vLLM serves it.
+func Parse(r io.Reader) (Reading, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(r)
+	if err != nil {
+		return Reading{}, fmt.Errorf("parsing the engine's metrics: %w", err)
+	}
+	var rd Reading
+	found := false
+	sum := func(names []string) (float64, bool) {
+		for _, n := range names {
+			if f, ok := fams[n]; ok {
+				total := 0.0
+				for _, m := range f.GetMetric() {
+					total += value(f.GetType(), m)
+				}
+				return total, true
+			}
+		}
+		return 0, false
+	}
+	var ok bool
+	if rd.Running, ok = sum(running); ok {
+		found = true
+	}
+	if rd.Waiting, ok = sum(waiting); ok {
+		found = true
+	}
+	rd.KVUsage, _ = sum(kvUsage)
+	rd.Preemptions, _ = sum(preemptions)
+	if !found {
+		return Reading{}, ErrNotVLLM
+	}
+	// Several engines' caches: report the mean fill, not the sum.
+	for _, n := range kvUsage {
+		if f, ok := fams[n]; ok && len(f.GetMetric()) > 1 {
+			rd.KVUsage /= float64(len(f.GetMetric()))
+			break
+		}
+	}
+	return rd, nil
+}
+
+func value(t dto.MetricType, m *dto.Metric) float64 {
+	switch t {
+	case dto.MetricType_GAUGE:
+		return m.GetGauge().GetValue()
+	case dto.MetricType_COUNTER:
+		return m.GetCounter().GetValue()
+	case dto.MetricType_UNTYPED:
+		return m.GetUntyped().GetValue()
+	}
+	return 0
+}
+
+// Scraper scrapes an engine's /metrics. Create it with NewScraper and run
+// Run.
+type Scraper struct {
+	url      string
+	interval time.Duration
+	client   *http.Client
+	log      *slog.Logger
+
+	mu      sync.Mutex
+	last    Reading
+	ok      uint64
+	failed  uint64
+	lastErr string
+}
+
+// NewScraper returns a scraper of url (the engine's /metrics) every
+// interval.
+func NewScraper(url string, interval time.Duration, log *slog.Logger) *Scraper {
+	return &Scraper{url: url, interval: interval, log: log, client: &http.Client{Timeout: max(interval*5, time.Second)}}
+}
+
+// Interval is the scrape interval.
+func (s *Scraper) Interval() time.Duration { return s.interval }
+
+// Run scrapes while active reports true (the engine is ready), until ctx
+// ends.
+func (s *Scraper) Run(ctx context.Context, active func() bool) {
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if active() {
+				s.scrape(ctx)
+			}
+		}
+	}
+}
+
+func (s *Scraper) scrape(ctx context.Context) {
+	rd, err := s.fetch(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.failed++
+		if msg := err.Error(); msg != s.lastErr {
+			s.log.Warn("cannot read the engine's metrics", "url", s.url, "err", err)
+			s.lastErr = msg
+		}
+		return
+	}
+	s.ok++
+	s.lastErr = ""
+	s.last = rd
+}
+
+func (s *Scraper) fetch(ctx context.Context) (Reading, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
+	if err != nil {
+		return Reading{}, err
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return Reading{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return Reading{}, fmt.Errorf("GET %s: %s", s.url, resp.Status)
+	}
+	rd, err := Parse(io.LimitReader(resp.Body, 8<<20))
+	rd.At = time.Now()
+	return rd, err
+}
+
+// Latest returns the latest reading (zero At when none yet).
+func (s *Scraper) Latest() Reading {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+// Stale reports whether a reading is too old to act on at now.
+func (s *Scraper) Stale(r Reading, now time.Time) bool {
+	return r.At.IsZero() || now.Sub(r.At) > 3*s.interval
+}
+
+var (
+	descRunning = prometheus.NewDesc("llmlab_engine_requests_running", "Requests the engine is running (vllm:num_requests_running), as last scraped.", nil, nil)
+	descWaiting = prometheus.NewDesc("llmlab_engine_requests_waiting", "Requests waiting inside the engine (vllm:num_requests_waiting), as last scraped.", nil, nil)
+	descKV      = prometheus.NewDesc("llmlab_engine_kv_cache_usage_ratio", "The engine's KV-cache fill (vllm:kv_cache_usage_perc), as last scraped.", nil, nil)
+	descAge     = prometheus.NewDesc("llmlab_engine_metrics_age_seconds", "Age of the last successful scrape of the engine's metrics.", nil, nil)
+	descScrapes = prometheus.NewDesc("llmlab_engine_metrics_scrapes_total", "Scrapes of the engine's metrics, by result.", []string{"result"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (s *Scraper) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRunning, descWaiting, descKV, descAge, descScrapes} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (s *Scraper) Collect(ch chan<- prometheus.Metric) {
+	s.mu.Lock()
+	r, ok, failed := s.last, s.ok, s.failed
+	s.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(descScrapes, prometheus.CounterValue, float64(ok), "ok")
+	ch <- prometheus.MustNewConstMetric(descScrapes, prometheus.CounterValue, float64(failed), "error")
+	if r.At.IsZero() {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descRunning, prometheus.GaugeValue, r.Running)
+	ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, r.Waiting)
+	ch <- prometheus.MustNewConstMetric(descKV, prometheus.GaugeValue, r.KVUsage)
+	ch <- prometheus.MustNewConstMetric(descAge, prometheus.GaugeValue, time.Since(r.At).Seconds())
+}

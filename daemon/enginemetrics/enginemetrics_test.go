@@ -1,0 +1,147 @@
+package enginemetrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		want Reading
+	}{
+		{"testdata/vllm-v1.txt", Reading{Running: 37, Waiting: 5, KVUsage: 0.8125, Preemptions: 12}},
+		{"testdata/vllm-v0.txt", Reading{Running: 4, Waiting: 0, KVUsage: 0.25}},
+	} {
+		f, err := os.Open(tc.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Parse(f)
+		f.Close()
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %+v, %v; want %+v", tc.file, got, err, tc.want)
+		}
+	}
+	// Two engines (data parallel): counts add up, the KV fill is their mean.
+	two := `vllm:num_requests_running{engine="0"} 3
+vllm:num_requests_running{engine="1"} 4
+vllm:kv_cache_usage_perc{engine="0"} 0.5
+vllm:kv_cache_usage_perc{engine="1"} 0.7
+`
+	if got, err := Parse(strings.NewReader(two)); err != nil || got.Running != 7 || got.KVUsage < 0.599 || got.KVUsage > 0.601 {
+		t.Errorf("two engines: %+v, %v", got, err)
+	}
+	if _, err := Parse(strings.NewReader("node_load1 0.5\n")); !errors.Is(err, ErrNotVLLM) {
+		t.Errorf("a non-vLLM page: %v, want ErrNotVLLM", err)
+	}
+	if _, err := Parse(strings.NewReader("vllm:num_requests_running{ 3\n")); err == nil {
+		t.Error("malformed text parsed")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, file := range []string{"testdata/vllm-v1.txt", "testdata/vllm-v0.txt"} {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(string(data))
+	}
+	f.Add("vllm:num_requests_running NaN\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		done := make(chan struct{})
+		go func() {
+			select {
+			case <-done:
+			case <-time.After(3 * time.Second):
+				panic(fmt.Sprintf("Parse hangs on %q", s))
+			}
+		}()
+		defer close(done)
+		r, err := Parse(strings.NewReader(s))
+		if err != nil && r != (Reading{}) {
+			t.Fatalf("an error with a reading: %+v %v", r, err)
+		}
+		again, err2 := Parse(strings.NewReader(s))
+		if (err == nil) != (err2 == nil) || (err == nil && !same(r, again)) {
+			t.Fatalf("not deterministic: %+v %v / %+v %v", r, err, again, err2)
+		}
+	})
+}
+
+func same(a, b Reading) bool {
+	eq := func(x, y float64) bool { return x == y || (x != x && y != y) } // NaN equals NaN here
+	return eq(a.Running, b.Running) && eq(a.Waiting, b.Waiting) && eq(a.KVUsage, b.KVUsage) && eq(a.Preemptions, b.Preemptions)
+}
+
+// The scraper reads only while the engine is active, keeps the last good
+// reading through failures, and its age makes it stale.
+func TestScraper(t *testing.T) {
+	var running atomic.Int64
+	var broken atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if broken.Load() {
+			http.Error(w, "down", http.StatusInternalServerError)
+			return
+		}
+		io.WriteString(w, "vllm:num_requests_running "+itoa(running.Load())+"\nvllm:num_requests_waiting 1\nvllm:kv_cache_usage_perc 0.5\n")
+	}))
+	defer srv.Close()
+	s := NewScraper(srv.URL, 20*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var active atomic.Bool
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx, active.Load)
+	time.Sleep(100 * time.Millisecond)
+	if !s.Latest().At.IsZero() {
+		t.Fatal("scraped while the engine was not active")
+	}
+	if !s.Stale(s.Latest(), time.Now()) {
+		t.Fatal("no reading is not stale")
+	}
+	running.Store(9)
+	active.Store(true)
+	waitFor(t, func() bool { return s.Latest().Running == 9 })
+	if r := s.Latest(); r.Waiting != 1 || r.KVUsage != 0.5 || s.Stale(r, time.Now()) {
+		t.Fatalf("reading %+v", r)
+	}
+	broken.Store(true)
+	time.Sleep(100 * time.Millisecond)
+	r := s.Latest()
+	if r.Running != 9 || !s.Stale(r, time.Now()) {
+		t.Fatalf("after failures: %+v, stale %v; want the last reading, stale", r, s.Stale(r, time.Now()))
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(s)
+	if n, err := testutil.GatherAndCount(reg, "llmlab_engine_requests_running", "llmlab_engine_metrics_scrapes_total"); err != nil || n != 3 {
+		t.Fatalf("metrics: %d series, %v", n, err)
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
