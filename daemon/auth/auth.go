@@ -1,7 +1,9 @@
-// Package auth owns the optional API keys. A keys file holds one key a line:
+// Package auth owns the optional API keys. A keys file holds one key a line,
+// with an optional priority class (interactive, the default, or batch):
 //
-//	# name   key
+//	# name   key                    class
 //	alice    sk-0123456789abcdef
+//	nightly  sk-fedcba9876543210    batch
 //
 // Blank lines and lines starting with '#' are ignored. Names appear in logs
 // and metrics; keys never do. Keys are compared through their SHA-256 digest
@@ -24,6 +26,7 @@ import (
 // configured and every request is anonymous.
 type Keys struct {
 	byDigest map[[32]byte]string
+	batch    map[string]bool // names whose class is batch
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -39,7 +42,7 @@ func Load(path string) (*Keys, error) {
 
 // Parse reads keys file content; path is used in messages.
 func Parse(path string, data []byte) (*Keys, error) {
-	k := &Keys{byDigest: map[[32]byte]string{}}
+	k := &Keys{byDigest: map[[32]byte]string{}, batch: map[string]bool{}}
 	names := map[string]bool{}
 	var errs []error
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -49,12 +52,17 @@ func Parse(path string, data []byte) (*Keys, error) {
 			continue
 		}
 		f := strings.Fields(line)
-		if len(f) != 2 {
-			errs = append(errs, fmt.Errorf("keys file %s: line %d: want \"name key\", got %d fields", path, n, len(f)))
+		if len(f) != 2 && len(f) != 3 {
+			errs = append(errs, fmt.Errorf("keys file %s: line %d: want \"name key [class]\", got %d fields", path, n, len(f)))
 			continue
 		}
-		name, key := f[0], f[1]
+		name, key, class := f[0], f[1], "interactive"
+		if len(f) == 3 {
+			class = f[2]
+		}
 		switch {
+		case class != "interactive" && class != "batch":
+			errs = append(errs, fmt.Errorf("keys file %s: line %d: class %q of %q: want interactive or batch", path, n, class, name))
 		case !nameRE.MatchString(name):
 			errs = append(errs, fmt.Errorf("keys file %s: line %d: name %q: use letters, digits, '.', '_' or '-' (at most 64)", path, n, name))
 		case len(key) < 16:
@@ -68,6 +76,9 @@ func Parse(path string, data []byte) (*Keys, error) {
 			}
 			k.byDigest[d] = name
 			names[name] = true
+			if class == "batch" {
+				k.batch[name] = true
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -92,6 +103,9 @@ func (k *Keys) Len() int {
 	}
 	return len(k.byDigest)
 }
+
+// Batch reports whether the key named name is of the batch class.
+func (k *Keys) Batch(name string) bool { return k != nil && k.batch[name] }
 
 // Errors returned by Authenticate.
 var (

@@ -50,7 +50,8 @@ func TestNoKeysMeansAnonymous(t *testing.T) {
 
 func TestParseErrors(t *testing.T) {
 	tests := []struct{ name, data, want string }{
-		{"one field", "alice\n", "line 1: want \"name key\""},
+		{"one field", "alice\n", "line 1: want \"name key [class]\""},
+		{"bad class", "alice sk-0123456789abcdef urgent\n", "class \"urgent\" of \"alice\": want interactive or batch"},
 		{"short key", "alice short\n", "shorter than 16"},
 		{"bad name", "al/ice sk-0123456789abcdef\n", "name \"al/ice\""},
 		{"duplicate name", "a sk-0123456789abcdef\na sk-0123456789abcdeg\n", "appears twice"},
@@ -64,5 +65,19 @@ func TestParseErrors(t *testing.T) {
 				t.Fatalf("Parse error = %v, want one containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestClasses(t *testing.T) {
+	k, err := Parse("keys", []byte("alice sk-0123456789abcdef\nnightly sk-fedcba9876543210 batch\nbob sk-0123456789abcdeX interactive\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Batch("alice") || !k.Batch("nightly") || k.Batch("bob") || k.Batch("nobody") {
+		t.Fatalf("classes: alice %v nightly %v bob %v", k.Batch("alice"), k.Batch("nightly"), k.Batch("bob"))
+	}
+	var none *Keys
+	if none.Batch("x") {
+		t.Fatal("no keys: batch")
 	}
 }

@@ -36,6 +36,14 @@ type Config struct {
 	Metrics Metrics
 	Log     Log
 	GPU     GPU
+	SLO     SLO
+}
+
+// SLO is the service-level objective admission works to.
+type SLO struct {
+	// Latency is the p95 latency objective of interactive requests (0:
+	// none).
+	Latency time.Duration
 }
 
 // GPU configures the NVML readings and the engine's memory share.
@@ -90,6 +98,9 @@ type Engine struct {
 	// RuntimeEnv is the environment file llmlabd writes before each engine
 	// start ("": $RUNTIME_DIRECTORY/engine.env under systemd, else none).
 	RuntimeEnv string
+	// MetricsInterval is how often the engine's /metrics is read while it
+	// is ready (0: never).
+	MetricsInterval time.Duration
 }
 
 // Queue configures admission control and micro-batching.
@@ -104,7 +115,19 @@ type Queue struct {
 	// Coalesce merges compatible non-streamed completions of one dispatch
 	// into a single upstream request with a list of prompts.
 	Coalesce bool
+	// Concurrency "adaptive" finds the in-flight limit at run time, between
+	// MinInflight and MaxInflight, aiming at TargetLatency per request in
+	// the engine; "fixed" keeps MaxInflight.
+	Concurrency   string
+	MinInflight   int
+	TargetLatency time.Duration
+	// BatchMaxWait and BatchShare shape the batch priority class.
+	BatchMaxWait time.Duration
+	BatchShare   float64
 }
+
+// Adaptive reports whether the in-flight limit is found at run time.
+func (q Queue) Adaptive() bool { return q.Concurrency == "adaptive" }
 
 // Limits bounds what one request may ask for and how often clients may ask.
 type Limits struct {
@@ -163,15 +186,21 @@ type raw struct {
 		StopGrace         string   `toml:"stop_grace"`
 		SleepAfter        string   `toml:"sleep_after"`
 		RuntimeEnv        string   `toml:"runtime_env"`
+		MetricsInterval   string   `toml:"metrics_interval"`
 	} `toml:"engine"`
 	Queue struct {
-		MaxInflight int     `toml:"max_inflight"`
-		MaxQueued   int     `toml:"max_queued"`
-		MaxWait     string  `toml:"max_wait"`
-		NominalRPS  float64 `toml:"nominal_rps"`
-		BatchWindow string  `toml:"batch_window"`
-		MaxBatch    int     `toml:"max_batch"`
-		Coalesce    bool    `toml:"coalesce"`
+		MaxInflight   int     `toml:"max_inflight"`
+		MaxQueued     int     `toml:"max_queued"`
+		MaxWait       string  `toml:"max_wait"`
+		NominalRPS    float64 `toml:"nominal_rps"`
+		BatchWindow   string  `toml:"batch_window"`
+		MaxBatch      int     `toml:"max_batch"`
+		Coalesce      bool    `toml:"coalesce"`
+		Concurrency   string  `toml:"concurrency"`
+		MinInflight   int     `toml:"min_inflight"`
+		TargetLatency string  `toml:"target_latency"`
+		BatchMaxWait  string  `toml:"batch_max_wait"`
+		BatchShare    float64 `toml:"batch_share"`
 	} `toml:"queue"`
 	Limits struct {
 		MaxBodyBytes int64   `toml:"max_body_bytes"`
@@ -204,6 +233,9 @@ type raw struct {
 		MemoryFraction float64 `toml:"memory_fraction"`
 		ReleaseTimeout string  `toml:"release_timeout"`
 	} `toml:"gpu"`
+	SLO struct {
+		Latency string `toml:"latency"`
+	} `toml:"slo"`
 }
 
 func defaults() raw {
@@ -225,6 +257,13 @@ func defaults() raw {
 	r.Queue.NominalRPS = 8
 	r.Queue.BatchWindow = "0s"
 	r.Queue.MaxBatch = 16
+	r.Queue.Concurrency = "fixed"
+	r.Queue.MinInflight = 4
+	r.Queue.TargetLatency = "0s"
+	r.Queue.BatchMaxWait = "30s"
+	r.Queue.BatchShare = 1
+	r.Engine.MetricsInterval = "100ms"
+	r.SLO.Latency = "5s"
 	r.Limits.MaxBodyBytes = 1 << 20
 	r.Limits.MaxTokens = 1024
 	r.Limits.MaxN = 4
@@ -375,6 +414,10 @@ func fromRaw(path string, r raw) (*Config, error) {
 		StopGrace:         ck.duration("engine.stop_grace", r.Engine.StopGrace, 0),
 		SleepAfter:        ck.duration("engine.sleep_after", r.Engine.SleepAfter, 0),
 		RuntimeEnv:        r.Engine.RuntimeEnv,
+		MetricsInterval:   ck.duration("engine.metrics_interval", r.Engine.MetricsInterval, 0),
+	}
+	if d := c.Engine.MetricsInterval; d > 0 && d < 10*time.Millisecond {
+		ck.fail("engine.metrics_interval", r.Engine.MetricsInterval, `must be at least 10ms, or "0s" to read no engine metrics`)
 	}
 	if r.Engine.RuntimeEnv != "" && !filepath.IsAbs(r.Engine.RuntimeEnv) {
 		ck.fail("engine.runtime_env", r.Engine.RuntimeEnv, "want an absolute path")
@@ -414,6 +457,23 @@ func fromRaw(path string, r raw) (*Config, error) {
 	if q.Coalesce && c.Queue.BatchWindow == 0 {
 		ck.fail("queue.coalesce", true, "needs a queue.batch_window above 0 to collect requests")
 	}
+	c.Queue.Concurrency = q.Concurrency
+	switch q.Concurrency {
+	case "fixed", "adaptive":
+	default:
+		ck.fail("queue.concurrency", q.Concurrency, `want "fixed" (queue.max_inflight) or "adaptive" (found at run time, at most queue.max_inflight)`)
+	}
+	ck.atLeast("queue.min_inflight", q.MinInflight, 1)
+	if c.Queue.Adaptive() && q.MaxInflight >= 1 && q.MinInflight > q.MaxInflight {
+		ck.fail("queue.min_inflight", q.MinInflight, "cannot exceed queue.max_inflight (%d)", q.MaxInflight)
+	}
+	c.Queue.MinInflight = q.MinInflight
+	c.Queue.TargetLatency = ck.duration("queue.target_latency", q.TargetLatency, 0)
+	c.Queue.BatchMaxWait = ck.duration("queue.batch_max_wait", q.BatchMaxWait, time.Millisecond)
+	if q.BatchShare <= 0 || q.BatchShare > 1 {
+		ck.fail("queue.batch_share", q.BatchShare, "want a share above 0 and at most 1")
+	}
+	c.Queue.BatchShare = q.BatchShare
 
 	l := r.Limits
 	if l.MaxBodyBytes < 1024 {
@@ -454,6 +514,11 @@ func fromRaw(path string, r raw) (*Config, error) {
 		ck.fail("log.format", r.Log.Format, `want "auto", "text", "json" or "journal"`)
 	}
 	c.Log = Log{Level: r.Log.Level, Format: r.Log.Format, AccessLog: r.Log.AccessLog}
+
+	c.SLO = SLO{Latency: ck.duration("slo.latency", r.SLO.Latency, 0)}
+	if c.Queue.Adaptive() && c.Queue.TargetLatency == 0 && c.SLO.Latency == 0 {
+		ck.fail("queue.target_latency", q.TargetLatency, "adaptive concurrency needs a target: set it, or slo.latency")
+	}
 
 	g := r.GPU
 	ck.atLeast("gpu.device", g.Device, 0)

@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/BurntSushi/toml"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -118,4 +121,32 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse accepted an unusable config: %+v", c)
 		}
 	})
+}
+
+// Every key of the schema appears in the shipped file, so that it shows
+// an operator every setting.
+func TestShippedFileHasEveryKey(t *testing.T) {
+	data, err := os.ReadFile("../../etc/llmlab.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r raw
+	md, err := toml.Decode(string(data), &r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, k := range md.Keys() {
+		have[k.String()] = true
+	}
+	rt := reflect.TypeOf(raw{})
+	for i := range rt.NumField() {
+		sec := rt.Field(i)
+		for j := range sec.Type.NumField() {
+			key := sec.Tag.Get("toml") + "." + sec.Type.Field(j).Tag.Get("toml")
+			if !have[key] {
+				t.Errorf("etc/llmlab.toml lacks %s", key)
+			}
+		}
+	}
 }

@@ -37,6 +37,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -161,6 +162,25 @@ func (g *Gateway) LastWork() time.Time {
 	return time.Time{}
 }
 
+// PriorityHeader asks for a priority class: "batch" lowers a request's
+// priority; "interactive" (the default) cannot raise a batch key's.
+const PriorityHeader = "X-Llmlab-Priority"
+
+// SetLimit sets the queue's adaptive in-flight limit.
+func (g *Gateway) SetLimit(n int) { g.queue.SetLimit(n) }
+
+// SetHold holds (true) or resumes dispatching to a saturated engine.
+func (g *Gateway) SetHold(hold bool) { g.queue.SetHold(hold) }
+
+// TakeWindow returns the queue's window for the adaptive limit.
+func (g *Gateway) TakeWindow() queue.Window { return g.queue.TakeWindow() }
+
+// EngineTime is the recent average time a request holds its slots.
+func (g *Gateway) EngineTime() time.Duration { return g.queue.EngineTime() }
+
+// SeedEngineTime restores an engine time learned in an earlier run.
+func (g *Gateway) SeedEngineTime(d time.Duration) { g.queue.SeedEngineTime(d) }
+
 // QueueStats returns a snapshot of the queue.
 func (g *Gateway) QueueStats() queue.Stats { return g.queue.Stats() }
 
@@ -183,6 +203,7 @@ func (g *Gateway) Handler() http.Handler {
 type reqState struct {
 	id       string
 	client   string
+	class    int
 	route    string
 	start    time.Time
 	body     []byte
@@ -249,6 +270,19 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	} else if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		clientID = host
 	}
+	// The key's class, which a request may lower but not raise.
+	if s.keys.Batch(name) {
+		st.class = queue.Batch
+	}
+	switch strings.ToLower(strings.TrimSpace(r.Header.Get(PriorityHeader))) {
+	case "", "interactive":
+	case "batch":
+		st.class = queue.Batch
+	default:
+		g.fail(rec, st, http.StatusBadRequest, typeInvalid, "invalid_priority", "",
+			PriorityHeader+" must be \"interactive\" or \"batch\"", 0, "invalid")
+		return
+	}
 	if ok, wait, scope := g.limiter.Allow(time.Now(), clientID); !ok {
 		st.reason = scope
 		g.fail(rec, st, http.StatusTooManyRequests, typeRateLimit, "rate_limit_exceeded", "",
@@ -275,7 +309,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	st.body, st.stream, st.model = p.Body, p.Stream, p.Model
 
 	ctx := r.Context()
-	ticket, err := g.queue.Acquire(ctx, queue.Request{Weight: p.Weight, Key: p.CoalesceKey})
+	ticket, err := g.queue.Acquire(ctx, queue.Request{Weight: p.Weight, Key: p.CoalesceKey, Class: st.class})
 	if err != nil {
 		var ref *queue.Refusal
 		if errors.As(err, &ref) {
@@ -343,6 +377,7 @@ func (g *Gateway) finish(rec *recorder, st *reqState) {
 	m.requests.WithLabelValues(st.route, st.outcome, strconv.Itoa(status)).Inc()
 	m.duration.WithLabelValues(st.route).Observe(elapsed.Seconds())
 	m.clientReqs.WithLabelValues(st.client).Inc()
+	m.classReqs.WithLabelValues(queue.ClassName(st.class), st.outcome).Inc()
 	if st.ttft > 0 {
 		m.ttft.WithLabelValues(st.route).Observe(st.ttft.Seconds())
 	}
@@ -356,6 +391,7 @@ func (g *Gateway) finish(rec *recorder, st *reqState) {
 	attrs := []slog.Attr{
 		slog.String("request_id", st.id),
 		slog.String("client", st.client),
+		slog.String("class", queue.ClassName(st.class)),
 		slog.String("route", st.route),
 		slog.Int("status", status),
 		slog.String("outcome", st.outcome),

@@ -19,6 +19,8 @@ type metrics struct {
 	upstream     *prometheus.CounterVec // kind: proxied, coalesced
 	clientReqs   *prometheus.CounterVec // client
 	clientTokens *prometheus.CounterVec // client, type
+	classReqs    *prometheus.CounterVec // class, outcome
+	decisions    *prometheus.CounterVec // class, decision, reason
 }
 
 var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 60}
@@ -61,19 +63,36 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats) *metrics {
 			Name: "llmlab_client_tokens_total",
 			Help: "Tokens by API key name and type (prompt, completion), from the engine's usage reports.",
 		}, []string{"client", "type"}),
+		classReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmlab_class_requests_total",
+			Help: "Requests by priority class (interactive, batch) and outcome.",
+		}, []string{"class", "outcome"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmlab_admission_decisions_total",
+			Help: "Admission decisions (dispatch, queue, refuse) by priority class and reason.",
+		}, []string{"class", "decision", "reason"}),
 	}
 	stat := func(f func(queue.Stats) float64) func() float64 {
 		return func() float64 { return f(stats()) }
 	}
-	reg.MustRegister(m.requests, m.duration, m.queueWait, m.ttft, m.batchSize, m.upstream, m.clientReqs, m.clientTokens,
+	reg.MustRegister(m.requests, m.duration, m.queueWait, m.ttft, m.batchSize, m.upstream, m.clientReqs, m.clientTokens, m.classReqs, m.decisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_depth", Help: "Requests waiting in the queue."},
 			stat(func(s queue.Stats) float64 { return float64(s.Queued) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_sequences", Help: "Sequences waiting in the queue."},
 			stat(func(s queue.Stats) float64 { return float64(s.QueuedSlots) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_inflight_sequences", Help: "Sequences in the engine."},
 			stat(func(s queue.Stats) float64 { return float64(s.Inflight) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_inflight_limit", Help: "Most sequences allowed in the engine at once."},
-			stat(func(s queue.Stats) float64 { return float64(s.MaxInflight) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_inflight_limit", Help: "Most sequences allowed in the engine at once now (the adaptive limit, or queue.max_inflight)."},
+			stat(func(s queue.Stats) float64 { return float64(s.Limit) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_engine_saturated", Help: "1 while the engine's own metrics say it is saturated and dispatching is held."},
+			stat(func(s queue.Stats) float64 {
+				if s.Hold {
+					return 1
+				}
+				return 0
+			})),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_engine_seconds_per_request", Help: "Recent average time a request holds its engine slots."},
+			stat(func(s queue.Stats) float64 { return s.EngineSeconds })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_limit", Help: "Most sequences allowed to wait in the queue."},
 			stat(func(s queue.Stats) float64 { return float64(s.MaxQueued) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_completion_rate", Help: "Sequences per second the engine completes, as admission predicts waits with (nominal until learned)."},
@@ -84,3 +103,8 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats) *metrics {
 
 // Dispatched implements queue.Observer.
 func (m *metrics) Dispatched(n int) { m.batchSize.Observe(float64(n)) }
+
+// Decided implements queue.Observer.
+func (m *metrics) Decided(class int, decision, reason string) {
+	m.decisions.WithLabelValues(queue.ClassName(class), decision, reason).Inc()
+}

@@ -3,20 +3,34 @@
 // dispatch window.
 //
 // A request occupies one slot per sequence it asks the engine for. At most
-// MaxInflight slots are in the engine at once; the rest wait in a FIFO of at
-// most MaxQueued slots. Admission is decided when a request arrives:
+// the in-flight limit of slots are in the engine at once (MaxInflight, or
+// the adaptive limit set with SetLimit, never above MaxInflight); the rest
+// wait in FIFOs of at most MaxQueued slots, one per priority class:
+// interactive requests are dispatched before batch ones, and batch ones only
+// while less than BatchShare of the limit is in use. Admission is decided when a
+// request arrives:
 //
 //  1. While draining, refuse (503).
-//  2. If there is room in the engine and no batch window, dispatch at once.
-//  3. If the FIFO would overflow, refuse (429, reason queue_full).
+//  2. If there is room in the engine, no engine pressure (SetHold) and no
+//     batch window, dispatch at once.
+//  3. If the FIFOs would overflow, refuse (429, reason queue_full); an
+//     interactive request first displaces queued batch requests, newest
+//     first.
 //  4. Predict the wait: the slots that must complete before this request
-//     gets one, over the completion rate (the nominal rate until one has been
-//     measured while requests were waiting for slots), plus the engine's
-//     remaining start time. If it exceeds MaxWait, refuse (503, overloaded).
-//  5. Otherwise queue it. A request still queued at its deadline gets 503
+//     gets one (batch requests wait behind every interactive one), over the
+//     completion rate (the nominal rate until one has been measured while
+//     requests were waiting for slots), plus the engine's remaining start
+//     time. If it exceeds MaxWait (BatchMaxWait for batch), refuse (503,
+//     overloaded).
+//  5. With a latency objective (SLO), an interactive request whose
+//     predicted wait plus the engine's recent time per request exceeds it
+//     is refused too (503, reason slo): it would be served too late to
+//     count, and its engine time is better spent on one that will.
+//  6. Otherwise queue it. A request still queued at its deadline gets 503
 //     (queue_timeout); one whose client leaves is removed at once.
 //
-// Every refusal carries a Retry-After computed from the drain rate.
+// Every refusal carries a Retry-After computed from the drain rate, and
+// every decision is reported to the Observer with its reason.
 package queue
 
 import (
@@ -40,6 +54,28 @@ type Config struct {
 	// MaxColdStartWait is a request's deadline when it arrives while the
 	// engine is not ready (0: MaxWait plus the expected start time).
 	MaxColdStartWait time.Duration
+	// SLO is the latency objective of interactive requests (0: none).
+	SLO time.Duration
+	// BatchMaxWait is MaxWait for batch requests (0: MaxWait).
+	BatchMaxWait time.Duration
+	// BatchShare: batch requests are dispatched only while less than this
+	// share of the in-flight limit is in use, keeping the rest for
+	// interactive ones (0 or 1: no reserve).
+	BatchShare float64
+}
+
+// Priority classes.
+const (
+	Interactive = 0
+	Batch       = 1
+)
+
+// ClassName names a priority class.
+func ClassName(c int) string {
+	if c == Batch {
+		return "batch"
+	}
+	return "interactive"
 }
 
 // Warmup reports how much longer the engine is expected to take to start.
@@ -48,9 +84,12 @@ type Warmup interface {
 	RemainingStart() time.Duration
 }
 
-// Observer is told about dispatches, for metrics.
+// Observer is told about dispatches and admission decisions, for metrics.
 type Observer interface {
 	Dispatched(requests int)
+	// Decided reports an admission decision: "dispatch", "queue" or
+	// "refuse", with its reason, for a request of class.
+	Decided(class int, decision, reason string)
 }
 
 // Request describes what a caller asks to admit.
@@ -59,6 +98,8 @@ type Request struct {
 	Weight int
 	// Key groups requests that may be coalesced; "" means never.
 	Key string
+	// Class is Interactive (the zero value) or Batch.
+	Class int
 }
 
 // Refusal is returned when a request is not admitted or times out in the
@@ -84,6 +125,8 @@ const (
 	ReasonQueueTimeout  = "queue_timeout"
 	ReasonDraining      = "draining"
 	ReasonTooManyTokens = "too_many_sequences"
+	ReasonSLO           = "slo"
+	ReasonDisplaced     = "displaced"
 )
 
 // Queue is safe for concurrent use.
@@ -94,12 +137,29 @@ type Queue struct {
 	mu          sync.Mutex
 	cfg         Config
 	inflight    int
-	waiters     list.List // of *waiter, FIFO
-	queuedSlots int
+	waiters     [2]list.List // of *waiter, FIFO per class
+	queuedSlots [2]int
 	timer       *time.Timer
 	draining    bool
 	notReady    bool // the engine is starting or stopped: hold everything
+	hold        bool // the engine is saturated: dispatch nothing more
+	limit       int  // the adaptive in-flight limit (0: MaxInflight)
 	rate        rateEstimator
+	// engineTime is a moving average of the time a request holds its
+	// slots (dispatch to release), the engine's latency as clients see it.
+	engineTime time.Duration
+	window     Window
+}
+
+// Window is what happened since the last TakeWindow: the adaptive limit's
+// input.
+type Window struct {
+	// EngineTimes are the slot-holding times of the requests released.
+	EngineTimes []time.Duration
+	// Blocked says requests waited for a slot (demand beyond the limit).
+	Blocked bool
+	// MaxInflight is the most slots in use at once.
+	MaxInflight int
 }
 
 type waiter struct {
@@ -112,11 +172,12 @@ type waiter struct {
 
 // Ticket is an admitted request's hold on engine slots.
 type Ticket struct {
-	q        *Queue
-	weight   int
-	waited   time.Duration
-	group    *Group
-	released bool
+	q          *Queue
+	weight     int
+	waited     time.Duration
+	group      *Group
+	released   bool
+	dispatched time.Time
 }
 
 // Group is the set of tickets with the same Key dispatched together.
@@ -150,34 +211,134 @@ func (q *Queue) SetConfig(cfg Config) {
 	q.dispatchLocked(time.Now(), false)
 }
 
+// SetLimit sets the adaptive in-flight limit, capped by MaxInflight (0:
+// MaxInflight). Lowering it takes effect as requests complete.
+func (q *Queue) SetLimit(n int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.limit = n
+	q.dispatchLocked(time.Now(), false)
+}
+
+// SetHold pauses (true) or resumes dispatching, for an engine that reports
+// itself saturated. Requests keep queuing within their deadlines. A hold
+// never stops the first request of an idle engine: pressure with nothing
+// of ours in the engine is not ours to relieve.
+func (q *Queue) SetHold(hold bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.hold = hold
+	if !hold {
+		q.dispatchLocked(time.Now(), false)
+	}
+}
+
+// capLocked is the in-flight limit now.
+func (q *Queue) capLocked() int {
+	if q.limit > 0 && q.limit < q.cfg.MaxInflight {
+		return q.limit
+	}
+	return q.cfg.MaxInflight
+}
+
+// capForLocked is the in-flight limit for class.
+func (q *Queue) capForLocked(class int) int {
+	c := q.capLocked()
+	if class == Batch && q.cfg.BatchShare > 0 && q.cfg.BatchShare < 1 {
+		c = max(1, int(float64(c)*q.cfg.BatchShare))
+	}
+	return c
+}
+
+// fitsLocked reports whether a request of weight w and class may enter
+// the engine now.
+func (q *Queue) fitsLocked(w, class int) bool {
+	if q.notReady || (q.hold && q.inflight > 0) {
+		return false
+	}
+	return q.inflight+w <= q.capForLocked(class) || (q.inflight == 0 && w <= q.cfg.MaxInflight)
+}
+
+func (q *Queue) decided(class int, decision, reason string) {
+	if q.obs != nil {
+		q.obs.Decided(class, decision, reason)
+	}
+}
+
+// queuedLocked is the number of requests queued, all classes.
+func (q *Queue) queuedLocked() int { return q.waiters[Interactive].Len() + q.waiters[Batch].Len() }
+
+// queuedSlotsLocked is the number of slots queued, all classes.
+func (q *Queue) queuedSlotsLocked() int { return q.queuedSlots[Interactive] + q.queuedSlots[Batch] }
+
+// TakeWindow returns what happened since the last call and starts a new
+// window.
+func (q *Queue) TakeWindow() Window {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	w := q.window
+	q.window = Window{MaxInflight: q.inflight, Blocked: q.blockedLocked()}
+	return w
+}
+
+// EngineTime is the recent average time a request holds its slots.
+func (q *Queue) EngineTime() time.Duration {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.engineTime
+}
+
+// SeedEngineTime restores an engine time learned in an earlier run.
+func (q *Queue) SeedEngineTime(d time.Duration) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.engineTime == 0 {
+		q.engineTime = d
+	}
+}
+
 // Acquire admits r, waiting in the FIFO if needed. It returns a *Refusal
 // when the request is refused or times out in the queue, and ctx's error
 // when the caller gives up first.
 func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	now := time.Now()
+	if r.Class != Batch {
+		r.Class = Interactive
+	}
 	q.mu.Lock()
 	if ref := q.admitLocked(r); ref != nil {
 		q.mu.Unlock()
+		q.decided(r.Class, "refuse", ref.Reason)
 		return nil, ref
 	}
-	if !q.notReady && q.cfg.BatchWindow == 0 && q.waiters.Len() == 0 && q.inflight+r.Weight <= q.cfg.MaxInflight {
+	if q.cfg.BatchWindow == 0 && q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class) {
 		q.inflight += r.Weight
+		q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
 		q.rate.update(now, q.blockedLocked())
 		q.mu.Unlock()
+		q.decided(r.Class, "dispatch", "slot_free")
 		if q.obs != nil {
 			q.obs.Dispatched(1)
 		}
-		return &Ticket{q: q, weight: r.Weight}, nil
+		return &Ticket{q: q, weight: r.Weight, dispatched: now}, nil
 	}
-	wait := q.cfg.MaxWait + q.remainingStart()
-	if q.notReady && q.cfg.MaxColdStartWait > 0 {
-		wait = q.cfg.MaxColdStartWait
+	why := "no_slot"
+	switch {
+	case q.notReady:
+		why = "engine_not_ready"
+	case q.hold && q.inflight > 0:
+		why = "engine_saturated"
+	case q.cfg.BatchWindow > 0:
+		why = "batch_window"
 	}
+	wait := q.deadlineLocked(r.Class)
 	w := &waiter{req: r, ready: make(chan struct{})}
-	w.elem = q.waiters.PushBack(w)
-	q.queuedSlots += r.Weight
+	w.elem = q.waiters[r.Class].PushBack(w)
+	q.queuedSlots[r.Class] += r.Weight
+	q.window.Blocked = q.window.Blocked || q.blockedLocked()
 	q.dispatchLocked(now, false)
 	q.mu.Unlock()
+	q.decided(r.Class, "queue", why)
 
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
@@ -205,12 +366,42 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	q.decided(r.Class, "refuse", ReasonQueueTimeout)
 	return nil, &Refusal{
 		Status:     http.StatusServiceUnavailable,
 		Reason:     ReasonQueueTimeout,
 		Message:    fmt.Sprintf("the request waited %s in the queue without reaching the engine; the server is overloaded", wait.Round(time.Millisecond)),
 		RetryAfter: q.drainTimeLocked(),
 	}
+}
+
+// deadlineLocked is how long a request of class may wait in the queue.
+func (q *Queue) deadlineLocked(class int) time.Duration {
+	if q.notReady && q.cfg.MaxColdStartWait > 0 {
+		return q.cfg.MaxColdStartWait
+	}
+	wait := q.maxWaitLocked(class)
+	if class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 {
+		// Served later than this, it would miss the objective anyway.
+		wait = min(wait, max(q.cfg.SLO-q.engineTime, q.cfg.SLO/10))
+	}
+	return wait + q.remainingStart()
+}
+
+func (q *Queue) maxWaitLocked(class int) time.Duration {
+	if class == Batch && q.cfg.BatchMaxWait > 0 {
+		return q.cfg.BatchMaxWait
+	}
+	return q.cfg.MaxWait
+}
+
+// aheadLocked is the number of queued requests a new one of class waits
+// behind.
+func (q *Queue) aheadLocked(class int) int {
+	if class == Batch {
+		return q.queuedLocked()
+	}
+	return q.waiters[Interactive].Len()
 }
 
 // admitLocked applies the admission rules of the package doc.
@@ -223,24 +414,53 @@ func (q *Queue) admitLocked(r Request) *Refusal {
 		return &Refusal{Status: http.StatusBadRequest, Reason: ReasonTooManyTokens,
 			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}
 	}
-	free := q.cfg.MaxInflight - q.inflight
-	if !q.notReady && q.waiters.Len() == 0 && r.Weight <= free {
+	if q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class) {
 		return nil
 	}
-	if q.queuedSlots+r.Weight > q.cfg.MaxQueued {
-		return &Refusal{Status: http.StatusTooManyRequests, Reason: ReasonQueueFull,
-			Message: fmt.Sprintf("the queue is full (%d sequences waiting); retry later", q.queuedSlots), RetryAfter: q.drainTimeLocked()}
+	if r.Class == Interactive {
+		// Batch work makes room for interactive work, newest first.
+		for q.queuedSlotsLocked()+r.Weight > q.cfg.MaxQueued && q.waiters[Batch].Len() > 0 {
+			q.displaceNewestBatchLocked()
+		}
 	}
-	if wait := q.predictLocked(r.Weight); wait > q.cfg.MaxWait+q.remainingStart() {
+	if q.queuedSlotsLocked()+r.Weight > q.cfg.MaxQueued {
+		return &Refusal{Status: http.StatusTooManyRequests, Reason: ReasonQueueFull,
+			Message: fmt.Sprintf("the queue is full (%d sequences waiting); retry later", q.queuedSlotsLocked()), RetryAfter: q.drainTimeLocked()}
+	}
+	maxWait := q.maxWaitLocked(r.Class)
+	wait := q.predictLocked(r.Weight, r.Class)
+	if wait > maxWait+q.remainingStart() {
 		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonOverloaded,
-			Message: fmt.Sprintf("the predicted wait of %s exceeds the %s limit; the server is overloaded", wait.Round(time.Millisecond), q.cfg.MaxWait), RetryAfter: wait - q.cfg.MaxWait}
+			Message: fmt.Sprintf("the predicted wait of %s exceeds the %s limit; the server is overloaded", wait.Round(time.Millisecond), maxWait), RetryAfter: wait - maxWait}
+	}
+	if r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 && wait+q.engineTime > q.cfg.SLO {
+		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonSLO,
+			Message: fmt.Sprintf("the predicted wait of %s plus the engine's %s per request exceeds the %s latency objective; the server is overloaded",
+				wait.Round(time.Millisecond), q.engineTime.Round(time.Millisecond), q.cfg.SLO),
+			RetryAfter: wait + q.engineTime - q.cfg.SLO}
 	}
 	return nil
 }
 
-// predictLocked estimates the queue wait of a new request of weight w.
-func (q *Queue) predictLocked(w int) time.Duration {
-	ahead := q.queuedSlots + w - (q.cfg.MaxInflight - q.inflight)
+// displaceNewestBatchLocked refuses the newest queued batch request.
+func (q *Queue) displaceNewestBatchLocked() {
+	e := q.waiters[Batch].Back()
+	w := q.waiters[Batch].Remove(e).(*waiter)
+	q.queuedSlots[Batch] -= w.req.Weight
+	w.refusal = &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonDisplaced,
+		Message: "the batch request was displaced from a full queue by interactive work; retry later", RetryAfter: q.drainTimeLocked()}
+	close(w.ready)
+	q.decided(Batch, "refuse", ReasonDisplaced)
+}
+
+// predictLocked estimates the queue wait of a new request of weight w and
+// class.
+func (q *Queue) predictLocked(w, class int) time.Duration {
+	queued := q.queuedSlots[Interactive]
+	if class == Batch {
+		queued += q.queuedSlots[Batch]
+	}
+	ahead := queued + w - (q.capForLocked(class) - q.inflight)
 	d := q.remainingStart()
 	if ahead > 0 {
 		d += time.Duration(float64(ahead) / q.rate.rate() * float64(time.Second))
@@ -250,7 +470,7 @@ func (q *Queue) predictLocked(w int) time.Duration {
 
 // drainTimeLocked estimates how long the current queue takes to drain.
 func (q *Queue) drainTimeLocked() time.Duration {
-	return q.remainingStart() + time.Duration(float64(q.queuedSlots)/q.rate.rate()*float64(time.Second))
+	return q.remainingStart() + time.Duration(float64(q.queuedSlotsLocked())/q.rate.rate()*float64(time.Second))
 }
 
 func (q *Queue) remainingStart() time.Duration {
@@ -261,8 +481,8 @@ func (q *Queue) remainingStart() time.Duration {
 }
 
 func (q *Queue) removeLocked(w *waiter) {
-	q.waiters.Remove(w.elem)
-	q.queuedSlots -= w.req.Weight
+	q.waiters[w.req.Class].Remove(w.elem)
+	q.queuedSlots[w.req.Class] -= w.req.Weight
 	// The head may have changed: a smaller request behind may now fit.
 	q.dispatchLocked(time.Now(), false)
 }
@@ -270,8 +490,18 @@ func (q *Queue) removeLocked(w *waiter) {
 // blockedLocked reports whether requests wait for slots (as opposed to
 // waiting for a batch window): only then do completions measure capacity.
 func (q *Queue) blockedLocked() bool {
-	front := q.waiters.Front()
-	return front != nil && q.inflight+front.Value.(*waiter).req.Weight > q.cfg.MaxInflight
+	w := q.frontLocked()
+	return w != nil && !q.notReady && q.inflight+w.req.Weight > q.capForLocked(w.req.Class)
+}
+
+// frontLocked is the next request to dispatch: interactive first.
+func (q *Queue) frontLocked() *waiter {
+	for _, c := range []int{Interactive, Batch} {
+		if e := q.waiters[c].Front(); e != nil {
+			return e.Value.(*waiter)
+		}
+	}
+	return nil
 }
 
 // dispatchLocked releases waiters to the engine. Without a batch window it
@@ -280,12 +510,12 @@ func (q *Queue) blockedLocked() bool {
 // MaxBatch requests wait, and otherwise makes sure a window is running.
 func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 	defer func() { q.rate.update(now, q.blockedLocked()) }()
-	if q.waiters.Len() == 0 || q.notReady {
+	if q.queuedLocked() == 0 || q.notReady {
 		return
 	}
-	limit := q.waiters.Len()
+	limit := q.queuedLocked()
 	if q.cfg.BatchWindow > 0 {
-		if !timerFired && q.waiters.Len() < q.cfg.MaxBatch {
+		if !timerFired && q.queuedLocked() < q.cfg.MaxBatch {
 			q.armLocked()
 			return
 		}
@@ -293,22 +523,20 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 	}
 	var released []*waiter
 	for len(released) < limit {
-		front := q.waiters.Front()
-		if front == nil {
+		w := q.frontLocked()
+		if w == nil || !q.fitsLocked(w.req.Weight, w.req.Class) {
 			break
 		}
-		w := front.Value.(*waiter)
-		if q.inflight+w.req.Weight > q.cfg.MaxInflight {
-			break
-		}
-		q.waiters.Remove(front)
-		q.queuedSlots -= w.req.Weight
+		q.waiters[w.req.Class].Remove(w.elem)
+		q.queuedSlots[w.req.Class] -= w.req.Weight
 		q.inflight += w.req.Weight
-		w.ticket = &Ticket{q: q, weight: w.req.Weight}
+		w.ticket = &Ticket{q: q, weight: w.req.Weight, dispatched: now}
 		released = append(released, w)
 	}
+	q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
+	q.window.Blocked = q.window.Blocked || q.blockedLocked()
 	if len(released) == 0 {
-		if q.cfg.BatchWindow > 0 && q.waiters.Len() > 0 && !q.blockedLocked() {
+		if q.cfg.BatchWindow > 0 && q.queuedLocked() > 0 && !q.blockedLocked() {
 			q.armLocked()
 		}
 		return
@@ -332,7 +560,7 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 	if q.obs != nil {
 		q.obs.Dispatched(len(released))
 	}
-	if q.cfg.BatchWindow > 0 && q.waiters.Len() > 0 && !q.blockedLocked() {
+	if q.cfg.BatchWindow > 0 && q.queuedLocked() > 0 && !q.blockedLocked() {
 		q.armLocked()
 	}
 }
@@ -367,9 +595,9 @@ func (q *Queue) SetEngineReady(ready bool) {
 func (q *Queue) FailWaiting(reason, message string, retryAfter time.Duration) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for e := q.waiters.Front(); e != nil; e = q.waiters.Front() {
-		w := q.waiters.Remove(e).(*waiter)
-		q.queuedSlots -= w.req.Weight
+	for w := q.frontLocked(); w != nil; w = q.frontLocked() {
+		q.waiters[w.req.Class].Remove(w.elem)
+		q.queuedSlots[w.req.Class] -= w.req.Weight
 		w.refusal = &Refusal{Status: http.StatusServiceUnavailable, Reason: reason, Message: message, RetryAfter: retryAfter}
 		close(w.ready)
 	}
@@ -379,7 +607,7 @@ func (q *Queue) FailWaiting(reason, message string, retryAfter time.Duration) {
 func (q *Queue) Busy() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.waiters.Len() + q.inflight
+	return q.queuedLocked() + q.inflight
 }
 
 // Inflight is the number of sequences in the engine.
@@ -394,9 +622,9 @@ func (q *Queue) Drain() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.draining = true
-	for e := q.waiters.Front(); e != nil; e = q.waiters.Front() {
-		w := q.waiters.Remove(e).(*waiter)
-		q.queuedSlots -= w.req.Weight
+	for w := q.frontLocked(); w != nil; w = q.frontLocked() {
+		q.waiters[w.req.Class].Remove(w.elem)
+		q.queuedSlots[w.req.Class] -= w.req.Weight
 		w.refusal = &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonDraining,
 			Message: "the server is shutting down", RetryAfter: time.Second}
 		close(w.ready)
@@ -423,12 +651,17 @@ func (q *Queue) SeedRate(rate float64) {
 // Stats is a snapshot of the queue.
 type Stats struct {
 	Queued      int     `json:"queued"`
+	QueuedBatch int     `json:"queued_batch"`
 	QueuedSlots int     `json:"queued_sequences"`
 	Inflight    int     `json:"inflight_sequences"`
 	MaxInflight int     `json:"max_inflight"`
+	Limit       int     `json:"inflight_limit"`
+	Hold        bool    `json:"engine_saturated"`
 	MaxQueued   int     `json:"max_queued"`
 	RateRPS     float64 `json:"completion_rate"`
 	RateLearned bool    `json:"completion_rate_learned"`
+	// EngineSeconds is the recent average time a request holds its slots.
+	EngineSeconds float64 `json:"engine_seconds_per_request"`
 }
 
 // Stats returns a snapshot of the queue's state.
@@ -436,13 +669,17 @@ func (q *Queue) Stats() Stats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return Stats{
-		Queued:      q.waiters.Len(),
-		QueuedSlots: q.queuedSlots,
-		Inflight:    q.inflight,
-		MaxInflight: q.cfg.MaxInflight,
-		MaxQueued:   q.cfg.MaxQueued,
-		RateRPS:     q.rate.rate(),
-		RateLearned: q.rate.learned(),
+		Queued:        q.queuedLocked(),
+		QueuedBatch:   q.waiters[Batch].Len(),
+		QueuedSlots:   q.queuedSlotsLocked(),
+		Inflight:      q.inflight,
+		MaxInflight:   q.cfg.MaxInflight,
+		Limit:         q.capLocked(),
+		Hold:          q.hold,
+		MaxQueued:     q.cfg.MaxQueued,
+		RateRPS:       q.rate.rate(),
+		RateLearned:   q.rate.learned(),
+		EngineSeconds: q.engineTime.Seconds(),
 	}
 }
 
@@ -465,6 +702,17 @@ func (t *Ticket) Release() {
 	}
 	t.released = true
 	now := time.Now()
+	if !t.dispatched.IsZero() {
+		held := now.Sub(t.dispatched)
+		if len(q.window.EngineTimes) < 8192 {
+			q.window.EngineTimes = append(q.window.EngineTimes, held)
+		}
+		if q.engineTime == 0 {
+			q.engineTime = held
+		} else {
+			q.engineTime += (held - q.engineTime) / 20
+		}
+	}
 	q.rate.complete(now, t.weight, q.blockedLocked())
 	q.inflight -= t.weight
 	q.dispatchLocked(now, false)

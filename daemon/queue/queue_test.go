@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -351,9 +353,29 @@ func TestLearnsCompletionRate(t *testing.T) {
 	})
 }
 
-type recordingObserver struct{ sizes []int }
+type recordingObserver struct {
+	mu        sync.Mutex
+	sizes     []int
+	decisions []string
+}
 
-func (r *recordingObserver) Dispatched(n int) { r.sizes = append(r.sizes, n) }
+func (r *recordingObserver) Dispatched(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sizes = append(r.sizes, n)
+}
+
+func (r *recordingObserver) Decided(class int, decision, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.decisions = append(r.decisions, ClassName(class)+" "+decision+" "+reason)
+}
+
+func (r *recordingObserver) got() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.decisions...)
+}
 
 func equal(a, b []int) bool {
 	if len(a) != len(b) {
@@ -428,5 +450,252 @@ func TestColdStartDeadlineAndFailWaiting(t *testing.T) {
 		if ref.Status != 503 || ref.Reason != "engine_unavailable" || ref.RetryAfterSeconds() != 3 {
 			t.Fatalf("FailWaiting: %+v", ref)
 		}
+	})
+}
+
+// Interactive requests are dispatched before batch ones queued earlier, and
+// every decision is reported with its reason.
+func TestInteractiveBeforeBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight = 1
+		c.BatchMaxWait = time.Minute
+		rec := &recordingObserver{}
+		q := New(c, nil, rec)
+		ctx := context.Background()
+		first, _ := q.Acquire(ctx, Request{Weight: 1, Class: Batch})
+		b1 := acquireAsync(q, ctx, Request{Weight: 1, Class: Batch})
+		synctest.Wait()
+		i1 := acquireAsync(q, ctx, Request{Weight: 1})
+		synctest.Wait()
+		first.Release()
+		synctest.Wait()
+		var ri result
+		select {
+		case ri = <-i1:
+		default:
+			t.Fatal("the interactive request was not dispatched first")
+		}
+		if ri.err != nil {
+			t.Fatal(ri.err)
+		}
+		select {
+		case <-b1:
+			t.Fatal("the batch request went before the interactive one")
+		default:
+		}
+		ri.t.Release()
+		synctest.Wait()
+		rb := <-b1
+		if rb.err != nil {
+			t.Fatal(rb.err)
+		}
+		rb.t.Release()
+		want := []string{"batch dispatch slot_free", "batch queue no_slot", "interactive queue no_slot"}
+		if got := rec.got(); !slices.Equal(got, want) {
+			t.Fatalf("decisions %q, want %q", got, want)
+		}
+	})
+}
+
+// A full queue: an interactive request displaces the newest batch one.
+func TestInteractiveDisplacesBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.MaxQueued, c.NominalRPS = 1, 2, 100
+		c.BatchMaxWait = time.Minute
+		q := New(c, nil, &recordingObserver{})
+		ctx := context.Background()
+		hold, _ := q.Acquire(ctx, Request{Weight: 1, Class: Batch})
+		older := acquireAsync(q, ctx, Request{Weight: 1, Class: Batch})
+		synctest.Wait()
+		newer := acquireAsync(q, ctx, Request{Weight: 1, Class: Batch})
+		synctest.Wait()
+		if _, err := q.Acquire(ctx, Request{Weight: 1, Class: Batch}); refusal(t, err).Reason != ReasonQueueFull {
+			t.Fatalf("a batch request to a full queue: %v", err)
+		}
+		inter := acquireAsync(q, ctx, Request{Weight: 1})
+		synctest.Wait()
+		r := <-newer
+		if ref := refusal(t, r.err); ref.Reason != ReasonDisplaced || ref.Status != http.StatusServiceUnavailable {
+			t.Fatalf("the newest batch request: %+v", ref)
+		}
+		hold.Release()
+		synctest.Wait()
+		ri := <-inter
+		if ri.err != nil {
+			t.Fatal(ri.err)
+		}
+		ri.t.Release()
+		synctest.Wait()
+		ro := <-older
+		if ro.err != nil {
+			t.Fatalf("the older batch request: %v", ro.err)
+		}
+		ro.t.Release()
+	})
+}
+
+// Batch work is dispatched only while less than BatchShare of the limit is
+// in use: the rest is kept for interactive work.
+func TestBatchShare(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.BatchShare, c.BatchMaxWait = 4, 0.5, time.Minute
+		q := New(c, nil, nil)
+		ctx := context.Background()
+		var batch, inter []*Ticket
+		for range 2 {
+			tk, err := q.Acquire(ctx, Request{Weight: 1, Class: Batch})
+			if err != nil {
+				t.Fatal(err)
+			}
+			batch = append(batch, tk)
+		}
+		third := acquireAsync(q, ctx, Request{Weight: 1, Class: Batch})
+		synctest.Wait()
+		if s := q.Stats(); s.Inflight != 2 || s.QueuedBatch != 1 {
+			t.Fatalf("batch beyond its share: %+v", s)
+		}
+		for range 2 {
+			tk, err := q.Acquire(ctx, Request{Weight: 1})
+			if err != nil {
+				t.Fatalf("interactive work with batch at its share: %v", err)
+			}
+			inter = append(inter, tk)
+		}
+		// A batch slot frees, but interactive work holds the reserve.
+		batch[0].Release()
+		synctest.Wait()
+		select {
+		case <-third:
+			t.Fatal("batch work went into the interactive reserve")
+		default:
+		}
+		inter[0].Release()
+		inter[1].Release()
+		synctest.Wait()
+		r := <-third
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		r.t.Release()
+		batch[1].Release()
+	})
+}
+
+// The adaptive limit caps dispatch below MaxInflight; raising it releases
+// waiters; TakeWindow reports engine times and blocking.
+func TestSetLimitAndWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.NominalRPS = 4, 10
+		q := New(c, nil, nil)
+		q.SetLimit(1)
+		ctx := context.Background()
+		a, _ := q.Acquire(ctx, Request{Weight: 1})
+		b := acquireAsync(q, ctx, Request{Weight: 1})
+		synctest.Wait()
+		if s := q.Stats(); s.Inflight != 1 || s.Queued != 1 || s.Limit != 1 {
+			t.Fatalf("with limit 1: %+v", s)
+		}
+		time.Sleep(300 * time.Millisecond)
+		q.SetLimit(2)
+		synctest.Wait()
+		rb := <-b
+		if rb.err != nil {
+			t.Fatal(rb.err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		a.Release()
+		rb.t.Release()
+		w := q.TakeWindow()
+		if !w.Blocked || w.MaxInflight != 2 || len(w.EngineTimes) != 2 || w.EngineTimes[0] != 500*time.Millisecond || w.EngineTimes[1] != 200*time.Millisecond {
+			t.Fatalf("window %+v", w)
+		}
+		if got := q.EngineTime(); got <= 200*time.Millisecond || got >= 500*time.Millisecond {
+			t.Fatalf("engine time %s, want between the two samples", got)
+		}
+		if w := q.TakeWindow(); w.Blocked || len(w.EngineTimes) != 0 {
+			t.Fatalf("a fresh window: %+v", w)
+		}
+	})
+}
+
+// A saturated engine (SetHold) gets nothing more while it has work of
+// ours; an idle one still gets the first request.
+func TestHold(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight = 4
+		rec := &recordingObserver{}
+		q := New(c, nil, rec)
+		q.SetHold(true)
+		ctx := context.Background()
+		a, err := q.Acquire(ctx, Request{Weight: 1})
+		if err != nil {
+			t.Fatalf("the first request to an idle engine under hold: %v", err)
+		}
+		b := acquireAsync(q, ctx, Request{Weight: 1})
+		synctest.Wait()
+		if s := q.Stats(); s.Inflight != 1 || s.Queued != 1 || !s.Hold {
+			t.Fatalf("under hold: %+v", s)
+		}
+		q.SetHold(false)
+		synctest.Wait()
+		rb := <-b
+		if rb.err != nil {
+			t.Fatal(rb.err)
+		}
+		a.Release()
+		rb.t.Release()
+		if got := rec.got(); !slices.Contains(got, "interactive queue engine_saturated") {
+			t.Fatalf("decisions %q lack the saturation", got)
+		}
+	})
+}
+
+// With a latency objective, a request that would be served too late is
+// refused at once (reason slo), and a queued one waits no longer than the
+// objective minus the engine's time.
+func TestSLOAdmission(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 1, 10, 4, 10*time.Second, 2*time.Second
+		q := New(c, nil, nil)
+		ctx := context.Background()
+		// The engine takes 1.5 s per request.
+		a, _ := q.Acquire(ctx, Request{Weight: 1})
+		time.Sleep(1500 * time.Millisecond)
+		a.Release()
+		a, _ = q.Acquire(ctx, Request{Weight: 1})
+		// At 4 completions/s: 0.25 s and 0.5 s of wait, plus 1.5 s: within 2 s.
+		b := acquireAsync(q, ctx, Request{Weight: 1})
+		synctest.Wait()
+		cc := acquireAsync(q, ctx, Request{Weight: 1})
+		synctest.Wait()
+		// 0.75 s + 1.5 s > 2 s: refused at once.
+		_, err := q.Acquire(ctx, Request{Weight: 1})
+		if ref := refusal(t, err); ref.Reason != ReasonSLO || ref.Status != http.StatusServiceUnavailable {
+			t.Fatalf("a request that would miss the SLO: %+v", ref)
+		}
+		// Batch work has no latency objective: it queues.
+		bb := acquireAsync(q, ctx, Request{Weight: 1, Class: Batch})
+		synctest.Wait()
+		// Queued requests wait at most 2 s - 1.5 s: their deadline passes.
+		start := time.Now()
+		for _, ch := range []<-chan result{b, cc} {
+			r := <-ch
+			if ref := refusal(t, r.err); ref.Reason != ReasonQueueTimeout || time.Since(start) != 500*time.Millisecond {
+				t.Fatalf("queued past the objective: %+v after %s", ref, time.Since(start))
+			}
+		}
+		a.Release()
+		synctest.Wait()
+		r := <-bb
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		r.t.Release()
 	})
 }

@@ -34,8 +34,10 @@ import (
 
 	"github.com/llmlab/llmlab/daemon/auth"
 	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/daemon/enginemetrics"
 	"github.com/llmlab/llmlab/daemon/gateway"
 	"github.com/llmlab/llmlab/daemon/gpu"
+	"github.com/llmlab/llmlab/daemon/limiter"
 	"github.com/llmlab/llmlab/daemon/logging"
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/ratelimit"
@@ -117,6 +119,9 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 			MaxBatch:    cfg.Queue.MaxBatch,
 
 			MaxColdStartWait: cfg.Engine.MaxColdStartWait,
+			SLO:              cfg.SLO.Latency,
+			BatchMaxWait:     cfg.Queue.BatchMaxWait,
+			BatchShare:       cfg.Queue.BatchShare,
 		},
 		Coalesce: cfg.Queue.Coalesce,
 		RateLimit: ratelimit.Config{
@@ -207,6 +212,27 @@ func supervisorConfig(cfg *config.Config) supervisor.Config {
 	}
 }
 
+// holdWhileSaturated holds dispatching while the ready engine reports
+// itself saturated (its KV cache full with requests waiting inside it, or
+// its readings stale).
+func holdWhileSaturated(ctx context.Context, gw *gateway.Gateway, every time.Duration, signals func() limiter.Signals, ready func() bool) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	held := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			h := ready() && signals().Saturated()
+			if h != held {
+				gw.SetHold(h)
+				held = h
+			}
+		}
+	}
+}
+
 // idleLongEnough reports whether a socket-activated daemon may exit:
 // nothing queued or in flight, the engine stopped (or not ours), and no
 // work for the timeout.
@@ -225,7 +251,7 @@ func idleLongEnough(now, started time.Time, gw *gateway.Gateway, engine gateway.
 }
 
 // restoreLearned loads what an earlier run learned and applies it.
-func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supervisor.Supervisor) statefile.State {
+func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supervisor.Supervisor, lim *limiter.Limiter) statefile.State {
 	if dir == "" {
 		return statefile.State{}
 	}
@@ -235,19 +261,27 @@ func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supe
 		return statefile.State{}
 	}
 	gw.SeedRate(s.CompletionRate)
+	gw.SeedEngineTime(time.Duration(s.EngineSeconds * float64(time.Second)))
 	if sup != nil {
 		sup.SetLearnedStart(time.Duration(s.EngineStartSeconds * float64(time.Second)))
 	}
-	if s.CompletionRate > 0 || s.EngineStartSeconds > 0 {
-		log.Info("restored learned state", "dir", dir, "completion_rate", s.CompletionRate, "engine_start_seconds", s.EngineStartSeconds)
+	if lim != nil {
+		lim.Seed(s.AdaptiveLimit)
 	}
-	now := currentLearned(gw, sup)
+	if s.CompletionRate > 0 || s.EngineStartSeconds > 0 || s.AdaptiveLimit > 0 {
+		log.Info("restored learned state", "dir", dir, "completion_rate", s.CompletionRate, "engine_start_seconds", s.EngineStartSeconds,
+			"adaptive_limit", s.AdaptiveLimit)
+	}
+	now := currentLearned(gw, sup, lim)
 	now.Counters = s.Counters
 	return now
 }
 
-func currentLearned(gw *gateway.Gateway, sup *supervisor.Supervisor) statefile.State {
-	s := statefile.State{CompletionRate: gw.LearnedRate()}
+func currentLearned(gw *gateway.Gateway, sup *supervisor.Supervisor, lim *limiter.Limiter) statefile.State {
+	s := statefile.State{CompletionRate: gw.LearnedRate(), EngineSeconds: gw.EngineTime().Seconds()}
+	if lim != nil {
+		s.AdaptiveLimit = lim.Limit()
+	}
 	if sup != nil {
 		s.EngineStartSeconds = sup.LearnedStart().Seconds()
 	}
@@ -343,12 +377,43 @@ func Run(ctx context.Context, o Options) error {
 	} else {
 		close(supDone)
 	}
+	// The engine's own metrics, the saturation hold and the adaptive limit.
+	bgCtx, stopBg := context.WithCancel(context.Background())
+	defer stopBg()
+	engineReady := func() bool { s := engine.State(); return s == supervisor.Ready || s == "external" }
+	var lim *limiter.Limiter
+	if cfg.Queue.Adaptive() {
+		target := cfg.Queue.TargetLatency
+		if target == 0 {
+			target = cfg.SLO.Latency * 7 / 10
+		}
+		lim = limiter.NewLimiter(limiter.Config{Min: cfg.Queue.MinInflight, Max: cfg.Queue.MaxInflight, Target: target, Interval: time.Second},
+			reg, log.With("component", "limiter"))
+	}
+	signals := func() limiter.Signals { return limiter.Signals{} }
+	if cfg.Engine.MetricsInterval > 0 {
+		scraper := enginemetrics.NewScraper(cfg.Engine.URL.JoinPath("/metrics").String(), cfg.Engine.MetricsInterval, log.With("component", "enginemetrics"))
+		reg.MustRegister(scraper)
+		go scraper.Run(bgCtx, engineReady)
+		signals = func() limiter.Signals {
+			r := scraper.Latest()
+			if r.At.IsZero() {
+				return limiter.Signals{} // no readings: an engine without metrics
+			}
+			return limiter.Signals{Known: true, Stale: engineReady() && scraper.Stale(r, time.Now()), Waiting: r.Waiting, KVUsage: r.KVUsage}
+		}
+		go holdWhileSaturated(bgCtx, gw, cfg.Engine.MetricsInterval, signals, engineReady)
+	}
+
 	st := &statusSource{gw: gw, engine: engine, sup: sup, gpu: mon, cfg: cfg, started: time.Now()}
 	stateDir := cfg.Gateway.StateDir
 	if stateDir == "" {
 		stateDir = os.Getenv("STATE_DIRECTORY")
 	}
-	learned := restoreLearned(log, stateDir, gw, sup)
+	learned := restoreLearned(log, stateDir, gw, sup, lim)
+	if lim != nil {
+		go lim.Run(bgCtx, gw, signals, engineReady)
+	}
 	var tf *textfile.Writer
 	if cfg.Metrics.Textfile != "" {
 		tf = textfile.New(cfg.Metrics.Textfile, reg, learned.Counters)
@@ -357,8 +422,9 @@ func Run(ctx context.Context, o Options) error {
 		if stateDir == "" {
 			return
 		}
-		now := currentLearned(gw, sup)
-		if now.CompletionRate == learned.CompletionRate && now.EngineStartSeconds == learned.EngineStartSeconds {
+		now := currentLearned(gw, sup, lim)
+		if now.CompletionRate == learned.CompletionRate && now.EngineStartSeconds == learned.EngineStartSeconds &&
+			now.AdaptiveLimit == learned.AdaptiveLimit && now.EngineSeconds == learned.EngineSeconds {
 			return
 		}
 		now.Counters = learned.Counters
@@ -381,7 +447,7 @@ func Run(ctx context.Context, o Options) error {
 			totals, err := tf.Totals()
 			if err == nil {
 				learned.Counters = totals
-				now := currentLearned(gw, sup)
+				now := currentLearned(gw, sup, lim)
 				now.Counters = totals
 				if err := statefile.Save(stateDir, now); err != nil {
 					log.Warn("cannot keep learned state", "err", err)
@@ -538,7 +604,9 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 	changes := config.Diff(old, cfg)
 	for _, c := range changes {
 		if strings.HasPrefix(c, "gateway.listen:") || strings.HasPrefix(c, "metrics.listen:") ||
-			strings.HasPrefix(c, "engine.url:") || strings.HasPrefix(c, "log.format:") || strings.HasPrefix(c, "log.level:") {
+			strings.HasPrefix(c, "engine.url:") || strings.HasPrefix(c, "log.format:") || strings.HasPrefix(c, "log.level:") ||
+			strings.HasPrefix(c, "engine.metrics_interval:") || strings.HasPrefix(c, "queue.concurrency:") ||
+			strings.HasPrefix(c, "queue.min_inflight:") || strings.HasPrefix(c, "queue.target_latency:") || strings.HasPrefix(c, "gpu.") {
 			log.Warn("setting needs a restart to take effect", "change", c)
 		}
 	}

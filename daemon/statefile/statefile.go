@@ -23,6 +23,10 @@ type State struct {
 	// CompletionRate is the learned completion rate in sequences per
 	// second (0: none yet).
 	CompletionRate float64 `json:"completion_rate,omitempty"`
+	// AdaptiveLimit is the adaptive in-flight limit (0: none yet).
+	AdaptiveLimit int `json:"adaptive_limit,omitempty"`
+	// EngineSeconds is the learned time a request holds its engine slots.
+	EngineSeconds float64 `json:"engine_seconds_per_request,omitempty"`
 	// Counters are the totals of the textfile's counters at the last exit,
 	// by series ("name{label=value,...}").
 	Counters map[string]float64 `json:"counters,omitempty"`
