@@ -35,6 +35,7 @@ func commands() []command {
 		{"sim", "", "simulate a vLLM engine on a GPU profile (vLLM's API and metrics)", simFlags},
 		{"fake-engine", "", "serve an OpenAI-compatible engine that answers at once", fakeEngineFlags},
 		{"overhead", "", "measure llmlabd's overhead against nginx and direct access", overheadFlags},
+		{"tune", "", "sweep fixed in-flight limits against the adaptive one (or compare priority classes) on the simulator", tuneFlags},
 		{"gpu", "[-- COMMAND...]", "show what llmlabd reads from NVML; with a command, run it as the engine (admission, share, release wait)", gpuFlagSet},
 		{"man", "DIR", "write the manual pages llmlab.1 and llmlabd.8 into DIR",
 			func(*flag.FlagSet) runFunc { return manCmd }},

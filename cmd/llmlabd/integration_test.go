@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/daemon/enginetest"
 )
 
@@ -892,5 +893,117 @@ memory_fraction = 0.55
 	env, err := os.ReadFile(envFile)
 	if err != nil || (!hasGPU && !strings.Contains(string(env), "LLMLAB_GPU_MEMORY_UTILIZATION=0.55\n")) {
 		t.Fatalf("engine.runtime_env: %v %q", err, env)
+	}
+}
+
+type limitStatus struct {
+	Queue struct {
+		Limit         int     `json:"inflight_limit"`
+		EngineSeconds float64 `json:"engine_seconds_per_request"`
+	} `json:"queue"`
+}
+
+func readLimit(t *testing.T, d *daemon) limitStatus {
+	t.Helper()
+	resp, err := http.Get(d.api + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s limitStatus
+	json.NewDecoder(resp.Body).Decode(&s)
+	return s
+}
+
+// Adaptive concurrency against the simulator under rising load: with a
+// few clients the limit stays near their number; with many, it rises until
+// the engine's time per request meets the target, and no further, though
+// max_inflight would allow far more. The simulator's step costs 10 ms plus
+// 1 ms per token processed, so a request's time grows with the number of
+// requests beside it; 256 at once would take seconds each.
+func TestAdaptiveConcurrencyRisingLoad(t *testing.T) {
+	engineAddr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(engineAddr)
+	simCmd := exec.Command(toolBinary, "sim", "--profile", "instant", "--startup-delay", "0s", "--step-fixed", "10ms",
+		"--per-token", "1ms", "--max-num-seqs", "256", "--host", host, "--port", port)
+	if err := simCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { simCmd.Process.Kill(); simCmd.Wait() })
+	cfg := fmt.Sprintf(`[gateway]
+listen = "127.0.0.1:0"
+[engine]
+url = "http://%s"
+metrics_interval = "100ms"
+[queue]
+concurrency = "adaptive"
+min_inflight = 2
+max_inflight = 256
+max_queued = 1024
+max_wait = "10s"
+nominal_rps = 20
+target_latency = "800ms"
+[slo]
+latency = "3s"
+[metrics]
+listen = "127.0.0.1:0"
+textfile = ""
+[log]
+format = "text"
+access_log = false
+[gpu]
+enabled = false
+`, engineAddr)
+	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
+	waitUp := time.Now().Add(10 * time.Second)
+	for {
+		if resp, err := http.Get("http://" + engineAddr + "/health"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(waitUp) {
+			t.Fatal("the simulator did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	client := bench.NewClient(256)
+	load := func(clients int, dur time.Duration) bench.Summary {
+		o := bench.Options{Target: d.api, Model: "Qwen/Qwen2.5-0.5B-Instruct", PromptTokens: 20, MaxTokens: 20,
+			Concurrency: clients, Duration: dur, Timeout: 30 * time.Second}
+		samples, err := bench.Run(context.Background(), client, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bench.Summarize(samples, dur, bench.SLO{Latency: 3 * time.Second})
+	}
+	low := load(6, 6*time.Second)
+	l1 := readLimit(t, d)
+	if low.OK == 0 || l1.Queue.Limit < 6 || l1.Queue.Limit > 12 {
+		t.Fatalf("six clients: limit %d (want about 6, demand met and no more), %d answered", l1.Queue.Limit, low.OK)
+	}
+	high := load(160, 25*time.Second)
+	l2 := readLimit(t, d)
+	t.Logf("six clients: limit %d, engine %.2fs/request; 160 clients: limit %d, engine %.2fs/request, %.1f answers/s, p95 %s",
+		l1.Queue.Limit, l1.Queue.EngineSeconds, l2.Queue.Limit, l2.Queue.EngineSeconds, high.RPS, high.Latency.P95)
+	if l2.Queue.Limit <= l1.Queue.Limit || l2.Queue.Limit > 64 {
+		t.Fatalf("160 clients: limit %d, want above the six clients' %d and far below 256", l2.Queue.Limit, l1.Queue.Limit)
+	}
+	// The limit sits where the engine's time per request meets the target
+	// (the target bounds the 90th percentile; the average is a little
+	// below it).
+	if e := l2.Queue.EngineSeconds; e < 0.5 || e > 1.0 {
+		t.Fatalf("160 clients: the engine takes %.2fs per request, want about the 800ms target", e)
+	}
+	resp, err := http.Get(d.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`llmlab_adaptive_updates_total{reason="demand"}`, `llmlab_adaptive_updates_total{reason="latency"}`,
+		`llmlab_admission_decisions_total{class="interactive",decision="queue",reason="no_slot"}`, "llmlab_engine_requests_running "} {
+		if !strings.Contains(string(m), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }

@@ -2,25 +2,29 @@
 // (queue.concurrency = "adaptive"), so that an operator need not tune
 // max_inflight against vLLM's --max-num-seqs by hand.
 //
-// The control law is additive-increase, multiplicative-decrease on the
-// engine's latency, bounded by the engine's own signals. Every Interval:
+// The control law is proportional to the engine's latency against a
+// target, bounded by the engine's own signals. Windows of completions are
+// gathered until at least MinSamples requests have finished (or five
+// intervals have passed), then:
 //
 //   - the engine queues internally (vllm:num_requests_waiting at least 2
 //     and a tenth of the limit, or any waiting with the KV cache at 95%):
-//     the limit exceeds what the engine can run; decrease to 90% of it;
+//     the limit exceeds what the engine can run; cut it to 90% at once;
 //   - the engine's readings are stale: hold (the queue stops dispatching
 //     meanwhile);
-//   - the 90th percentile of the time requests held their slots in the
-//     window is above Target: decrease to 85%;
-//   - requests waited for a slot (demand beyond the limit) and that
-//     percentile is below 90% of Target: increase, by 10% while below half
-//     of Target, by max(1, 3%) above;
-//   - otherwise keep it.
+//   - otherwise, with r = Target / (90th percentile of the time requests
+//     held their slots): above the target (r < 0.97) the limit is
+//     multiplied by 1 + (r - 1)/2, at least 0.8; below it (r > 1.03) and
+//     with requests waiting for a slot (demand beyond the limit), by the
+//     same factor, at most 1.2 (1.5 while r > 1.5) and at least one more;
+//     else it stays.
 //
-// Target defaults to 70% of the latency objective, leaving the rest for
-// the queue. Because a continuous-batching engine's throughput flattens
-// while its per-request latency keeps growing with concurrency, the limit
-// settles just past the knee where more concurrency stops paying.
+// A continuous-batching engine's time per request grows about linearly
+// with its concurrency while its throughput flattens, so the limit settles
+// where the time meets the target without the saw-tooth of AIMD, and
+// requests are served as fast as the objective allows with as many in the
+// engine as that permits. Target defaults to 90% of the latency
+// objective: goodput is highest with the engine's time just inside it.
 package limiter
 
 import (
@@ -85,6 +89,9 @@ func New(cfg Config) *AIMD {
 // Limit is the current limit.
 func (a *AIMD) Limit() int { return int(a.limit) }
 
+// MinSamples is how many completions a decision needs.
+const MinSamples = 8
+
 // Update folds one window into the limit and says why it moved.
 func (a *AIMD) Update(w queue.Window, s Signals) (int, string) {
 	p90, n := percentile(w.EngineTimes, 0.9)
@@ -95,16 +102,29 @@ func (a *AIMD) Update(w queue.Window, s Signals) (int, string) {
 	case s.Known && ((s.Waiting >= 2 && s.Waiting >= a.limit/10) || (s.Waiting > 0 && s.KVUsage >= 0.95)):
 		a.limit *= 0.9
 		reason = "engine_queueing"
-	case n >= 3 && p90 > a.cfg.Target:
-		a.limit *= 0.85
-		reason = "latency"
-	case w.Blocked && (n == 0 || p90 < a.cfg.Target*9/10):
-		if n > 0 && p90 < a.cfg.Target/2 {
-			a.limit *= 1.1
-		} else {
-			a.limit += max(1, a.limit*0.03)
+	case n == 0:
+		if w.Blocked {
+			// Nothing finished yet but requests wait: the engine is slow to
+			// answer at all, which is no sign of room.
+			reason = "no_samples"
 		}
-		reason = "demand"
+	default:
+		r := float64(a.cfg.Target) / float64(max(p90, time.Millisecond))
+		f := 1 + (r-1)/2
+		switch {
+		case r < 0.97:
+			a.limit *= math.Max(f, 0.8)
+			reason = "latency"
+		case r > 1.03 && w.Blocked:
+			// Far below the target, climb fast (a cold limit on a slow
+			// card would otherwise take minutes); near it, gently.
+			ceiling := 1.2
+			if r > 1.5 {
+				ceiling = 1.5
+			}
+			a.limit = math.Max(a.limit*math.Min(f, ceiling), a.limit+1)
+			reason = "demand"
+		}
 	}
 	a.limit = math.Min(math.Max(a.limit, float64(a.cfg.Min)), float64(a.cfg.Max))
 	return int(a.limit), reason
@@ -140,7 +160,7 @@ func NewLimiter(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Limite
 		gauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "llmlab_adaptive_limit",
 			Help: "The in-flight limit the adaptive concurrency control has set."}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmlab_adaptive_updates_total",
-			Help: "Adaptive limit updates, by reason (demand, latency, engine_queueing, stale, steady)."}, []string{"reason"})}
+			Help: "Adaptive limit updates, by reason (demand, latency, engine_queueing, stale, no_samples, steady)."}, []string{"reason"})}
 	if l.every <= 0 {
 		l.every = time.Second
 	}
@@ -168,6 +188,8 @@ func (l *Limiter) Run(ctx context.Context, q Queue, signals func() Signals, acti
 	q.SetLimit(l.law.Limit())
 	t := time.NewTicker(l.every)
 	defer t.Stop()
+	var acc queue.Window
+	ticks := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -175,10 +197,22 @@ func (l *Limiter) Run(ctx context.Context, q Queue, signals func() Signals, acti
 		case <-t.C:
 			w := q.TakeWindow()
 			if !active() {
+				acc, ticks = queue.Window{}, 0
 				continue
 			}
+			acc.EngineTimes = append(acc.EngineTimes, w.EngineTimes...)
+			acc.Blocked = acc.Blocked || w.Blocked
+			acc.MaxInflight = max(acc.MaxInflight, w.MaxInflight)
+			ticks++
+			sig := signals()
+			urgent := sig.Known && (sig.Stale || sig.Waiting > 0)
+			enough := len(acc.EngineTimes) >= MinSamples || (len(acc.EngineTimes) >= 3 && ticks >= 2) || ticks >= 5
+			if !enough && !urgent {
+				continue
+			}
+			w, acc, ticks = acc, queue.Window{}, 0
 			before := l.law.Limit()
-			n, reason := l.law.Update(w, signals())
+			n, reason := l.law.Update(w, sig)
 			l.changes.WithLabelValues(reason).Inc()
 			if n != before {
 				q.SetLimit(n)

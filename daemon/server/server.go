@@ -385,10 +385,13 @@ func Run(ctx context.Context, o Options) error {
 	if cfg.Queue.Adaptive() {
 		target := cfg.Queue.TargetLatency
 		if target == 0 {
-			target = cfg.SLO.Latency * 7 / 10
+			target = cfg.SLO.Latency * 9 / 10
 		}
-		lim = limiter.NewLimiter(limiter.Config{Min: cfg.Queue.MinInflight, Max: cfg.Queue.MaxInflight, Target: target, Interval: time.Second},
-			reg, log.With("component", "limiter"))
+		// Until one is learned, start at half of what the nominal rate
+		// would keep in the engine at the target (Little's law).
+		initial := int(cfg.Queue.NominalRPS * target.Seconds() / 2)
+		lim = limiter.NewLimiter(limiter.Config{Min: cfg.Queue.MinInflight, Max: cfg.Queue.MaxInflight, Initial: initial,
+			Target: target, Interval: time.Second}, reg, log.With("component", "limiter"))
 	}
 	signals := func() limiter.Signals { return limiter.Signals{} }
 	if cfg.Engine.MetricsInterval > 0 {

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -53,6 +54,9 @@ type Options struct {
 	Timeout time.Duration
 	// Seed makes Poisson arrivals repeatable.
 	Seed uint64
+	// BatchShare is the share of requests sent in the batch priority class
+	// (header X-Llmlab-Priority: batch), spread evenly over the run.
+	BatchShare float64
 	// Progress, when set, is called with every finished sample.
 	Progress func(Sample) `json:"-"`
 }
@@ -67,7 +71,12 @@ type Sample struct {
 	PromptTokens int           `json:"prompt_tokens"`
 	OutputTokens int           `json:"output_tokens"`
 	Warmup       bool          `json:"warmup,omitempty"`
+	// Batch says the request was sent in the batch priority class.
+	Batch bool `json:"batch,omitempty"`
 }
+
+// PriorityHeader is llmlabd's priority-class request header.
+const PriorityHeader = "X-Llmlab-Priority"
 
 // Prompt returns the benchmark prompt of n tokens.
 func Prompt(n int) string {
@@ -141,18 +150,34 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 			o.Progress(s)
 		}
 	}
-	// take reserves the next request number, or reports that the run is over.
-	take := func() bool {
+	// take reserves the next request number, or reports that the run is
+	// over; batch says whether that request goes in the batch class (a
+	// low-discrepancy sequence, so the share holds over any stretch).
+	take := func() (ok, batch bool) {
 		n := started.Add(1)
-		return ctx.Err() == nil && (o.Requests == 0 || n <= int64(o.Requests))
+		_, frac := math.Modf(float64(n) * 0.6180339887498949)
+		return ctx.Err() == nil && (o.Requests == 0 || n <= int64(o.Requests)), frac < o.BatchShare
 	}
-	one := func() { record(Do(ctx, client, url, body, o.Stream, timeout, start)) }
+	batchHeader := http.Header{PriorityHeader: {"batch"}}
+	one := func(batch bool) {
+		var h http.Header
+		if batch {
+			h = batchHeader
+		}
+		s := DoWith(ctx, client, url, body, o.Stream, timeout, start, h)
+		s.Batch = batch
+		record(s)
+	}
 	var wg sync.WaitGroup
 	if o.Concurrency > 0 {
 		for range o.Concurrency {
 			wg.Go(func() {
-				for (o.Requests > 0 || time.Now().Before(end)) && take() {
-					one()
+				for o.Requests > 0 || time.Now().Before(end) {
+					ok, batch := take()
+					if !ok {
+						break
+					}
+					one(batch)
 				}
 			})
 		}
@@ -169,10 +194,11 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 			case <-ctx.Done():
 			}
 		}
-		if !take() {
+		ok, batch := take()
+		if !ok {
 			break
 		}
-		wg.Go(one)
+		wg.Go(func() { one(batch) })
 	}
 	wg.Wait()
 	return samples, ctx.Err()
@@ -244,12 +270,20 @@ func ParseTrace(r io.Reader) ([]time.Duration, error) {
 
 // Do sends one request and records it, timed from base.
 func Do(ctx context.Context, client *http.Client, url string, body []byte, stream bool, timeout time.Duration, base time.Time) Sample {
+	return DoWith(ctx, client, url, body, stream, timeout, base, nil)
+}
+
+// DoWith is Do with extra request headers.
+func DoWith(ctx context.Context, client *http.Client, url string, body []byte, stream bool, timeout time.Duration, base time.Time, header http.Header) Sample {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	t0 := time.Now()
 	s := Sample{Start: t0.Sub(base)}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		req.Header[k] = v
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		s.Latency = time.Since(t0)

@@ -1,0 +1,358 @@
+// Package tune measures llmlabd's concurrency and priority settings
+// against the engine simulator (llmlab tune):
+//
+//   - the sweep: for each GPU profile, an open loop at a fixed multiple of
+//     the engine's capacity through llmlabd with queue.max_inflight fixed
+//     at each of a list of values, then with queue.concurrency =
+//     "adaptive"; goodput (answers within the SLO per second) for each,
+//     and the adaptive mode's goodput over the best fixed setting's;
+//   - the priority run: the same overload, half of it sent in the batch
+//     class, with priority classes honoured and with the header dropped
+//     (one class), showing what each class gets.
+//
+// Each setting gets a fresh llmlabd (and state directory) in front of one
+// simulator per profile, drained between runs.
+package tune
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/sim"
+)
+
+// Options configure a run.
+type Options struct {
+	Llmlabd  string
+	Profiles []string
+	// Fixed are the queue.max_inflight values of the sweep; the adaptive
+	// mode runs between MinInflight and MaxNumSeqs.
+	Fixed       []int
+	MinInflight int
+	// MaxNumSeqs is the simulated vLLM's --max-num-seqs (its default, 256).
+	MaxNumSeqs int
+	// Load is the offered rate as a multiple of the engine's capacity
+	// (measured first, closed loop at MaxNumSeqs).
+	Load     float64
+	Warmup   time.Duration
+	Duration time.Duration
+	SLO      bench.SLO
+	Stream   bool
+	// Priority runs the mixed-class comparison instead of the sweep.
+	Priority bool
+	// TargetLatency is the adaptive mode's queue.target_latency (0: its
+	// default).
+	TargetLatency time.Duration
+	Results       string
+	Out           io.Writer
+}
+
+// Row is one setting's figures.
+type Row struct {
+	Profile  string  `json:"profile"`
+	Setting  string  `json:"setting"` // "fixed 32", "adaptive", "classes", "one class"
+	Class    string  `json:"class,omitempty"`
+	Capacity float64 `json:"capacity"`
+	Rate     float64 `json:"rate"`
+	// Limit is llmlabd's in-flight limit at the end (the adaptive one's
+	// choice).
+	Limit   int            `json:"final_limit"`
+	Summary bench.Summary  `json:"summary"`
+	Lag     bench.LagCheck `json:"sim_lag"`
+}
+
+const model = "Qwen/Qwen2.5-0.5B-Instruct"
+
+// Run runs the sweep (or the priority comparison) and prints its table.
+func Run(ctx context.Context, o Options) ([]Row, error) {
+	dir, err := os.MkdirTemp("", "llmlab-tune")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	client := bench.NewClient(2048)
+	var rows []Row
+	for _, name := range o.Profiles {
+		prof, ok := sim.Profiles[name]
+		if !ok {
+			return rows, fmt.Errorf("unknown profile %q (have %s)", name, sim.ProfileNames())
+		}
+		blocks, err := prof.KVBlocks(0.9)
+		if err != nil {
+			return rows, err
+		}
+		cfg := sim.Config{Profile: prof, MaxNumSeqs: o.MaxNumSeqs, MaxNumBatchedTokens: prof.MaxNumBatchedTokens,
+			MaxModelLen: prof.MaxModelLen, KVBlocks: blocks}
+		sctx, stopSim := context.WithCancel(ctx)
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			stopSim()
+			return rows, err
+		}
+		engine := "http://" + l.Addr().String()
+		go sim.NewServer(sim.Options{Engine: cfg, Model: model}).Serve(sctx, l)
+
+		// The engine's capacity: a closed loop at its own sequence limit,
+		// with a warm-up longer than one round of it on a slow card.
+		fmt.Fprintf(o.Out, "profile %s: measuring the engine's capacity (closed loop at %d, 25s + 30s) ...\n", name, o.MaxNumSeqs)
+		probe := bench.Options{Target: engine, Model: model, Stream: o.Stream, PromptTokens: 200, MaxTokens: 200,
+			Concurrency: o.MaxNumSeqs, Warmup: 25 * time.Second, Duration: 30 * time.Second, Timeout: 5 * time.Minute}
+		samples, _ := bench.Run(ctx, client, probe)
+		capacity := bench.Summarize(samples, probe.Duration, o.SLO).RPS
+		bench.Drain(ctx, engine+"/metrics", 2*time.Minute)
+		rate := o.Load * capacity
+		fmt.Fprintf(o.Out, "profile %s: capacity %.1f req/s; offering %.1f req/s (%.1fx)\n", name, capacity, rate, o.Load)
+
+		type setting struct {
+			label, conf string
+			batch       float64 // share sent as batch
+			classes     bool
+		}
+		var settings []setting
+		if o.Priority {
+			settings = []setting{{"classes", "concurrency = \"adaptive\"", 0.5, true}, {"one class", "concurrency = \"adaptive\"", 0.5, false}}
+		} else {
+			for _, n := range o.Fixed {
+				settings = append(settings, setting{label: fmt.Sprintf("fixed %d", n), conf: fmt.Sprintf("max_inflight = %d", n)})
+			}
+			settings = append(settings, setting{label: "adaptive", conf: "concurrency = \"adaptive\""})
+		}
+		for i, s := range settings {
+			conf := s.conf
+			if s.conf == "concurrency = \"adaptive\"" {
+				conf += fmt.Sprintf("\nmax_inflight = %d\nmin_inflight = %d\ntarget_latency = %q", o.MaxNumSeqs, o.MinInflight, o.TargetLatency.String())
+			}
+			fmt.Fprintf(o.Out, "  %s ...\n", s.label)
+			gw, stop, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", name, i)), o, engine, capacity, conf)
+			if err != nil {
+				stopSim()
+				return rows, err
+			}
+			opt := bench.Options{Target: gw, Model: model, Stream: o.Stream, PromptTokens: 200, MaxTokens: 200,
+				Rate: rate, Poisson: true, Seed: uint64(i + 1), Warmup: o.Warmup, Duration: o.Duration, Timeout: 60 * time.Second}
+			if s.classes {
+				opt.BatchShare = s.batch
+			}
+			steps0, onTime0, _ := bench.LagSnapshot(engine + "/metrics")
+			samples, _ := bench.Run(ctx, client, opt)
+			steps1, onTime1, _ := bench.LagSnapshot(engine + "/metrics")
+			limit := finalLimit(gw)
+			stop()
+			lag := bench.CheckLag(steps0, onTime0, steps1, onTime1)
+			if o.Priority {
+				// Which requests were batch is the same sequence either
+				// way; mark them in the one-class run too.
+				if !s.classes {
+					markBatch(samples, s.batch)
+				}
+				for _, class := range []string{"interactive", "batch"} {
+					rows = append(rows, Row{Profile: name, Setting: s.label, Class: class, Capacity: capacity, Rate: rate, Limit: limit,
+						Summary: bench.Summarize(only(samples, class == "batch"), o.Duration, o.SLO), Lag: lag})
+				}
+			} else {
+				rows = append(rows, Row{Profile: name, Setting: s.label, Capacity: capacity, Rate: rate, Limit: limit,
+					Summary: bench.Summarize(samples, o.Duration, o.SLO), Lag: lag})
+			}
+			bench.Drain(ctx, engine+"/metrics", 2*time.Minute)
+			if ctx.Err() != nil {
+				stopSim()
+				return rows, ctx.Err()
+			}
+		}
+		stopSim()
+	}
+	if o.Priority {
+		printPriority(o.Out, o, rows)
+	} else {
+		printSweep(o.Out, o, rows)
+	}
+	if o.Results != "" {
+		if err := os.MkdirAll(o.Results, 0o755); err != nil {
+			return rows, err
+		}
+		data, _ := json.MarshalIndent(struct {
+			Command []string `json:"command"`
+			Rows    []Row    `json:"rows"`
+		}{os.Args, rows}, "", "  ")
+		if err := os.WriteFile(filepath.Join(o.Results, "tune.json"), data, 0o644); err != nil {
+			return rows, err
+		}
+		fmt.Fprintf(o.Out, "\nresults: %s/tune.json\n", o.Results)
+	}
+	return rows, nil
+}
+
+// markBatch marks the samples the bench would have sent as batch: the
+// same low-discrepancy sequence over request numbers, in start order.
+func markBatch(samples []bench.Sample, share float64) {
+	order := make([]int, len(samples))
+	for i := range order {
+		order[i] = i
+	}
+	// Samples are recorded in completion order; request numbers follow
+	// start order.
+	sortByStart(samples, order)
+	for n, i := range order {
+		frac := float64(n+1) * 0.6180339887498949
+		frac -= float64(int(frac))
+		samples[i].Batch = frac < share
+	}
+}
+
+func sortByStart(samples []bench.Sample, order []int) {
+	for i := 1; i < len(order); i++ {
+		for j := i; j > 0 && samples[order[j]].Start < samples[order[j-1]].Start; j-- {
+			order[j], order[j-1] = order[j-1], order[j]
+		}
+	}
+}
+
+func only(samples []bench.Sample, batch bool) []bench.Sample {
+	var out []bench.Sample
+	for _, s := range samples {
+		if s.Batch == batch {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func finalLimit(gw string) int {
+	resp, err := http.Get(gw + "/status")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Queue struct {
+			Limit int `json:"inflight_limit"`
+		} `json:"queue"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&st)
+	return st.Queue.Limit
+}
+
+func startLlmlabd(ctx context.Context, dir string, o Options, engine string, capacity float64, queueConf string) (string, func(), error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg := fmt.Sprintf(`[gateway]
+listen = %q
+state_dir = %q
+[engine]
+url = %q
+models = [%q]
+[queue]
+%s
+max_queued = 1024
+max_wait = "4s"
+max_batch = 1
+nominal_rps = %g
+[slo]
+latency = %q
+[metrics]
+listen = ""
+textfile = ""
+[gpu]
+enabled = false
+[log]
+format = "text"
+access_log = false
+`, addr, dir, engine, model, queueConf, max(capacity, 1), o.SLO.Latency.String())
+	path := filepath.Join(dir, "llmlab.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return "", nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "llmlabd.log"))
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.CommandContext(ctx, o.Llmlabd, "--config", path)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return "", nil, fmt.Errorf("starting llmlabd: %w", err)
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		logf.Close()
+	}
+	url := "http://" + addr
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			return url, stop, nil
+		}
+		if time.Now().After(deadline) {
+			stop()
+			log, _ := os.ReadFile(filepath.Join(dir, "llmlabd.log"))
+			return "", nil, fmt.Errorf("llmlabd did not start: %s", log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func verdict(r Row) string {
+	if r.Lag.Checked && !r.Lag.Valid {
+		return fmt.Sprintf("INVALID (simulator %.0f of %.0f steps late)", r.Lag.LateSteps, r.Lag.Steps)
+	}
+	return ""
+}
+
+func printSweep(w io.Writer, o Options, rows []Row) {
+	fmt.Fprintf(w, "\nopen loop (Poisson) at %.1fx each engine's capacity, 200 prompt + 200 output tokens, SLO p95 <= %s; warm-up %s, measured %s\n\n",
+		o.Load, o.SLO.Latency, o.Warmup, o.Duration)
+	fmt.Fprintf(w, "| profile | setting | final limit | goodput req/s | ok/s | p95 | refused | failed | note |\n|---|---|---:|---:|---:|---:|---:|---:|---|\n")
+	for _, r := range rows {
+		s := r.Summary
+		fmt.Fprintf(w, "| %s | %s | %d | %.2f | %.2f | %s | %d | %d | %s |\n", r.Profile, r.Setting, r.Limit, s.Goodput, s.RPS,
+			s.Latency.P95.Round(10*time.Millisecond), s.Refused, s.Failed, verdict(r))
+	}
+	fmt.Fprintln(w)
+	for _, p := range o.Profiles {
+		best, bestLabel, adaptive := 0.0, "", 0.0
+		for _, r := range rows {
+			if r.Profile != p {
+				continue
+			}
+			if r.Setting == "adaptive" {
+				adaptive = r.Summary.Goodput
+			} else if r.Summary.Goodput > best {
+				best, bestLabel = r.Summary.Goodput, r.Setting
+			}
+		}
+		ratio := 0.0
+		if best > 0 {
+			ratio = adaptive / best
+		}
+		fmt.Fprintf(w, "- %s: adaptive %.2f req/s of goodput, %.2fx the best fixed setting (%s, %.2f req/s); target >= 0.95x\n", p, adaptive, ratio, bestLabel, best)
+	}
+}
+
+func printPriority(w io.Writer, o Options, rows []Row) {
+	fmt.Fprintf(w, "\nopen loop (Poisson) at %.1fx each engine's capacity, half of the requests in the batch class (X-Llmlab-Priority: batch); SLO p95 <= %s; adaptive concurrency\n\n",
+		o.Load, o.SLO.Latency)
+	fmt.Fprintf(w, "| profile | classes | class | goodput req/s | ok/s | p95 | refused | failed | note |\n|---|---|---|---:|---:|---:|---:|---:|---|\n")
+	for _, r := range rows {
+		s := r.Summary
+		fmt.Fprintf(w, "| %s | %s | %s | %.2f | %.2f | %s | %d | %d | %s |\n", r.Profile, r.Setting, r.Class, s.Goodput, s.RPS,
+			s.Latency.P95.Round(10*time.Millisecond), s.Refused, s.Failed, verdict(r))
+	}
+}

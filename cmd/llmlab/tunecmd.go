@@ -1,0 +1,55 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/tune"
+)
+
+func tuneFlags(fs *flag.FlagSet) runFunc {
+	o := tune.Options{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
+	fs.StringVar(&o.Llmlabd, "llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
+	profiles := fs.String("profiles", "gtx1650,t4", "simulator profiles, comma-separated")
+	fixed := fs.String("fixed", "8,12,16,20,24,32,64,128,256", "the sweep's queue.max_inflight values")
+	fs.IntVar(&o.MinInflight, "min-inflight", 4, "the adaptive mode's queue.min_inflight")
+	fs.IntVar(&o.MaxNumSeqs, "max-num-seqs", 256, "the simulated engine's --max-num-seqs (and the adaptive ceiling)")
+	fs.Float64Var(&o.Load, "load", 1.5, "offered load, as a multiple of the engine's measured capacity")
+	fs.DurationVar(&o.Warmup, "warmup", 20*time.Second, "warm-up per setting, excluded")
+	fs.DurationVar(&o.Duration, "duration", 30*time.Second, "measurement per setting")
+	fs.DurationVar(&o.SLO.Latency, "slo-p95", 5*time.Second, "SLO latency (llmlabd's slo.latency and the goodput bound)")
+	fs.BoolVar(&o.Stream, "stream", false, "stream the answers")
+	fs.DurationVar(&o.TargetLatency, "target-latency", 0, "the adaptive mode's queue.target_latency (0: llmlabd's default, 80% of the SLO)")
+	fs.BoolVar(&o.Priority, "priority", false, "compare priority classes on a half-batch load instead of sweeping")
+	fs.StringVar(&o.Results, "results", "auto", "results folder (auto: results/tune-<UTC time>; \"\" writes none)")
+	return func(ctx context.Context, _ []string) int {
+		if o.Llmlabd == "" {
+			self, _ := os.Executable()
+			o.Llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
+		}
+		if o.Results == "auto" {
+			o.Results = filepath.Join("results", "tune-"+time.Now().UTC().Format("20060102T150405Z"))
+		}
+		o.Profiles = strings.Split(*profiles, ",")
+		for _, f := range strings.Split(*fixed, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				fmt.Fprintf(os.Stderr, "llmlab tune: --fixed %q: want positive integers separated by commas\n", *fixed)
+				return 2
+			}
+			o.Fixed = append(o.Fixed, n)
+		}
+		if _, err := tune.Run(ctx, o); err != nil {
+			fmt.Fprintln(os.Stderr, "llmlab tune:", err)
+			return 1
+		}
+		return 0
+	}
+}
