@@ -28,6 +28,7 @@ func tuneFlags(fs *flag.FlagSet) runFunc {
 	fs.BoolVar(&o.Stream, "stream", false, "stream the answers")
 	fs.DurationVar(&o.TargetLatency, "target-latency", 0, "the adaptive mode's queue.target_latency (0: llmlabd's default, 80% of the SLO)")
 	fs.BoolVar(&o.Priority, "priority", false, "compare priority classes on a half-batch load instead of sweeping")
+	fs.Float64Var(&o.BatchShare, "batch-share", 0, "with --priority: llmlabd's queue.batch_share (0: its default)")
 	fs.StringVar(&o.Results, "results", "auto", "results folder (auto: results/tune-<UTC time>; \"\" writes none)")
 	return func(ctx context.Context, _ []string) int {
 		if o.Llmlabd == "" {

@@ -930,8 +930,10 @@ func TestAdaptiveConcurrencyRisingLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { simCmd.Process.Kill(); simCmd.Wait() })
+	stateDir := t.TempDir()
 	cfg := fmt.Sprintf(`[gateway]
 listen = "127.0.0.1:0"
+state_dir = %q
 [engine]
 url = "http://%s"
 metrics_interval = "100ms"
@@ -953,8 +955,9 @@ format = "text"
 access_log = false
 [gpu]
 enabled = false
-`, engineAddr)
-	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
+`, stateDir, engineAddr)
+	cfgPath := writeConfig(t, cfg)
+	d := start(t, nil, nil, "--config", cfgPath)
 	waitUp := time.Now().Add(10 * time.Second)
 	for {
 		if resp, err := http.Get("http://" + engineAddr + "/health"); err == nil {
@@ -1005,5 +1008,16 @@ enabled = false
 		if !strings.Contains(string(m), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+
+	// The limit is kept in the state directory: a restarted daemon (an exit
+	// on idle, say) starts where this one left off.
+	kept := readLimit(t, d).Queue.Limit
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	<-d.exited
+	d.exited <- nil
+	again := start(t, nil, nil, "--config", cfgPath)
+	if got := readLimit(t, again).Queue.Limit; got != kept {
+		t.Fatalf("after a restart the limit is %d, want the kept %d", got, kept)
 	}
 }

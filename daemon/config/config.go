@@ -261,7 +261,7 @@ func defaults() raw {
 	r.Queue.MinInflight = 4
 	r.Queue.TargetLatency = "0s"
 	r.Queue.BatchMaxWait = "30s"
-	r.Queue.BatchShare = 1
+	r.Queue.BatchShare = 0.5
 	r.Engine.MetricsInterval = "100ms"
 	r.SLO.Latency = "5s"
 	r.Limits.MaxBodyBytes = 1 << 20

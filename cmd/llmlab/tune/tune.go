@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
@@ -52,8 +53,11 @@ type Options struct {
 	// TargetLatency is the adaptive mode's queue.target_latency (0: its
 	// default).
 	TargetLatency time.Duration
-	Results       string
-	Out           io.Writer
+	// BatchShare is llmlabd's queue.batch_share in the priority run (0:
+	// its default).
+	BatchShare float64
+	Results    string
+	Out        io.Writer
 }
 
 // Row is one setting's figures.
@@ -128,7 +132,10 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		}
 		for i, s := range settings {
 			conf := s.conf
-			if s.conf == "concurrency = \"adaptive\"" {
+			if o.Priority && o.BatchShare > 0 {
+				conf += fmt.Sprintf("\nbatch_share = %g", o.BatchShare)
+			}
+			if strings.HasPrefix(s.conf, "concurrency = \"adaptive\"") {
 				conf += fmt.Sprintf("\nmax_inflight = %d\nmin_inflight = %d\ntarget_latency = %q", o.MaxNumSeqs, o.MinInflight, o.TargetLatency.String())
 			}
 			fmt.Fprintf(o.Out, "  %s ...\n", s.label)
@@ -347,8 +354,12 @@ func printSweep(w io.Writer, o Options, rows []Row) {
 }
 
 func printPriority(w io.Writer, o Options, rows []Row) {
-	fmt.Fprintf(w, "\nopen loop (Poisson) at %.1fx each engine's capacity, half of the requests in the batch class (X-Llmlab-Priority: batch); SLO p95 <= %s; adaptive concurrency\n\n",
-		o.Load, o.SLO.Latency)
+	share := "llmlabd's default"
+	if o.BatchShare > 0 {
+		share = fmt.Sprintf("%g", o.BatchShare)
+	}
+	fmt.Fprintf(w, "\nopen loop (Poisson) at %.1fx each engine's capacity, half of the requests in the batch class (X-Llmlab-Priority: batch); SLO p95 <= %s; adaptive concurrency; queue.batch_share %s\n\n",
+		o.Load, o.SLO.Latency, share)
 	fmt.Fprintf(w, "| profile | classes | class | goodput req/s | ok/s | p95 | refused | failed | note |\n|---|---|---|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range rows {
 		s := r.Summary
