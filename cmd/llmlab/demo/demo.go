@@ -11,14 +11,12 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/daemonproc"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 )
 
@@ -152,13 +150,8 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 }
 
 func startLlmlabd(ctx context.Context, dir string, o Options, engine, model string) (string, func(), error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cfg := fmt.Sprintf(`[gateway]
+	return daemonproc.Start(ctx, o.Llmlabd, dir, func(listen string) string {
+		return fmt.Sprintf(`[gateway]
 listen = %q
 [engine]
 url = %q
@@ -177,41 +170,9 @@ textfile = ""
 [log]
 format = "text"
 access_log = false
-`, addr, engine, model, o.MaxInflight, 4*o.MaxInflight, o.MaxWait.String(), o.Capacity,
-		o.BatchWindow.String(), min(16, o.MaxInflight), o.Coalesce)
-	path := filepath.Join(dir, "llmlab.toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return "", nil, err
-	}
-	logf, err := os.Create(filepath.Join(dir, "llmlabd.log"))
-	if err != nil {
-		return "", nil, err
-	}
-	cmd := exec.CommandContext(ctx, o.Llmlabd, "--config", path)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("starting llmlabd: %w", err)
-	}
-	stop := func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-		logf.Close()
-	}
-	url := "http://" + addr
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get(url + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			return url, stop, nil
-		}
-		if time.Now().After(deadline) {
-			stop()
-			log, _ := os.ReadFile(filepath.Join(dir, "llmlabd.log"))
-			return "", nil, fmt.Errorf("llmlabd did not start: %s", log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+`, listen, engine, model, o.MaxInflight, 4*o.MaxInflight, o.MaxWait.String(), o.Capacity,
+			o.BatchWindow.String(), min(16, o.MaxInflight), o.Coalesce)
+	})
 }
 
 func printTable(w io.Writer, o Options, rows []Row) {

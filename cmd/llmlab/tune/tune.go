@@ -22,12 +22,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/daemonproc"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 )
 
@@ -249,16 +249,8 @@ func finalLimit(gw string) int {
 }
 
 func startLlmlabd(ctx context.Context, dir string, o Options, engine string, capacity float64, queueConf string) (string, func(), error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", nil, err
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cfg := fmt.Sprintf(`[gateway]
+	return daemonproc.Start(ctx, o.Llmlabd, dir, func(listen string) string {
+		return fmt.Sprintf(`[gateway]
 listen = %q
 state_dir = %q
 [engine]
@@ -280,40 +272,8 @@ enabled = false
 [log]
 format = "text"
 access_log = false
-`, addr, dir, engine, model, queueConf, max(capacity, 1), o.SLO.Latency.String())
-	path := filepath.Join(dir, "llmlab.toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return "", nil, err
-	}
-	logf, err := os.Create(filepath.Join(dir, "llmlabd.log"))
-	if err != nil {
-		return "", nil, err
-	}
-	cmd := exec.CommandContext(ctx, o.Llmlabd, "--config", path)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("starting llmlabd: %w", err)
-	}
-	stop := func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-		logf.Close()
-	}
-	url := "http://" + addr
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get(url + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			return url, stop, nil
-		}
-		if time.Now().After(deadline) {
-			stop()
-			log, _ := os.ReadFile(filepath.Join(dir, "llmlabd.log"))
-			return "", nil, fmt.Errorf("llmlabd did not start: %s", log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+`, listen, dir, engine, model, queueConf, max(capacity, 1), o.SLO.Latency.String())
+	})
 }
 
 func verdict(r Row) string {
