@@ -90,3 +90,20 @@ func TestConvergesOnModelEngine(t *testing.T) {
 		}
 	}
 }
+
+func TestSaturated(t *testing.T) {
+	for _, tc := range []struct {
+		s    Signals
+		want bool
+	}{
+		{Signals{}, false}, // no metrics: nothing to act on
+		{Signals{Known: true, Waiting: 0, KVUsage: 0.99}, false},
+		{Signals{Known: true, Waiting: 3, KVUsage: 0.5}, false}, // between steps
+		{Signals{Known: true, Waiting: 1, KVUsage: 0.96}, true},
+		{Signals{Known: true, Stale: true}, true}, // stale counts as saturated
+	} {
+		if got := tc.s.Saturated(); got != tc.want {
+			t.Errorf("%+v: Saturated %v, want %v", tc.s, got, tc.want)
+		}
+	}
+}
