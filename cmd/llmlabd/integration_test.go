@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -1020,4 +1021,105 @@ enabled = false
 	if got := readLimit(t, again).Queue.Limit; got != kept {
 		t.Fatalf("after a restart the limit is %d, want the kept %d", got, kept)
 	}
+}
+
+// An engine whose KV cache is full with requests waiting inside it gets no
+// more requests while it has llmlab's work: they wait in llmlab's queue
+// (counted as engine_saturated), and every one is still answered. The
+// simulator's cache holds two of these requests at a time.
+func TestHoldsWhileEngineSaturated(t *testing.T) {
+	engineAddr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(engineAddr)
+	simCmd := exec.Command(toolBinary, "sim", "--profile", "instant", "--startup-delay", "0s", "--step-fixed", "2ms",
+		"--per-token", "20us", "--num-gpu-blocks-override", "30", "--max-model-len", "450", "--host", host, "--port", port)
+	if err := simCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { simCmd.Process.Kill(); simCmd.Wait() })
+	cfg := fmt.Sprintf(`[gateway]
+listen = "127.0.0.1:0"
+[engine]
+url = "http://%s"
+metrics_interval = "20ms"
+[queue]
+max_inflight = 16
+max_queued = 256
+max_wait = "30s"
+[slo]
+latency = "0s"
+[metrics]
+listen = "127.0.0.1:0"
+textfile = ""
+[log]
+format = "text"
+access_log = false
+[gpu]
+enabled = false
+`, engineAddr)
+	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if resp, err := http.Get("http://" + engineAddr + "/health"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the simulator did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var sawHold atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			resp, err := http.Get(d.metrics + "/metrics")
+			if err != nil {
+				continue
+			}
+			m, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(m), "llmlab_engine_saturated 1\n") {
+				sawHold.Store(true)
+			}
+		}
+	}()
+	o := bench.Options{Target: d.api, Model: "Qwen/Qwen2.5-0.5B-Instruct", PromptTokens: 100, MaxTokens: 100,
+		Concurrency: 12, Requests: 48, Timeout: 60 * time.Second}
+	samples, err := bench.Run(context.Background(), bench.NewClient(16), o)
+	close(done)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range samples {
+		if s.Status != 200 {
+			t.Fatalf("a request got %d %s; every one should be answered", s.Status, s.Error)
+		}
+	}
+	if len(samples) != 48 {
+		t.Fatalf("%d answers, want 48", len(samples))
+	}
+	resp, err := http.Get(d.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !sawHold.Load() || !strings.Contains(string(m), `llmlab_admission_decisions_total{class="interactive",decision="queue",reason="engine_saturated"}`) {
+		t.Fatalf("the saturated engine was not held (seen %v):\n%s", sawHold.Load(), grepLines(string(m), "llmlab_admission|llmlab_engine_"))
+	}
+}
+
+func grepLines(s, pattern string) string {
+	re := regexp.MustCompile(pattern)
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if re.MatchString(l) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
