@@ -637,7 +637,8 @@ format = "text"
 	}
 	json.NewDecoder(r.Body).Decode(&st)
 	r.Body.Close()
-	if st.Engine.ExpectedStartSeconds != kept.EngineStartSeconds {
+	// Kept in seconds, restored in nanoseconds: equal to the nanosecond.
+	if d := st.Engine.ExpectedStartSeconds - kept.EngineStartSeconds; d > 1e-6 || d < -1e-6 {
 		t.Fatalf("after a restart the expected start is %.3fs, want the kept %.3fs", st.Engine.ExpectedStartSeconds, kept.EngineStartSeconds)
 	}
 }
