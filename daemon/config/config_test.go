@@ -62,8 +62,9 @@ func TestGolden(t *testing.T) {
 }
 
 // The shipped, commented file (the package's /etc/llmlab/llmlab.toml) must
-// load and say what the defaults say, but for the engine unit: the package
-// runs the engine as llmlab-vllm.service.
+// load and say what the defaults say, but for two settings of the packaged
+// GPU box: the engine runs as llmlab-vllm.service, and its concurrency is
+// found at run time.
 func TestShippedFileIsTheDefaults(t *testing.T) {
 	path := "../../etc/llmlab.toml"
 	data, err := os.ReadFile(path)
@@ -76,6 +77,7 @@ func TestShippedFileIsTheDefaults(t *testing.T) {
 	}
 	want := Default()
 	want.Engine.Unit = "llmlab-vllm.service"
+	want.Queue.Concurrency = "adaptive"
 	if d := Diff(want, c); len(d) > 1 || (len(d) == 1 && !strings.HasPrefix(d[0], "path:")) {
 		t.Errorf("etc/llmlab.toml differs from the defaults: %v", d)
 	}
