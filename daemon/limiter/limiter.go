@@ -165,6 +165,11 @@ func NewLimiter(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Limite
 		l.every = time.Second
 	}
 	reg.MustRegister(l.gauge, l.changes)
+	// Every reason is a series from the start, so dashboards and alerts
+	// see zeros rather than gaps.
+	for _, r := range []string{"demand", "latency", "engine_queueing", "stale", "no_samples", "steady"} {
+		l.changes.WithLabelValues(r)
+	}
 	l.gauge.Set(float64(l.law.Limit()))
 	return l
 }
