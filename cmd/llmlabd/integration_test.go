@@ -861,17 +861,12 @@ memory_fraction = 0.55
 	if st.GPU.Available != hasGPU || (!hasGPU && !strings.Contains(st.GPU.Reason, "no GPU")) || (hasGPU && len(st.GPU.Devices) == 0) {
 		t.Fatalf("/status gpu = %+v (an NVIDIA driver here: %v)", st.GPU, hasGPU)
 	}
-	mresp, err := http.Get(d.metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(mresp.Body)
-	mresp.Body.Close()
+	metrics := fetch(t, d.metrics+"/metrics")
 	wantUp := "llmlab_gpu_up 0\n"
 	if hasGPU {
 		wantUp = "llmlab_gpu_up 1\n"
 	}
-	if !strings.Contains(string(metrics), wantUp) || !strings.Contains(string(metrics), `llmlab_engine_start_refusals_total{reason="gpu_memory"} 0`) {
+	if !strings.Contains(metrics, wantUp) || !strings.Contains(metrics, `llmlab_engine_start_refusals_total{reason="gpu_memory"} 0`) {
 		t.Fatalf("/metrics lacks %q or the refusal counter:\n%s", wantUp, metrics)
 	}
 	if !hasGPU {
@@ -883,13 +878,8 @@ memory_fraction = 0.55
 
 	// The engine got its share: in its environment (the simulator shows it
 	// as vLLM does, in vllm:cache_config_info) and in the runtime file.
-	eresp, err := http.Get("http://" + engineAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	em, _ := io.ReadAll(eresp.Body)
-	eresp.Body.Close()
-	if !hasGPU && !strings.Contains(string(em), `gpu_memory_utilization="0.55"`) {
+	em := fetch(t, "http://"+engineAddr+"/metrics")
+	if !hasGPU && !strings.Contains(em, `gpu_memory_utilization="0.55"`) {
 		t.Fatalf("the engine did not get its share:\n%s", em)
 	}
 	env, err := os.ReadFile(envFile)
@@ -924,14 +914,7 @@ func readLimit(t *testing.T, d *daemon) limitStatus {
 // 1 ms per token processed, so a request's time grows with the number of
 // requests beside it; 256 at once would take seconds each.
 func TestAdaptiveConcurrencyRisingLoad(t *testing.T) {
-	engineAddr := freeAddr(t)
-	host, port, _ := net.SplitHostPort(engineAddr)
-	simCmd := exec.Command(toolBinary, "sim", "--profile", "instant", "--startup-delay", "0s", "--step-fixed", "10ms",
-		"--per-token", "1ms", "--max-num-seqs", "256", "--host", host, "--port", port)
-	if err := simCmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { simCmd.Process.Kill(); simCmd.Wait() })
+	engineAddr := startSim(t, "--step-fixed", "10ms", "--per-token", "1ms", "--max-num-seqs", "256")
 	stateDir := t.TempDir()
 	cfg := fmt.Sprintf(`[gateway]
 listen = "127.0.0.1:0"
@@ -960,17 +943,6 @@ enabled = false
 `, stateDir, engineAddr)
 	cfgPath := writeConfig(t, cfg)
 	d := start(t, nil, nil, "--config", cfgPath)
-	waitUp := time.Now().Add(10 * time.Second)
-	for {
-		if resp, err := http.Get("http://" + engineAddr + "/health"); err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(waitUp) {
-			t.Fatal("the simulator did not start")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 	client := bench.NewClient(256)
 	load := func(clients int, dur time.Duration) bench.Summary {
 		o := bench.Options{Target: d.api, Model: "Qwen/Qwen2.5-0.5B-Instruct", PromptTokens: 20, MaxTokens: 20,
@@ -999,15 +971,10 @@ enabled = false
 	if e := l2.Queue.EngineSeconds; e < 0.5 || e > 1.0 {
 		t.Fatalf("160 clients: the engine takes %.2fs per request, want about the 800ms target", e)
 	}
-	resp, err := http.Get(d.metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	m := fetch(t, d.metrics+"/metrics")
 	for _, want := range []string{`llmlab_adaptive_updates_total{reason="demand"}`, `llmlab_adaptive_updates_total{reason="latency"}`,
 		`llmlab_admission_decisions_total{class="interactive",decision="queue",reason="no_slot"}`, "llmlab_engine_requests_running "} {
-		if !strings.Contains(string(m), want) {
+		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
@@ -1029,14 +996,7 @@ enabled = false
 // (counted as engine_saturated), and every one is still answered. The
 // simulator's cache holds two of these requests at a time.
 func TestHoldsWhileEngineSaturated(t *testing.T) {
-	engineAddr := freeAddr(t)
-	host, port, _ := net.SplitHostPort(engineAddr)
-	simCmd := exec.Command(toolBinary, "sim", "--profile", "instant", "--startup-delay", "0s", "--step-fixed", "2ms",
-		"--per-token", "20us", "--num-gpu-blocks-override", "30", "--max-model-len", "450", "--host", host, "--port", port)
-	if err := simCmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { simCmd.Process.Kill(); simCmd.Wait() })
+	engineAddr := startSim(t, "--step-fixed", "2ms", "--per-token", "20us", "--num-gpu-blocks-override", "30", "--max-model-len", "450")
 	cfg := fmt.Sprintf(`[gateway]
 listen = "127.0.0.1:0"
 [engine]
@@ -1058,16 +1018,6 @@ access_log = false
 enabled = false
 `, engineAddr)
 	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if resp, err := http.Get("http://" + engineAddr + "/health"); err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the simulator did not start")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 	var sawHold atomic.Bool
 	done := make(chan struct{})
 	go func() {
@@ -1103,15 +1053,46 @@ enabled = false
 	if len(samples) != 48 {
 		t.Fatalf("%d answers, want 48", len(samples))
 	}
-	resp, err := http.Get(d.metrics + "/metrics")
+	m := fetch(t, d.metrics+"/metrics")
+	if !sawHold.Load() || !strings.Contains(m, `llmlab_admission_decisions_total{class="interactive",decision="queue",reason="engine_saturated"}`) {
+		t.Fatalf("the saturated engine was not held (seen %v):\n%s", sawHold.Load(), grepLines(m, "llmlab_admission|llmlab_engine_"))
+	}
+}
+
+// startSim runs the simulator (profile instant, no start-up delay, plus
+// args) on a free address and returns it once the engine answers /health.
+func startSim(t *testing.T, args ...string) string {
+	t.Helper()
+	addr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(addr)
+	argv := append([]string{"sim", "--profile", "instant", "--startup-delay", "0s", "--host", host, "--port", port}, args...)
+	cmd := exec.Command(toolBinary, argv...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if resp, err := http.Get("http://" + addr + "/health"); err == nil {
+			resp.Body.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the simulator did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// fetch returns the body of a GET of url.
+func fetch(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !sawHold.Load() || !strings.Contains(string(m), `llmlab_admission_decisions_total{class="interactive",decision="queue",reason="engine_saturated"}`) {
-		t.Fatalf("the saturated engine was not held (seen %v):\n%s", sawHold.Load(), grepLines(string(m), "llmlab_admission|llmlab_engine_"))
-	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 func grepLines(s, pattern string) string {
