@@ -305,6 +305,21 @@ func (c *container) waitActive(unit, want string, within time.Duration) {
 	}
 }
 
+// expect503 sends a completion and requires 503 with Retry-After, as an
+// engine that cannot start gets.
+func expect503(t *testing.T, api, when string) {
+	t.Helper()
+	resp, err := http.Post(api+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"x","max_tokens":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("%s: %d %s (Retry-After %q), want 503 with Retry-After", when, resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+}
+
 func completion(t *testing.T, api string) (int, time.Duration, string) {
 	t.Helper()
 	start := time.Now()
@@ -391,15 +406,7 @@ func TestPermissionsAndEngineFailure(t *testing.T) {
 	// Break the engine, then mend it.
 	c.write("/etc/systemd/system/llmlab-vllm.service.d/zz-broken.conf", "[Service]\nExecStart=\nExecStart=/bin/false\n")
 	c.must("systemctl", "daemon-reload")
-	resp, err := http.Post(api+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"x","max_tokens":2}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("engine unit failing: %d %s (Retry-After %q), want 503 with Retry-After", resp.StatusCode, body, resp.Header.Get("Retry-After"))
-	}
+	expect503(t, api, "engine unit failing")
 	// Structured fields carry the unit and its result; -o verbose shows them.
 	journal := c.must("journalctl", "--no-pager", "-o", "verbose", "_COMM=llmlabd")
 	if !strings.Contains(journal, "UNIT=llmlab-vllm.service") || !strings.Contains(journal, "RESULT=exit-code") {
@@ -500,15 +507,7 @@ func TestPackageLifecycle(t *testing.T) {
 
 	// No vLLM on this box: 503 with Retry-After, and the engine unit's
 	// journal says how to install it.
-	resp, err := http.Post(api+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"x","max_tokens":2}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("without vLLM: %d %s (Retry-After %q), want 503 with Retry-After", resp.StatusCode, body, resp.Header.Get("Retry-After"))
-	}
+	expect503(t, api, "without vLLM")
 	if j := c.must("journalctl", "--no-pager", "-u", "llmlab-vllm.service"); !strings.Contains(j, "vLLM is not installed") || !strings.Contains(j, "LLMLAB_VLLM=") {
 		t.Fatalf("the engine unit's journal does not say how to install vLLM:\n%s", j)
 	}

@@ -224,6 +224,23 @@ func TestSystemdStartJobFails(t *testing.T) {
 	}
 }
 
+// startOnOwnBus starts the test unit through a fake systemd on a bus of
+// the test's own, checking the connection every 20 ms; it returns the
+// bus's socket, address and killer, and the running unit.
+func startOnOwnBus(t *testing.T, ctx context.Context) (sock, addr string, kill func(), p Process) {
+	t.Helper()
+	sock = filepath.Join(t.TempDir(), "bus")
+	addr, kill = busAt(t, sock)
+	newFakeSystemd(t, addr)
+	be := systemdBackend(addr)
+	be.CheckEvery = 20 * time.Millisecond
+	p, err := be.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sock, addr, kill, p
+}
+
 // restartBus kills the bus at sock, leaves it down for a while (so that the
 // first reconnection attempts fail) and starts a new one there with a fresh
 // fake systemd whose unit is in state.
@@ -248,17 +265,9 @@ func TestSystemdReconnects(t *testing.T) {
 		dies bool
 	}{{"unit dies after the bus restarts", true}, {"stop after the bus restarts", false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			sock := filepath.Join(t.TempDir(), "bus")
-			addr, kill := busAt(t, sock)
-			newFakeSystemd(t, addr)
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
-			be := systemdBackend(addr)
-			be.CheckEvery = 20 * time.Millisecond
-			p, err := be.Start(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			sock, addr, kill, p := startOnOwnBus(t, ctx)
 			f2, _ := restartBus(t, sock, kill, "active")
 			// Wait until the supervisor is on the new bus: it subscribes there.
 			waitFor(t, ctx, func() bool { return busHasSubscriber(t, addr) })
@@ -290,17 +299,9 @@ func TestSystemdReconnects(t *testing.T) {
 
 // A unit that died while the bus was down is noticed once it is back.
 func TestSystemdUnitDiedWhileBusDown(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "bus")
-	addr, kill := busAt(t, sock)
-	newFakeSystemd(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	be := systemdBackend(addr)
-	be.CheckEvery = 20 * time.Millisecond
-	p, err := be.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sock, _, kill, p := startOnOwnBus(t, ctx)
 	restartBus(t, sock, kill, "failed")
 	select {
 	case <-p.Done():
