@@ -75,6 +75,15 @@ type Sample struct {
 	Batch bool `json:"batch,omitempty"`
 }
 
+// IsBatch says whether request number n (from 1, in start order) of a run
+// with BatchShare share goes in the batch class: a low-discrepancy
+// sequence (the golden ratio's multiples), so the share holds over any
+// stretch of the run.
+func IsBatch(n int, share float64) bool {
+	_, frac := math.Modf(float64(n) * 0.6180339887498949)
+	return frac < share
+}
+
 // PriorityHeader is llmlabd's priority-class request header.
 const PriorityHeader = "X-Llmlab-Priority"
 
@@ -151,12 +160,10 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 		}
 	}
 	// take reserves the next request number, or reports that the run is
-	// over; batch says whether that request goes in the batch class (a
-	// low-discrepancy sequence, so the share holds over any stretch).
+	// over; batch says whether that request goes in the batch class.
 	take := func() (ok, batch bool) {
 		n := started.Add(1)
-		_, frac := math.Modf(float64(n) * 0.6180339887498949)
-		return ctx.Err() == nil && (o.Requests == 0 || n <= int64(o.Requests)), frac < o.BatchShare
+		return ctx.Err() == nil && (o.Requests == 0 || n <= int64(o.Requests)), IsBatch(int(n), o.BatchShare)
 	}
 	batchHeader := http.Header{PriorityHeader: {"batch"}}
 	one := func(batch bool) {

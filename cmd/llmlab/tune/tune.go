@@ -15,6 +15,7 @@
 package tune
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -198,28 +200,17 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	return rows, nil
 }
 
-// markBatch marks the samples the bench would have sent as batch: the
-// same low-discrepancy sequence over request numbers, in start order.
+// markBatch marks the samples the bench would have sent as batch: by
+// request number, which follows start order (samples are recorded in
+// completion order).
 func markBatch(samples []bench.Sample, share float64) {
 	order := make([]int, len(samples))
 	for i := range order {
 		order[i] = i
 	}
-	// Samples are recorded in completion order; request numbers follow
-	// start order.
-	sortByStart(samples, order)
+	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(samples[a].Start, samples[b].Start) })
 	for n, i := range order {
-		frac := float64(n+1) * 0.6180339887498949
-		frac -= float64(int(frac))
-		samples[i].Batch = frac < share
-	}
-}
-
-func sortByStart(samples []bench.Sample, order []int) {
-	for i := 1; i < len(order); i++ {
-		for j := i; j > 0 && samples[order[j]].Start < samples[order[j-1]].Start; j-- {
-			order[j], order[j-1] = order[j-1], order[j]
-		}
+		samples[i].Batch = bench.IsBatch(n+1, share)
 	}
 }
 
