@@ -71,7 +71,6 @@ type Admission struct {
 	before  []uint32  // compute processes on the device before the start
 	engine  []uint32  // those that appeared with the engine
 	usedPre uint64    // memory used before the start
-	started time.Time // when BeforeStart admitted a start
 }
 
 // Instrument counts refusals (llmlab_engine_start_refusals_total{reason})
@@ -153,7 +152,6 @@ func (a *Admission) BeforeStart(ctx context.Context) error {
 		a.before = append(a.before, p.PID)
 	}
 	a.usedPre = d.MemoryUsed
-	a.started = time.Now()
 	a.Log.Info("engine start admitted", "gpu", d.Index, "free", GiB(d.MemoryFree), "engine_share", util, "engine_bytes", GiB(need))
 	return a.writeEnv()
 }

@@ -207,7 +207,6 @@ func (l *Limiter) Run(ctx context.Context, q Queue, signals func() Signals, acti
 			}
 			acc.EngineTimes = append(acc.EngineTimes, w.EngineTimes...)
 			acc.Blocked = acc.Blocked || w.Blocked
-			acc.MaxInflight = max(acc.MaxInflight, w.MaxInflight)
 			ticks++
 			sig := signals()
 			urgent := sig.Known && (sig.Stale || sig.Waiting > 0)
