@@ -68,9 +68,9 @@ type Admission struct {
 
 	mu      sync.Mutex
 	util    float64
-	before  []uint32  // compute processes on the device before the start
-	engine  []uint32  // those that appeared with the engine
-	usedPre uint64    // memory used before the start
+	before  []uint32 // compute processes on the device before the start
+	engine  []uint32 // those that appeared with the engine
+	usedPre uint64   // memory used before the start
 }
 
 // Instrument counts refusals (llmlab_engine_start_refusals_total{reason})
