@@ -290,7 +290,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 		return
 	}
 
-	body, err := io.ReadAll(http.MaxBytesReader(rec, r.Body, s.cfg.MaxBodyBytes))
+	body, err := readBody(rec, r, s.cfg.MaxBodyBytes)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -341,6 +341,22 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	defer ticket.Release()
 	g.metrics.upstream.WithLabelValues("proxied").Inc()
 	g.proxy.ServeHTTP(rec, r.WithContext(context.WithValue(ctx, stateKey{}, st)))
+}
+
+// readBody reads a request body of at most limit bytes. A body of
+// declared length is read into one buffer of that size; one beyond the
+// limit is refused before it is read.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	switch n := r.ContentLength; {
+	case n > limit:
+		return nil, &http.MaxBytesError{Limit: limit}
+	case n >= 0:
+		// The server ends the body after n bytes and reports a short one.
+		body := make([]byte, n)
+		_, err := io.ReadFull(r.Body, body)
+		return body, err
+	}
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 }
 
 // fail answers with an error and records the outcome.

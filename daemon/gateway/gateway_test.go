@@ -215,6 +215,24 @@ func TestErrors(t *testing.T) {
 			}
 		})
 	}
+	// A body of unknown length (chunked) is held to the same limit.
+	for _, tt := range []struct {
+		size   int
+		status int
+	}{{5000, 413}, {3000, 200}} {
+		body := io.MultiReader(strings.NewReader(`{"prompt":"`), strings.NewReader(strings.Repeat("x", tt.size)), strings.NewReader(`"}`))
+		req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/v1/completions", body)
+		req.Header.Set("Authorization", good)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if req.ContentLength != 0 || resp.StatusCode != tt.status {
+			t.Errorf("chunked body of %d bytes: %d (sent with length %d), want %d", tt.size, resp.StatusCode, req.ContentLength, tt.status)
+		}
+	}
 	resp, _ := http.Get(f.srv.URL + "/v1/completions")
 	if e := apiErr(t, resp); resp.StatusCode != 405 || resp.Header.Get("Allow") != "POST" {
 		t.Errorf("GET /v1/completions = %d %+v, want 405 with Allow: POST", resp.StatusCode, e)

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/valyala/fastjson"
 )
 
 // rewrite points the outbound request at the engine with the validated
@@ -129,6 +131,10 @@ type usage struct {
 	TotalTokens      int `json:"total_tokens"`
 }
 
+// usageScanners read the usage object at the end of an answer: a Scanner
+// parses the first JSON value of its input and leaves the rest.
+var usageScanners = sync.Pool{New: func() any { return new(fastjson.Scanner) }}
+
 // findUsage returns the last usage object in b, a JSON answer or the end
 // of an event stream.
 func findUsage(b []byte) (usage, bool) {
@@ -136,11 +142,18 @@ func findUsage(b []byte) (usage, bool) {
 	if i < 0 {
 		return usage{}, false
 	}
-	var u *usage
-	if json.NewDecoder(bytes.NewReader(b[i+len(`"usage":`):])).Decode(&u) != nil || u == nil {
+	sc := usageScanners.Get().(*fastjson.Scanner)
+	defer usageScanners.Put(sc)
+	sc.InitBytes(b[i+len(`"usage":`):])
+	if !sc.Next() || sc.Value().Type() != fastjson.TypeObject {
 		return usage{}, false
 	}
-	return *u, true
+	v := sc.Value()
+	return usage{
+		PromptTokens:     v.GetInt("prompt_tokens"),
+		CompletionTokens: v.GetInt("completion_tokens"),
+		TotalTokens:      v.GetInt("total_tokens"),
+	}, true
 }
 
 // writeModels answers GET /v1/models from the configured model names, as

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -43,6 +44,22 @@ func TestValidate(t *testing.T) {
 		{"max_completion_tokens over cap", routeChat, `{"model":"m","messages":[{"role":"user"}],"max_completion_tokens":1000}`, 400, "max_completion_tokens", 0},
 		{"n over cap", routeCompletions, `{"model":"m","prompt":"x","n":5}`, 400, "n", 0},
 		{"best_of below n", routeCompletions, `{"model":"m","prompt":"x","n":3,"best_of":2}`, 400, "best_of", 0},
+		{"max_tokens not an integer", routeCompletions, `{"model":"m","prompt":"x","max_tokens":2.5}`, 400, "max_tokens", 0},
+		{"max_tokens overflows", routeCompletions, `{"model":"m","prompt":"x","max_tokens":1e99}`, 400, "max_tokens", 0},
+		{"max_tokens NaN is not JSON", routeCompletions, `{"model":"m","prompt":"x","max_tokens":NaN}`, 400, "", 0},
+		{"bad escape is not JSON", routeCompletions, `{"model":"m","prompt":"\x"}`, 400, "", 0},
+		{"too deep", routeCompletions, `{"model":"m","prompt":"x","extra":` + strings.Repeat("[", 400) + strings.Repeat("]", 400) + `}`, 400, "", 0},
+		// The engine's JSON decoder takes a repeated member's last value:
+		// so does the validator, or a cap could be passed by repeating it.
+		{"repeated max_tokens, last over cap", routeCompletions, `{"model":"m","prompt":"x","max_tokens":1,"max_tokens":100000}`, 400, "max_tokens", 0},
+		{"repeated model, last unknown", routeCompletions, `{"model":"m","model":"gpt-5","prompt":"x"}`, 404, "model", 0},
+		{"null max_tokens is absent", routeCompletions, `{"model":"m","prompt":"x","max_tokens":null}`, 0, "", 1},
+		{"mixed prompt list", routeCompletions, `{"model":"m","prompt":["a",1]}`, 400, "prompt", 0},
+		{"token id list with a fraction", routeCompletions, `{"model":"m","prompt":[[1,2.5]]}`, 400, "prompt", 0},
+		{"empty token id list", routeCompletions, `{"model":"m","prompt":[[1],[]]}`, 400, "prompt", 0},
+		{"message not an object", routeChat, `{"model":"m","messages":["hi"]}`, 400, "messages[0]", 0},
+		{"role not a string", routeChat, `{"model":"m","messages":[{"role":1}]}`, 400, "messages[0].role", 0},
+		{"messages not a list", routeChat, `{"model":"m","messages":{"role":"user"}}`, 400, "messages", 0},
 		{"stream not bool", routeChat, `{"model":"m","messages":[{"role":"user"}],"stream":"yes"}`, 400, "stream", 0},
 	}
 	for _, tt := range tests {
@@ -133,6 +150,9 @@ func FuzzValidate(f *testing.F) {
 			route = routeChat
 		}
 		p, inv := validate(route, []byte(body), testLimits, true)
+		if inv == nil && !json.Valid([]byte(body)) {
+			t.Fatalf("accepted %q, which encoding/json says is not JSON", body)
+		}
 		if inv != nil {
 			if inv.Status != 400 && inv.Status != 404 || inv.Msg == "" {
 				t.Fatalf("invalid %+v: want 400/404 with a message", inv)
