@@ -121,7 +121,11 @@ func (o Options) Body() []byte {
 func NewClient(concurrency int) *http.Client {
 	return &http.Client{Transport: &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: max(64, concurrency*2),
+		// Keep every connection a burst opens: a pool smaller than the
+		// burst closes and reopens connections while the burst lasts,
+		// and that churn, which costs the server more CPU per request,
+		// can hold a proxy at a backlog it would otherwise drain.
+		MaxIdleConnsPerHost: max(4096, concurrency*2),
 		IdleConnTimeout:     60 * time.Second,
 		DisableCompression:  true,
 	}}
