@@ -120,7 +120,7 @@ func (o Options) Body() []byte {
 // NewClient returns an HTTP client sized for concurrency connections.
 func NewClient(concurrency int) *http.Client {
 	return &http.Client{Transport: &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 		// Keep every connection a burst opens: a pool smaller than the
 		// burst closes and reopens connections while the burst lasts,
 		// and that churn, which costs the server more CPU per request,
