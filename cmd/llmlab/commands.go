@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,6 +62,34 @@ func fakeEngine(ctx context.Context, listen string, delay, tokenDelay time.Durat
 		return 1
 	}
 	return 0
+}
+
+func reverseProxyFlags(fs *flag.FlagSet) runFunc {
+	listen := fs.String("listen", "127.0.0.1:8081", "address to serve on")
+	engine := fs.String("engine-url", "http://127.0.0.1:8000", "the server to forward to")
+	return func(ctx context.Context, _ []string) int {
+		u, err := url.Parse(*engine)
+		if err != nil || u.Host == "" {
+			fmt.Fprintf(os.Stderr, "llmlab reverse-proxy: --engine-url %q is not an http URL\n", *engine)
+			return 2
+		}
+		l, err := net.Listen("tcp", *listen)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "llmlab reverse-proxy:", err)
+			return 1
+		}
+		srv := &http.Server{Handler: overhead.ReverseProxy(u), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			<-ctx.Done()
+			_ = srv.Close()
+		}()
+		fmt.Printf("reverse proxy to %s listening on %s\n", u, l.Addr())
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			fmt.Fprintln(os.Stderr, "llmlab reverse-proxy:", err)
+			return 1
+		}
+		return 0
+	}
 }
 
 func overheadFlags(fs *flag.FlagSet) runFunc {
