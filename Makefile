@@ -49,7 +49,7 @@ fuzz:
 	$(GO) test ./daemon/gateway -run '^$$' -fuzz FuzzValidate -fuzztime $(FUZZTIME)
 	$(GO) test ./daemon/enginemetrics -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 
-## bench-overhead: llmlabd's overhead against nginx and direct access (needs nginx-light)
+## bench-overhead: llmlabd's overhead against nginx, a bare Go reverse proxy and direct access (needs nginx-light)
 bench-overhead: build
 	$(BIN)/llmlab overhead
 
