@@ -329,6 +329,73 @@ func TestSIGTERMDrains(t *testing.T) {
 	}
 }
 
+// A connection accepted before SIGTERM whose request comes after it is
+// answered: net/http's Shutdown alone closes such a connection unanswered,
+// which a client sees as a bare EOF.
+func TestSIGTERMAnswersAcceptedConnection(t *testing.T) {
+	hold := make(chan struct{})
+	eng := &enginetest.Engine{Hold: hold}
+	es := httptest.NewServer(eng)
+	defer es.Close()
+	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL, "max_inflight = 1\nmax_batch = 1\nmax_wait = \"30s\"")))
+	started := eng.Started()
+	inflight := make(chan int, 1)
+	go func() {
+		resp, _ := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"a","max_tokens":3}`)
+		inflight <- resp.StatusCode
+	}()
+	<-started
+
+	addr := strings.TrimPrefix(d.api, "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Let llmlabd accept it (a connection still in the kernel's backlog
+	// when the listener closes is reset, which is another matter).
+	time.Sleep(time.Second)
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			break // the listener is closed: the drain has begun
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("still accepting connections 5 s after SIGTERM")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	body := `{"model":"m","prompt":"b","max_tokens":3}`
+	fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("request on a connection accepted before SIGTERM: %v, want an answer", err)
+	}
+	resp.Body.Close()
+	// The engine's one slot is taken, so it would have to queue: 503.
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !resp.Close {
+		t.Errorf("answer %d, Retry-After %q, Connection: close %v; want 503 with Retry-After, closing", resp.StatusCode, resp.Header.Get("Retry-After"), resp.Close)
+	}
+	close(hold)
+	if code := <-inflight; code != 200 {
+		t.Errorf("in-flight request finished with %d, want 200", code)
+	}
+	select {
+	case err := <-d.exited:
+		if err != nil {
+			t.Fatalf("exit: %v, want 0", err)
+		}
+		d.exited <- nil
+	case <-time.After(10 * time.Second):
+		t.Fatal("did not exit after draining")
+	}
+}
+
 // A client that disconnects frees its slot: with max_inflight 1, the next
 // request is served as soon as the first client leaves, and the engine saw
 // the first request cancelled.

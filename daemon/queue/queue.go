@@ -10,9 +10,10 @@
 // while less than BatchShare of the limit is in use. Admission is decided when a
 // request arrives:
 //
-//  1. While draining, refuse (503).
-//  2. If there is room in the engine, no engine pressure (SetHold) and no
-//     batch window, dispatch at once.
+//  1. If there is room in the engine, no engine pressure (SetHold) and no
+//     batch window, dispatch at once, even while draining (the request came
+//     on a connection accepted before shutdown began).
+//  2. While draining, refuse (503).
 //  3. If the FIFOs would overflow, refuse (429, reason queue_full); an
 //     interactive request first displaces queued batch requests, newest
 //     first.
@@ -406,16 +407,18 @@ func (q *Queue) aheadLocked(class int) int {
 
 // admitLocked applies the admission rules of the package doc.
 func (q *Queue) admitLocked(r Request) *Refusal {
-	if q.draining {
-		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonDraining,
-			Message: "the server is shutting down", RetryAfter: time.Second}
-	}
 	if r.Weight > q.cfg.MaxInflight {
 		return &Refusal{Status: http.StatusBadRequest, Reason: ReasonTooManyTokens,
 			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}
 	}
 	if q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class) {
+		// Even while draining: the request reached a connection accepted
+		// before the listeners closed, and a free slot costs it no wait.
 		return nil
+	}
+	if q.draining {
+		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonDraining,
+			Message: "the server is shutting down", RetryAfter: time.Second}
 	}
 	if r.Class == Interactive {
 		// Batch work makes room for interactive work, newest first.
@@ -617,7 +620,9 @@ func (q *Queue) Inflight() int {
 	return q.inflight
 }
 
-// Drain refuses every queued request and all new ones (503), for shutdown.
+// Drain refuses every queued request, and every new one that would have
+// to queue (503), for shutdown; a new request that finds a free slot is
+// still dispatched.
 func (q *Queue) Drain() {
 	q.mu.Lock()
 	defer q.mu.Unlock()

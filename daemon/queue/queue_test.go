@@ -266,7 +266,7 @@ func TestBatchFullReleasesBeforeWindow(t *testing.T) {
 	})
 }
 
-func TestDrainRefusesQueuedAndNew(t *testing.T) {
+func TestDrainRefusesQueuedAndWaiting(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		q := New(cfg(), nil, nil)
 		bg := context.Background()
@@ -286,6 +286,13 @@ func TestDrainRefusesQueuedAndNew(t *testing.T) {
 		if s := q.Stats(); s.Inflight != 1 {
 			t.Fatalf("Inflight = %d, want 1", s.Inflight)
 		}
+		// A request that finds a free slot costs no wait: it came on a
+		// connection accepted before shutdown, so it is served.
+		b, err := q.Acquire(bg, Request{Weight: 1})
+		if err != nil {
+			t.Fatalf("new request with a free slot while draining: %v, want dispatched", err)
+		}
+		b.Release()
 	})
 }
 

@@ -5,8 +5,12 @@
 //
 // Shutdown (ctx cancelled, e.g. by SIGTERM):
 //
-//  1. STOPPING=1; the listeners close, so no new connection is accepted.
-//  2. Queued requests are answered 503 (draining) at once.
+//  1. STOPPING=1; the listeners close, so no new connection is accepted
+//     (a socket-activated one stays open in systemd for the next start),
+//     and keep-alive ends.
+//  2. Queued requests are answered 503 (draining) at once. A request on a
+//     connection accepted before step 1 is served if a slot is free, else
+//     answered 503 too; none is left unanswered.
 //  3. Requests in the engine finish within gateway.shutdown_grace; then the
 //     remaining connections are closed.
 //  4. Run returns nil, so the process exits 0.
@@ -25,6 +29,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -467,8 +472,9 @@ func Run(ctx context.Context, o Options) error {
 	apiMux.Handle("/", api)
 	apiMux.HandleFunc("GET /healthz", serveHealthz)
 	apiMux.HandleFunc("GET /status", st.serve)
+	conns := newConnTracker()
 	apiSrv := &http.Server{Handler: apiMux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+		ConnState: conns.track, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -517,7 +523,7 @@ func Run(ctx context.Context, o Options) error {
 		select {
 		case <-ctx.Done():
 			notify.Stopping("draining")
-			err := drain(log, gw, apiSrv, metricsSrv, st.cfgNow().Gateway.ShutdownGrace)
+			err := drain(log, gw, apiSrv, metricsSrv, apiLns, conns, st.cfgNow().Gateway.ShutdownGrace)
 			stopSup() // stop the engine once nothing uses it
 			<-supDone
 			saveLearned()
@@ -539,7 +545,7 @@ func Run(ctx context.Context, o Options) error {
 			if activated && idleLongEnough(now, started, gw, engine, st.cfgNow().Gateway.ExitIdleTimeout) {
 				log.Info("exiting on idle; the socket stays with systemd", "exit_idle_timeout", st.cfgNow().Gateway.ExitIdleTimeout)
 				notify.Stopping("exiting on idle")
-				err := drain(log, gw, apiSrv, metricsSrv, st.cfgNow().Gateway.ShutdownGrace)
+				err := drain(log, gw, apiSrv, metricsSrv, apiLns, conns, st.cfgNow().Gateway.ShutdownGrace)
 				stopSup()
 				<-supDone
 				saveLearned()
@@ -569,22 +575,41 @@ func apiListeners(cfg *config.Config) ([]net.Listener, bool, error) {
 }
 
 func serve(srv *http.Server, l net.Listener) error {
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+	err := srv.Serve(l)
+	// drain closes the listeners itself (net.ErrClosed) before it shuts
+	// the server down (http.ErrServerClosed).
+	if !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("serving on %s: %w", l.Addr(), err)
 	}
 	return nil
 }
 
 // drain implements the shutdown sequence of the package doc.
-func drain(log *slog.Logger, gw *gateway.Gateway, apiSrv, metricsSrv *http.Server, grace time.Duration) error {
+//
+// It does not start with http.Server.Shutdown: a server shutting down
+// closes, unanswered, a connection whose request it reads after Shutdown
+// began, and a client that connected a moment before (to llmlabd, or to
+// systemd's socket while llmlabd held it) would get nothing back. So the
+// listeners close first, keep-alive ends, and the requests on connections
+// already accepted are served (or refused with 503 if they would queue)
+// before Shutdown closes what is left idle.
+func drain(log *slog.Logger, gw *gateway.Gateway, apiSrv, metricsSrv *http.Server, apiLns []net.Listener, conns *connTracker, grace time.Duration) error {
 	s := gw.QueueStats()
 	log.Info("draining", "queued", s.Queued, "inflight_sequences", s.Inflight, "grace", grace)
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- apiSrv.Shutdown(ctx) }()
+	apiSrv.SetKeepAlivesEnabled(false)
+	for _, l := range apiLns {
+		_ = l.Close()
+	}
 	gw.Drain()
-	if err := <-done; err != nil {
+	for conns.busy(time.Now()) > 0 && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := apiSrv.Shutdown(ctx); err != nil {
 		log.Warn("grace period over; closing remaining connections", "grace", grace)
 		_ = apiSrv.Close()
 	}
@@ -592,6 +617,50 @@ func drain(log *slog.Logger, gw *gateway.Gateway, apiSrv, metricsSrv *http.Serve
 	gw.CloseIdle()
 	log.Info("stopped")
 	return nil
+}
+
+// connTracker follows the API's connections, so that a drain can wait
+// for the requests on those already accepted.
+type connTracker struct {
+	mu    sync.Mutex
+	conns map[net.Conn]connState
+}
+
+type connState struct {
+	state http.ConnState
+	since time.Time
+}
+
+func newConnTracker() *connTracker { return &connTracker{conns: map[net.Conn]connState{}} }
+
+// track is the server's ConnState hook.
+func (t *connTracker) track(c net.Conn, s http.ConnState) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch s {
+	case http.StateClosed, http.StateHijacked:
+		delete(t.conns, c)
+	default:
+		t.conns[c] = connState{state: s, since: time.Now()}
+	}
+}
+
+// newConnPatience is how long a drain waits for a new connection's first
+// request, as net/http's Shutdown does.
+const newConnPatience = 5 * time.Second
+
+// busy counts the connections with a request in progress, or new ones
+// whose first request may still come.
+func (t *connTracker) busy(now time.Time) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, c := range t.conns {
+		if c.state == http.StateActive || c.state == http.StateNew && now.Sub(c.since) < newConnPatience {
+			n++
+		}
+	}
+	return n
 }
 
 // reload re-reads the configuration; a bad one is refused and the running
