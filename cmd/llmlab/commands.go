@@ -46,19 +46,27 @@ func fakeEngineFlags(fs *flag.FlagSet) runFunc {
 }
 
 func fakeEngine(ctx context.Context, listen string, delay, tokenDelay time.Duration) int {
+	return serveUntilDone(ctx, "fake-engine", listen, &enginetest.Engine{Delay: delay, TokenDelay: tokenDelay},
+		"fake engine listening on")
+}
+
+// serveUntilDone serves h on listen until ctx ends, for the helper
+// servers of the benchmarks; banner and the address go to stdout once it
+// listens.
+func serveUntilDone(ctx context.Context, cmd, listen string, h http.Handler, banner string) int {
 	l, err := net.Listen("tcp", listen)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "llmlab fake-engine:", err)
+		fmt.Fprintf(os.Stderr, "llmlab %s: %v\n", cmd, err)
 		return 1
 	}
-	srv := &http.Server{Handler: &enginetest.Engine{Delay: delay, TokenDelay: tokenDelay}, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
-	fmt.Printf("fake engine listening on %s\n", l.Addr())
+	fmt.Println(banner, l.Addr())
 	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-		fmt.Fprintln(os.Stderr, "llmlab fake-engine:", err)
+		fmt.Fprintf(os.Stderr, "llmlab %s: %v\n", cmd, err)
 		return 1
 	}
 	return 0
@@ -73,22 +81,7 @@ func reverseProxyFlags(fs *flag.FlagSet) runFunc {
 			fmt.Fprintf(os.Stderr, "llmlab reverse-proxy: --engine-url %q is not an http URL\n", *engine)
 			return 2
 		}
-		l, err := net.Listen("tcp", *listen)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "llmlab reverse-proxy:", err)
-			return 1
-		}
-		srv := &http.Server{Handler: overhead.ReverseProxy(u), ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			<-ctx.Done()
-			_ = srv.Close()
-		}()
-		fmt.Printf("reverse proxy to %s listening on %s\n", u, l.Addr())
-		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-			fmt.Fprintln(os.Stderr, "llmlab reverse-proxy:", err)
-			return 1
-		}
-		return 0
+		return serveUntilDone(ctx, "reverse-proxy", *listen, overhead.ReverseProxy(u), "reverse proxy to "+u.String()+" listening on")
 	}
 }
 

@@ -279,20 +279,43 @@ func TestFlood(t *testing.T) {
 
 // SIGTERM: queued requests get 503 at once, the in-flight one finishes,
 // the process exits 0.
-func TestSIGTERMDrains(t *testing.T) {
+// drainingDaemon starts llmlabd with one engine slot and a request held in
+// it; release lets the engine answer, and waitExit checks that the held
+// request got 200 and llmlabd then exited 0.
+func drainingDaemon(t *testing.T) (d *daemon, release func(), waitExit func()) {
+	t.Helper()
 	hold := make(chan struct{})
 	eng := &enginetest.Engine{Hold: hold}
 	es := httptest.NewServer(eng)
-	defer es.Close()
-	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL, "max_inflight = 1\nmax_batch = 1\nmax_wait = \"30s\"")))
+	t.Cleanup(es.Close)
+	d = start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL, "max_inflight = 1\nmax_batch = 1\nmax_wait = \"30s\"")))
 	started := eng.Started()
-
 	inflight := make(chan int, 1)
 	go func() {
 		resp, _ := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"a","max_tokens":3}`)
 		inflight <- resp.StatusCode
 	}()
 	<-started
+	waitExit = func() {
+		t.Helper()
+		if code := <-inflight; code != 200 {
+			t.Errorf("in-flight request finished with %d, want 200", code)
+		}
+		select {
+		case err := <-d.exited:
+			if err != nil {
+				t.Fatalf("exit: %v, want 0", err)
+			}
+			d.exited <- nil
+		case <-time.After(10 * time.Second):
+			t.Fatal("did not exit after draining")
+		}
+	}
+	return d, func() { close(hold) }, waitExit
+}
+
+func TestSIGTERMDrains(t *testing.T) {
+	d, release, waitExit := drainingDaemon(t)
 	queued := make(chan *http.Response, 1)
 	go func() {
 		resp, _ := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"b","max_tokens":3}`)
@@ -314,38 +337,15 @@ func TestSIGTERMDrains(t *testing.T) {
 		t.Fatalf("exited (%v) while a request was still in flight", err)
 	case <-time.After(200 * time.Millisecond):
 	}
-	close(hold)
-	if code := <-inflight; code != 200 {
-		t.Errorf("in-flight request finished with %d, want 200", code)
-	}
-	select {
-	case err := <-d.exited:
-		if err != nil {
-			t.Fatalf("exit: %v, want 0", err)
-		}
-		d.exited <- nil
-	case <-time.After(10 * time.Second):
-		t.Fatal("did not exit after draining")
-	}
+	release()
+	waitExit()
 }
 
 // A connection accepted before SIGTERM whose request comes after it is
 // answered: net/http's Shutdown alone closes such a connection unanswered,
 // which a client sees as a bare EOF.
 func TestSIGTERMAnswersAcceptedConnection(t *testing.T) {
-	hold := make(chan struct{})
-	eng := &enginetest.Engine{Hold: hold}
-	es := httptest.NewServer(eng)
-	defer es.Close()
-	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL, "max_inflight = 1\nmax_batch = 1\nmax_wait = \"30s\"")))
-	started := eng.Started()
-	inflight := make(chan int, 1)
-	go func() {
-		resp, _ := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"a","max_tokens":3}`)
-		inflight <- resp.StatusCode
-	}()
-	<-started
-
+	d, release, waitExit := drainingDaemon(t)
 	addr := strings.TrimPrefix(d.api, "http://")
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -381,19 +381,8 @@ func TestSIGTERMAnswersAcceptedConnection(t *testing.T) {
 	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !resp.Close {
 		t.Errorf("answer %d, Retry-After %q, Connection: close %v; want 503 with Retry-After, closing", resp.StatusCode, resp.Header.Get("Retry-After"), resp.Close)
 	}
-	close(hold)
-	if code := <-inflight; code != 200 {
-		t.Errorf("in-flight request finished with %d, want 200", code)
-	}
-	select {
-	case err := <-d.exited:
-		if err != nil {
-			t.Fatalf("exit: %v, want 0", err)
-		}
-		d.exited <- nil
-	case <-time.After(10 * time.Second):
-		t.Fatal("did not exit after draining")
-	}
+	release()
+	waitExit()
 }
 
 // A client that disconnects frees its slot: with max_inflight 1, the next
