@@ -171,7 +171,13 @@ func (s *Scraper) fetch(ctx context.Context) (Reading, error) {
 	if err != nil {
 		return Reading{}, err
 	}
-	defer resp.Body.Close()
+	defer func() {
+		// Read what is left of a short answer (an error page, say), so
+		// that the next scrape reuses the connection instead of opening
+		// one every interval.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+	}()
 	if resp.StatusCode != http.StatusOK {
 		return Reading{}, fmt.Errorf("GET %s: %s", s.url, resp.Status)
 	}

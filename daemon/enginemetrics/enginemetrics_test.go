@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -130,6 +131,38 @@ func TestScraper(t *testing.T) {
 	reg.MustRegister(s)
 	if n, err := testutil.GatherAndCount(reg, "llmlab_engine_requests_running", "llmlab_engine_metrics_scrapes_total"); err != nil || n != 3 {
 		t.Fatalf("metrics: %d series, %v", n, err)
+	}
+}
+
+// Scrapes share one connection to the engine, whether it answers or
+// refuses (an engine without /metrics, like the overhead benchmark's).
+func TestScraperReusesConnection(t *testing.T) {
+	var conns, scrapes atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if scrapes.Add(1)%2 == 0 {
+			http.Error(w, strings.Repeat("not here ", 200), http.StatusNotFound)
+			return
+		}
+		io.WriteString(w, "vllm:num_requests_running 1\n")
+	}))
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	s := NewScraper(srv.URL, 5*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx, func() bool { return true })
+	waitFor(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.ok >= 4 && s.failed >= 4
+	})
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("%d scrapes opened %d connections, want 1", scrapes.Load(), n)
 	}
 }
 
