@@ -8,8 +8,15 @@
 // For each workload (short non-streamed answers, 200-token streams):
 //   - capacity: a closed loop at fixed concurrency against each target, in
 //     interleaved rounds; the median round per target is reported;
+//   - unloaded round trip: one request at a time, the median minus
+//     direct's;
 //   - added latency: an open loop at half of nginx's capacity against each
-//     target; p50 and p99 minus direct's.
+//     target; p50 and p99 minus direct's, with direct measured twice to
+//     show how far apart two measurements of the same thing land.
+//
+// The latency phases give the targets the load in short turns (a second,
+// or the phase duration when shorter), many per target, and pool each
+// target's samples.
 package overhead
 
 import (
@@ -51,11 +58,14 @@ type Result struct {
 	// CPUPerRequest is the proxy's own CPU time per request in
 	// microseconds (closed loop, median round; 0 for direct).
 	CPUPerRequest float64
-	Rate          float64 // open-loop offered rate
-	P50, P99      time.Duration
-	AddedP50      time.Duration
-	AddedP99      time.Duration
-	OpenErrors    int
+	// Unloaded is the median round trip with one request at a time;
+	// UnloadedAdded is that minus direct's.
+	Unloaded, UnloadedAdded time.Duration
+	Rate                    float64 // open-loop offered rate
+	P50, P99                time.Duration
+	AddedP50                time.Duration
+	AddedP99                time.Duration
+	OpenErrors              int
 }
 
 // GoProxy names the bare httputil.ReverseProxy target in the report.
@@ -200,10 +210,7 @@ http {
 	}
 	defer stopGo()
 
-	targets := []struct {
-		name, url string
-		pid       int
-	}{
+	targets := []target{
 		{"direct", "http://" + engineAddr, 0},
 		{"nginx", "http://127.0.0.1:" + nginxPort, nginxPID},
 		{GoProxy, "http://127.0.0.1:" + goPort, goPID},
@@ -216,98 +223,175 @@ http {
 	}
 
 	// Each target gets a pool of warmConns keep-alive connections, opened
-	// before each open-loop phase and never exceeded: a request that finds
-	// them all busy waits in the client, and that wait counts in its
-	// latency. Without a cap, the open loop dials a connection for every
-	// request outstanding at once, and on this CPU-bound machine a burst
-	// of dials can feed itself (the client, the proxy and the engine all
-	// pay for each one, which slows the answers, which opens more), so
-	// the phase would measure that storm instead of the proxy.
+	// before the open loop and never exceeded: a request that finds them
+	// all busy waits in the client, and that wait counts in its latency.
+	// Without a cap, the open loop dials a connection for every request
+	// outstanding at once, and on this CPU-bound machine a burst of dials
+	// can feed itself (the client, the proxy and the engine all pay for
+	// each one, which slows the answers, which opens more), so the phase
+	// would measure that storm instead of the proxy.
 	client := bench.NewClient(max(o.Concurrency, warmConns))
 	client.Transport.(*http.Transport).MaxConnsPerHost = max(o.Concurrency, warmConns)
+	m := measurer{o: o, client: client, slot: min(maxSlot, o.Duration)}
 	var results []Result
-	for _, w := range []workload{{"short, non-streamed (1 token)", false, 1}, {"200-token stream", true, 200}} {
+	for _, w := range workloads {
 		base := bench.Options{Stream: w.stream, MaxTokens: w.maxTokens, PromptTokens: 200, Model: "m",
-			Duration: o.Duration, Warmup: time.Second}
-		caps := map[string][]float64{}
-		cpu := map[string][]float64{}
-		for range o.Rounds {
-			for _, t := range targets {
-				opt := base
-				opt.Target, opt.Concurrency = t.url, o.Concurrency
-				before := cpuTicks(t.pid)
-				samples, err := bench.Run(ctx, client, opt)
-				ticks := cpuTicks(t.pid) - before
-				if err != nil {
-					return nil, err
-				}
-				s := bench.Summarize(samples, o.Duration, bench.SLO{Latency: time.Hour, MaxErrorRate: 1})
-				if s.Failed > 0 {
-					return nil, fmt.Errorf("%s, %s: %d failed requests (%v)", w.name, t.name, s.Failed, s.ByCode)
-				}
-				caps[t.name] = append(caps[t.name], s.RPS)
-				// Warm-up requests used CPU too: count every request.
-				cpu[t.name] = append(cpu[t.name], float64(ticks)*1e4/float64(len(samples)))
-			}
+			Duration: o.Duration, Warmup: min(time.Second, o.Duration)}
+		caps, cpu, err := m.capacity(ctx, base, targets)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", w.name, err)
+		}
+		unloaded, err := m.latency(ctx, base, targets, 0, m.o.Duration)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", w.name, err)
 		}
 		rate := median(caps["nginx"]) / 2
-		p50s, p99s := map[string][]float64{}, map[string][]float64{}
-		errs := map[string]int{}
-		for round := range o.Rounds {
-			for _, t := range targets {
-				// Open the pool's connections first, as a client with a
-				// warm keep-alive pool has them. Not timed.
-				warm := base
-				warm.Target, warm.Concurrency, warm.Duration, warm.Warmup = t.url, warmConns, 500*time.Millisecond, 0
-				if _, err := bench.Run(ctx, client, warm); err != nil {
-					return nil, err
-				}
-				opt := base
-				opt.Target, opt.Rate, opt.Poisson, opt.Seed = t.url, rate, true, uint64(round+1)
-				samples, err := bench.Run(ctx, client, opt)
-				if err != nil {
-					return nil, err
-				}
-				s := bench.Summarize(samples, o.Duration, bench.SLO{Latency: time.Hour, MaxErrorRate: 1})
-				p50s[t.name] = append(p50s[t.name], float64(s.Latency.P50))
-				p99s[t.name] = append(p99s[t.name], float64(s.Latency.P99))
-				errs[t.name] += s.Refused + s.Failed
-			}
+		// The open loop measures direct twice: how far two measurements
+		// of the same thing land apart is the resolution of the others.
+		open, err := m.latency(ctx, base, append(slices.Clone(targets), target{Again, targets[0].url, 0}), rate, time.Duration(m.o.Rounds)*m.o.Duration)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", w.name, err)
 		}
-		for _, t := range targets {
-			p50, p99 := time.Duration(median(p50s[t.name])), time.Duration(median(p99s[t.name]))
-			d50, d99 := time.Duration(median(p50s["direct"])), time.Duration(median(p99s["direct"]))
+		d := open["direct"]
+		for _, t := range append(slices.Clone(targets), target{name: Again}) {
+			l := open[t.name]
 			results = append(results, Result{
-				Workload: w.name, Target: t.name, Capacity: median(caps[t.name]), CPUPerRequest: median(cpu[t.name]), Rate: rate,
-				P50: p50, P99: p99, AddedP50: p50 - d50, AddedP99: p99 - d99, OpenErrors: errs[t.name],
+				Workload: w.name, Target: t.name, Capacity: median(caps[t.name]), CPUPerRequest: median(cpu[t.name]),
+				Unloaded: unloaded[t.name].p50, UnloadedAdded: unloaded[t.name].p50 - unloaded["direct"].p50,
+				Rate: rate, P50: l.p50, P99: l.p99, AddedP50: l.p50 - d.p50, AddedP99: l.p99 - d.p99, OpenErrors: l.errors,
 			})
 		}
 	}
-	report(o.Out, o, results)
+	report(o.Out, o, m.slot, results)
 	return results, nil
 }
 
-func report(w io.Writer, o Options, rs []Result) {
-	fmt.Fprintf(w, "closed loop at concurrency %d and open loop (Poisson) at half nginx's capacity, %d interleaved rounds of %s per target each; medians of the rounds\n\n",
-		o.Concurrency, o.Rounds, o.Duration)
-	fmt.Fprintln(w, "| workload | target | capacity req/s | x direct | proxy CPU us/req | open-loop rate | p50 | p99 | added p50 | added p99 |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+// Again names the second measurement of direct access in the open loop.
+const Again = "direct, again"
+
+type target struct {
+	name, url string
+	pid       int
+}
+
+var workloads = []workload{{"short, non-streamed (1 token)", false, 1}, {"200-token stream", true, 200}}
+
+// maxSlot is how long one target takes the load in turn in the latency
+// phases. Short turns, many of them, spread the machine's slow moments
+// (another tenant, a timer, the collector of one of the processes) evenly
+// over the targets; one long turn per target would hand each moment to
+// whichever target had the load then.
+const maxSlot = time.Second
+
+type measurer struct {
+	o      Options
+	client *http.Client
+	slot   time.Duration
+}
+
+// capacity runs the closed loop: o.Rounds interleaved rounds per target.
+// It returns each round's requests/s and the proxy's CPU microseconds per
+// request.
+func (m measurer) capacity(ctx context.Context, base bench.Options, targets []target) (caps, cpu map[string][]float64, err error) {
+	caps, cpu = map[string][]float64{}, map[string][]float64{}
+	for range m.o.Rounds {
+		for _, t := range targets {
+			opt := base
+			opt.Target, opt.Concurrency = t.url, m.o.Concurrency
+			before := cpuTicks(t.pid)
+			samples, err := bench.Run(ctx, m.client, opt)
+			ticks := cpuTicks(t.pid) - before
+			if err != nil {
+				return nil, nil, err
+			}
+			s := bench.Summarize(samples, m.o.Duration, bench.SLO{Latency: time.Hour, MaxErrorRate: 1})
+			if s.Failed > 0 {
+				return nil, nil, fmt.Errorf("%s: %d failed requests (%v)", t.name, s.Failed, s.ByCode)
+			}
+			caps[t.name] = append(caps[t.name], s.RPS)
+			// Warm-up requests used CPU too: count every request.
+			cpu[t.name] = append(cpu[t.name], float64(ticks)*1e4/float64(len(samples)))
+		}
+	}
+	return caps, cpu, nil
+}
+
+type latencies struct {
+	p50, p99 time.Duration
+	errors   int
+}
+
+// latency measures each target's latency, in turns of one slot per
+// target until each has had total, and pools each target's samples. rate 0 is one request at a time (the unloaded round trip);
+// otherwise an open loop of Poisson arrivals at rate.
+func (m measurer) latency(ctx context.Context, base bench.Options, targets []target, rate float64, total time.Duration) (map[string]latencies, error) {
+	if rate > 0 {
+		// Open the pool's connections first, as a client with a warm
+		// keep-alive pool has them. Not timed.
+		for _, t := range targets {
+			warm := base
+			warm.Target, warm.Concurrency, warm.Duration, warm.Warmup = t.url, warmConns, 500*time.Millisecond, 0
+			if _, err := bench.Run(ctx, m.client, warm); err != nil {
+				return nil, err
+			}
+		}
+	}
+	pooled := map[string][]bench.Sample{}
+	for turn := range max(1, int(total/m.slot)) {
+		for _, t := range targets {
+			opt := base
+			opt.Target, opt.Duration, opt.Warmup = t.url, m.slot, 0
+			if rate > 0 {
+				opt.Rate, opt.Poisson, opt.Seed = rate, true, uint64(turn+1)
+			} else {
+				opt.Concurrency = 1
+			}
+			samples, err := bench.Run(ctx, m.client, opt)
+			if err != nil {
+				return nil, err
+			}
+			pooled[t.name] = append(pooled[t.name], samples...)
+		}
+	}
+	out := map[string]latencies{}
+	for name, samples := range pooled {
+		s := bench.Summarize(samples, m.slot, bench.SLO{Latency: time.Hour, MaxErrorRate: 1})
+		out[name] = latencies{p50: s.Latency.P50, p99: s.Latency.P99, errors: s.Refused + s.Failed}
+	}
+	return out, nil
+}
+
+func report(w io.Writer, o Options, slot time.Duration, rs []Result) {
+	fmt.Fprintf(w, "closed loop at concurrency %d, %d interleaved rounds of %s per target, medians of the rounds; "+
+		"unloaded (one request at a time, %s per target) and open loop (Poisson, at half nginx's capacity, %s per target) in turns of %s, percentiles of the pooled samples\n\n",
+		o.Concurrency, o.Rounds, o.Duration, o.Duration, time.Duration(o.Rounds)*o.Duration, slot)
+	fmt.Fprintln(w, "| workload | target | capacity req/s | x direct | proxy CPU us/req | unloaded round trip | unloaded added | open-loop rate | p50 | p99 | added p50 | added p99 |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	byKey := map[string]Result{}
 	for _, r := range rs {
 		byKey[r.Workload+"/"+r.Target] = r
 	}
 	for _, r := range rs {
+		if r.Target == Again {
+			fmt.Fprintf(w, "| %s | %s | | | | | | %.0f | %s | %s | %s | %s |\n", r.Workload, r.Target,
+				r.Rate, ms(r.P50), ms(r.P99), ms(r.AddedP50), ms(r.AddedP99))
+			continue
+		}
 		d := byKey[r.Workload+"/direct"]
-		fmt.Fprintf(w, "| %s | %s | %.0f | %.2f | %.0f | %.0f | %s | %s | %s | %s |\n", r.Workload, r.Target, r.Capacity, r.Capacity/d.Capacity,
-			r.CPUPerRequest, r.Rate, ms(r.P50), ms(r.P99), ms(r.AddedP50), ms(r.AddedP99))
+		fmt.Fprintf(w, "| %s | %s | %.0f | %.2f | %.0f | %s | %s | %.0f | %s | %s | %s | %s |\n", r.Workload, r.Target, r.Capacity, r.Capacity/d.Capacity,
+			r.CPUPerRequest, us(r.Unloaded), us(r.UnloadedAdded), r.Rate, ms(r.P50), ms(r.P99), ms(r.AddedP50), ms(r.AddedP99))
 	}
 	fmt.Fprintln(w)
-	for _, wl := range []string{"short, non-streamed (1 token)", "200-token stream"} {
-		n, g, l := byKey[wl+"/nginx"], byKey[wl+"/"+GoProxy], byKey[wl+"/llmlabd"]
-		fmt.Fprintf(w, "- %s: llmlabd capacity %.2fx nginx's (target >= 0.8); added p50 %s vs %s (%.2fx), added p99 %s vs %s (%.2fx) (target <= 1.25x)\n",
-			wl, l.Capacity/n.Capacity, ms(l.AddedP50), ms(n.AddedP50), ratio(l.AddedP50, n.AddedP50), ms(l.AddedP99), ms(n.AddedP99), ratio(l.AddedP99, n.AddedP99))
-		fmt.Fprintf(w, "  - the bare Go reverse proxy: capacity %.2fx nginx's, added p50 %.2fx and p99 %.2fx nginx's; llmlabd's capacity %.2fx its, CPU per request %.2fx its\n",
-			g.Capacity/n.Capacity, ratio(g.AddedP50, n.AddedP50), ratio(g.AddedP99, n.AddedP99), l.Capacity/g.Capacity, l.CPUPerRequest/g.CPUPerRequest)
+	for _, wl := range workloads {
+		n, g, l, a := byKey[wl.name+"/nginx"], byKey[wl.name+"/"+GoProxy], byKey[wl.name+"/llmlabd"], byKey[wl.name+"/"+Again]
+		fmt.Fprintf(w, "- %s: llmlabd capacity %.2fx nginx's (target >= 0.8); added p50 %s vs %s (%.2fx), added p99 %s vs %s (%.2fx) (target <= 1.25x); unloaded, it adds %s to a round trip, nginx %s (%.2fx)\n",
+			wl.name, l.Capacity/n.Capacity, ms(l.AddedP50), ms(n.AddedP50), ratio(l.AddedP50, n.AddedP50), ms(l.AddedP99), ms(n.AddedP99), ratio(l.AddedP99, n.AddedP99),
+			us(l.UnloadedAdded), us(n.UnloadedAdded), ratio(l.UnloadedAdded, n.UnloadedAdded))
+		fmt.Fprintf(w, "  - the bare Go reverse proxy: capacity %.2fx nginx's, added p50 %.2fx and p99 %.2fx nginx's, unloaded %.2fx nginx's; llmlabd's capacity %.2fx its, CPU per request %.2fx its, added p50 %.2fx its, unloaded %.2fx its\n",
+			g.Capacity/n.Capacity, ratio(g.AddedP50, n.AddedP50), ratio(g.AddedP99, n.AddedP99), ratio(g.UnloadedAdded, n.UnloadedAdded),
+			l.Capacity/g.Capacity, l.CPUPerRequest/g.CPUPerRequest, ratio(l.AddedP50, g.AddedP50), ratio(l.UnloadedAdded, g.UnloadedAdded))
+		fmt.Fprintf(w, "  - resolution: direct measured twice in the same open loop differs by %s at p50 and %s at p99\n",
+			ms(a.AddedP50), ms(a.AddedP99))
 	}
 }
 
@@ -319,6 +403,8 @@ func ratio(a, b time.Duration) float64 {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2fms", float64(d)/1e6) }
+
+func us(d time.Duration) string { return fmt.Sprintf("%.0fus", float64(d)/1e3) }
 
 func median(v []float64) float64 {
 	if len(v) == 0 {
