@@ -1174,18 +1174,24 @@ func TestOverheadBenchmarkRuns(t *testing.T) {
 		t.Fatalf("llmlab overhead: %v\n%s", err, out)
 	}
 	report := string(out)
-	for _, w := range []string{"short, non-streamed (1 token)", "200-token stream"} {
+	for _, w := range []struct {
+		name   string
+		stream bool
+	}{{"short, non-streamed (1 token)", false}, {"200-token stream", true}} {
 		for _, target := range []string{"direct", "nginx", "go-reverseproxy", "llmlabd"} {
-			row := regexp.MustCompile(`(?m)^\| ` + regexp.QuoteMeta(w) + ` \| ` + target + ` \| ([0-9]+) \|`).FindStringSubmatch(report)
+			row := regexp.MustCompile(`(?m)^\| ` + regexp.QuoteMeta(w.name) + ` \| ` + target + ` \| ([0-9]+) \|`).FindStringSubmatch(report)
 			if row == nil || row[1] == "0" {
-				t.Errorf("%s, %s: no row with a capacity in\n%s", w, target, report)
+				t.Errorf("%s, %s: no row with a capacity in\n%s", w.name, target, report)
 			}
 		}
-		if !strings.Contains(report, "| "+w+" | direct, again |") {
-			t.Errorf("%s: no second measurement of direct access in\n%s", w, report)
+		if !w.stream && !regexp.MustCompile(`(?m)^\| `+regexp.QuoteMeta(w.name)+` \| nginx, answering itself \| \| \| \| [0-9]+us \|`).MatchString(report) {
+			t.Errorf("%s: no unloaded round trip to nginx answering by itself in\n%s", w.name, report)
 		}
-		if !strings.Contains(report, "- "+w+": llmlabd capacity ") {
-			t.Errorf("%s: no verdict line in\n%s", w, report)
+		if !strings.Contains(report, "| "+w.name+" | direct, again |") {
+			t.Errorf("%s: no second measurement of direct access in\n%s", w.name, report)
+		}
+		if !strings.Contains(report, "- "+w.name+": llmlabd capacity ") {
+			t.Errorf("%s: no verdict line in\n%s", w.name, report)
 		}
 	}
 }

@@ -169,6 +169,7 @@ access_log = false
 	defer stopGw()
 
 	nginxPort, _ := freePort()
+	staticPort, _ := freePort()
 	nginxConf := fmt.Sprintf(`worker_processes auto;
 pid %[1]s/nginx.pid;
 error_log %[1]s/nginx-error.log warn;
@@ -182,6 +183,13 @@ http {
   scgi_temp_path %[1]s/scgi;
   upstream engine { server %[2]s; keepalive 256; }
   server {
+    listen 127.0.0.1:%[4]s;
+    location / {
+      default_type application/json;
+      return 200 '%[5]s';
+    }
+  }
+  server {
     listen 127.0.0.1:%[3]s;
     location / {
       proxy_pass http://engine;
@@ -191,7 +199,7 @@ http {
     }
   }
 }
-`, dir, engineAddr, nginxPort)
+`, dir, engineAddr, nginxPort, staticPort, staticAnswer)
 	nginxConfPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(nginxConfPath, []byte(nginxConf), 0o644); err != nil {
 		return nil, err
@@ -241,7 +249,14 @@ http {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", w.name, err)
 		}
-		unloaded, err := m.latency(ctx, base, targets, 0, m.o.Duration)
+		alone := targets
+		if !w.stream {
+			// A round trip to nginx answering by itself, beside direct's
+			// to the fake engine (a Go HTTP server answering at once):
+			// what one server hop costs in each.
+			alone = append(slices.Clone(targets), target{Static, "http://127.0.0.1:" + staticPort, 0})
+		}
+		unloaded, err := m.latency(ctx, base, alone, 0, m.o.Duration)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", w.name, err)
 		}
@@ -261,6 +276,9 @@ http {
 				Rate: rate, P50: l.p50, P99: l.p99, AddedP50: l.p50 - d.p50, AddedP99: l.p99 - d.p99, OpenErrors: l.errors,
 			})
 		}
+		if u, ok := unloaded[Static]; ok {
+			results = append(results, Result{Workload: w.name, Target: Static, Unloaded: u.p50, UnloadedAdded: u.p50 - unloaded["direct"].p50})
+		}
 	}
 	report(o.Out, o, m.slot, results)
 	return results, nil
@@ -268,6 +286,13 @@ http {
 
 // Again names the second measurement of direct access in the open loop.
 const Again = "direct, again"
+
+// Static names nginx answering by itself, measured unloaded only.
+const Static = "nginx, answering itself"
+
+// staticAnswer is nginx's own answer: the fake engine's to a one-token
+// completion.
+const staticAnswer = `{"id":"cmpl-test","object":"text_completion","created":1,"model":"m","choices":[{"index":0,"text":" tok","finish_reason":"length"}],"usage":{"prompt_tokens":10,"total_tokens":11,"completion_tokens":1}}`
 
 type target struct {
 	name, url string
@@ -372,6 +397,10 @@ func report(w io.Writer, o Options, slot time.Duration, rs []Result) {
 		byKey[r.Workload+"/"+r.Target] = r
 	}
 	for _, r := range rs {
+		if r.Target == Static {
+			fmt.Fprintf(w, "| %s | %s | | | | %s | %s | | | | | |\n", r.Workload, r.Target, us(r.Unloaded), us(r.UnloadedAdded))
+			continue
+		}
 		if r.Target == Again {
 			fmt.Fprintf(w, "| %s | %s | | | | | | %.0f | %s | %s | %s | %s |\n", r.Workload, r.Target,
 				r.Rate, ms(r.P50), ms(r.P99), ms(r.AddedP50), ms(r.AddedP99))
@@ -384,14 +413,19 @@ func report(w io.Writer, o Options, slot time.Duration, rs []Result) {
 	fmt.Fprintln(w)
 	for _, wl := range workloads {
 		n, g, l, a := byKey[wl.name+"/nginx"], byKey[wl.name+"/"+GoProxy], byKey[wl.name+"/llmlabd"], byKey[wl.name+"/"+Again]
-		fmt.Fprintf(w, "- %s: llmlabd capacity %.2fx nginx's (target >= 0.8); added p50 %s vs %s (%.2fx), added p99 %s vs %s (%.2fx) (target <= 1.25x); unloaded, it adds %s to a round trip, nginx %s (%.2fx)\n",
-			wl.name, l.Capacity/n.Capacity, ms(l.AddedP50), ms(n.AddedP50), ratio(l.AddedP50, n.AddedP50), ms(l.AddedP99), ms(n.AddedP99), ratio(l.AddedP99, n.AddedP99),
-			us(l.UnloadedAdded), us(n.UnloadedAdded), ratio(l.UnloadedAdded, n.UnloadedAdded))
-		fmt.Fprintf(w, "  - the bare Go reverse proxy: capacity %.2fx nginx's, added p50 %.2fx and p99 %.2fx nginx's, unloaded %.2fx nginx's; llmlabd's capacity %.2fx its, CPU per request %.2fx its, added p50 %.2fx its, unloaded %.2fx its\n",
-			g.Capacity/n.Capacity, ratio(g.AddedP50, n.AddedP50), ratio(g.AddedP99, n.AddedP99), ratio(g.UnloadedAdded, n.UnloadedAdded),
-			l.Capacity/g.Capacity, l.CPUPerRequest/g.CPUPerRequest, ratio(l.AddedP50, g.AddedP50), ratio(l.UnloadedAdded, g.UnloadedAdded))
+		fmt.Fprintf(w, "- %s: llmlabd capacity %.2fx nginx's (target >= 0.8); added p50 %s vs %s (%.2fx), added p99 %s vs %s (%.2fx) (target <= 1.25x)\n",
+			wl.name, l.Capacity/n.Capacity, ms(l.AddedP50), ms(n.AddedP50), ratio(l.AddedP50, n.AddedP50), ms(l.AddedP99), ms(n.AddedP99), ratio(l.AddedP99, n.AddedP99))
+		fmt.Fprintf(w, "  - the bare Go reverse proxy: capacity %.2fx nginx's, added p50 %.2fx and p99 %.2fx nginx's; llmlabd's capacity %.2fx its, CPU per request %.2fx its, added p50 %.2fx and p99 %.2fx its\n",
+			g.Capacity/n.Capacity, ratio(g.AddedP50, n.AddedP50), ratio(g.AddedP99, n.AddedP99),
+			l.Capacity/g.Capacity, l.CPUPerRequest/g.CPUPerRequest, ratio(l.AddedP50, g.AddedP50), ratio(l.AddedP99, g.AddedP99))
+		fmt.Fprintf(w, "  - unloaded, added to a round trip: llmlabd %s, the bare Go reverse proxy %s, nginx %s\n",
+			us(l.UnloadedAdded), us(g.UnloadedAdded), us(n.UnloadedAdded))
 		fmt.Fprintf(w, "  - resolution: direct measured twice in the same open loop differs by %s at p50 and %s at p99\n",
 			ms(a.AddedP50), ms(a.AddedP99))
+		if st, ok := byKey[wl.name+"/"+Static]; ok {
+			fmt.Fprintf(w, "  - one server hop, unloaded: a Go HTTP server answering at once (the fake engine, direct) %s per round trip, nginx answering by itself %s\n",
+				us(byKey[wl.name+"/direct"].Unloaded), us(st.Unloaded))
+		}
 	}
 }
 
