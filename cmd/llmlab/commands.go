@@ -89,8 +89,8 @@ func overheadFlags(fs *flag.FlagSet) runFunc {
 	llmlabd := fs.String("llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
 	nginx := fs.String("nginx", "nginx", "nginx binary (Debian's nginx-light)")
 	conc := fs.Int("concurrency", 32, "closed-loop concurrency")
-	dur := fs.Duration("duration", 8*time.Second, "measurement time per target and phase")
-	rounds := fs.Int("rounds", 3, "interleaved closed-loop rounds per target")
+	dur := fs.Duration("duration", 8*time.Second, "time per target in a closed-loop round and in the unloaded phase")
+	rounds := fs.Int("rounds", 3, "interleaved closed-loop rounds per target; the open loop gives each target rounds x duration, in turns of 1s")
 	return func(ctx context.Context, _ []string) int {
 		return overheadCmd(ctx, *llmlabd, *nginx, *conc, *dur, *rounds)
 	}
