@@ -65,7 +65,6 @@ type Result struct {
 	P50, P99                time.Duration
 	AddedP50                time.Duration
 	AddedP99                time.Duration
-	OpenErrors              int
 }
 
 // GoProxy names the bare httputil.ReverseProxy target in the report.
@@ -273,7 +272,7 @@ http {
 			results = append(results, Result{
 				Workload: w.name, Target: t.name, Capacity: median(caps[t.name]), CPUPerRequest: median(cpu[t.name]),
 				Unloaded: unloaded[t.name].p50, UnloadedAdded: unloaded[t.name].p50 - unloaded["direct"].p50,
-				Rate: rate, P50: l.p50, P99: l.p99, AddedP50: l.p50 - d.p50, AddedP99: l.p99 - d.p99, OpenErrors: l.errors,
+				Rate: rate, P50: l.p50, P99: l.p99, AddedP50: l.p50 - d.p50, AddedP99: l.p99 - d.p99,
 			})
 		}
 		if u, ok := unloaded[Static]; ok {
@@ -341,10 +340,7 @@ func (m measurer) capacity(ctx context.Context, base bench.Options, targets []ta
 	return caps, cpu, nil
 }
 
-type latencies struct {
-	p50, p99 time.Duration
-	errors   int
-}
+type latencies struct{ p50, p99 time.Duration }
 
 // latency measures each target's latency, in turns of one slot per
 // target until each has had total, and pools each target's samples. rate 0 is one request at a time (the unloaded round trip);
@@ -381,7 +377,12 @@ func (m measurer) latency(ctx context.Context, base bench.Options, targets []tar
 	out := map[string]latencies{}
 	for name, samples := range pooled {
 		s := bench.Summarize(samples, m.slot, bench.SLO{Latency: time.Hour, MaxErrorRate: 1})
-		out[name] = latencies{p50: s.Latency.P50, p99: s.Latency.P99, errors: s.Refused + s.Failed}
+		// Percentiles are of answered requests only: a refused or failed
+		// one would leave them looking better than the target was.
+		if s.Refused+s.Failed > 0 {
+			return nil, fmt.Errorf("%s: %d refused and %d failed requests (%v)", name, s.Refused, s.Failed, s.ByCode)
+		}
+		out[name] = latencies{p50: s.Latency.P50, p99: s.Latency.P99}
 	}
 	return out, nil
 }
