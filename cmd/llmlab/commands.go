@@ -30,9 +30,13 @@ func checkConfig(_ context.Context, args []string) int {
 	if len(args) == 1 {
 		path, explicit = args[0], true
 	}
-	if _, _, err := server.LoadConfig(server.Options{ConfigPath: path, Explicit: explicit}); err != nil {
+	cfg, _, err := server.LoadConfig(server.Options{ConfigPath: path, Explicit: explicit})
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	for _, d := range cfg.Deprecated {
+		fmt.Fprintf(os.Stderr, "%s: deprecated: %s\n", path, d)
 	}
 	fmt.Printf("%s: ok\n", path)
 	return 0

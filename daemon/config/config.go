@@ -37,6 +37,9 @@ type Config struct {
 	Log     Log
 	GPU     GPU
 	SLO     SLO
+	// Deprecated names the keys the file sets that are accepted but no
+	// longer do anything, each with why; the daemon logs them.
+	Deprecated []string
 }
 
 // SLO is the service-level objective admission works to.
@@ -134,7 +137,6 @@ type Limits struct {
 	MaxBodyBytes int64
 	MaxTokens    int
 	MaxN         int
-	MaxBestOf    int
 	Rate         float64
 	Burst        int
 	GlobalRate   float64
@@ -206,11 +208,13 @@ type raw struct {
 		MaxBodyBytes int64   `toml:"max_body_bytes"`
 		MaxTokens    int     `toml:"max_tokens"`
 		MaxN         int     `toml:"max_n"`
-		MaxBestOf    int     `toml:"max_best_of"`
 		Rate         float64 `toml:"rate"`
 		Burst        int     `toml:"burst"`
 		GlobalRate   float64 `toml:"global_rate"`
 		GlobalBurst  int     `toml:"global_burst"`
+		// MaxBestOf is deprecated: vLLM dropped best_of (docs/engine-contract.md).
+		// Kept so that files that set it (the shipped conffile did) still load.
+		MaxBestOf *int `toml:"max_best_of" deprecated:"true"`
 	} `toml:"limits"`
 	Auth struct {
 		KeysFile string `toml:"keys_file"`
@@ -267,7 +271,6 @@ func defaults() raw {
 	r.Limits.MaxBodyBytes = 1 << 20
 	r.Limits.MaxTokens = 1024
 	r.Limits.MaxN = 4
-	r.Limits.MaxBestOf = 4
 	r.Metrics.Listen = "127.0.0.1:9180"
 	r.Metrics.Textfile = "/var/lib/prometheus/node-exporter/llmlab.prom"
 	r.Log.Level = "info"
@@ -481,7 +484,6 @@ func fromRaw(path string, r raw) (*Config, error) {
 	}
 	ck.atLeast("limits.max_tokens", l.MaxTokens, 1)
 	ck.atLeast("limits.max_n", l.MaxN, 1)
-	ck.atLeast("limits.max_best_of", l.MaxBestOf, 1)
 	if l.Rate < 0 {
 		ck.fail("limits.rate", l.Rate, "must be 0 (off) or above")
 	}
@@ -494,7 +496,11 @@ func fromRaw(path string, r raw) (*Config, error) {
 	if l.GlobalRate > 0 && l.GlobalBurst < 1 {
 		ck.fail("limits.global_burst", l.GlobalBurst, "must be at least 1 when limits.global_rate is set")
 	}
-	c.Limits = Limits(l)
+	c.Limits = Limits{MaxBodyBytes: l.MaxBodyBytes, MaxTokens: l.MaxTokens, MaxN: l.MaxN, Rate: l.Rate, Burst: l.Burst,
+		GlobalRate: l.GlobalRate, GlobalBurst: l.GlobalBurst}
+	if l.MaxBestOf != nil {
+		c.Deprecated = append(c.Deprecated, fmt.Sprintf("limits.max_best_of = %d: ignored; vLLM no longer has best_of, so a request runs n sequences per prompt", *l.MaxBestOf))
+	}
 
 	c.Auth = Auth{KeysFile: r.Auth.KeysFile}
 	if c.Gateway.Listen != "" && !IsLoopback(c.Gateway.Listen) && c.Auth.KeysFile == "" && !c.Gateway.AllowPublicWithoutKeys {

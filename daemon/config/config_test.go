@@ -146,9 +146,34 @@ func TestShippedFileHasEveryKey(t *testing.T) {
 		sec := rt.Field(i)
 		for j := range sec.Type.NumField() {
 			key := sec.Tag.Get("toml") + "." + sec.Type.Field(j).Tag.Get("toml")
+			if sec.Type.Field(j).Tag.Get("deprecated") != "" {
+				if have[key] {
+					t.Errorf("etc/llmlab.toml still sets the deprecated %s", key)
+				}
+				continue
+			}
 			if !have[key] {
 				t.Errorf("etc/llmlab.toml lacks %s", key)
 			}
 		}
+	}
+}
+
+// A file written for an earlier release (the shipped conffile set
+// limits.max_best_of) still loads after an upgrade; the key is named as
+// deprecated and does nothing.
+func TestDeprecatedMaxBestOf(t *testing.T) {
+	c, err := Parse("old.toml", []byte("[limits]\nmax_tokens = 512\nmax_best_of = 4\n"))
+	if err != nil {
+		t.Fatalf("a file with limits.max_best_of: %v, want it to load", err)
+	}
+	if c.Limits.MaxTokens != 512 {
+		t.Fatalf("max_tokens = %d, want 512", c.Limits.MaxTokens)
+	}
+	if len(c.Deprecated) != 1 || !strings.Contains(c.Deprecated[0], "limits.max_best_of = 4") {
+		t.Fatalf("Deprecated = %q, want limits.max_best_of named", c.Deprecated)
+	}
+	if c, _ := Parse("new.toml", []byte("[limits]\nmax_tokens = 512\n")); len(c.Deprecated) != 0 {
+		t.Fatalf("Deprecated = %q for a file without deprecated keys", c.Deprecated)
 	}
 }

@@ -85,6 +85,9 @@ type Gateway struct {
 	coalescer *coalescer
 	metrics   *metrics
 	lastWork  atomic.Int64 // unix nanos of the latest work request's arrival
+	// maxModelLen is the engine's context length as its /v1/models last
+	// said (0: not known).
+	maxModelLen atomic.Int64
 }
 
 // New returns a gateway in front of cfg.EngineURL. keys may be nil (no
@@ -135,6 +138,13 @@ func (g *Gateway) SetEngineReady(ready bool) {
 	}
 	g.queue.SetEngineReady(ready)
 }
+
+// SetMaxModelLen records the engine's context length (0: unknown), which
+// the validator holds max_tokens to.
+func (g *Gateway) SetMaxModelLen(n int) { g.maxModelLen.Store(int64(n)) }
+
+// MaxModelLen is the engine's context length as last learned (0: unknown).
+func (g *Gateway) MaxModelLen() int { return int(g.maxModelLen.Load()) }
 
 // FailWaiting answers every queued request with 503.
 func (g *Gateway) FailWaiting(reason, message string, retryAfter time.Duration) {
@@ -301,7 +311,9 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 		st.outcome, st.status = "cancelled", 499
 		return
 	}
-	p, inv := validate(route, body, s.cfg.Limits, s.cfg.Coalesce)
+	lim := s.cfg.Limits
+	lim.MaxModelLen = g.MaxModelLen()
+	p, inv := validate(route, body, lim, s.cfg.Coalesce)
 	if inv != nil {
 		g.fail(rec, st, inv.Status, typeInvalid, inv.Code, inv.Param, inv.Msg, 0, "invalid")
 		return
@@ -397,7 +409,12 @@ func (g *Gateway) finish(rec *recorder, st *reqState) {
 	if st.ttft > 0 {
 		m.ttft.WithLabelValues(st.route).Observe(st.ttft.Seconds())
 	}
-	if st.prompt > 0 || st.complete > 0 {
+	// An answer without usage (vLLM streams report it only when asked:
+	// docs/engine-contract.md) is counted, not silently left out.
+	unreported := st.outcome == "ok" && st.prompt == 0 && st.complete == 0
+	if unreported {
+		m.unreported.WithLabelValues(st.client).Inc()
+	} else if st.prompt > 0 || st.complete > 0 {
 		m.clientTokens.WithLabelValues(st.client, "prompt").Add(float64(st.prompt))
 		m.clientTokens.WithLabelValues(st.client, "completion").Add(float64(st.complete))
 	}
@@ -422,6 +439,8 @@ func (g *Gateway) finish(rec *recorder, st *reqState) {
 	}
 	if st.prompt > 0 || st.complete > 0 {
 		attrs = append(attrs, slog.Int("prompt_tokens", st.prompt), slog.Int("completion_tokens", st.complete))
+	} else if unreported {
+		attrs = append(attrs, slog.String("usage", "unreported"))
 	}
 	g.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
 }

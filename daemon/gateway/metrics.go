@@ -19,6 +19,7 @@ type metrics struct {
 	upstream     *prometheus.CounterVec // kind: proxied, coalesced
 	clientReqs   *prometheus.CounterVec // client
 	clientTokens *prometheus.CounterVec // client, type
+	unreported   *prometheus.CounterVec // client
 	classReqs    *prometheus.CounterVec // class, outcome
 	decisions    *prometheus.CounterVec // class, decision, reason
 }
@@ -63,6 +64,10 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats) *metrics {
 			Name: "llmlab_client_tokens_total",
 			Help: "Tokens by API key name and type (prompt, completion), from the engine's usage reports.",
 		}, []string{"client", "type"}),
+		unreported: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmlab_client_usage_unreported_total",
+			Help: "Answered requests whose answer carried no usage (a stream without stream_options.include_usage), by API key name: their tokens are not in llmlab_client_tokens_total.",
+		}, []string{"client"}),
 		classReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmlab_class_requests_total",
 			Help: "Requests by priority class (interactive, batch) and outcome.",
@@ -75,7 +80,7 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats) *metrics {
 	stat := func(f func(queue.Stats) float64) func() float64 {
 		return func() float64 { return f(stats()) }
 	}
-	reg.MustRegister(m.requests, m.duration, m.queueWait, m.ttft, m.batchSize, m.upstream, m.clientReqs, m.clientTokens, m.classReqs, m.decisions,
+	reg.MustRegister(m.requests, m.duration, m.queueWait, m.ttft, m.batchSize, m.upstream, m.clientReqs, m.clientTokens, m.unreported, m.classReqs, m.decisions,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_depth", Help: "Requests waiting in the queue."},
 			stat(func(s queue.Stats) float64 { return float64(s.Queued) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_sequences", Help: "Sequences waiting in the queue."},

@@ -6,18 +6,28 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strconv"
 
 	"github.com/valyala/fastjson"
 )
 
 // Limits are the per-request caps the validator enforces.
 type Limits struct {
+	// MaxTokens caps the output tokens a request may name.
 	MaxTokens int
 	MaxN      int
-	MaxBestOf int
 	Models    []string
+	// MaxModelLen is the engine's context length, learned from its
+	// /v1/models (0: not known yet). A request that names more output
+	// tokens than fit beside a one-token prompt is refused here, as the
+	// engine would refuse it.
+	MaxModelLen int
 }
+
+// defaultCompletionTokens is what vLLM's /v1/completions generates when a
+// request names no max_tokens, or names null (CompletionRequest.max_tokens
+// defaults to 16 and normalize_null_max_tokens maps null to it:
+// vllm/entrypoints/openai/completion/protocol.py, docs/engine-contract.md).
+const defaultCompletionTokens = 16
 
 // routes the validator knows.
 const (
@@ -31,7 +41,8 @@ type parsed struct {
 	Stream bool
 	// Weight is the number of sequences the engine will run.
 	Weight int
-	// Body is the request to send upstream (max_tokens added if absent).
+	// Body is the request to send upstream: the client's, unless a field
+	// had to be rewritten (then every copy of it is replaced by one).
 	Body []byte
 	// Prompt is the single prompt of a coalescable request.
 	Prompt json.RawMessage
@@ -63,9 +74,10 @@ var parsers fastjson.ParserPool
 
 // fields are the members the validator reads; the rest pass through. A
 // member given twice counts with its last value, as the engine's JSON
-// decoder (Python's) takes it; null counts as absent.
+// decoder (Python's) takes it; null counts as absent. Keys are compared
+// unescaped ("max\u005ftokens" is max_tokens), as Python reads them.
 type fields struct {
-	model, prompt, messages, maxTokens, maxCompletionTokens, n, bestOf, stream *fastjson.Value
+	model, prompt, messages, maxTokens, maxCompletionTokens, n, stream, echo *fastjson.Value
 }
 
 func (f *fields) set(key []byte, v *fastjson.Value) {
@@ -85,8 +97,8 @@ func (f *fields) set(key []byte, v *fastjson.Value) {
 		f.maxCompletionTokens = v
 	case "n":
 		f.n = v
-	case "best_of":
-		f.bestOf = v
+	case "echo":
+		f.echo = v
 	case "stream":
 		f.stream = v
 	}
@@ -147,7 +159,7 @@ func validate(route string, body []byte, lim Limits, coalesce bool) (*parsed, *i
 		}
 	}
 
-	n, bestOf := 1, 0
+	n := 1
 	if f.n != nil {
 		var inv *invalid
 		if n, inv = intField("n", f.n); inv != nil {
@@ -157,19 +169,17 @@ func validate(route string, body []byte, lim Limits, coalesce bool) (*parsed, *i
 			return nil, bad("n", "n must be between 1 and %d, got %d", lim.MaxN, n)
 		}
 	}
-	if f.bestOf != nil {
-		var inv *invalid
-		if bestOf, inv = intField("best_of", f.bestOf); inv != nil {
-			return nil, inv
-		}
-		if bestOf < n || bestOf > lim.MaxBestOf {
-			return nil, bad("best_of", "best_of must be between n (%d) and %d, got %d", n, lim.MaxBestOf, bestOf)
-		}
-	}
-	p.Weight = prompts * max(n, bestOf)
+	// best_of is gone from vLLM's requests (neither CompletionRequest nor
+	// ChatCompletionRequest has it; extra fields are ignored), so it
+	// reserves nothing: the engine runs n sequences per prompt.
+	p.Weight = prompts * n
 
+	// The output cap, on the field the engine reads for this endpoint:
+	// /v1/completions reads max_tokens only (it has no
+	// max_completion_tokens); chat reads max_completion_tokens, else
+	// max_tokens (ChatCompletionRequest.build_tok_params).
 	maxTok, param := f.maxTokens, "max_tokens"
-	if f.maxCompletionTokens != nil {
+	if route == routeChat && f.maxCompletionTokens != nil {
 		maxTok, param = f.maxCompletionTokens, "max_completion_tokens"
 	}
 	if maxTok != nil {
@@ -180,13 +190,32 @@ func validate(route string, body []byte, lim Limits, coalesce bool) (*parsed, *i
 		if m < 1 || m > lim.MaxTokens {
 			return nil, bad(param, "%s must be between 1 and %d, got %d", param, lim.MaxTokens, m)
 		}
-	} else {
-		// Without a cap the engine would generate up to the context length;
-		// make the configured cap explicit.
-		p.Body = injectField(trimmed, "max_tokens", strconv.Itoa(lim.MaxTokens))
+		if lim.MaxModelLen > 0 && m >= lim.MaxModelLen {
+			return nil, bad(param, "This model's maximum context length is %d tokens, so %s must be less than %d, got %d",
+				lim.MaxModelLen, param, lim.MaxModelLen, m)
+		}
+	} else if route == routeCompletions && lim.MaxTokens < defaultCompletionTokens {
+		// The engine's default for completions is above the cap: name the
+		// cap, replacing every copy (a null among them) of max_tokens.
+		p.Body = replaceField(v, "max_tokens", lim.MaxTokens)
+	}
+	// A chat request that names no cap generates what fits in the context;
+	// the engine's own server-wide cap (max_new_tokens, which llmlab-engine
+	// sets from limits.max_tokens) bounds it without refusing long prompts.
+	// The gateway adds no max_tokens: one it added would be refused by the
+	// engine whenever prompt + max_tokens exceeds the context length.
+
+	echo := false
+	if f.echo != nil {
+		if echo, err = f.echo.Bool(); err != nil {
+			return nil, wrongType("echo", f.echo, "a boolean")
+		}
 	}
 
-	if coalesce && route == routeCompletions && !p.Stream && prompts == 1 && n == 1 && bestOf <= 1 {
+	// Coalescing asks the engine for return_token_ids to split usage; with
+	// echo, vLLM then answers the prompt's ids and an empty prompt text
+	// (completion/serving.py), so an echo request is sent on its own.
+	if coalesce && route == routeCompletions && !p.Stream && prompts == 1 && n == 1 && !echo {
 		var fields map[string]json.RawMessage
 		if err := json.Unmarshal(p.Body, &fields); err == nil {
 			p.Prompt = fields["prompt"]
@@ -220,18 +249,17 @@ func intField(param string, v *fastjson.Value) (int, *invalid) {
 	return n, nil
 }
 
-// injectField adds "name":value as the first member of the JSON object obj.
-func injectField(obj []byte, name, value string) []byte {
-	out := make([]byte, 0, len(obj)+len(name)+len(value)+4)
-	out = append(out, '{')
-	out = strconv.AppendQuote(out, name)
-	out = append(out, ':')
-	out = append(out, value...)
-	rest := bytes.TrimSpace(obj[1:])
-	if len(rest) > 0 && rest[0] != '}' {
-		out = append(out, ',')
+// replaceField returns the object v with every member named name removed
+// and one "name":value added, so that no copy of the client's (a later
+// duplicate, a null) can override it in the engine's decoder.
+func replaceField(v *fastjson.Value, name string, value int) []byte {
+	o := v.GetObject()
+	for o.Get(name) != nil {
+		o.Del(name)
 	}
-	return append(out, rest...)
+	var a fastjson.Arena
+	o.Set(name, a.NewNumberInt(value))
+	return v.MarshalTo(nil)
 }
 
 // countPrompts checks a completions prompt: a string, a list of strings, a

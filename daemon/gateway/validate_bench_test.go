@@ -9,7 +9,7 @@ import (
 // request (a 200-word prompt).
 func BenchmarkValidate(b *testing.B) {
 	body := []byte(`{"model":"m","prompt":"Write` + strings.Repeat(" word", 199) + `","max_tokens":200,"temperature":0,"stream":true}`)
-	lim := Limits{MaxTokens: 1024, MaxN: 4, MaxBestOf: 4, Models: []string{"m"}}
+	lim := Limits{MaxTokens: 1024, MaxN: 4, Models: []string{"m"}}
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, inv := validate(routeCompletions, body, lim, false); inv != nil {

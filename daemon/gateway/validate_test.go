@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-var testLimits = Limits{MaxTokens: 256, MaxN: 4, MaxBestOf: 4, Models: []string{"m"}}
+var testLimits = Limits{MaxTokens: 256, MaxN: 4, Models: []string{"m"}}
 
 func TestValidate(t *testing.T) {
 	tests := []struct {
@@ -20,7 +20,8 @@ func TestValidate(t *testing.T) {
 		{"prompt list", routeCompletions, `{"model":"m","prompt":["a","b","c"]}`, 0, "", 3},
 		{"token ids", routeCompletions, `{"model":"m","prompt":[1,2,3]}`, 0, "", 1},
 		{"token id lists", routeCompletions, `{"model":"m","prompt":[[1],[2]]}`, 0, "", 2},
-		{"n and best_of", routeCompletions, `{"model":"m","prompt":["a","b"],"n":2,"best_of":3}`, 0, "", 6},
+		// vLLM dropped best_of (extra fields are ignored): n alone counts.
+		{"best_of is ignored", routeCompletions, `{"model":"m","prompt":["a","b"],"n":2,"best_of":3}`, 0, "", 4},
 		{"chat", routeChat, `{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}`, 0, "", 1},
 		{"chat max_completion_tokens", routeChat, `{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":256}`, 0, "", 1},
 
@@ -43,7 +44,14 @@ func TestValidate(t *testing.T) {
 		{"max_tokens string", routeCompletions, `{"model":"m","prompt":"x","max_tokens":"9"}`, 400, "max_tokens", 0},
 		{"max_completion_tokens over cap", routeChat, `{"model":"m","messages":[{"role":"user"}],"max_completion_tokens":1000}`, 400, "max_completion_tokens", 0},
 		{"n over cap", routeCompletions, `{"model":"m","prompt":"x","n":5}`, 400, "n", 0},
-		{"best_of below n", routeCompletions, `{"model":"m","prompt":"x","n":3,"best_of":2}`, 400, "best_of", 0},
+		// The cap is checked on the field the engine uses: completions have
+		// no max_completion_tokens in vLLM, so it cannot lower max_tokens
+		// there; chat takes max_completion_tokens first.
+		{"completions: max_completion_tokens does not hide max_tokens", routeCompletions, `{"model":"m","prompt":"x","max_tokens":900,"max_completion_tokens":10}`, 400, "max_tokens", 0},
+		{"chat: max_completion_tokens is the one used", routeChat, `{"model":"m","messages":[{"role":"user"}],"max_tokens":900,"max_completion_tokens":10}`, 0, "", 1},
+		{"chat: null max_completion_tokens falls back to max_tokens", routeChat, `{"model":"m","messages":[{"role":"user"}],"max_tokens":900,"max_completion_tokens":null}`, 400, "max_tokens", 0},
+		{"escaped key is the same key", routeCompletions, `{"model":"m","prompt":"x","max_tokens":10,"max\u005ftokens":900}`, 400, "max_tokens", 0},
+		{"echo not a boolean", routeCompletions, `{"model":"m","prompt":"x","echo":1}`, 400, "echo", 0},
 		{"max_tokens not an integer", routeCompletions, `{"model":"m","prompt":"x","max_tokens":2.5}`, 400, "max_tokens", 0},
 		{"max_tokens overflows", routeCompletions, `{"model":"m","prompt":"x","max_tokens":1e99}`, 400, "max_tokens", 0},
 		{"max_tokens NaN is not JSON", routeCompletions, `{"model":"m","prompt":"x","max_tokens":NaN}`, 400, "", 0},
@@ -87,23 +95,91 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-func TestValidateAddsMaxTokens(t *testing.T) {
-	p, inv := validate(routeChat, []byte(` {"messages":[{"role":"user","content":"x"}]}`), testLimits, false)
+// The gateway adds no max_tokens (the engine refuses one that does not fit
+// beside the prompt; its own server-wide cap bounds a request that names
+// none). It rewrites only a completion whose engine default (16) is above
+// the cap, and then replaces every copy of the field.
+func TestValidateRewrites(t *testing.T) {
+	in := ` {"messages":[{"role":"user","content":"x"}]}`
+	p, inv := validate(routeChat, []byte(in), testLimits, false)
 	if inv != nil {
 		t.Fatal(inv)
 	}
-	var m map[string]any
-	if err := json.Unmarshal(p.Body, &m); err != nil {
-		t.Fatalf("body %s: %v", p.Body, err)
+	if string(p.Body) != in {
+		t.Fatalf("chat without max_tokens: upstream body = %s, want the client's unchanged", p.Body)
 	}
-	if m["max_tokens"] != float64(256) || m["messages"] == nil {
-		t.Fatalf("upstream body = %s, want max_tokens 256 added and messages kept", p.Body)
-	}
-	// A request that names its own is passed through byte for byte.
-	in := `{"prompt":"x","max_tokens":5, "extra_vllm_param": true}`
+	in = `{"prompt":"x","max_tokens":5, "extra_vllm_param": true}`
 	p, _ = validate(routeCompletions, []byte(in), testLimits, false)
 	if string(p.Body) != in {
 		t.Fatalf("upstream body = %s, want the original %s", p.Body, in)
+	}
+	low := testLimits
+	low.MaxTokens = 8
+	for _, body := range []string{
+		`{"prompt":"x"}`,
+		`{"prompt":"x","max_tokens":null}`,
+		`{"max_tokens":null,"prompt":"x","max\u005ftokens":null}`,
+	} {
+		p, inv := validate(routeCompletions, []byte(body), low, false)
+		if inv != nil {
+			t.Fatalf("%s: %v", body, inv)
+		}
+		if n := strings.Count(string(p.Body), `"max_tokens"`); n != 1 || !strings.Contains(string(p.Body), `"max_tokens":8`) {
+			t.Errorf("cap 8, %s: upstream body = %s, want one max_tokens of 8", body, p.Body)
+		}
+		if got := engineMaxTokens(t, routeCompletions, p.Body); got != 8 {
+			t.Errorf("cap 8, %s: the engine would generate %d", body, got)
+		}
+	}
+}
+
+// engineMaxTokens is the output cap vLLM takes from body: encoding/json,
+// like Python's decoder, keeps a repeated member's last value and
+// unescapes keys; -1 means the request names none (chat: what fits).
+func engineMaxTokens(t *testing.T, route string, body []byte) int {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("upstream body %s: %v", body, err)
+	}
+	num := func(k string) (int, bool) {
+		var n *int
+		if raw, ok := m[k]; ok {
+			if err := json.Unmarshal(raw, &n); err != nil {
+				t.Fatalf("upstream %s = %s: %v", k, raw, err)
+			}
+		}
+		if n == nil {
+			return 0, false
+		}
+		return *n, true
+	}
+	if route == routeChat {
+		if n, ok := num("max_completion_tokens"); ok {
+			return n
+		}
+		if n, ok := num("max_tokens"); ok {
+			return n
+		}
+		return -1
+	}
+	if n, ok := num("max_tokens"); ok {
+		return n
+	}
+	return defaultCompletionTokens
+}
+
+// A max_tokens that cannot fit beside a one-token prompt in the engine's
+// context (learned from its /v1/models) is refused by the gateway, as the
+// engine would refuse it.
+func TestValidateContextLength(t *testing.T) {
+	lim := testLimits
+	lim.MaxModelLen = 100
+	if _, inv := validate(routeCompletions, []byte(`{"prompt":"x","max_tokens":99}`), lim, false); inv != nil {
+		t.Fatalf("max_tokens 99 of a 100-token context: %v, want valid", inv)
+	}
+	_, inv := validate(routeChat, []byte(`{"messages":[{"role":"user"}],"max_completion_tokens":100}`), lim, false)
+	if inv == nil || inv.Status != 400 || inv.Param != "max_completion_tokens" || !strings.Contains(inv.Msg, "maximum context length is 100") {
+		t.Fatalf("max_completion_tokens 100 of a 100-token context: %+v, want 400 naming the context length", inv)
 	}
 }
 
@@ -127,6 +203,9 @@ func TestCoalesceKey(t *testing.T) {
 		`{"model":"m","prompt":"x","stream":true}`,
 		`{"model":"m","prompt":["x","y"]}`,
 		`{"model":"m","prompt":"x","n":2}`,
+		// With echo, vLLM answers return_token_ids with the prompt's ids and
+		// an empty prompt text, so echo is sent alone.
+		`{"model":"m","prompt":"x","echo":true}`,
 	} {
 		if k := key(body); k != "" {
 			t.Errorf("%s: key %q, want none (not coalescable)", body, k)
@@ -140,16 +219,25 @@ func FuzzValidate(f *testing.F) {
 		`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"n":2}`,
 		`{"prompt":[[1,2],[3]],"best_of":3}`,
 		`{"prompt":["a","b"]}`, `[]`, `{`, `{"max_tokens":1e99}`,
+		`{"prompt":"x","max_tokens":10,"max_tokens":null}`,
+		`{"prompt":"x","max_tokens":900,"max_completion_tokens":10}`,
+		`{"messages":[{"role":"user"}],"max_completion_tokens":null,"max_tokens":900}`,
+		`{"prompt":"x","max\u005ftokens":900,"max_tokens":1}`,
+		`{"prompt":"x","echo":true,"n":1}`,
 	} {
 		f.Add(s, true)
 		f.Add(s, false)
 	}
+	// A cap below the engine's completion default makes the gateway rewrite
+	// max_tokens, so the rewrite is fuzzed too.
+	lim := testLimits
+	lim.MaxTokens = 12
 	f.Fuzz(func(t *testing.T, body string, chat bool) {
 		route := routeCompletions
 		if chat {
 			route = routeChat
 		}
-		p, inv := validate(route, []byte(body), testLimits, true)
+		p, inv := validate(route, []byte(body), lim, true)
 		if inv == nil && !json.Valid([]byte(body)) {
 			t.Fatalf("accepted %q, which encoding/json says is not JSON", body)
 		}
@@ -159,11 +247,16 @@ func FuzzValidate(f *testing.F) {
 			}
 			return
 		}
-		if p.Weight < 1 || p.Weight > testLimits.MaxN*testLimits.MaxBestOf*len(body) {
+		if p.Weight < 1 || p.Weight > lim.MaxN*len(body) {
 			t.Fatalf("Weight = %d for %s", p.Weight, body)
 		}
 		if !json.Valid(p.Body) {
 			t.Fatalf("upstream body not valid JSON: %s (from %s)", p.Body, body)
+		}
+		// What the engine will read (last copy of a key, keys unescaped,
+		// the field it uses for this endpoint) never exceeds the cap.
+		if got := engineMaxTokens(t, route, p.Body); got > lim.MaxTokens {
+			t.Fatalf("the engine would generate %d tokens for %s (upstream %s), over the cap %d", got, body, p.Body, lim.MaxTokens)
 		}
 		if p.CoalesceKey != "" {
 			var fields map[string]json.RawMessage
