@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -33,6 +34,11 @@ func simFlags(fs *flag.FlagSet) runFunc {
 	gpuMem := fs.Float64("gpu-memory-gib", 0, "the card's memory in GiB (default: the profile's)")
 	errRate := fs.Float64("error-rate", 0, "fraction of requests answered 500 (failure injection)")
 	crashAfter := fs.Int("crash-after", 0, "exit with status 1 when this many requests have been served (0: never)")
+	genCfg := fs.String("override-generation-config", "", `JSON generation settings, as vLLM's; "max_new_tokens" caps every request's output`)
+	sleepMode := fs.Bool("enable-sleep-mode", false, "serve /sleep, /wake_up and /is_sleeping (only with VLLM_SERVER_DEV_MODE=1 in the environment, as vLLM)")
+	forceUsage := fs.Bool("enable-force-include-usage", false, "report usage in every stream, as if each asked with stream_options.include_usage")
+	prefixCaching := fs.Bool("enable-prefix-caching", true, "reuse computed prompt blocks (vLLM's default)")
+	noPrefixCaching := fs.Bool("no-enable-prefix-caching", false, "turn prefix caching off")
 	show := fs.Bool("show-profile", false, "print the profile and exit")
 	return func(ctx context.Context, _ []string) int {
 
@@ -60,7 +66,18 @@ func simFlags(fs *flag.FlagSet) runFunc {
 			p.GPUMemory = int64(*gpuMem * (1 << 30))
 		}
 		cfg := sim.Config{Profile: p, MaxNumSeqs: p.MaxNumSeqs, MaxNumBatchedTokens: p.MaxNumBatchedTokens,
-			MaxModelLen: p.MaxModelLen, MaxNumQueuedReqs: *queued}
+			MaxModelLen: p.MaxModelLen, MaxNumQueuedReqs: *queued, PrefixCaching: *prefixCaching && !*noPrefixCaching}
+		maxNew := 0
+		if *genCfg != "" {
+			var g struct {
+				MaxNewTokens int `json:"max_new_tokens"`
+			}
+			if err := json.Unmarshal([]byte(*genCfg), &g); err != nil || g.MaxNewTokens < 0 {
+				fmt.Fprintf(os.Stderr, "llmlab sim: --override-generation-config %q: want a JSON object such as {\"max_new_tokens\": 1024}\n", *genCfg)
+				return 2
+			}
+			maxNew = g.MaxNewTokens
+		}
 		if *maxSeqs > 0 {
 			cfg.MaxNumSeqs = *maxSeqs
 		}
@@ -92,6 +109,10 @@ func simFlags(fs *flag.FlagSet) runFunc {
 		}
 		srv := sim.NewServer(sim.Options{
 			Engine: cfg, Model: *model, GPUMemoryUtilization: *util, StartupDelay: p.StartupDelay, ErrorRate: *errRate, CrashAfter: *crashAfter,
+			MaxNewTokens: maxNew, ForceIncludeUsage: *forceUsage,
+			// vLLM serves the sleep endpoints only in development mode
+			// (docs/features/sleep_mode.md).
+			SleepMode: *sleepMode && os.Getenv("VLLM_SERVER_DEV_MODE") == "1",
 			Crash: func() {
 				fmt.Fprintln(os.Stderr, "llmlab sim: crashing as --crash-after asks")
 				os.Exit(1)

@@ -87,13 +87,36 @@ func IsBatch(n int, share float64) bool {
 // PriorityHeader is llmlabd's priority-class request header.
 const PriorityHeader = "X-Llmlab-Priority"
 
-// Prompt returns the benchmark prompt of n tokens.
-func Prompt(n int) string {
-	return "Write" + strings.Repeat(" word", max(0, n-1))
+// varyWords are sixteen words that are each one token in Qwen2.5's
+// vocabulary (checked against its tokenizer.json: " apple" is id 23268,
+// and so on), so a prompt spells a request's number in base 16 with them
+// without changing its length.
+var varyWords = [16]string{" apple", " river", " stone", " cloud", " green", " paper", " music", " light",
+	" table", " water", " house", " night", " bread", " chair", " glass", " field"}
+
+// varyTokens is how many of a prompt's first tokens tell requests apart.
+const varyTokens = 4
+
+// Prompt returns the benchmark prompt of n tokens for request number i:
+// "Write", four words that spell i in base 16, then " word" up to n
+// tokens. vLLM caches prompt prefixes in blocks of 16 tokens and enables
+// that by default (CacheConfig.enable_prefix_caching), so an identical
+// prompt would be prefilled once and then nearly free; requests whose
+// first block differs (65,536 of them in a row) are each prefilled whole,
+// as distinct users' prompts are.
+func Prompt(n, i int) string {
+	var b strings.Builder
+	b.WriteString("Write")
+	vary := min(varyTokens, max(0, n-1))
+	for d := vary - 1; d >= 0; d-- {
+		b.WriteString(varyWords[(i>>(4*d))&15])
+	}
+	b.WriteString(strings.Repeat(" word", max(0, n-1-vary)))
+	return b.String()
 }
 
-// Body returns the request body for o.
-func (o Options) Body() []byte {
+// Body returns the request body for o's request number i.
+func (o Options) Body(i int) []byte {
 	m := map[string]any{
 		"model":       o.Model,
 		"max_tokens":  o.MaxTokens,
@@ -105,9 +128,9 @@ func (o Options) Body() []byte {
 		delete(m, "model")
 	}
 	if o.Chat {
-		m["messages"] = []map[string]string{{"role": "user", "content": Prompt(o.PromptTokens)}}
+		m["messages"] = []map[string]string{{"role": "user", "content": Prompt(o.PromptTokens, i)}}
 	} else {
-		m["prompt"] = Prompt(o.PromptTokens)
+		m["prompt"] = Prompt(o.PromptTokens, i)
 	}
 	if o.Stream {
 		m["stream"] = true
@@ -144,7 +167,6 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 		path = "/v1/chat/completions"
 	}
 	url := strings.TrimRight(o.Target, "/") + path
-	body := o.Body()
 	timeout := o.Timeout
 	if timeout == 0 {
 		timeout = 60 * time.Second
@@ -165,17 +187,17 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 	}
 	// take reserves the next request number, or reports that the run is
 	// over; batch says whether that request goes in the batch class.
-	take := func() (ok, batch bool) {
-		n := started.Add(1)
-		return ctx.Err() == nil && (o.Requests == 0 || n <= int64(o.Requests)), IsBatch(int(n), o.BatchShare)
+	take := func() (n int, ok, batch bool) {
+		i := started.Add(1)
+		return int(i), ctx.Err() == nil && (o.Requests == 0 || i <= int64(o.Requests)), IsBatch(int(i), o.BatchShare)
 	}
 	batchHeader := http.Header{PriorityHeader: {"batch"}}
-	one := func(batch bool) {
+	one := func(n int, batch bool) {
 		var h http.Header
 		if batch {
 			h = batchHeader
 		}
-		s := DoWith(ctx, client, url, body, o.Stream, timeout, start, h)
+		s := DoWith(ctx, client, url, o.Body(n), o.Stream, timeout, start, h)
 		s.Batch = batch
 		record(s)
 	}
@@ -184,11 +206,11 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 		for range o.Concurrency {
 			wg.Go(func() {
 				for o.Requests > 0 || time.Now().Before(end) {
-					ok, batch := take()
+					n, ok, batch := take()
 					if !ok {
 						break
 					}
-					one(batch)
+					one(n, batch)
 				}
 			})
 		}
@@ -205,11 +227,11 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 			case <-ctx.Done():
 			}
 		}
-		ok, batch := take()
+		n, ok, batch := take()
 		if !ok {
 			break
 		}
-		wg.Go(func() { one(batch) })
+		wg.Go(func() { one(n, batch) })
 	}
 	wg.Wait()
 	return samples, ctx.Err()

@@ -10,9 +10,18 @@
 // blocks. A decode that finds no free block preempts the latest-arrived
 // running sequence, which frees its blocks and is recomputed later, as
 // vLLM's recompute preemption does.
+//
+// With prefix caching (on by default, as in vLLM), a waiting sequence's
+// leading full blocks that an earlier prompt computed are not prefilled
+// again; at least the prompt's last token always is.
+//
+// Sleep pauses the scheduler as vLLM's does (vllm/v1/engine/core.py,
+// pause_scheduler): new sequences queue until Resume; "abort" ends the
+// sequences in the engine first, "wait" lets them finish.
 package sim
 
 import (
+	"container/list"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +39,9 @@ type Config struct {
 	KVBlocks            int
 	// MaxNumQueuedReqs bounds the waiting queue (0: unbounded).
 	MaxNumQueuedReqs int
+	// PrefixCaching reuses computed prompt blocks (vLLM's
+	// --enable-prefix-caching, on by default: CacheConfig).
+	PrefixCaching bool
 }
 
 // seq is one sequence the engine generates.
@@ -37,7 +49,12 @@ type seq struct {
 	arrival   time.Time
 	prompt    int // prompt tokens
 	maxTokens int // stop after this many output tokens
+	byLength  bool // maxTokens is the request's cap (finish_reason "length")
+	// blockHashes key the prompt's full blocks in the prefix cache.
+	blockHashes []uint64
 	// Owned by the engine goroutine:
+	cacheChecked bool // looked up in the prefix cache
+	cacheStored  bool // its blocks are in the prefix cache
 	computed  int // context tokens whose KV is computed
 	blocks    int
 	scheduled time.Time // first time scheduled
@@ -46,6 +63,7 @@ type seq struct {
 	done      atomic.Bool
 	firstTok  atomic.Int64 // unix nanos of the first token
 	cancelled atomic.Bool
+	aborted   atomic.Bool // ended by the engine (a sleep in abort mode)
 	// notify is poked (non-blocking) on every new token; the sequences of
 	// one request share it.
 	notify chan struct{}
@@ -75,15 +93,92 @@ type Engine struct {
 	wake     chan struct{}
 	waitingN atomic.Int32 // waiting + incoming, for admission and metrics
 
+	// paused holds new sequences out of the scheduler (set by Pause, ended
+	// by Resume); abort asks the loop to end the sequences it has.
+	paused atomic.Bool
+	abort  atomic.Bool
+	// idle is closed by the loop when it is paused with nothing left.
+	idleMu sync.Mutex
+	idle   chan struct{}
+
 	// Owned by the loop goroutine.
 	running    []*seq
 	waiting    []*seq
 	freeBlocks int
+	// cache is the prefix cache: block keys, least recently used first,
+	// at most KVBlocks of them (cached blocks live in otherwise free KV
+	// memory; this does not take them out of freeBlocks).
+	cache    *list.List
+	cacheIdx map[uint64]*list.Element
 }
 
 // NewEngine returns an engine; m may be nil.
 func NewEngine(cfg Config, m *metrics) *Engine {
-	return &Engine{cfg: cfg, metrics: m, wake: make(chan struct{}, 1), freeBlocks: cfg.KVBlocks}
+	return &Engine{cfg: cfg, metrics: m, wake: make(chan struct{}, 1), freeBlocks: cfg.KVBlocks,
+		cache: list.New(), cacheIdx: map[uint64]*list.Element{}}
+}
+
+// Pause stops scheduling new sequences, as vLLM's sleep does; with abort,
+// the sequences already in the engine end at once (their requests see an
+// abort), else they run to their end. The returned channel closes when
+// the engine holds no sequence of its own.
+func (e *Engine) Pause(abort bool) <-chan struct{} {
+	e.idleMu.Lock()
+	e.idle = make(chan struct{})
+	ch := e.idle
+	e.idleMu.Unlock()
+	e.abort.Store(abort)
+	e.paused.Store(true)
+	e.poke()
+	return ch
+}
+
+// Resume lets the sequences that queued while paused in.
+func (e *Engine) Resume() {
+	e.paused.Store(false)
+	e.poke()
+}
+
+// signalIdle closes the idle channel of a pause that is waiting for it.
+func (e *Engine) signalIdle() {
+	e.idleMu.Lock()
+	if e.idle != nil {
+		close(e.idle)
+		e.idle = nil
+	}
+	e.idleMu.Unlock()
+}
+
+// cachedPrefix looks s's blocks up in the prefix cache and returns how
+// many leading blocks are there, marking them recently used.
+func (e *Engine) cachedPrefix(s *seq) int {
+	n := 0
+	for _, h := range s.blockHashes {
+		el, ok := e.cacheIdx[h]
+		if !ok {
+			break
+		}
+		e.cache.MoveToBack(el)
+		n++
+	}
+	return n
+}
+
+// storePrefix puts s's prompt blocks in the prefix cache, evicting the
+// least recently used beyond KVBlocks.
+func (e *Engine) storePrefix(s *seq) {
+	for _, h := range s.blockHashes {
+		if el, ok := e.cacheIdx[h]; ok {
+			e.cache.MoveToBack(el)
+			continue
+		}
+		e.cacheIdx[h] = e.cache.PushBack(h)
+		for e.cache.Len() > e.cfg.KVBlocks {
+			old := e.cache.Front()
+			delete(e.cacheIdx, old.Value.(uint64))
+			e.cache.Remove(old)
+		}
+	}
 }
 
 // ErrQueueFull is returned by Submit when max_num_queued_reqs is reached.
@@ -123,11 +218,26 @@ func (e *Engine) Loop(stop <-chan struct{}) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		e.mu.Lock()
-		e.waiting = append(e.waiting, e.incoming...)
-		e.incoming = e.incoming[:0]
-		e.mu.Unlock()
+		if !e.paused.Load() {
+			e.mu.Lock()
+			e.waiting = append(e.waiting, e.incoming...)
+			e.incoming = e.incoming[:0]
+			e.mu.Unlock()
+		}
+		if e.abort.Swap(false) {
+			for _, s := range append(e.running, e.waiting...) {
+				s.aborted.Store(true)
+				s.done.Store(true)
+				s.poke()
+			}
+			e.running = e.removeIf(e.running, func(*seq) bool { return true })
+			e.waitingN.Add(-int32(len(e.waiting)))
+			e.waiting = e.waiting[:0]
+		}
 		e.dropCancelled()
+		if e.paused.Load() && len(e.running) == 0 && len(e.waiting) == 0 {
+			e.signalIdle()
+		}
 
 		tokens, kv, chunks := e.schedule()
 		e.publish()
@@ -196,6 +306,15 @@ func (e *Engine) schedule() (tokens, kv int, chunks []chunk) {
 	admitted := 0
 	for admitted < len(e.waiting) && budget > 0 && len(e.running) < e.cfg.MaxNumSeqs {
 		s := e.waiting[admitted]
+		if e.cfg.PrefixCaching && !s.cacheChecked {
+			s.cacheChecked = true
+			hit := min(e.cachedPrefix(s)*BlockSize, s.prompt-1)
+			s.computed = max(hit, 0)
+			if e.metrics != nil {
+				e.metrics.cacheQueries.Add(float64(s.prompt))
+				e.metrics.cacheHits.Add(float64(s.computed))
+			}
+		}
 		n := min(s.context()-s.computed, budget)
 		if !e.reserve(s, s.computed+n) {
 			break
@@ -262,6 +381,10 @@ func (e *Engine) preempt(s *seq) {
 func (e *Engine) finishStep(end time.Time, chunks []chunk) {
 	for _, c := range chunks {
 		c.s.computed += c.n
+		if e.cfg.PrefixCaching && !c.s.cacheStored && c.s.computed >= c.s.prompt {
+			c.s.cacheStored = true
+			e.storePrefix(c.s)
+		}
 		if c.s.computed >= c.s.context() {
 			// A step that computes a sequence's whole context samples its
 			// next token.

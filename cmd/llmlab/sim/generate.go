@@ -133,7 +133,10 @@ func (g *generation) wait(w http.ResponseWriter, ctx context.Context) {
 }
 
 func (g *generation) finishReason(s *seq) string {
-	if g.req.IgnoreEOS || int(s.generated.Load()) >= s.maxTokens && g.req.MaxTokens != nil && s.maxTokens == *g.req.MaxTokens {
+	if s.aborted.Load() {
+		return "abort" // vLLM's FinishReason.ABORT
+	}
+	if g.req.IgnoreEOS || s.byLength && int(s.generated.Load()) >= s.maxTokens {
 		return "length"
 	}
 	return "stop"
@@ -222,7 +225,7 @@ func (g *generation) stream(w http.ResponseWriter, ctx context.Context) {
 		}
 	}
 	buf = buf[:0]
-	if g.req.StreamOptions != nil && g.req.StreamOptions.IncludeUsage {
+	if g.s.opt.ForceIncludeUsage || g.req.StreamOptions != nil && g.req.StreamOptions.IncludeUsage {
 		buf = append(buf, "data: "...)
 		buf = g.header(buf, object)
 		buf = append(buf, `,"choices":[],"usage":`...)

@@ -18,6 +18,10 @@ type metrics struct {
 	iterTokens  prometheus.Observer
 	success     prometheus.Counter
 	preemptions prometheus.Counter
+	// Prefix-cache queries and hits, in tokens, as vLLM v1 counts them
+	// (vllm/v1/metrics/loggers.py: vllm:prefix_cache_queries, _hits).
+	cacheQueries prometheus.Counter
+	cacheHits    prometheus.Counter
 	lag         prometheus.Histogram
 	maxLag      prometheus.Gauge
 	steps       prometheus.Counter
@@ -43,7 +47,11 @@ func newMetrics(reg prometheus.Registerer, model string) *metrics {
 	preempt := prometheus.NewCounter(prometheus.CounterOpts{Name: "vllm:num_preemptions_total",
 		Help: "Cumulative number of preemption from the engine.", ConstLabels: lbl})
 	steps := prometheus.NewCounter(prometheus.CounterOpts{Name: "llmlab_sim_steps_total", Help: "Engine steps the simulator ran."})
-	reg.MustRegister(success, preempt, steps)
+	queries := prometheus.NewCounter(prometheus.CounterOpts{Name: "vllm:prefix_cache_queries",
+		Help: "Prefix cache queries, in terms of number of queried tokens.", ConstLabels: lbl})
+	hits := prometheus.NewCounter(prometheus.CounterOpts{Name: "vllm:prefix_cache_hits",
+		Help: "Prefix cache hits, in terms of number of cached tokens.", ConstLabels: lbl})
+	reg.MustRegister(success, preempt, steps, queries, hits)
 	m := &metrics{
 		running:     gauge("vllm:num_requests_running", "Number of requests in model execution batches."),
 		waiting:     gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
@@ -54,6 +62,8 @@ func newMetrics(reg prometheus.Registerer, model string) *metrics {
 		iterTokens:  hist("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", []float64{1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192}),
 		success:     success.WithLabelValues("length"),
 		preemptions: preempt,
+		cacheQueries: queries,
+		cacheHits:    hits,
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "llmlab_sim_step_lag_seconds",
 			Help:    "How late each engine step ended against the cost model's schedule (CPU starvation shows here).",
 			Buckets: []float64{0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1}}),

@@ -38,7 +38,22 @@ type Options struct {
 	// GPUMemoryUtilization is the engine's share of the card, as vLLM's
 	// --gpu-memory-utilization (shown in vllm:cache_config_info).
 	GPUMemoryUtilization float64
+	// MaxNewTokens is the server-wide output cap, as vLLM's
+	// --override-generation-config '{"max_new_tokens": N}' (0: none).
+	MaxNewTokens int
+	// SleepMode serves /sleep, /wake_up and /is_sleeping, which vLLM does
+	// only with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1
+	// (docs/features/sleep_mode.md).
+	SleepMode bool
+	// ForceIncludeUsage reports usage in every stream, as vLLM's
+	// --enable-force-include-usage; otherwise only when the request asks
+	// with stream_options.include_usage.
+	ForceIncludeUsage bool
 }
+
+// defaultCompletionTokens is vLLM's max_tokens for a completion that
+// names none (vllm/entrypoints/openai/completion/protocol.py).
+const defaultCompletionTokens = 16
 
 // Server is the simulator's HTTP side.
 type Server struct {
@@ -47,6 +62,7 @@ type Server struct {
 	reg      *prometheus.Registry
 	requests atomic.Int64
 	sleeping atomic.Bool
+	sleepMu  sync.Mutex // one sleep or wake-up at a time
 	rngMu    sync.Mutex
 	rng      *rand.Rand
 }
@@ -105,17 +121,51 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {})
 	mux.HandleFunc("POST /tokenize", s.tokenize)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("POST /sleep", func(w http.ResponseWriter, r *http.Request) { s.sleeping.Store(true) })
-	mux.HandleFunc("POST /wake_up", func(w http.ResponseWriter, r *http.Request) {
-		if s.sleeping.Load() {
-			time.Sleep(s.opt.Engine.Profile.WakeTime)
-			s.sleeping.Store(false)
-		}
-	})
-	mux.HandleFunc("GET /is_sleeping", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "{\"is_sleeping\":%t}\n", s.sleeping.Load())
-	})
+	if s.opt.SleepMode {
+		mux.HandleFunc("POST /sleep", s.sleep)
+		mux.HandleFunc("POST /wake_up", func(w http.ResponseWriter, r *http.Request) {
+			s.sleepMu.Lock()
+			defer s.sleepMu.Unlock()
+			if s.sleeping.Load() {
+				time.Sleep(s.opt.Engine.Profile.WakeTime)
+				s.sleeping.Store(false)
+				s.engine.Resume()
+			}
+		})
+		mux.HandleFunc("GET /is_sleeping", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, "{\"is_sleeping\":%t}\n", s.sleeping.Load())
+		})
+	}
 	return mux
+}
+
+// sleep is vLLM's POST /sleep?level=L&mode=M
+// (vllm/entrypoints/serve/dev/sleep/api_router.py): mode abort (the
+// default) ends the requests in the engine, wait lets them finish, keep
+// holds them; in every mode requests that arrive while asleep queue until
+// POST /wake_up (vllm/v1/engine/core.py, pause_scheduler). It answers once
+// the engine sleeps.
+func (s *Server) sleep(w http.ResponseWriter, r *http.Request) {
+	mode := r.URL.Query().Get("mode")
+	if mode == "" {
+		mode = "abort"
+	}
+	if mode != "abort" && mode != "wait" && mode != "keep" {
+		vllmError(w, http.StatusInternalServerError, "InternalServerError", "Invalid pause mode: "+mode)
+		return
+	}
+	s.sleepMu.Lock()
+	defer s.sleepMu.Unlock()
+	idle := s.engine.Pause(mode == "abort")
+	if mode != "keep" {
+		select {
+		case <-idle:
+		case <-r.Context().Done():
+			return
+		}
+	}
+	s.sleeping.Store(true)
 }
 
 // vllmError writes an error as vLLM's OpenAI server does.
@@ -150,6 +200,27 @@ type prompt struct {
 	tokens int
 	ids    []int
 	hash   uint32
+}
+
+// blockHashes are the prefix-cache keys of the prompt's full 16-token
+// blocks: block i's key covers tokens 0 to 16(i+1), so two prompts share
+// a key only when they share the whole prefix, as vLLM's block hashes
+// chain each block to its parent (vllm/v1/core/kv_cache_utils.py).
+func (p prompt) blockHashes() []uint64 {
+	if len(p.ids) < BlockSize {
+		return nil
+	}
+	out := make([]uint64, 0, len(p.ids)/BlockSize)
+	h := fnv.New64a()
+	var b [4]byte
+	for i, id := range p.ids {
+		b[0], b[1], b[2], b[3] = byte(id), byte(id>>8), byte(id>>16), byte(id>>24)
+		h.Write(b[:])
+		if (i+1)%BlockSize == 0 {
+			out = append(out, h.Sum64())
+		}
+	}
+	return out
 }
 
 func textPrompt(text string) prompt {
@@ -247,10 +318,6 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) {
 	if s.injectFailure(w) {
 		return
 	}
-	if s.sleeping.Load() {
-		vllmError(w, http.StatusServiceUnavailable, "ServiceUnavailableError", "the engine is sleeping; POST /wake_up first")
-		return
-	}
 	var req genRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		vllmError(w, http.StatusBadRequest, "BadRequestError", "invalid JSON: "+err.Error())
@@ -273,9 +340,21 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) {
 		vllmError(w, http.StatusBadRequest, "BadRequestError", "n must be at least 1")
 		return
 	}
+	// The output cap, as vLLM reads it (docs/engine-contract.md):
+	// /v1/completions reads max_tokens, 16 when absent or null
+	// (completion/protocol.py: max_tokens defaults to 16,
+	// normalize_null_max_tokens) and has no max_completion_tokens; chat
+	// reads max_completion_tokens, else max_tokens, else none (chat
+	// generates what fits). The server-wide max_new_tokens
+	// (--override-generation-config) caps all, without refusing
+	// (serve/utils/api_utils.py, get_max_tokens).
 	maxTok := req.MaxTokens
-	if req.MaxCompletionTokens != nil {
+	if chat && req.MaxCompletionTokens != nil {
 		maxTok = req.MaxCompletionTokens
+	}
+	if !chat && maxTok == nil {
+		d := defaultCompletionTokens
+		maxTok = &d
 	}
 	limit := s.opt.Engine.MaxModelLen
 	var seqs []*seq
@@ -284,24 +363,38 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) {
 		out := limit - p.tokens
 		if maxTok != nil {
 			if *maxTok < 1 {
-				vllmError(w, http.StatusBadRequest, "BadRequestError", "max_tokens must be at least 1")
+				vllmError(w, http.StatusBadRequest, "BadRequestError", "max_tokens must be at least 1, got "+strconv.Itoa(*maxTok)+".")
+				return
+			}
+			// The context check counts the tokens the request names,
+			// before any server-wide cap (renderers/params.py).
+			if p.tokens+*maxTok > limit {
+				vllmError(w, http.StatusBadRequest, "BadRequestError", fmt.Sprintf(
+					"This model's maximum context length is %d tokens. However, you requested %d output tokens and your prompt contains %d input tokens, for a total of %d tokens. Please reduce the length of the input prompt or the number of requested output tokens.",
+					limit, *maxTok, p.tokens, p.tokens+*maxTok))
 				return
 			}
 			out = *maxTok
 		}
-		if p.tokens+out > limit {
+		if out < 1 {
 			vllmError(w, http.StatusBadRequest, "BadRequestError", fmt.Sprintf(
-				"This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the messages, %d in the completion). Please reduce the length of the messages or completion.",
-				limit, p.tokens+out, p.tokens, out))
+				"This model's maximum context length is %d tokens. However, your prompt contains %d input tokens.", limit, p.tokens))
 			return
 		}
+		if c := s.opt.MaxNewTokens; c > 0 {
+			out = min(out, c)
+		}
+		capped := out
 		if !req.IgnoreEOS {
 			// temperature 0 and no ignore_eos: a deterministic natural
 			// length, never below min_tokens.
 			out = max(min(out, 16+int(p.hash%240)), min(req.MinTokens, out))
 		}
 		for range n {
-			seqs = append(seqs, newSeq(p.tokens, out, notify))
+			sq := newSeq(p.tokens, out, notify)
+			sq.byLength = out == capped
+			sq.blockHashes = p.blockHashes()
+			seqs = append(seqs, sq)
 		}
 	}
 	if err := s.engine.Submit(seqs...); err != nil {

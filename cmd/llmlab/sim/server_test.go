@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -254,11 +255,46 @@ func TestQueueLimitAndFailureInjection(t *testing.T) {
 	}
 }
 
+// postAsync posts from another goroutine and sends the answer on the
+// returned channel (status -1 when the request failed).
+func postAsync(url, body string) <-chan string {
+	ch := make(chan string, 1)
+	go func() {
+		resp, err := http.Post(url, "application/json", strings.NewReader(body))
+		if err != nil {
+			ch <- "-1 " + err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		ch <- strconv.Itoa(resp.StatusCode) + " " + string(b)
+	}()
+	return ch
+}
+
+// Sleep mode follows vLLM's: the endpoints exist only when enabled (with
+// VLLM_SERVER_DEV_MODE=1, which llmlab sim's flags check); mode=wait lets
+// the request in the engine finish, mode=abort (the default) ends it with
+// finish_reason "abort"; a request that arrives while asleep queues until
+// wake_up (vllm/v1/engine/core.py, pause_scheduler).
 func TestSleepMode(t *testing.T) {
-	srv := newTestServer(t, func(o *Options) { o.Engine.Profile.WakeTime = 30 * time.Millisecond })
-	post(t, srv.URL+"/sleep", "")
-	if code, _ := post(t, srv.URL+"/v1/completions", `{"prompt":"a","max_tokens":1}`); code != 503 {
-		t.Fatalf("while sleeping: %d, want 503", code)
+	off := newTestServer(t, nil)
+	if code, _ := post(t, off.URL+"/sleep", ""); code != http.StatusNotFound {
+		t.Fatalf("POST /sleep without sleep mode: %d, want 404", code)
+	}
+	srv := newTestServer(t, func(o *Options) {
+		o.SleepMode = true
+		o.Engine.Profile.WakeTime = 30 * time.Millisecond
+		o.Engine.Profile.StepFixed = 5 * time.Millisecond
+	})
+	const long = `{"prompt":"a","max_tokens":40,"ignore_eos":true}`
+	inflight := postAsync(srv.URL+"/v1/completions", long)
+	time.Sleep(30 * time.Millisecond)
+	if code, _ := post(t, srv.URL+"/sleep?level=1&mode=wait", ""); code != 200 {
+		t.Fatalf("POST /sleep?mode=wait: %d", code)
+	}
+	if got := <-inflight; !strings.HasPrefix(got, "200 ") || !strings.Contains(got, `"finish_reason":"length"`) || !strings.Contains(got, `"completion_tokens":40`) {
+		t.Fatalf("the request in the engine during sleep mode=wait: %.300s, want it finished whole", got)
 	}
 	resp, _ := http.Get(srv.URL + "/is_sleeping")
 	b, _ := io.ReadAll(resp.Body)
@@ -266,13 +302,127 @@ func TestSleepMode(t *testing.T) {
 	if !strings.Contains(string(b), "true") {
 		t.Fatalf("/is_sleeping = %s", b)
 	}
+	queued := postAsync(srv.URL+"/v1/completions", `{"prompt":"a","max_tokens":1}`)
+	select {
+	case got := <-queued:
+		t.Fatalf("a request while asleep was answered before wake_up: %.200s", got)
+	case <-time.After(150 * time.Millisecond):
+	}
 	start := time.Now()
 	post(t, srv.URL+"/wake_up", "")
 	if d := time.Since(start); d < 30*time.Millisecond {
 		t.Errorf("wake_up took %s, want the modelled 30ms", d)
 	}
-	if code, _ := post(t, srv.URL+"/v1/completions", `{"prompt":"a","max_tokens":1}`); code != 200 {
-		t.Fatalf("after wake_up: %d", code)
+	if got := <-queued; !strings.HasPrefix(got, "200 ") {
+		t.Fatalf("the request queued while asleep, after wake_up: %.200s", got)
+	}
+
+	inflight = postAsync(srv.URL+"/v1/completions", long)
+	time.Sleep(30 * time.Millisecond)
+	post(t, srv.URL+"/sleep", "")
+	if got := <-inflight; !strings.Contains(got, `"finish_reason":"abort"`) {
+		t.Fatalf("the request in the engine during sleep (mode abort, the default): %.300s, want finish_reason abort", got)
+	}
+	post(t, srv.URL+"/wake_up", "")
+}
+
+// The output cap as vLLM reads it (docs/engine-contract.md): completions
+// default to 16 tokens (also for null) and ignore max_completion_tokens;
+// chat prefers max_completion_tokens, else max_tokens, else what fits; a
+// named cap that does not fit beside the prompt is a 400; the server-wide
+// max_new_tokens caps without refusing.
+func TestOutputCapAsVLLM(t *testing.T) {
+	srv := newTestServer(t, nil)
+	prompt200 := `"Write` + strings.Repeat(" word", 199) + `"`
+	chat200 := `"messages":[{"role":"user","content":` + prompt200 + `}]`
+	tests := []struct {
+		name, path, body string
+		status           int
+		completion       int // completion tokens, for 200s
+	}{
+		{"completions default", "/v1/completions", `{"prompt":` + prompt200 + `,"ignore_eos":true}`, 200, 16},
+		{"completions null", "/v1/completions", `{"prompt":` + prompt200 + `,"max_tokens":null,"ignore_eos":true}`, 200, 16},
+		{"completions ignore max_completion_tokens", "/v1/completions", `{"prompt":` + prompt200 + `,"max_tokens":30,"max_completion_tokens":5,"ignore_eos":true}`, 200, 30},
+		{"completions duplicate key, last wins", "/v1/completions", `{"prompt":` + prompt200 + `,"max_tokens":5,"max_tokens":7,"ignore_eos":true}`, 200, 7},
+		{"completions over the context", "/v1/completions", `{"prompt":` + prompt200 + `,"max_tokens":1000}`, 400, 0},
+		{"chat max_completion_tokens first", "/v1/chat/completions", `{` + chat200 + `,"max_tokens":30,"max_completion_tokens":5,"ignore_eos":true}`, 200, 5},
+		{"chat max_tokens", "/v1/chat/completions", `{` + chat200 + `,"max_tokens":30,"ignore_eos":true}`, 200, 30},
+		{"chat null max_completion_tokens", "/v1/chat/completions", `{` + chat200 + `,"max_completion_tokens":null,"max_tokens":9,"ignore_eos":true}`, 200, 9},
+		{"chat none: what fits", "/v1/chat/completions", `{` + chat200 + `,"ignore_eos":true}`, 200, -1},
+	}
+	for _, tt := range tests {
+		code, body := post(t, srv.URL+tt.path, tt.body)
+		if code != tt.status {
+			t.Errorf("%s: %d %.200s, want %d", tt.name, code, body, tt.status)
+			continue
+		}
+		if code == 400 && !strings.Contains(string(body), "maximum context length is 1024 tokens") {
+			t.Errorf("%s: %.300s, want vLLM's context-length message", tt.name, body)
+		}
+		if code != 200 {
+			continue
+		}
+		var r struct {
+			Usage struct {
+				PromptTokens     int `json:"prompt_tokens"`
+				CompletionTokens int `json:"completion_tokens"`
+			} `json:"usage"`
+		}
+		if err := json.Unmarshal(body, &r); err != nil {
+			t.Fatal(err)
+		}
+		want := tt.completion
+		if want < 0 {
+			want = 1024 - r.Usage.PromptTokens
+		}
+		if r.Usage.CompletionTokens != want {
+			t.Errorf("%s: %d completion tokens, want %d", tt.name, r.Usage.CompletionTokens, want)
+		}
+	}
+
+	capped := newTestServer(t, func(o *Options) { o.MaxNewTokens = 12 })
+	code, body := post(t, capped.URL+"/v1/chat/completions", `{`+chat200+`,"ignore_eos":true}`)
+	if code != 200 || !strings.Contains(string(body), `"completion_tokens":12`) {
+		t.Errorf("max_new_tokens 12, chat without a cap: %d %.300s, want 12 tokens", code, body)
+	}
+	code, body = post(t, capped.URL+"/v1/completions", `{"prompt":`+prompt200+`,"max_tokens":800,"ignore_eos":true}`)
+	if code != 200 || !strings.Contains(string(body), `"completion_tokens":12`) {
+		t.Errorf("max_new_tokens 12, max_tokens 800: %d %.300s, want 12 tokens and no refusal", code, body)
+	}
+}
+
+// Prefix caching (on by default in vLLM): a prompt whose 16-token blocks
+// an earlier one computed is not prefilled again, which vLLM's
+// prefix_cache_hits counter shows; a prompt that differs in its first
+// block hits nothing.
+func TestPrefixCaching(t *testing.T) {
+	srv := newTestServer(t, func(o *Options) { o.Engine.PrefixCaching = true })
+	hits := func() string {
+		resp, err := http.Get(srv.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "vllm:prefix_cache_hits{") {
+				return l[strings.LastIndexByte(l, ' ')+1:]
+			}
+		}
+		return "missing"
+	}
+	same := `{"prompt":"Write` + strings.Repeat(" word", 199) + `","max_tokens":1}`
+	post(t, srv.URL+"/v1/completions", same)
+	if h := hits(); h != "0" {
+		t.Fatalf("hits after the first prompt: %s, want 0", h)
+	}
+	post(t, srv.URL+"/v1/completions", same)
+	if h := hits(); h != "192" {
+		t.Fatalf("hits after the same prompt again: %s, want 192 (12 full blocks of 16)", h)
+	}
+	post(t, srv.URL+"/v1/completions", `{"prompt":"Write apple river stone cloud`+strings.Repeat(" word", 195)+`","max_tokens":1}`)
+	if h := hits(); h != "192" {
+		t.Fatalf("hits after a prompt that differs in its first block: %s, want still 192", h)
 	}
 }
 
