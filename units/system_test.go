@@ -512,10 +512,16 @@ func TestPackageLifecycle(t *testing.T) {
 		t.Fatalf("the engine unit's journal does not say how to install vLLM:\n%s", j)
 	}
 
-	// With an engine (the simulator, through a drop-in), requests are
-	// answered.
+	// With an engine, requests are answered. The engine is a stand-in for
+	// vLLM run by the package's own ExecStart (llmlab-engine) under the
+	// unit's hardening: it writes where vLLM and its kernels write at start
+	// (Triton, FlashInfer, CUDA's JIT, vLLM's config and cache), each
+	// fatal when not writable, refuses to run with usage stats on, notes
+	// its arguments, and then runs the simulator.
+	c.write("/usr/local/bin/vllm-standin", standinVLLM)
+	c.must("chmod", "755", "/usr/local/bin/vllm-standin")
 	c.write("/etc/systemd/system/llmlab-vllm.service.d/test.conf", fmt.Sprintf(
-		"[Service]\nExecStart=\nExecStart=/usr/bin/llmlab sim --profile instant --startup-delay 1s --port %d\n", enginePort))
+		"[Service]\nEnvironment=LLMLAB_VLLM=/usr/local/bin/vllm-standin LLMLAB_PORT=%d\n", enginePort))
 	c.must("systemctl", "daemon-reload")
 	c.must("systemctl", "reset-failed", "llmlab-vllm.service")
 	deadline := time.Now().Add(60 * time.Second)
@@ -534,6 +540,17 @@ func TestPackageLifecycle(t *testing.T) {
 			t.Fatalf("no answer once the engine can start: %v %v", resp, err)
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+
+	// The stand-in found every cache writable (it would have failed
+	// otherwise) in the state directory, and was given llmlabd's output cap.
+	for _, f := range []string{"cache/triton/standin", ".triton/dump/standin", ".cache/flashinfer/standin", "cache/flashinfer/standin",
+		"cache/nv/standin", "config/vllm/standin", "vllm/standin"} {
+		c.must("test", "-f", "/var/lib/llmlab-vllm/"+f)
+	}
+	if args := c.must("cat", "/var/lib/llmlab-vllm/args"); !strings.Contains(args, `--override-generation-config {"max_new_tokens": 1024}`) ||
+		!strings.Contains(args, "serve Qwen/Qwen2.5-0.5B-Instruct") {
+		t.Fatalf("llmlab-engine ran vLLM with %q, want serve MODEL and the max_new_tokens cap from limits.max_tokens", args)
 	}
 
 	// journald: the access line carries the request id as a field.
@@ -687,6 +704,25 @@ func TestPackageLifecycle(t *testing.T) {
 
 // checkHardening looks at the running llmlabd from the inside: the
 // sandbox that llmlab.service asks for is the one it runs in.
+// standinVLLM stands in for vLLM's CLI under llmlab-vllm.service: it
+// writes each place vLLM and its kernels write at start (docs/engine-contract.md,
+// "Caches"), failing as Triton does when one is not writable, refuses to
+// start with usage reporting on, and then serves the simulator.
+const standinVLLM = `#!/bin/sh
+set -eu
+echo "$*" > "$HOME/args"
+[ "${VLLM_NO_USAGE_STATS:-0}" = 1 ] || { echo "usage stats are on" >&2; exit 1; }
+for d in "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" "${TRITON_HOME:-$HOME}/.triton/dump" \
+	"$HOME/.cache/flashinfer" "${XDG_CACHE_HOME:-$HOME/.cache}/flashinfer" \
+	"${CUDA_CACHE_PATH:-$HOME/.nv/ComputeCache}" "${VLLM_CONFIG_ROOT:-${XDG_CONFIG_HOME:-$HOME/.config}/vllm}" \
+	"${VLLM_CACHE_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/vllm}"; do
+	mkdir -p "$d"
+	touch "$d/standin"
+done
+shift 2 # serve MODEL
+exec /usr/bin/llmlab sim --profile instant --startup-delay 1s "$@"
+`
+
 func (c *container) checkHardening() {
 	c.t.Helper()
 	pid := strings.TrimSpace(c.must("systemctl", "show", "-p", "MainPID", "--value", "llmlab.service"))

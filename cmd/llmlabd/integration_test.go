@@ -1195,3 +1195,54 @@ func TestOverheadBenchmarkRuns(t *testing.T) {
 		}
 	}
 }
+
+// In front of the simulator (which follows vLLM: docs/engine-contract.md),
+// llmlabd adds no max_tokens, so a request without one gets the engine's
+// default instead of a 400; it learns the engine's context length from
+// /v1/models and refuses a max_tokens that cannot fit; a stream that did
+// not ask for usage is counted as unreported, not silently left out.
+func TestEngineContextLength(t *testing.T) {
+	addr := startSim(t, "--max-model-len", "512")
+	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig("http://"+addr, "")))
+
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(fetch(t, d.api+"/status"), `"max_model_len":512`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("/status never showed the engine's max_model_len 512: %s", fetch(t, d.api+"/status"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if m := fetch(t, d.metrics+"/metrics"); !strings.Contains(m, "llmlab_engine_max_model_len 512") {
+		t.Errorf("/metrics lacks llmlab_engine_max_model_len 512:\n%s", grepLines(m, "max_model_len"))
+	}
+
+	prompt := `"Write` + strings.Repeat(" word", 199) + `"`
+	// limits.max_tokens (1024 by default) is above this engine's context:
+	// before, llmlabd added max_tokens 1024 and the engine refused every
+	// request that named none.
+	resp, body := post(t, d.api+"/v1/completions", `{"prompt":`+prompt+`,"ignore_eos":true}`)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"completion_tokens":16`) {
+		t.Fatalf("completion without max_tokens: %d %.300s, want 200 with vLLM's default 16 tokens", resp.StatusCode, body)
+	}
+	resp, body = post(t, d.api+"/v1/chat/completions", `{"messages":[{"role":"user","content":`+prompt+`}],"max_tokens":null}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("chat without a cap: %d %.300s, want 200", resp.StatusCode, body)
+	}
+	resp, body = post(t, d.api+"/v1/completions", `{"prompt":"x","max_tokens":600}`)
+	if resp.StatusCode != 400 || !strings.Contains(string(body), "maximum context length is 512") || !strings.Contains(string(body), `"param":"max_tokens"`) {
+		t.Fatalf("max_tokens 600 on a 512-token engine: %d %.300s, want 400 from llmlabd naming the context length", resp.StatusCode, body)
+	}
+	if !strings.Contains(d.logs.String(), "limits.max_tokens does not fit the engine's context") {
+		t.Errorf("no warning that limits.max_tokens (1024) exceeds the context (512)")
+	}
+
+	post(t, d.api+"/v1/completions", `{"prompt":"hi","max_tokens":3,"stream":true}`)
+	post(t, d.api+"/v1/completions", `{"prompt":"hi","max_tokens":3,"stream":true,"stream_options":{"include_usage":true}}`)
+	m := fetch(t, d.metrics+"/metrics")
+	if !strings.Contains(m, `llmlab_client_usage_unreported_total{client="anonymous"} 1`) {
+		t.Errorf("want one unreported stream:\n%s", grepLines(m, "unreported|client_tokens"))
+	}
+	if !strings.Contains(d.logs.String(), "usage=unreported") {
+		t.Errorf("the access log does not mark the stream without usage")
+	}
+}

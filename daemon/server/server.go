@@ -111,7 +111,6 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 		Limits: gateway.Limits{
 			MaxTokens: cfg.Limits.MaxTokens,
 			MaxN:      cfg.Limits.MaxN,
-			MaxBestOf: cfg.Limits.MaxBestOf,
 			Models:    cfg.Engine.Models,
 		},
 		MaxBodyBytes: cfg.Limits.MaxBodyBytes,
@@ -163,10 +162,34 @@ func runtimeEnv(cfg *config.Config) string {
 	return ""
 }
 
+// writeEngineEnv writes the engine's runtime settings for the engine unit
+// (EnvironmentFile=-/run/llmlab/engine.env) before each start: the GPU
+// share, and LLMLAB_MAX_NEW_TOKENS (limits.max_tokens), which llmlab-engine
+// passes to vLLM as its server-wide output cap. Nothing when path is "".
+func writeEngineEnv(path string, env []string) error {
+	if path == "" {
+		return nil
+	}
+	content := "# Written by llmlabd before each engine start; read by llmlab-vllm.service.\n" + strings.Join(env, "\n") + "\n"
+	tmp := path + ".tmp"
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("writing the engine's environment: %w", err)
+	}
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		return fmt.Errorf("writing the engine's environment: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing the engine's environment: %w", err)
+	}
+	return nil
+}
+
 // gpuAdmission builds the engine-start admission over mon's readings.
 func gpuAdmission(cfg *config.Config, mon *gpu.Monitor, reg prometheus.Registerer, log *slog.Logger) *gpu.Admission {
+	// The daemon writes the engine's runtime environment itself (the
+	// share computed here among it: writeEngineEnv), so EnvFile stays "".
 	a := &gpu.Admission{Monitor: mon, Device: cfg.GPU.Device, Budget: cfg.GPU.MemoryBudget, Fraction: cfg.GPU.MemoryFraction,
-		EnvFile: runtimeEnv(cfg), ReleaseTimeout: cfg.GPU.ReleaseTimeout, Log: log}
+		ReleaseTimeout: cfg.GPU.ReleaseTimeout, Log: log}
 	a.Instrument(reg)
 	return a
 }
@@ -176,8 +199,10 @@ func gpuAdmission(cfg *config.Config, mon *gpu.Monitor, reg prometheus.Registere
 func supervisorConfig(cfg *config.Config) supervisor.Config {
 	health := cfg.Engine.URL.JoinPath("/health").String()
 	client := &http.Client{Timeout: time.Second}
-	post := func(path string) func(ctx context.Context) error {
-		u := cfg.Engine.URL.JoinPath(path).String()
+	post := func(path, query string) func(ctx context.Context) error {
+		pu := cfg.Engine.URL.JoinPath(path)
+		pu.RawQuery = query
+		u := pu.String()
 		return func(ctx context.Context) error {
 			req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
 			if err != nil {
@@ -196,8 +221,11 @@ func supervisorConfig(cfg *config.Config) supervisor.Config {
 	}
 	return supervisor.Config{
 		SleepAfter: cfg.Engine.SleepAfter,
-		Sleep:      post("/sleep"),
-		WakeUp:     post("/wake_up"),
+		// Level 1 keeps the weights in host memory; mode=wait lets any
+		// request still in the engine finish (vLLM's default, abort,
+		// would abort it: vllm/entrypoints/serve/dev/sleep/api_router.py).
+		Sleep:  post("/sleep", "level=1&mode=wait"),
+		WakeUp: post("/wake_up", ""),
 		Probe: func(ctx context.Context) bool {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, health, nil)
 			if err != nil {
@@ -312,6 +340,9 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
+	for _, d := range cfg.Deprecated {
+		log.Warn("deprecated setting", "config", cfg.Path, "setting", d)
+	}
 
 	apiLns, activated, err := apiListeners(cfg)
 	if err != nil {
@@ -355,15 +386,37 @@ func Run(ctx context.Context, o Options) error {
 		reg.MustRegister(mon)
 		go mon.Run(gpuCtx)
 	}
-	var engineEnv func() []string
 	if mon != nil {
 		adm = gpuAdmission(cfg, mon, reg, log.With("component", "gpu"))
-		engineEnv = adm.Env
+	}
+	// cfgNow is the running configuration (a reload swaps it); set once
+	// the status source exists.
+	var cfgNow func() *config.Config
+	engineEnv := func() []string {
+		var env []string
+		if adm != nil {
+			env = adm.Env()
+		}
+		c := cfgNow()
+		env = append(env, fmt.Sprintf("LLMLAB_MAX_NEW_TOKENS=%d", c.Limits.MaxTokens))
+		if c.Engine.SleepAfter > 0 {
+			env = append(env, "LLMLAB_ENABLE_SLEEP_MODE=1")
+		}
+		return env
 	}
 	if backend := engineBackend(cfg, log, o.Stderr, engineEnv); backend != nil {
 		sc := supervisorConfig(cfg)
+		envFile := runtimeEnv(cfg)
+		sc.BeforeStart = func(ctx context.Context) error {
+			if adm != nil {
+				if err := adm.BeforeStart(ctx); err != nil {
+					return err
+				}
+			}
+			return writeEngineEnv(envFile, engineEnv())
+		}
 		if adm != nil {
-			sc.BeforeStart, sc.OnReady, sc.AfterStop = adm.BeforeStart, adm.NoteRunning, adm.AfterStop
+			sc.OnReady, sc.AfterStop = adm.NoteRunning, adm.AfterStop
 		}
 		sup = supervisor.New(sc, backend, nil, reg, log.With("component", "supervisor"))
 		engine, warmup = sup, sup
@@ -414,6 +467,12 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	st := &statusSource{gw: gw, engine: engine, sup: sup, gpu: mon, cfg: cfg, started: time.Now()}
+	cfgNow = st.cfgNow
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_engine_max_model_len",
+		Help: "The engine's context length in tokens, from its /v1/models while it is ready (0: not known)."},
+		func() float64 { return float64(gw.MaxModelLen()) }))
+	go learnMaxModelLen(bgCtx, log.With("component", "engine"), cfg.Engine.URL.JoinPath("/v1/models").String(), 250*time.Millisecond,
+		engineReady, gw, func() int { return st.cfgNow().Limits.MaxTokens })
 	stateDir := cfg.Gateway.StateDir
 	if stateDir == "" {
 		stateDir = os.Getenv("STATE_DIRECTORY")
@@ -671,6 +730,9 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 	if err != nil {
 		log.Error("reload refused; keeping the running configuration", "err", err)
 		return
+	}
+	for _, d := range cfg.Deprecated {
+		log.Warn("deprecated setting", "config", cfg.Path, "setting", d)
 	}
 	old := st.cfgNow()
 	changes := config.Diff(old, cfg)

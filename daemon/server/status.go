@@ -51,6 +51,9 @@ type statusDoc struct {
 		URL   string `json:"url"`
 		// ExpectedStartSeconds is the learned start time (supervised engines).
 		ExpectedStartSeconds float64 `json:"expected_start_seconds,omitempty"`
+		// MaxModelLen is the context length the engine reported (0: not
+		// known: the engine is not ready, or does not say).
+		MaxModelLen int `json:"max_model_len"`
 	} `json:"engine"`
 	Queue  queue.Stats `json:"queue"`
 	Limits struct {
@@ -81,6 +84,7 @@ func (s *statusSource) serve(w http.ResponseWriter, _ *http.Request) {
 	var d statusDoc
 	d.Engine.State = s.engine.State()
 	d.Engine.URL = cfg.Engine.URL.Redacted()
+	d.Engine.MaxModelLen = s.gw.MaxModelLen()
 	if s.sup != nil {
 		d.Engine.ExpectedStartSeconds = s.sup.LearnedStart().Seconds()
 	}
