@@ -47,17 +47,17 @@ type Config struct {
 // seq is one sequence the engine generates.
 type seq struct {
 	arrival   time.Time
-	prompt    int // prompt tokens
-	maxTokens int // stop after this many output tokens
+	prompt    int  // prompt tokens
+	maxTokens int  // stop after this many output tokens
 	byLength  bool // maxTokens is the request's cap (finish_reason "length")
 	// blockHashes key the prompt's full blocks in the prefix cache.
 	blockHashes []uint64
 	// Owned by the engine goroutine:
 	cacheChecked bool // looked up in the prefix cache
 	cacheStored  bool // its blocks are in the prefix cache
-	computed  int // context tokens whose KV is computed
-	blocks    int
-	scheduled time.Time // first time scheduled
+	computed     int  // context tokens whose KV is computed
+	blocks       int
+	scheduled    time.Time // first time scheduled
 	// Read by the request's goroutine:
 	generated atomic.Int32
 	done      atomic.Bool

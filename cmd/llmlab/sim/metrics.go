@@ -22,10 +22,10 @@ type metrics struct {
 	// (vllm/v1/metrics/loggers.py: vllm:prefix_cache_queries, _hits).
 	cacheQueries prometheus.Counter
 	cacheHits    prometheus.Counter
-	lag         prometheus.Histogram
-	maxLag      prometheus.Gauge
-	steps       prometheus.Counter
-	lagMax      float64 // owned by the engine loop
+	lag          prometheus.Histogram
+	maxLag       prometheus.Gauge
+	steps        prometheus.Counter
+	lagMax       float64 // owned by the engine loop
 }
 
 var latencyBuckets = []float64{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80}
@@ -53,15 +53,15 @@ func newMetrics(reg prometheus.Registerer, model string) *metrics {
 		Help: "Prefix cache hits, in terms of number of cached tokens.", ConstLabels: lbl})
 	reg.MustRegister(success, preempt, steps, queries, hits)
 	m := &metrics{
-		running:     gauge("vllm:num_requests_running", "Number of requests in model execution batches."),
-		waiting:     gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
-		kvUsage:     gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
-		ttft:        hist("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", latencyBuckets),
-		e2e:         hist("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", latencyBuckets),
-		queueTime:   hist("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", latencyBuckets),
-		iterTokens:  hist("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", []float64{1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192}),
-		success:     success.WithLabelValues("length"),
-		preemptions: preempt,
+		running:      gauge("vllm:num_requests_running", "Number of requests in model execution batches."),
+		waiting:      gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed."),
+		kvUsage:      gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."),
+		ttft:         hist("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", latencyBuckets),
+		e2e:          hist("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", latencyBuckets),
+		queueTime:    hist("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", latencyBuckets),
+		iterTokens:   hist("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", []float64{1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192}),
+		success:      success.WithLabelValues("length"),
+		preemptions:  preempt,
 		cacheQueries: queries,
 		cacheHits:    hits,
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "llmlab_sim_step_lag_seconds",
