@@ -56,6 +56,10 @@ func TestValidate(t *testing.T) {
 		{"max_tokens overflows", routeCompletions, `{"model":"m","prompt":"x","max_tokens":1e99}`, 400, "max_tokens", 0},
 		{"max_tokens NaN is not JSON", routeCompletions, `{"model":"m","prompt":"x","max_tokens":NaN}`, 400, "", 0},
 		{"bad escape is not JSON", routeCompletions, `{"model":"m","prompt":"\x"}`, 400, "", 0},
+		// fastjson alone accepts these (a raw control character before an
+		// escape in the same string); the fuzzer found the key case.
+		{"raw control character in a key with an escape", routeCompletions, "{\"prompt\":\"0\",\"\x00\\b\":0}", 400, "", 0},
+		{"raw control character in a value with an escape", routeCompletions, "{\"prompt\":\"a\x01\\nb\"}", 400, "", 0},
 		{"too deep", routeCompletions, `{"model":"m","prompt":"x","extra":` + strings.Repeat("[", 400) + strings.Repeat("]", 400) + `}`, 400, "", 0},
 		// The engine's JSON decoder takes a repeated member's last value:
 		// so does the validator, or a cap could be passed by repeating it.
