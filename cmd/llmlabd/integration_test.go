@@ -939,8 +939,9 @@ memory_fraction = 0.55
 		t.Fatalf("the engine did not get its share:\n%s", em)
 	}
 	env, err := os.ReadFile(envFile)
-	if err != nil || (!hasGPU && !strings.Contains(string(env), "LLMLAB_GPU_MEMORY_UTILIZATION=0.55\n")) {
-		t.Fatalf("engine.runtime_env: %v %q", err, env)
+	if err != nil || (!hasGPU && !strings.Contains(string(env), "LLMLAB_GPU_MEMORY_UTILIZATION=0.55\n")) ||
+		!strings.Contains(string(env), "LLMLAB_MAX_NEW_TOKENS=1024\n") {
+		t.Fatalf("engine.runtime_env: %v %q, want the share and limits.max_tokens as LLMLAB_MAX_NEW_TOKENS", err, env)
 	}
 }
 

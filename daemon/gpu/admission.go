@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -46,8 +44,8 @@ type Refusal struct {
 func (r *Refusal) Error() string { return r.Message }
 
 // Admission guards engine starts with GPU readings: before a start it
-// computes the engine's memory share, checks that the memory is free and
-// writes the share where the engine reads it; after a stop it waits until
+// computes the engine's memory share (Env gives it to the engine) and
+// checks that the memory is free; after a stop it waits until
 // the engine's memory is released.
 type Admission struct {
 	Monitor *Monitor
@@ -56,9 +54,6 @@ type Admission struct {
 	// Budget (bytes, 0: none) or Fraction of the card for the engine.
 	Budget   uint64
 	Fraction float64
-	// EnvFile, when set, receives LLMLAB_GPU_MEMORY_UTILIZATION for the
-	// engine unit (EnvironmentFile=-/run/llmlab/engine.env).
-	EnvFile string
 	// ReleaseTimeout bounds the wait after a stop.
 	ReleaseTimeout time.Duration
 	Log            *slog.Logger
@@ -128,7 +123,7 @@ func (a *Admission) BeforeStart(ctx context.Context) error {
 			return a.refuse("budget", fmt.Sprintf("gpu.memory_budget is set but the GPU cannot be read (%s)", reason))
 		}
 		a.Log.Info("starting the engine without GPU readings", "reason", reason)
-		return a.writeEnv()
+		return nil
 	}
 	util, err := Utilization(a.Budget, d.MemoryTotal, a.Fraction)
 	if err != nil {
@@ -153,7 +148,7 @@ func (a *Admission) BeforeStart(ctx context.Context) error {
 	}
 	a.usedPre = d.MemoryUsed
 	a.Log.Info("engine start admitted", "gpu", d.Index, "free", GiB(d.MemoryFree), "engine_share", util, "engine_bytes", GiB(need))
-	return a.writeEnv()
+	return nil
 }
 
 func (a *Admission) refuse(reason, msg string) error {
@@ -162,28 +157,6 @@ func (a *Admission) refuse(reason, msg string) error {
 	}
 	a.Log.Warn("engine start refused", "reason", reason, "detail", msg)
 	return &Refusal{Reason: reason, Message: msg}
-}
-
-// writeEnv writes the engine's share for the unit; called with a.mu held.
-func (a *Admission) writeEnv() error {
-	if a.EnvFile == "" {
-		return nil
-	}
-	content := "# Written by llmlabd before each engine start; read by llmlab-vllm.service.\n"
-	if a.util > 0 {
-		content += fmt.Sprintf("LLMLAB_GPU_MEMORY_UTILIZATION=%g\n", a.util)
-	}
-	tmp := a.EnvFile + ".tmp"
-	if err := os.MkdirAll(filepath.Dir(a.EnvFile), 0o755); err != nil {
-		return fmt.Errorf("writing the engine's environment: %w", err)
-	}
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
-		return fmt.Errorf("writing the engine's environment: %w", err)
-	}
-	if err := os.Rename(tmp, a.EnvFile); err != nil {
-		return fmt.Errorf("writing the engine's environment: %w", err)
-	}
-	return nil
 }
 
 // NoteRunning records the engine's compute processes (those that appeared

@@ -162,6 +162,13 @@ func runtimeEnv(cfg *config.Config) string {
 	return ""
 }
 
+// warnDeprecated logs the keys cfg's file sets that no longer do anything.
+func warnDeprecated(log *slog.Logger, cfg *config.Config) {
+	for _, d := range cfg.Deprecated {
+		log.Warn("deprecated setting", "config", cfg.Path, "setting", d)
+	}
+}
+
 // writeEngineEnv writes the engine's runtime settings for the engine unit
 // (EnvironmentFile=-/run/llmlab/engine.env) before each start: the GPU
 // share, and LLMLAB_MAX_NEW_TOKENS (limits.max_tokens), which llmlab-engine
@@ -186,8 +193,6 @@ func writeEngineEnv(path string, env []string) error {
 
 // gpuAdmission builds the engine-start admission over mon's readings.
 func gpuAdmission(cfg *config.Config, mon *gpu.Monitor, reg prometheus.Registerer, log *slog.Logger) *gpu.Admission {
-	// The daemon writes the engine's runtime environment itself (the
-	// share computed here among it: writeEngineEnv), so EnvFile stays "".
 	a := &gpu.Admission{Monitor: mon, Device: cfg.GPU.Device, Budget: cfg.GPU.MemoryBudget, Fraction: cfg.GPU.MemoryFraction,
 		ReleaseTimeout: cfg.GPU.ReleaseTimeout, Log: log}
 	a.Instrument(reg)
@@ -340,9 +345,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	for _, d := range cfg.Deprecated {
-		log.Warn("deprecated setting", "config", cfg.Path, "setting", d)
-	}
+	warnDeprecated(log, cfg)
 
 	apiLns, activated, err := apiListeners(cfg)
 	if err != nil {
@@ -731,9 +734,7 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 		log.Error("reload refused; keeping the running configuration", "err", err)
 		return
 	}
-	for _, d := range cfg.Deprecated {
-		log.Warn("deprecated setting", "config", cfg.Path, "setting", d)
-	}
+	warnDeprecated(log, cfg)
 	old := st.cfgNow()
 	changes := config.Diff(old, cfg)
 	for _, c := range changes {
