@@ -2,7 +2,9 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,6 +104,48 @@ func TestRunAgainstSimulator(t *testing.T) {
 			if o.Stream && (x.TTFT <= 0 || x.TTFT > x.Latency) {
 				t.Fatalf("TTFT %s with latency %s", x.TTFT, x.Latency)
 			}
+		}
+	}
+}
+
+// Each request's body carries its own prompt, of the same length, and two
+// requests' prompts differ within their first 16 tokens (vLLM's
+// prefix-cache block), so no request's prefill is served from the cache.
+func TestBodiesVaryThePrompt(t *testing.T) {
+	for _, chat := range []bool{false, true} {
+		o := Options{PromptTokens: 200, MaxTokens: 200, Chat: chat, Stream: true, Model: "m"}
+		body := o.bodies()
+		first := map[string]int{}
+		for _, i := range []int{0, 1, 15, 16, 255, 4096, 65535} {
+			var r struct {
+				Prompt   string `json:"prompt"`
+				Messages []struct {
+					Content string `json:"content"`
+				} `json:"messages"`
+				MaxTokens     int  `json:"max_tokens"`
+				StreamOptions *struct {
+					IncludeUsage bool `json:"include_usage"`
+				} `json:"stream_options"`
+			}
+			if err := json.Unmarshal(body(i), &r); err != nil {
+				t.Fatalf("body(%d) = %s: %v", i, body(i), err)
+			}
+			p := r.Prompt
+			if chat {
+				p = r.Messages[0].Content
+			}
+			if p != Prompt(200, i) || r.MaxTokens != 200 || r.StreamOptions == nil || !r.StreamOptions.IncludeUsage {
+				t.Fatalf("chat %v, body(%d) = %s, want prompt %q", chat, i, body(i), Prompt(200, i))
+			}
+			if n := sim.CountTokens(p); n != 200 {
+				t.Fatalf("prompt %d is %d tokens, want 200", i, n)
+			}
+			words := strings.Fields(p)
+			key := strings.Join(words[:16], " ")
+			if j, seen := first[key]; seen {
+				t.Fatalf("requests %d and %d share their first 16 tokens", j, i)
+			}
+			first[key] = i
 		}
 	}
 }

@@ -105,18 +105,22 @@ const varyTokens = 4
 // first block differs (65,536 of them in a row) are each prefilled whole,
 // as distinct users' prompts are.
 func Prompt(n, i int) string {
-	var b strings.Builder
-	b.WriteString("Write")
 	vary := min(varyTokens, max(0, n-1))
-	for d := vary - 1; d >= 0; d-- {
-		b.WriteString(varyWords[(i>>(4*d))&15])
-	}
-	b.WriteString(strings.Repeat(" word", max(0, n-1-vary)))
-	return b.String()
+	return string(appendVary([]byte("Write"), i, vary)) + strings.Repeat(" word", max(0, n-1-vary))
 }
 
-// Body returns the request body for o's request number i.
-func (o Options) Body(i int) []byte {
+// appendVary appends the vary words that spell i in base 16, most
+// significant first.
+func appendVary(b []byte, i, vary int) []byte {
+	for d := vary - 1; d >= 0; d-- {
+		b = append(b, varyWords[(i>>(4*d))&15]...)
+	}
+	return b
+}
+
+// bodies returns o's request body by request number. The JSON is made
+// once; a request's body is that text with its vary words in place.
+func (o Options) bodies() func(i int) []byte {
 	m := map[string]any{
 		"model":       o.Model,
 		"max_tokens":  o.MaxTokens,
@@ -127,17 +131,26 @@ func (o Options) Body(i int) []byte {
 	if o.Model == "" {
 		delete(m, "model")
 	}
+	// \x01 marks where the vary words go: JSON writes it as \u0001, which
+	// no other part of the body contains.
+	vary := min(varyTokens, max(0, o.PromptTokens-1))
+	prompt := "Write\x01" + strings.Repeat(" word", max(0, o.PromptTokens-1-vary))
 	if o.Chat {
-		m["messages"] = []map[string]string{{"role": "user", "content": Prompt(o.PromptTokens, i)}}
+		m["messages"] = []map[string]string{{"role": "user", "content": prompt}}
 	} else {
-		m["prompt"] = Prompt(o.PromptTokens, i)
+		m["prompt"] = prompt
 	}
 	if o.Stream {
 		m["stream"] = true
 		m["stream_options"] = map[string]bool{"include_usage": true}
 	}
 	b, _ := json.Marshal(m)
-	return b
+	head, tail, _ := bytes.Cut(b, []byte(`\u0001`))
+	return func(i int) []byte {
+		out := make([]byte, 0, len(head)+len(tail)+8*vary)
+		out = appendVary(append(out, head...), i, vary)
+		return append(out, tail...)
+	}
 }
 
 // NewClient returns an HTTP client sized for concurrency connections.
@@ -192,12 +205,13 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 		return int(i), ctx.Err() == nil && (o.Requests == 0 || i <= int64(o.Requests)), IsBatch(int(i), o.BatchShare)
 	}
 	batchHeader := http.Header{PriorityHeader: {"batch"}}
+	body := o.bodies()
 	one := func(n int, batch bool) {
 		var h http.Header
 		if batch {
 			h = batchHeader
 		}
-		s := DoWith(ctx, client, url, o.Body(n), o.Stream, timeout, start, h)
+		s := DoWith(ctx, client, url, body(n), o.Stream, timeout, start, h)
 		s.Batch = batch
 		record(s)
 	}
