@@ -392,15 +392,15 @@ func Run(ctx context.Context, o Options) error {
 	if mon != nil {
 		adm = gpuAdmission(cfg, mon, reg, log.With("component", "gpu"))
 	}
-	// cfgNow is the running configuration (a reload swaps it); set once
-	// the status source exists.
-	var cfgNow func() *config.Config
+	// st holds the running configuration (a reload swaps it); its gateway
+	// and engine are set once they exist, before anything serves.
+	st := &statusSource{gpu: mon, cfg: cfg, started: time.Now()}
 	engineEnv := func() []string {
 		var env []string
 		if adm != nil {
 			env = adm.Env()
 		}
-		c := cfgNow()
+		c := st.cfgNow()
 		env = append(env, fmt.Sprintf("LLMLAB_MAX_NEW_TOKENS=%d", c.Limits.MaxTokens))
 		if c.Engine.SleepAfter > 0 {
 			env = append(env, "LLMLAB_ENABLE_SLEEP_MODE=1")
@@ -425,6 +425,7 @@ func Run(ctx context.Context, o Options) error {
 		engine, warmup = sup, sup
 	}
 	gw := gateway.New(gatewayConfig(cfg), keys, engine, warmup, reg, log)
+	st.gw, st.engine, st.sup = gw, engine, sup
 	supDone := make(chan struct{})
 	supCtx, stopSup := context.WithCancel(context.Background())
 	defer stopSup()
@@ -469,8 +470,6 @@ func Run(ctx context.Context, o Options) error {
 		go holdWhileSaturated(bgCtx, gw, cfg.Engine.MetricsInterval, signals, engineReady)
 	}
 
-	st := &statusSource{gw: gw, engine: engine, sup: sup, gpu: mon, cfg: cfg, started: time.Now()}
-	cfgNow = st.cfgNow
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_engine_max_model_len",
 		Help: "The engine's context length in tokens, from its /v1/models while it is ready (0: not known)."},
 		func() float64 { return float64(gw.MaxModelLen()) }))
