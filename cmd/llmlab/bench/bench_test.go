@@ -122,7 +122,7 @@ func TestBodiesVaryThePrompt(t *testing.T) {
 				Messages []struct {
 					Content string `json:"content"`
 				} `json:"messages"`
-				MaxTokens     int  `json:"max_tokens"`
+				MaxTokens     int `json:"max_tokens"`
 				StreamOptions *struct {
 					IncludeUsage bool `json:"include_usage"`
 				} `json:"stream_options"`
