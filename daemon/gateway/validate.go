@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 
 	"github.com/valyala/fastjson"
 )
@@ -108,7 +109,9 @@ func (f *fields) set(key []byte, v *fastjson.Value) {
 // validate checks body for route against lim. coalesce asks it to
 // prepare a non-streamed single-prompt completion for coalescing.
 func validate(route string, body []byte, lim Limits, coalesce bool) (*parsed, *invalid) {
-	trimmed := bytes.TrimSpace(body)
+	// JSON's whitespace only: bytes.TrimSpace would also take a form feed
+	// or a Unicode space, which the engine's decoder refuses.
+	trimmed := bytes.Trim(body, " \t\r\n")
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return nil, &invalid{Status: http.StatusBadRequest, Code: "invalid_json", Msg: "the request body must be a JSON object"}
 	}
@@ -201,7 +204,10 @@ func validate(route string, body []byte, lim Limits, coalesce bool) (*parsed, *i
 	} else if route == routeCompletions && lim.MaxTokens < defaultCompletionTokens {
 		// The engine's default for completions is above the cap: name the
 		// cap, replacing every copy (a null among them) of max_tokens.
-		p.Body = replaceField(v, "max_tokens", lim.MaxTokens)
+		var inv *invalid
+		if p.Body, inv = replaceField(trimmed, "max_tokens", lim.MaxTokens); inv != nil {
+			return nil, inv
+		}
 	}
 	// A chat request that names no cap generates what fits in the context;
 	// the engine's own server-wide cap (max_new_tokens, which llmlab-engine
@@ -276,17 +282,25 @@ func intField(param string, v *fastjson.Value) (int, *invalid) {
 	return n, nil
 }
 
-// replaceField returns the object v with every member named name removed
-// and one "name":value added, so that no copy of the client's (a later
-// duplicate, a null) can override it in the engine's decoder.
-func replaceField(v *fastjson.Value, name string, value int) []byte {
-	o := v.GetObject()
-	for o.Get(name) != nil {
-		o.Del(name)
+// replaceField returns the JSON object body with every member named name
+// (a later duplicate, a null, an escaped spelling of the key) replaced by
+// one "name":value, so that no copy of the client's can override it in the
+// engine's decoder. It goes through encoding/json, which keeps a repeated
+// member's last value and unescapes keys as Python's decoder does, and
+// escapes what it writes; fastjson's own marshalling writes control
+// characters in keys raw. It is rare (a cap below the engine's default),
+// so the cost of a full decode does not matter.
+func replaceField(body []byte, name string, value int) ([]byte, *invalid) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, &invalid{Status: http.StatusBadRequest, Code: "invalid_json", Msg: "the request body is not valid JSON: " + err.Error()}
 	}
-	var a fastjson.Arena
-	o.Set(name, a.NewNumberInt(value))
-	return v.MarshalTo(nil)
+	m[name] = json.RawMessage(strconv.Itoa(value))
+	out, err := json.Marshal(m)
+	if err != nil {
+		return nil, &invalid{Status: http.StatusBadRequest, Code: "invalid_json", Msg: "the request body is not valid JSON: " + err.Error()}
+	}
+	return out, nil
 }
 
 // countPrompts checks a completions prompt: a string, a list of strings, a
