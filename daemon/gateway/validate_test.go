@@ -60,6 +60,7 @@ func TestValidate(t *testing.T) {
 		// escape in the same string); the fuzzer found the key case.
 		{"raw control character in a key with an escape", routeCompletions, "{\"prompt\":\"0\",\"\x00\\b\":0}", 400, "", 0},
 		{"raw control character in a value with an escape", routeCompletions, "{\"prompt\":\"a\x01\\nb\"}", 400, "", 0},
+		{"form feed is not JSON whitespace", routeCompletions, "\f{\"prompt\":\"x\"}", 400, "", 0},
 		{"too deep", routeCompletions, `{"model":"m","prompt":"x","extra":` + strings.Repeat("[", 400) + strings.Repeat("]", 400) + `}`, 400, "", 0},
 		// The engine's JSON decoder takes a repeated member's last value:
 		// so does the validator, or a cap could be passed by repeating it.
