@@ -5,12 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"text/tabwriter"
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/overhead"
@@ -20,11 +22,17 @@ import (
 )
 
 // checkConfig validates a file as llmlabd would load it, keys file
-// included, and prints every problem.
-func checkConfig(_ context.Context, args []string) int {
+// included, and prints every problem; --show prints the configuration in
+// effect, and which values the file set.
+func checkConfigFlags(fs *flag.FlagSet) runFunc {
+	show := fs.Bool("show", false, "print every key's value in effect and whether the file set it")
+	return func(ctx context.Context, args []string) int { return checkConfig(ctx, *show, args) }
+}
+
+func checkConfig(_ context.Context, show bool, args []string) int {
 	path, explicit := config.DefaultPath, false
 	if len(args) > 1 {
-		fmt.Fprintln(os.Stderr, "usage: llmlab check-config [PATH]")
+		fmt.Fprintln(os.Stderr, "usage: llmlab check-config [--show] [PATH]")
 		return 2
 	}
 	if len(args) == 1 {
@@ -38,8 +46,47 @@ func checkConfig(_ context.Context, args []string) int {
 	for _, d := range cfg.Deprecated {
 		fmt.Fprintf(os.Stderr, "%s: deprecated: %s\n", path, d)
 	}
+	for _, n := range cfg.Notes {
+		fmt.Fprintf(os.Stderr, "%s: note: %s\n", path, n)
+	}
+	if show {
+		data, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) && !explicit {
+			data, err = nil, nil
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		settings, err := config.Show(path, data)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		printSettings(os.Stdout, settings)
+		return 0
+	}
 	fmt.Printf("%s: ok\n", path)
 	return 0
+}
+
+// printSettings writes settings as "key = value  # source", aligned.
+func printSettings(w io.Writer, settings []config.Setting) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, s := range settings {
+		src := "# default"
+		switch {
+		case s.FromFile && s.Value == s.Default:
+			src = "# file (the default)"
+		case s.FromFile:
+			src = "# file (default " + s.Default + ")"
+		}
+		if s.Derived != "" {
+			src += "; in effect: " + s.Derived
+		}
+		fmt.Fprintf(tw, "%s = %s\t%s\n", s.Key, s.Value, src)
+	}
+	tw.Flush()
 }
 
 func fakeEngineFlags(fs *flag.FlagSet) runFunc {

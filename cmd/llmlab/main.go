@@ -28,8 +28,8 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"check-config", "[PATH]", "validate a configuration file (default /etc/llmlab/llmlab.toml)",
-			func(*flag.FlagSet) runFunc { return checkConfig }},
+		{"check-config", "[--show] [PATH]", "validate a configuration file (default /etc/llmlab/llmlab.toml)",
+			checkConfigFlags},
 		{"demo", "", "the simulator, llmlabd in front of it, rising load, a results table", demoFlags},
 		{"bench", "", "send the fixed workload and report throughput, goodput and latency", benchFlagSet},
 		{"sim", "", "simulate a vLLM engine on a GPU profile (vLLM's API and metrics)", simFlags},

@@ -10,6 +10,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -40,6 +41,9 @@ type Config struct {
 	// Deprecated names the keys the file sets that are accepted but no
 	// longer do anything, each with why; the daemon logs them.
 	Deprecated []string
+	// Notes say where a value was adjusted to fit another (a minimum above
+	// its maximum); the daemon logs them and check-config prints them.
+	Notes []string
 }
 
 // SLO is the service-level objective admission works to.
@@ -104,6 +108,11 @@ type Engine struct {
 	// MetricsInterval is how often the engine's /metrics is read while it
 	// is ready (0: never).
 	MetricsInterval time.Duration
+	// ReadyPath is what llmlabd GETs to learn that the engine serves (a 2xx
+	// answer), and ReadyMatch, when set, a string that answer's body must
+	// contain (for an engine that answers before its model is loaded).
+	ReadyPath  string
+	ReadyMatch string
 }
 
 // Queue configures admission control and micro-batching.
@@ -114,7 +123,9 @@ type Queue struct {
 	// NominalRPS is the sequence completion rate assumed until one is measured.
 	NominalRPS  float64
 	BatchWindow time.Duration
-	MaxBatch    int
+	// MaxBatch releases a batch as soon as this many wait (0: the in-flight
+	// limit).
+	MaxBatch int
 	// Coalesce merges compatible non-streamed completions of one dispatch
 	// into a single upstream request with a list of prompts.
 	Coalesce bool
@@ -189,6 +200,8 @@ type raw struct {
 		SleepAfter        string   `toml:"sleep_after"`
 		RuntimeEnv        string   `toml:"runtime_env"`
 		MetricsInterval   string   `toml:"metrics_interval"`
+		ReadyPath         string   `toml:"ready_path"`
+		ReadyMatch        string   `toml:"ready_match"`
 	} `toml:"engine"`
 	Queue struct {
 		MaxInflight   int     `toml:"max_inflight"`
@@ -255,12 +268,13 @@ func defaults() raw {
 	r.Engine.MaxColdStartWait = "60s"
 	r.Engine.StopGrace = "10s"
 	r.Engine.SleepAfter = "0s"
+	r.Engine.ReadyPath = "/health"
 	r.Queue.MaxInflight = 64
 	r.Queue.MaxQueued = 256
 	r.Queue.MaxWait = "4s"
 	r.Queue.NominalRPS = 8
 	r.Queue.BatchWindow = "0s"
-	r.Queue.MaxBatch = 16
+	r.Queue.MaxBatch = 0
 	r.Queue.Concurrency = "fixed"
 	r.Queue.MinInflight = 4
 	r.Queue.TargetLatency = "0s"
@@ -418,6 +432,11 @@ func fromRaw(path string, r raw) (*Config, error) {
 		SleepAfter:        ck.duration("engine.sleep_after", r.Engine.SleepAfter, 0),
 		RuntimeEnv:        r.Engine.RuntimeEnv,
 		MetricsInterval:   ck.duration("engine.metrics_interval", r.Engine.MetricsInterval, 0),
+		ReadyPath:         r.Engine.ReadyPath,
+		ReadyMatch:        r.Engine.ReadyMatch,
+	}
+	if !strings.HasPrefix(r.Engine.ReadyPath, "/") {
+		ck.fail("engine.ready_path", r.Engine.ReadyPath, `want a path on the engine, e.g. "/health" (vLLM) or "/api/ps" (Ollama)`)
 	}
 	if d := c.Engine.MetricsInterval; d > 0 && d < 10*time.Millisecond {
 		ck.fail("engine.metrics_interval", r.Engine.MetricsInterval, `must be at least 10ms, or "0s" to read no engine metrics`)
@@ -438,7 +457,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 	q := r.Queue
 	ck.atLeast("queue.max_inflight", q.MaxInflight, 1)
 	ck.atLeast("queue.max_queued", q.MaxQueued, 0)
-	ck.atLeast("queue.max_batch", q.MaxBatch, 1)
+	ck.atLeast("queue.max_batch", q.MaxBatch, 0)
 	if q.NominalRPS <= 0 {
 		ck.fail("queue.nominal_rps", q.NominalRPS, "must be above 0 (sequences completed per second before any is measured)")
 	}
@@ -454,11 +473,12 @@ func fromRaw(path string, r raw) (*Config, error) {
 	if c.Queue.BatchWindow > time.Second {
 		ck.fail("queue.batch_window", q.BatchWindow, "must be at most 1s (it delays every request)")
 	}
-	if q.MaxBatch > q.MaxInflight {
-		ck.fail("queue.max_batch", q.MaxBatch, "cannot exceed queue.max_inflight (%d)", q.MaxInflight)
-	}
-	if q.Coalesce && c.Queue.BatchWindow == 0 {
-		ck.fail("queue.coalesce", true, "needs a queue.batch_window above 0 to collect requests")
+	// A key's default must never make a key the user wrote invalid (the
+	// shipped file writes every key): a batch, like the minimum of the
+	// adaptive limit, is at most the in-flight limit, so a larger value is
+	// read as that limit (with a note when it matters) rather than refused.
+	if q.MaxBatch > q.MaxInflight && q.MaxInflight >= 1 && c.Queue.BatchWindow > 0 {
+		c.Notes = append(c.Notes, fmt.Sprintf("queue.max_batch = %d is above queue.max_inflight = %d: a batch is released at %d", q.MaxBatch, q.MaxInflight, q.MaxInflight))
 	}
 	c.Queue.Concurrency = q.Concurrency
 	switch q.Concurrency {
@@ -467,10 +487,13 @@ func fromRaw(path string, r raw) (*Config, error) {
 		ck.fail("queue.concurrency", q.Concurrency, `want "fixed" (queue.max_inflight) or "adaptive" (found at run time, at most queue.max_inflight)`)
 	}
 	ck.atLeast("queue.min_inflight", q.MinInflight, 1)
-	if c.Queue.Adaptive() && q.MaxInflight >= 1 && q.MinInflight > q.MaxInflight {
-		ck.fail("queue.min_inflight", q.MinInflight, "cannot exceed queue.max_inflight (%d)", q.MaxInflight)
-	}
 	c.Queue.MinInflight = q.MinInflight
+	if q.MaxInflight >= 1 && q.MinInflight > q.MaxInflight {
+		if c.Queue.Adaptive() {
+			c.Notes = append(c.Notes, fmt.Sprintf("queue.min_inflight = %d is above queue.max_inflight = %d: the adaptive limit stays at %d", q.MinInflight, q.MaxInflight, q.MaxInflight))
+		}
+		c.Queue.MinInflight = q.MaxInflight
+	}
 	c.Queue.TargetLatency = ck.duration("queue.target_latency", q.TargetLatency, 0)
 	c.Queue.BatchMaxWait = ck.duration("queue.batch_max_wait", q.BatchMaxWait, time.Millisecond)
 	if q.BatchShare <= 0 || q.BatchShare > 1 {
@@ -490,14 +513,10 @@ func fromRaw(path string, r raw) (*Config, error) {
 	if l.GlobalRate < 0 {
 		ck.fail("limits.global_rate", l.GlobalRate, "must be 0 (off) or above")
 	}
-	if l.Rate > 0 && l.Burst < 1 {
-		ck.fail("limits.burst", l.Burst, "must be at least 1 when limits.rate is set")
-	}
-	if l.GlobalRate > 0 && l.GlobalBurst < 1 {
-		ck.fail("limits.global_burst", l.GlobalBurst, "must be at least 1 when limits.global_rate is set")
-	}
-	c.Limits = Limits{MaxBodyBytes: l.MaxBodyBytes, MaxTokens: l.MaxTokens, MaxN: l.MaxN, Rate: l.Rate, Burst: l.Burst,
-		GlobalRate: l.GlobalRate, GlobalBurst: l.GlobalBurst}
+	ck.atLeast("limits.burst", l.Burst, 0)
+	ck.atLeast("limits.global_burst", l.GlobalBurst, 0)
+	c.Limits = Limits{MaxBodyBytes: l.MaxBodyBytes, MaxTokens: l.MaxTokens, MaxN: l.MaxN, Rate: l.Rate,
+		Burst: DefaultBurst(l.Rate, l.Burst), GlobalRate: l.GlobalRate, GlobalBurst: DefaultBurst(l.GlobalRate, l.GlobalBurst)}
 	if l.MaxBestOf != nil {
 		c.Deprecated = append(c.Deprecated, fmt.Sprintf("limits.max_best_of = %d: ignored; vLLM no longer has best_of, so a request runs n sequences per prompt", *l.MaxBestOf))
 	}
@@ -522,9 +541,6 @@ func fromRaw(path string, r raw) (*Config, error) {
 	c.Log = Log{Level: r.Log.Level, Format: r.Log.Format, AccessLog: r.Log.AccessLog}
 
 	c.SLO = SLO{Latency: ck.duration("slo.latency", r.SLO.Latency, 0)}
-	if c.Queue.Adaptive() && c.Queue.TargetLatency == 0 && c.SLO.Latency == 0 {
-		ck.fail("queue.target_latency", q.TargetLatency, "adaptive concurrency needs a target: set it, or slo.latency")
-	}
 
 	g := r.GPU
 	ck.atLeast("gpu.device", g.Device, 0)
@@ -549,6 +565,15 @@ func fromRaw(path string, r raw) (*Config, error) {
 		return nil, errors.Join(ck.errs...)
 	}
 	return c, nil
+}
+
+// DefaultBurst is the bucket size of a rate limit whose burst is not set
+// (0): one second's worth of requests, at least one.
+func DefaultBurst(rate float64, burst int) int {
+	if burst > 0 || rate <= 0 {
+		return burst
+	}
+	return max(1, int(math.Ceil(rate)))
 }
 
 // IsLoopback reports whether addr (host:port) binds only loopback addresses.

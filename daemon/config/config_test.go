@@ -26,6 +26,9 @@ func render(c *Config, err error) string {
 	for _, d := range Diff(Default(), c) {
 		fmt.Fprintf(&b, "%s\n", d)
 	}
+	for _, n := range c.Notes {
+		fmt.Fprintf(&b, "note: %s\n", n)
+	}
 	return b.String()
 }
 
@@ -62,9 +65,8 @@ func TestGolden(t *testing.T) {
 }
 
 // The shipped, commented file (the package's /etc/llmlab/llmlab.toml) must
-// load and say what the defaults say, but for two settings of the packaged
-// GPU box: the engine runs as llmlab-vllm.service, and its concurrency is
-// found at run time.
+// load and say what the defaults say, but for one setting of the packaged
+// GPU box: the engine runs as llmlab-vllm.service.
 func TestShippedFileIsTheDefaults(t *testing.T) {
 	path := "../../etc/llmlab.toml"
 	data, err := os.ReadFile(path)
@@ -77,7 +79,6 @@ func TestShippedFileIsTheDefaults(t *testing.T) {
 	}
 	want := Default()
 	want.Engine.Unit = "llmlab-vllm.service"
-	want.Queue.Concurrency = "adaptive"
 	if d := Diff(want, c); len(d) > 1 || (len(d) == 1 && !strings.HasPrefix(d[0], "path:")) {
 		t.Errorf("etc/llmlab.toml differs from the defaults: %v", d)
 	}
@@ -118,7 +119,7 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		// Whatever loads must be usable.
-		if c.Queue.MaxInflight < 1 || c.Queue.MaxBatch > c.Queue.MaxInflight || c.Engine.URL == nil ||
+		if c.Queue.MaxInflight < 1 || c.Queue.MinInflight > c.Queue.MaxInflight || c.Engine.URL == nil ||
 			c.Queue.NominalRPS <= 0 || c.Limits.MaxBodyBytes < 1024 || len(c.Engine.Models) == 0 {
 			t.Fatalf("Parse accepted an unusable config: %+v", c)
 		}

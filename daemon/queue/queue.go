@@ -509,8 +509,8 @@ func (q *Queue) frontLocked() *waiter {
 
 // dispatchLocked releases waiters to the engine. Without a batch window it
 // releases the FIFO head while it fits. With one, it releases up to
-// MaxBatch requests when the window closes (timerFired) or as soon as
-// MaxBatch requests wait, and otherwise makes sure a window is running.
+// a batch (MaxBatch, at most the in-flight limit) when the window closes
+// (timerFired) or as soon as a batch waits, and otherwise makes sure a window is running.
 func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 	defer func() { q.rate.update(now, q.blockedLocked()) }()
 	if q.queuedLocked() == 0 || q.notReady {
@@ -518,11 +518,16 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 	}
 	limit := q.queuedLocked()
 	if q.cfg.BatchWindow > 0 {
-		if !timerFired && q.queuedLocked() < q.cfg.MaxBatch {
+		// A batch is at most the in-flight limit (MaxBatch 0: exactly it).
+		batch := q.capLocked()
+		if q.cfg.MaxBatch > 0 {
+			batch = min(batch, q.cfg.MaxBatch)
+		}
+		if !timerFired && q.queuedLocked() < batch {
 			q.armLocked()
 			return
 		}
-		limit = q.cfg.MaxBatch
+		limit = batch
 	}
 	var released []*waiter
 	for len(released) < limit {

@@ -266,6 +266,40 @@ func TestBatchFullReleasesBeforeWindow(t *testing.T) {
 	})
 }
 
+// A batch is at most the in-flight limit: MaxBatch 0 means exactly it, and
+// a larger MaxBatch (a file written for a larger max_inflight) is read as
+// it, so a full engine's worth is released at once instead of waiting for
+// a batch that could never fit.
+func TestBatchFollowsInflightLimit(t *testing.T) {
+	for _, mb := range []int{0, 16} {
+		synctest.Test(t, func(t *testing.T) {
+			c := cfg()
+			c.MaxInflight = 3
+			c.MaxBatch = mb
+			c.BatchWindow = time.Second
+			rec := &recordingObserver{}
+			q := New(c, nil, rec)
+			bg := context.Background()
+			start := time.Now()
+			var chans []<-chan result
+			for range 3 {
+				chans = append(chans, acquireAsync(q, bg, Request{Weight: 1}))
+			}
+			for _, ch := range chans {
+				if r := <-ch; r.err != nil {
+					t.Fatal(r.err)
+				}
+			}
+			if got := time.Since(start); got != 0 {
+				t.Fatalf("MaxBatch %d: released after %s, want at once (3 fill the in-flight limit)", mb, got)
+			}
+			if want := []int{3}; !equal(rec.sizes, want) {
+				t.Fatalf("MaxBatch %d: dispatch sizes = %v, want %v", mb, rec.sizes, want)
+			}
+		})
+	}
+}
+
 func TestDrainRefusesQueuedAndWaiting(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		q := New(cfg(), nil, nil)

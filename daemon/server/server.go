@@ -17,6 +17,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -162,10 +163,14 @@ func runtimeEnv(cfg *config.Config) string {
 	return ""
 }
 
-// warnDeprecated logs the keys cfg's file sets that no longer do anything.
+// warnDeprecated logs the keys cfg's file sets that no longer do anything,
+// and the values adjusted to fit another.
 func warnDeprecated(log *slog.Logger, cfg *config.Config) {
 	for _, d := range cfg.Deprecated {
 		log.Warn("deprecated setting", "config", cfg.Path, "setting", d)
+	}
+	for _, n := range cfg.Notes {
+		log.Info("setting adjusted", "config", cfg.Path, "setting", n)
 	}
 }
 
@@ -200,9 +205,11 @@ func gpuAdmission(cfg *config.Config, mon *gpu.Monitor, reg prometheus.Registere
 }
 
 // supervisorConfig extracts the supervisor's part of cfg; the readiness
-// probe is GET /health on the engine, as vLLM answers once it serves.
+// probe is GET engine.ready_path (vLLM's /health answers once it serves)
+// answering 2xx with engine.ready_match in its body when that is set.
 func supervisorConfig(cfg *config.Config) supervisor.Config {
-	health := cfg.Engine.URL.JoinPath("/health").String()
+	health := cfg.Engine.URL.JoinPath(cfg.Engine.ReadyPath).String()
+	match := []byte(cfg.Engine.ReadyMatch)
 	client := &http.Client{Timeout: time.Second}
 	post := func(path, query string) func(ctx context.Context) error {
 		pu := cfg.Engine.URL.JoinPath(path)
@@ -240,8 +247,15 @@ func supervisorConfig(cfg *config.Config) supervisor.Config {
 			if err != nil {
 				return false
 			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusOK
+			defer resp.Body.Close()
+			if resp.StatusCode < 200 || resp.StatusCode > 299 {
+				return false
+			}
+			if len(match) == 0 {
+				return true
+			}
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			return bytes.Contains(body, match)
 		},
 		ProbeInterval: 50 * time.Millisecond,
 		IdleTimeout:   cfg.Engine.IdleTimeout,
