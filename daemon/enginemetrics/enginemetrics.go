@@ -117,6 +117,8 @@ type Scraper struct {
 	ok      uint64
 	failed  uint64
 	lastErr string
+	// expiredAt is the reading last reported expired (logged once).
+	expiredAt time.Time
 }
 
 // NewScraper returns a scraper of url (the engine's /metrics) every
@@ -191,6 +193,45 @@ func (s *Scraper) Latest() Reading {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.last
+}
+
+// Freshness says how far a reading can be trusted.
+type Freshness int
+
+const (
+	// Fresh readings are acted on.
+	Fresh Freshness = iota
+	// Stale readings (older than three intervals) hold dispatching: the
+	// engine may be saturated and unable to answer its /metrics.
+	Stale
+	// Expired readings (older than StaleHold) are ignored: the engine
+	// answers requests but no longer its /metrics, and holding every
+	// request for as long as that lasts would stop serving.
+	Expired
+)
+
+// StaleHold bounds how long stale readings hold dispatching.
+const StaleHold = 5 * time.Second
+
+// Freshness tells how old r is at now; the first time readings expire,
+// it logs that llmlab falls back to latency alone.
+func (s *Scraper) Freshness(r Reading, now time.Time) Freshness {
+	age := now.Sub(r.At)
+	switch {
+	case r.At.IsZero() || age > max(StaleHold, 3*s.interval):
+		s.mu.Lock()
+		first := s.expiredAt != r.At
+		s.expiredAt = r.At
+		s.mu.Unlock()
+		if first && !r.At.IsZero() {
+			s.log.Warn("the engine's metrics stopped; admission falls back to latency alone until they return",
+				"url", s.url, "last_reading_age", age.Round(time.Millisecond))
+		}
+		return Expired
+	case age > 3*s.interval:
+		return Stale
+	}
+	return Fresh
 }
 
 // Stale reports whether a reading is too old to act on at now.

@@ -127,6 +127,17 @@ func TestScraper(t *testing.T) {
 	if r.Running != 9 || !s.Stale(r, time.Now()) {
 		t.Fatalf("after failures: %+v, stale %v; want the last reading, stale", r, s.Stale(r, time.Now()))
 	}
+	// Stale holds dispatching for a bounded time only, then the readings
+	// are ignored (and that is logged once).
+	if f := s.Freshness(r, r.At.Add(time.Second)); f != Stale {
+		t.Fatalf("a 1 s old reading: freshness %d, want Stale", f)
+	}
+	if f := s.Freshness(r, r.At.Add(StaleHold+time.Millisecond)); f != Expired {
+		t.Fatalf("a reading older than StaleHold: freshness %d, want Expired", f)
+	}
+	if f := s.Freshness(r, r.At.Add(10*time.Millisecond)); f != Fresh {
+		t.Fatalf("a 10 ms old reading: freshness %d, want Fresh", f)
+	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(s)
 	if n, err := testutil.GatherAndCount(reg, "llmlab_engine_requests_running", "llmlab_engine_metrics_scrapes_total"); err != nil || n != 3 {

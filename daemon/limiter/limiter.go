@@ -1,30 +1,49 @@
 // Package limiter finds the engine's in-flight limit at run time
 // (queue.concurrency = "adaptive"), so that an operator need not tune
-// max_inflight against vLLM's --max-num-seqs by hand.
+// max_inflight against the engine's own concurrency by hand.
 //
-// The control law is proportional to the engine's latency against a
-// target, bounded by the engine's own signals. Windows of completions are
-// gathered until at least MinSamples requests have finished (or five
-// intervals have passed), then:
+// The objective is end to end: a request's wait in llmlab's queue plus its
+// time in the engine. Admission (daemon/queue) refuses a request whose
+// predicted wait plus the engine's tail time would not fit in it; this law
+// sets how many requests the engine holds, and so the engine's time. It
+// aims the engine's 90th-percentile time at Target (by default 80% of the
+// objective: the rest is the queue's, which keeps the engine fed through
+// bursts), and it never holds more than the engine turns into throughput.
 //
-//   - the engine queues internally (vllm:num_requests_waiting at least 2
+// Windows of completions are gathered until at least MinSamples requests
+// have finished (or five intervals have passed), then:
+//
+//   - the engine queues internally (vLLM's num_requests_waiting at least 2
 //     and a tenth of the limit, or any waiting with the KV cache at 95%):
 //     the limit exceeds what the engine can run; cut it to 90% at once;
 //   - the engine's readings are stale: hold (the queue stops dispatching
-//     meanwhile);
-//   - otherwise, with r = Target / (90th percentile of the time requests
-//     held their slots): above the target (r < 0.97) the limit is
-//     multiplied by 1 + (r - 1)/2, at least 0.8; below it (r > 1.03) and
-//     with requests waiting for a slot (demand beyond the limit), by the
-//     same factor, at most 1.2 (1.5 while r > 1.5) and at least one more;
-//     else it stays.
+//     meanwhile, for a bounded time);
+//   - after a change, windows whose requests started before it are skipped
+//     (settle);
+//   - a change under test (a probe) is judged: its throughput elasticity,
+//     e = ln(X2/X1) / ln(L2/L1) with X from Little's law (average in
+//     flight / mean engine time) and L the average in flight, both over a
+//     window in which the limit bound. A rise with e below KneeElasticity
+//     brought (almost) no throughput, only latency: the engine's knee is
+//     at the old limit; go back and hold there. A cut with e below it cost
+//     (almost) no throughput: keep it and probe lower again;
+//   - with r = Target / (90th percentile of the time requests held their
+//     slots): above the target (r < 0.97) the limit is multiplied by
+//     1 + (r - 1)/2, at least 0.8; below it (r > 1.03) and with the limit
+//     binding (requests waited for a slot), by the same factor, at most 1.2
+//     (1.5 while r > 1.5) and at least one more, unless a knee found lately
+//     is in the way; else it stays. With no target (no objective), a
+//     binding limit is probed upward by 25% until the knee stops it;
+//   - while held at a knee, the limit is probed 20% lower now and then, so
+//     that a knee found too high (or an engine that became slower) is left.
 //
-// A continuous-batching engine's time per request grows about linearly
-// with its concurrency while its throughput flattens, so the limit settles
-// where the time meets the target without the saw-tooth of AIMD, and
-// requests are served as fast as the objective allows with as many in the
-// engine as that permits. Target defaults to 90% of the latency
-// objective: goodput is highest with the engine's time just inside it.
+// Two engine shapes meet this law. A continuous-batching engine (vLLM, the
+// simulator) turns more concurrency into more throughput until its batch
+// or KV cache is full, while each request's time grows: the latency target
+// usually binds first. A fixed-slot engine (Ollama, llama.cpp) runs N
+// requests at once and queues the rest inside itself: past N, throughput
+// is flat and time per request grows with the limit, which the knee test
+// sees within a probe, without any engine metric.
 package limiter
 
 import (
@@ -44,7 +63,9 @@ type Config struct {
 	Min, Max int
 	// Initial is the starting limit (a limit kept from an earlier run, or
 	// Min).
-	Initial  int
+	Initial int
+	// Target is the engine time per request (90th percentile) the limit
+	// aims at; 0: none, the knee alone bounds the limit.
 	Target   time.Duration
 	Interval time.Duration
 }
@@ -65,14 +86,43 @@ func (s Signals) Saturated() bool {
 	return s.Known && (s.Stale || (s.Waiting > 0 && s.KVUsage >= 0.95))
 }
 
-// AIMD is the control law; Update is pure and tested on its own.
-type AIMD struct {
+// Tuning of the knee test.
+const (
+	// KneeElasticity: a change of the limit whose throughput elasticity
+	// is below this moved latency, not throughput.
+	KneeElasticity = 0.25
+	// kneeHold is how many updates a knee stands before it is probed again.
+	kneeHold = 30
+	// downProbeEvery is how many updates at a knee pass between probes 20%
+	// below it.
+	downProbeEvery = 10
+	// minProbeStep is the smallest relative change worth judging (smaller
+	// ones drown in the noise of one window).
+	minProbeStep = 0.1
+)
+
+// probe is a change of the limit under test.
+type probe struct {
+	from float64 // the limit before
+	l, x float64 // average in flight and throughput before
+	down bool
+}
+
+// Law is the control law; Update is pure and tested on its own.
+type Law struct {
 	cfg   Config
 	limit float64
+
+	probe       *probe
+	settleUntil time.Time // windows ending before this are skipped
+	knee        float64   // a limit past which throughput did not grow (0: none)
+	kneeLeft    int       // updates before the knee may be probed again
+	sinceDown   int       // updates held since the last probe below
+	downEvery   int       // updates held between probes below
 }
 
 // New returns the control law at its initial limit.
-func New(cfg Config) *AIMD {
+func New(cfg Config) *Law {
 	if cfg.Min < 1 {
 		cfg.Min = 1
 	}
@@ -83,51 +133,184 @@ func New(cfg Config) *AIMD {
 	if start == 0 {
 		start = cfg.Min
 	}
-	return &AIMD{cfg: cfg, limit: float64(min(max(start, cfg.Min), cfg.Max))}
+	return &Law{cfg: cfg, limit: float64(min(max(start, cfg.Min), cfg.Max)), downEvery: downProbeEvery}
 }
 
 // Limit is the current limit.
-func (a *AIMD) Limit() int { return int(a.limit) }
+func (a *Law) Limit() int { return int(a.limit) }
+
+// Knee is the limit past which throughput was last seen not to grow (0:
+// none known now).
+func (a *Law) Knee() int {
+	if a.kneeLeft <= 0 {
+		return 0
+	}
+	return int(a.knee)
+}
 
 // MinSamples is how many completions a decision needs.
 const MinSamples = 8
 
+// throughput estimates w's completions per second by Little's law (the
+// average in flight over the mean time in flight), which is steadier than
+// counting one window's completions; 0 when w says too little.
+func throughput(w queue.Window) float64 {
+	if len(w.EngineTimes) == 0 || w.AvgInflight <= 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, d := range w.EngineTimes {
+		sum += d
+	}
+	mean := sum.Seconds() / float64(len(w.EngineTimes))
+	if mean <= 0 {
+		return 0
+	}
+	return w.AvgInflight / mean
+}
+
 // Update folds one window into the limit and says why it moved.
-func (a *AIMD) Update(w queue.Window, s Signals) (int, string) {
+func (a *Law) Update(w queue.Window, s Signals) (int, string) {
+	reason := a.update(w, s)
+	a.limit = math.Min(math.Max(a.limit, float64(a.cfg.Min)), float64(a.cfg.Max))
+	if a.kneeLeft > 0 {
+		a.kneeLeft--
+	}
+	return int(a.limit), reason
+}
+
+func (a *Law) update(w queue.Window, s Signals) string {
 	p90, n := percentile(w.EngineTimes, 0.9)
-	reason := "steady"
 	switch {
 	case s.Known && s.Stale:
-		reason = "stale"
+		return "stale"
 	case s.Known && ((s.Waiting >= 2 && s.Waiting >= a.limit/10) || (s.Waiting > 0 && s.KVUsage >= 0.95)):
+		a.probe = nil
 		a.limit *= 0.9
-		reason = "engine_queueing"
+		return "engine_queueing"
 	case n == 0:
 		if w.Blocked {
 			// Nothing finished yet but requests wait: the engine is slow to
 			// answer at all, which is no sign of room.
-			reason = "no_samples"
+			return "no_samples"
 		}
-	default:
-		r := float64(a.cfg.Target) / float64(max(p90, time.Millisecond))
-		f := 1 + (r-1)/2
-		switch {
-		case r < 0.97:
-			a.limit *= math.Max(f, 0.8)
-			reason = "latency"
-		case r > 1.03 && w.Blocked:
-			// Far below the target, climb fast (a cold limit on a slow
-			// card would otherwise take minutes); near it, gently.
-			ceiling := 1.2
-			if r > 1.5 {
-				ceiling = 1.5
+		return "steady"
+	case !w.End.IsZero() && w.End.Before(a.settleUntil):
+		// Requests of this window started before the last change: they
+		// say nothing about the new limit.
+		return "settle"
+	}
+	// The limit binds when requests waited for a slot and the engine held
+	// about as many as it allows.
+	binding := w.Blocked && (w.AvgInflight == 0 || w.AvgInflight >= 0.85*math.Floor(a.limit))
+	x := throughput(w)
+
+	if p := a.probe; p != nil {
+		a.probe = nil
+		if binding && x > 0 && p.x > 0 && w.AvgInflight > 0 && math.Abs(math.Log(w.AvgInflight/p.l)) >= math.Log1p(minProbeStep)/2 {
+			e := math.Log(x/p.x) / math.Log(w.AvgInflight/p.l)
+			switch {
+			case !p.down && e < KneeElasticity:
+				// More in the engine, no more out of it: the knee is at
+				// the old limit.
+				a.limit, a.knee, a.kneeLeft, a.sinceDown = p.from, p.from, kneeHold, 0
+				a.settleUntil = w.End.Add(p90)
+				return "knee"
+			case p.down && e < KneeElasticity:
+				// Less in the engine, as much out of it: the knee is
+				// lower; keep going down.
+				a.knee, a.kneeLeft, a.downEvery = a.limit, kneeHold, downProbeEvery
+				a.sinceDown = a.downEvery
+			case p.down:
+				// The cut cost throughput: back to where it was, and probe
+				// below less often while that keeps being so.
+				a.limit, a.sinceDown = p.from, 0
+				a.downEvery = min(a.downEvery*2, 8*downProbeEvery)
+				a.settleUntil = w.End.Add(p90)
+				return "steady"
 			}
-			a.limit = math.Max(a.limit*math.Min(f, ceiling), a.limit+1)
-			reason = "demand"
 		}
 	}
-	a.limit = math.Min(math.Max(a.limit, float64(a.cfg.Min)), float64(a.cfg.Max))
-	return int(a.limit), reason
+
+	r := 0.0
+	if a.cfg.Target > 0 {
+		r = float64(a.cfg.Target) / float64(max(p90, time.Millisecond))
+		if r < 0.97 {
+			a.limit *= math.Max(1+(r-1)/2, 0.8)
+			return "latency"
+		}
+	}
+	if !binding {
+		return "steady"
+	}
+	atKnee := a.kneeLeft > 0 && a.limit >= a.knee
+	if atKnee || (a.cfg.Target > 0 && r <= 1.03) {
+		// Held at a knee or at the target: now and then, see whether less
+		// does as well (a limit past the knee only adds latency).
+		a.sinceDown++
+		if a.sinceDown >= a.downEvery && x > 0 && a.limit > float64(a.cfg.Min) {
+			a.sinceDown = 0
+			a.startProbe(w, x, math.Min(a.limit*0.8, a.limit-1), true)
+			return "probe"
+		}
+		if atKnee {
+			return "knee_hold"
+		}
+		return "steady"
+	}
+	next := a.limit * 1.25 // no target: probe for the knee
+	if a.cfg.Target > 0 {
+		// Far below the target, climb fast (a cold limit on a slow card
+		// would otherwise take minutes); near it, gently.
+		ceiling := 1.2
+		if r > 1.5 {
+			ceiling = 1.5
+		}
+		next = a.limit * math.Min(1+(r-1)/2, ceiling)
+	}
+	next = math.Max(next, a.limit+1)
+	if a.kneeLeft > 0 && a.knee > a.limit {
+		next = math.Min(next, a.knee)
+	}
+	next = math.Min(next, float64(a.cfg.Max))
+	if x > 0 && next >= a.limit*(1+minProbeStep) {
+		a.startProbe(w, x, next, false)
+	} else {
+		a.limit = next
+		a.settleUntil = w.End.Add(p90)
+	}
+	return "demand"
+}
+
+// startProbe moves the limit to next and remembers what to judge it by.
+func (a *Law) startProbe(w queue.Window, x, next float64, down bool) {
+	a.probe = &probe{from: a.limit, l: w.AvgInflight, x: x, down: down}
+	if a.probe.l <= 0 {
+		a.probe.l = math.Floor(a.limit)
+	}
+	a.limit = next
+	// Judge it on requests that started after the change: skip a window's
+	// worth of the engine's tail time.
+	p90, _ := percentile(w.EngineTimes, 0.9)
+	a.settleUntil = w.End.Add(p90)
+}
+
+// merge joins consecutive windows a and b into one.
+func merge(a, b queue.Window) queue.Window {
+	if a.Start.IsZero() {
+		return b
+	}
+	m := a
+	m.EngineTimes = append(m.EngineTimes, b.EngineTimes...)
+	m.Blocked = a.Blocked || b.Blocked
+	m.MaxInflight = max(a.MaxInflight, b.MaxInflight)
+	m.Completed = a.Completed + b.Completed
+	m.End = b.End
+	da, db := a.End.Sub(a.Start).Seconds(), b.End.Sub(b.Start).Seconds()
+	if da+db > 0 {
+		m.AvgInflight = (a.AvgInflight*da + b.AvgInflight*db) / (da + db)
+	}
+	return m
 }
 
 func percentile(d []time.Duration, q float64) (time.Duration, int) {
@@ -147,12 +330,15 @@ type Queue interface {
 
 // Limiter runs the control law against a queue.
 type Limiter struct {
-	law     *AIMD
+	law     *Law
 	every   time.Duration
 	log     *slog.Logger
 	gauge   prometheus.Gauge
 	changes *prometheus.CounterVec
 }
+
+// reasons are the values of llmlab_adaptive_updates_total's reason label.
+var reasons = []string{"demand", "latency", "knee", "probe", "knee_hold", "settle", "engine_queueing", "stale", "no_samples", "steady"}
 
 // NewLimiter returns a limiter; its series go to reg.
 func NewLimiter(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Limiter {
@@ -160,14 +346,14 @@ func NewLimiter(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Limite
 		gauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "llmlab_adaptive_limit",
 			Help: "The in-flight limit the adaptive concurrency control has set."}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmlab_adaptive_updates_total",
-			Help: "Adaptive limit updates, by reason (demand, latency, engine_queueing, stale, no_samples, steady)."}, []string{"reason"})}
+			Help: "Adaptive limit updates, by reason (demand, latency, knee, probe, knee_hold, settle, engine_queueing, stale, no_samples, steady)."}, []string{"reason"})}
 	if l.every <= 0 {
 		l.every = time.Second
 	}
 	reg.MustRegister(l.gauge, l.changes)
 	// Every reason is a series from the start, so dashboards and alerts
 	// see zeros rather than gaps.
-	for _, r := range []string{"demand", "latency", "engine_queueing", "stale", "no_samples", "steady"} {
+	for _, r := range reasons {
 		l.changes.WithLabelValues(r)
 	}
 	l.gauge.Set(float64(l.law.Limit()))
@@ -205,8 +391,7 @@ func (l *Limiter) Run(ctx context.Context, q Queue, signals func() Signals, acti
 				acc, ticks = queue.Window{}, 0
 				continue
 			}
-			acc.EngineTimes = append(acc.EngineTimes, w.EngineTimes...)
-			acc.Blocked = acc.Blocked || w.Blocked
+			acc = merge(acc, w)
 			ticks++
 			sig := signals()
 			urgent := sig.Known && (sig.Stale || sig.Waiting > 0)

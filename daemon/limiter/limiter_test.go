@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -15,39 +16,82 @@ func times(d time.Duration, n int) []time.Duration {
 	return out
 }
 
+// engine is a model engine for the law: the time a request holds its
+// slot at a given number in flight.
+type engine func(inflight int) time.Duration
+
+// slots is a fixed-slot engine (Ollama, llama.cpp): n requests run at once
+// in each, the rest wait inside it, so past n throughput is flat at
+// n/each and time grows with the limit.
+func slots(n int, each time.Duration) engine {
+	return func(l int) time.Duration {
+		return time.Duration(float64(each) * math.Max(1, float64(l)/float64(n)))
+	}
+}
+
+// batching is a continuous-batching engine (vLLM): every step serves all
+// in flight, and a step costs base plus perSeq for each of them, so
+// throughput grows with concurrency while each request's time does too.
+func batching(steps int, base, perSeq time.Duration) engine {
+	return func(l int) time.Duration {
+		return time.Duration(steps) * (base + time.Duration(l)*perSeq)
+	}
+}
+
+// drive runs the law for n windows of two seconds against e with demand
+// beyond any limit, and returns the limit after each.
+func drive(a *Law, e engine, n int) []int {
+	var seen []int
+	at := time.Unix(1e9, 0)
+	for range n {
+		l := a.Limit()
+		start := at
+		at = at.Add(2 * time.Second)
+		a.Update(queue.Window{Blocked: true, AvgInflight: float64(l), Start: start, End: at,
+			EngineTimes: times(e(l), 20)}, Signals{})
+		seen = append(seen, a.Limit())
+	}
+	return seen
+}
+
 func TestLaw(t *testing.T) {
 	a := New(Config{Min: 4, Max: 200, Initial: 10, Target: 3 * time.Second})
+	at := time.Unix(1e9, 0)
+	win := func(blocked bool, d time.Duration) queue.Window {
+		at = at.Add(10 * time.Second) // past any settling
+		return queue.Window{Blocked: blocked, EngineTimes: times(d, 10), Start: at.Add(-time.Second), End: at}
+	}
 	// Far below the target with demand: up by the 50% cap.
-	if n, why := a.Update(queue.Window{Blocked: true, EngineTimes: times(time.Second, 10)}, Signals{}); n != 15 || why != "demand" {
+	if n, why := a.Update(win(true, time.Second), Signals{}); n != 15 || why != "demand" {
 		t.Fatalf("fast with demand: %d %s", n, why)
 	}
 	// A little below: up in proportion, at least one.
-	if n, why := a.Update(queue.Window{Blocked: true, EngineTimes: times(2900*time.Millisecond, 10)}, Signals{}); n != 16 || why != "demand" {
+	if n, why := a.Update(win(true, 2900*time.Millisecond), Signals{}); n != 16 || why != "demand" {
 		t.Fatalf("near the target: %d %s", n, why)
 	}
 	// No demand: keep.
-	if n, why := a.Update(queue.Window{EngineTimes: times(time.Second, 10)}, Signals{}); n != 16 || why != "steady" {
+	if n, why := a.Update(win(false, time.Second), Signals{}); n != 16 || why != "steady" {
 		t.Fatalf("without demand: %d %s", n, why)
 	}
 	// Within 3% of the target: keep.
-	if n, why := a.Update(queue.Window{Blocked: true, EngineTimes: times(3050*time.Millisecond, 10)}, Signals{}); n != 16 || why != "steady" {
+	if n, why := a.Update(win(true, 3050*time.Millisecond), Signals{}); n != 16 || why != "steady" {
 		t.Fatalf("at the target: %d %s", n, why)
 	}
 	// Over the target: down in proportion (4 s against 3 s: x0.875).
-	if n, why := a.Update(queue.Window{Blocked: true, EngineTimes: times(4*time.Second, 10)}, Signals{}); n != 14 || why != "latency" {
+	if n, why := a.Update(win(true, 4*time.Second), Signals{}); n != 14 || why != "latency" {
 		t.Fatalf("slow: %d %s", n, why)
 	}
 	// The engine queues internally: cut to 90% whatever the latency.
-	if n, why := a.Update(queue.Window{Blocked: true, EngineTimes: times(time.Second, 10)}, Signals{Known: true, Waiting: 3, KVUsage: 0.5}); n != 12 || why != "engine_queueing" {
+	if n, why := a.Update(win(true, time.Second), Signals{Known: true, Waiting: 3, KVUsage: 0.5}); n != 12 || why != "engine_queueing" {
 		t.Fatalf("engine queueing: %d %s", n, why)
 	}
 	// One waiting request at a half-full cache is a request between steps.
-	if _, why := a.Update(queue.Window{EngineTimes: times(time.Second, 10)}, Signals{Known: true, Waiting: 1, KVUsage: 0.5}); why == "engine_queueing" {
+	if _, why := a.Update(win(false, time.Second), Signals{Known: true, Waiting: 1, KVUsage: 0.5}); why == "engine_queueing" {
 		t.Fatal("a transient waiting request counted as queueing")
 	}
 	// Stale readings, or nothing finished: hold.
 	before := a.Limit()
-	if n, why := a.Update(queue.Window{Blocked: true, EngineTimes: times(time.Second, 10)}, Signals{Known: true, Stale: true}); n != before || why != "stale" {
+	if n, why := a.Update(win(true, time.Second), Signals{Known: true, Stale: true}); n != before || why != "stale" {
 		t.Fatalf("stale: %d %s", n, why)
 	}
 	if n, why := a.Update(queue.Window{Blocked: true}, Signals{}); n != before || why != "no_samples" {
@@ -55,39 +99,109 @@ func TestLaw(t *testing.T) {
 	}
 	// Bounds.
 	for range 100 {
-		a.Update(queue.Window{Blocked: true, EngineTimes: times(10*time.Second, 10)}, Signals{})
+		a.Update(win(true, 10*time.Second), Signals{})
 	}
 	if a.Limit() != 4 {
 		t.Fatalf("floor: %d", a.Limit())
 	}
 	for range 200 {
-		a.Update(queue.Window{Blocked: true, EngineTimes: times(time.Millisecond, 10)}, Signals{})
+		a.Update(win(true, time.Millisecond), Signals{})
 	}
 	if a.Limit() != 200 {
 		t.Fatalf("ceiling: %d", a.Limit())
 	}
 }
 
-// Against a model engine whose latency grows linearly with concurrency
-// past a knee, the limit settles where the latency meets the target and
-// stays there, without a saw-tooth.
-func TestConvergesOnModelEngine(t *testing.T) {
-	// Throughput saturates at 40 req/s; latency = max(1 s, L/40 s).
-	latency := func(l int) time.Duration {
-		return max(time.Second, time.Duration(float64(l)/40*float64(time.Second)))
+// After a change, windows whose requests started before it are skipped.
+func TestSettlesAfterAChange(t *testing.T) {
+	a := New(Config{Min: 1, Max: 100, Initial: 10, Target: 10 * time.Second})
+	at := time.Unix(1e9, 0)
+	w := queue.Window{Blocked: true, AvgInflight: 10, Start: at, End: at.Add(time.Second), EngineTimes: times(3*time.Second, 10)}
+	if n, why := a.Update(w, Signals{}); n != 15 || why != "demand" {
+		t.Fatalf("first: %d %s", n, why)
 	}
-	a := New(Config{Min: 4, Max: 512, Target: 3 * time.Second})
-	var seen []int
-	for range 60 {
-		l := a.Limit()
-		a.Update(queue.Window{Blocked: true, EngineTimes: times(latency(l), 20)}, Signals{Known: true, KVUsage: 0.3})
-		seen = append(seen, a.Limit())
+	w.Start, w.End = w.End, w.End.Add(time.Second) // 1 s after a change, requests take 3 s
+	if n, why := a.Update(w, Signals{}); n != 15 || why != "settle" {
+		t.Fatalf("a window of requests from before the change: %d %s, want 15 settle", n, why)
 	}
-	// At the target, L = 3 s x 40/s = 120; the last half stays within 5%.
-	for _, l := range seen[30:] {
-		if l < 114 || l > 126 {
-			t.Fatalf("limit %d in the last half (all: %v), want 120 +- 5%%", l, seen)
+}
+
+// A fixed-slot engine: past its slots nothing is gained. The limit finds
+// the slot count without any engine metric and stays near it, though the
+// latency target alone would allow three times as many.
+func TestFindsTheKneeOfASlotEngine(t *testing.T) {
+	e := slots(4, 250*time.Millisecond) // 16 req/s at most
+	a := New(Config{Min: 1, Max: 64, Initial: 2, Target: 800 * time.Millisecond})
+	seen := drive(a, e, 120)
+	over := 0
+	for _, l := range seen[20:] {
+		if l > 6 {
+			t.Fatalf("limit %d on a 4-slot engine (all: %v)", l, seen)
 		}
+		if l != 4 {
+			over++
+		}
+	}
+	// Probes above and below the knee are brief.
+	if over > len(seen[20:])/4 {
+		t.Fatalf("limit away from the 4 slots in %d of %d windows: %v", over, len(seen[20:]), seen)
+	}
+	// Started far above the knee (a limit kept from another engine), it
+	// comes down to it.
+	a = New(Config{Min: 1, Max: 64, Initial: 12, Target: 800 * time.Millisecond})
+	seen = drive(a, e, 200)
+	if l := seen[len(seen)-1]; l < 4 || l > 5 {
+		t.Fatalf("from 12: limit %d at the end, want 4 or 5 (all: %v)", l, seen)
+	}
+}
+
+// A continuous-batching engine whose throughput still grows at the target:
+// the limit settles where the time meets the target, without a saw-tooth.
+func TestConvergesOnABatchingEngine(t *testing.T) {
+	// 200 steps of 10 ms + 0.5 ms per sequence: 2 s + 0.1 s per request in
+	// flight; the 3 s target is met at 10.
+	e := batching(200, 10*time.Millisecond, 500*time.Microsecond)
+	a := New(Config{Min: 1, Max: 512, Target: 3 * time.Second})
+	seen := drive(a, e, 80)
+	away := 0
+	for _, l := range seen[40:] {
+		if l > 11 {
+			t.Fatalf("limit %d in the last half (all: %v), want at most 11", l, seen)
+		}
+		if l < 9 {
+			away++ // a probe below
+		}
+	}
+	if away > len(seen[40:])/8 {
+		t.Fatalf("limit below 9 in %d of %d windows (all: %v): probes below should be brief", away, len(seen[40:]), seen)
+	}
+	// A larger target meets throughput that no longer grows: 200 steps of
+	// 1 ms + 1 ms per sequence, at 5 s (L = 24), elasticity 1/25.
+	e = batching(200, time.Millisecond, time.Millisecond)
+	a = New(Config{Min: 1, Max: 512, Target: 5 * time.Second})
+	seen = drive(a, e, 120)
+	for _, l := range seen[60:] {
+		if l > 24 {
+			t.Fatalf("limit %d in the last half (all: %v), want at most 24 (the target)", l, seen)
+		}
+	}
+}
+
+// Without a latency target (no objective), the knee alone bounds it.
+func TestNoTargetStopsAtTheKnee(t *testing.T) {
+	a := New(Config{Min: 1, Max: 256, Initial: 1})
+	seen := drive(a, slots(8, 100*time.Millisecond), 120)
+	over := 0
+	for _, l := range seen[40:] {
+		if l > 10 {
+			over++ // a probe above
+		}
+	}
+	if over > len(seen[40:])/10 {
+		t.Fatalf("limit above 10 in %d of %d windows with no target on an 8-slot engine (all: %v)", over, len(seen[40:]), seen)
+	}
+	if l := seen[len(seen)-1]; l < 7 {
+		t.Fatalf("limit %d at the end, want about the 8 slots (all: %v)", l, seen)
 	}
 }
 

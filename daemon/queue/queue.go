@@ -147,8 +147,10 @@ type Queue struct {
 	limit       int  // the adaptive in-flight limit (0: MaxInflight)
 	rate        rateEstimator
 	// engineTime is a moving average of the time a request holds its
-	// slots (dispatch to release), the engine's latency as clients see it.
+	// slots (dispatch to release), the engine's latency as clients see it;
+	// engineDev the moving average of its absolute deviation from it.
 	engineTime time.Duration
+	engineDev  time.Duration
 	window     Window
 }
 
@@ -161,6 +163,24 @@ type Window struct {
 	Blocked bool
 	// MaxInflight is the most slots in use at once.
 	MaxInflight int
+	// Completed is the number of slots released (sequences finished).
+	Completed int
+	// Start and End bound the window; AvgInflight is the time-average of
+	// the slots in use over it.
+	Start, End  time.Time
+	AvgInflight float64
+
+	area float64   // slot-seconds in use so far
+	last time.Time // when area was last brought up to date
+}
+
+// account brings the in-use area up to now, with inflight slots in use
+// since the last call.
+func (w *Window) account(now time.Time, inflight int) {
+	if !w.last.IsZero() {
+		w.area += float64(inflight) * now.Sub(w.last).Seconds()
+	}
+	w.last = now
 }
 
 type waiter struct {
@@ -199,6 +219,8 @@ func (g *Group) Index(t *Ticket) int {
 // New returns a queue with the given limits. warmup and obs may be nil.
 func New(cfg Config, warmup Warmup, obs Observer) *Queue {
 	q := &Queue{cfg: cfg, warmup: warmup, obs: obs}
+	now := time.Now()
+	q.window.Start, q.window.last = now, now
 	q.rate.nominal = cfg.NominalRPS
 	return q
 }
@@ -277,8 +299,14 @@ func (q *Queue) queuedSlotsLocked() int { return q.queuedSlots[Interactive] + q.
 func (q *Queue) TakeWindow() Window {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	now := time.Now()
 	w := q.window
-	q.window = Window{MaxInflight: q.inflight, Blocked: q.blockedLocked()}
+	w.account(now, q.inflight)
+	w.End = now
+	if d := w.End.Sub(w.Start).Seconds(); !w.Start.IsZero() && d > 0 {
+		w.AvgInflight = w.area / d
+	}
+	q.window = Window{MaxInflight: q.inflight, Blocked: q.blockedLocked(), Start: now, last: now}
 	return w
 }
 
@@ -313,6 +341,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		return nil, ref
 	}
 	if q.cfg.BatchWindow == 0 && q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class) {
+		q.window.account(now, q.inflight)
 		q.inflight += r.Weight
 		q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
 		q.rate.update(now, q.blockedLocked())
@@ -383,7 +412,11 @@ func (q *Queue) deadlineLocked(class int) time.Duration {
 	}
 	wait := q.maxWaitLocked(class)
 	if class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 {
-		// Served later than this, it would miss the objective anyway.
+		// Served later than this, it would miss the objective even with
+		// the engine's average time. Admission asked for the engine's
+		// tail time (engineTailLocked) to fit: the difference is the
+		// slack that keeps a wait a little longer than predicted from
+		// turning into a late refusal.
 		wait = min(wait, max(q.cfg.SLO-q.engineTime, q.cfg.SLO/10))
 	}
 	return wait + q.remainingStart()
@@ -436,13 +469,29 @@ func (q *Queue) admitLocked(r Request) *Refusal {
 		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonOverloaded,
 			Message: fmt.Sprintf("the predicted wait of %s exceeds the %s limit; the server is overloaded", wait.Round(time.Millisecond), maxWait), RetryAfter: wait - maxWait}
 	}
-	if r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 && wait+q.engineTime > q.cfg.SLO {
+	if tail := q.engineTailLocked(); r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 && wait+tail > q.cfg.SLO {
 		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonSLO,
 			Message: fmt.Sprintf("the predicted wait of %s plus the engine's %s per request exceeds the %s latency objective; the server is overloaded",
-				wait.Round(time.Millisecond), q.engineTime.Round(time.Millisecond), q.cfg.SLO),
-			RetryAfter: wait + q.engineTime - q.cfg.SLO}
+				wait.Round(time.Millisecond), tail.Round(time.Millisecond), q.cfg.SLO),
+			RetryAfter: wait + tail - q.cfg.SLO}
 	}
 	return nil
+}
+
+// engineTailLocked estimates the 90th percentile of the engine's time per
+// request: the mean plus 1.6 mean absolute deviations (the 90th percentile
+// of a normal distribution). The objective is a percentile of end-to-end
+// latency, so admission asks that a request's predicted wait plus this
+// tail, not the mean, fit in it.
+func (q *Queue) engineTailLocked() time.Duration {
+	return q.engineTime + q.engineDev*16/10
+}
+
+// EngineTail is the engine's tail time per request (see engineTailLocked).
+func (q *Queue) EngineTail() time.Duration {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.engineTailLocked()
 }
 
 // displaceNewestBatchLocked refuses the newest queued batch request.
@@ -537,6 +586,7 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 		}
 		q.waiters[w.req.Class].Remove(w.elem)
 		q.queuedSlots[w.req.Class] -= w.req.Weight
+		q.window.account(now, q.inflight)
 		q.inflight += w.req.Weight
 		w.ticket = &Ticket{q: q, weight: w.req.Weight, dispatched: now}
 		released = append(released, w)
@@ -720,10 +770,14 @@ func (t *Ticket) Release() {
 		if q.engineTime == 0 {
 			q.engineTime = held
 		} else {
-			q.engineTime += (held - q.engineTime) / 20
+			dev := held - q.engineTime
+			q.engineTime += dev / 20
+			q.engineDev += (max(dev, -dev) - q.engineDev) / 20
 		}
 	}
 	q.rate.complete(now, t.weight, q.blockedLocked())
+	q.window.Completed += t.weight
+	q.window.account(now, q.inflight)
 	q.inflight -= t.weight
 	q.dispatchLocked(now, false)
 }

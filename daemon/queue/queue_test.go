@@ -740,3 +740,28 @@ func TestSLOAdmission(t *testing.T) {
 		r.t.Release()
 	})
 }
+
+// A window says how many finished and how many were in flight on average,
+// which the adaptive limit turns into throughput (Little's law).
+func TestWindowAveragesInflight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight = 4
+		q := New(c, nil, nil)
+		q.TakeWindow()
+		bg := context.Background()
+		a, _ := q.Acquire(bg, Request{Weight: 1})
+		b, _ := q.Acquire(bg, Request{Weight: 1})
+		time.Sleep(time.Second)
+		a.Release()
+		time.Sleep(time.Second)
+		w := q.TakeWindow()
+		b.Release()
+		if w.Completed != 1 || len(w.EngineTimes) != 1 || w.EngineTimes[0] != time.Second {
+			t.Fatalf("window %+v: want one completion after 1 s", w)
+		}
+		if w.AvgInflight != 1.5 || w.End.Sub(w.Start) != 2*time.Second {
+			t.Fatalf("average in flight %v over %v, want 1.5 over 2s", w.AvgInflight, w.End.Sub(w.Start))
+		}
+	})
+}

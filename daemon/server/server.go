@@ -461,7 +461,10 @@ func Run(ctx context.Context, o Options) error {
 	if cfg.Queue.Adaptive() {
 		target := cfg.Queue.TargetLatency
 		if target == 0 {
-			target = cfg.SLO.Latency * 9 / 10
+			// The objective is end to end: the engine's share leaves a
+			// fifth of it to the queue (docs/admission.md). No objective:
+			// no target, the engine's knee alone bounds the limit.
+			target = cfg.SLO.Latency * 8 / 10
 		}
 		// Until one is learned, start at half of what the nominal rate
 		// would keep in the engine at the target (Little's law).
@@ -476,10 +479,21 @@ func Run(ctx context.Context, o Options) error {
 		go scraper.Run(bgCtx, engineReady)
 		signals = func() limiter.Signals {
 			r := scraper.Latest()
-			if r.At.IsZero() {
+			switch {
+			case r.At.IsZero():
 				return limiter.Signals{} // no readings: an engine without metrics
+			case !engineReady():
+				return limiter.Signals{Known: true, Waiting: r.Waiting, KVUsage: r.KVUsage}
 			}
-			return limiter.Signals{Known: true, Stale: engineReady() && scraper.Stale(r, time.Now()), Waiting: r.Waiting, KVUsage: r.KVUsage}
+			switch scraper.Freshness(r, time.Now()) {
+			case enginemetrics.Stale:
+				return limiter.Signals{Known: true, Stale: true}
+			case enginemetrics.Expired:
+				// Readings stopped long ago: hold no longer, act on
+				// latency alone (the scraper logs it once).
+				return limiter.Signals{}
+			}
+			return limiter.Signals{Known: true, Waiting: r.Waiting, KVUsage: r.KVUsage}
 		}
 		go holdWhileSaturated(bgCtx, gw, cfg.Engine.MetricsInterval, signals, engineReady)
 	}
