@@ -63,6 +63,44 @@ func TestBenchBaselineSweep(t *testing.T) {
 	}
 }
 
+// --sides measures several servers in turn at each rate, each drained by
+// its own /metrics.
+func TestBenchSides(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a, b, c := startSim(t, ctx, 64), startSim(t, ctx, 64), startSim(t, ctx, 64)
+	sides, err := parseSides("engine="+a+",fixed="+b+",adaptive="+c, "fixed="+b+"/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sides[0].metrics != a+"/metrics" || sides[1].metrics != b+"/metrics" {
+		t.Fatalf("sides %+v", sides)
+	}
+	f := benchFlags{
+		o: bench.Options{Target: a, Model: "m", Stream: true, PromptTokens: 200, MaxTokens: 20, Poisson: true,
+			Warmup: 100 * time.Millisecond, Duration: 400 * time.Millisecond, Timeout: 5 * time.Second},
+		rates: []float64{20, 40}, sides: sides, slo: bench.SLO{Latency: 5 * time.Second, MaxErrorRate: 0.001},
+		drainTimeout: 5 * time.Second,
+	}
+	var out bytes.Buffer
+	if code := runBench(ctx, f, &out); code != 0 {
+		t.Fatalf("exit %d\n%s", code, out.String())
+	}
+	var got []string
+	for _, l := range strings.Split(out.String(), "\n") {
+		if fs := strings.Fields(l); len(fs) > 1 && strings.HasSuffix(fs[1], "/s") {
+			got = append(got, fs[0]+"@"+fs[1])
+		}
+	}
+	want := "engine@20.00/s fixed@20.00/s adaptive@20.00/s engine@40.00/s fixed@40.00/s adaptive@40.00/s"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("phases %v, want %s\n%s", got, want, out.String())
+	}
+	if _, err := parseSides("engine", ""); err == nil {
+		t.Error("a side without a URL was accepted")
+	}
+}
+
 // --find-max brackets and bisects to a rate near the engine's capacity.
 func TestFindMax(t *testing.T) {
 	f := benchFlags{o: bench.Options{Rate: 1}, maxRate: 1000, precision: 0.05}

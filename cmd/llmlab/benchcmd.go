@@ -18,6 +18,35 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 )
 
+// side is one server measured in turn with the others at each rate.
+type side struct{ label, url, metrics string }
+
+// parseSides reads "label=URL,label=URL" and, from metrics, the same form
+// for the /metrics URLs to drain by (default: URL/metrics).
+func parseSides(spec, metrics string) ([]side, error) {
+	var out []side
+	m := map[string]string{}
+	for _, kv := range strings.Split(metrics, ",") {
+		if l, u, ok := strings.Cut(strings.TrimSpace(kv), "="); ok {
+			m[l] = u
+		} else if strings.TrimSpace(kv) != "" {
+			return nil, fmt.Errorf("--sides-metrics %q: want label=URL pairs separated by commas", metrics)
+		}
+	}
+	for _, kv := range strings.Split(spec, ",") {
+		l, u, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || l == "" || !strings.HasPrefix(u, "http") {
+			return nil, fmt.Errorf("--sides %q: want label=URL pairs separated by commas", spec)
+		}
+		s := side{label: l, url: u, metrics: m[l]}
+		if s.metrics == "" {
+			s.metrics = strings.TrimRight(u, "/") + "/metrics"
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
 // benchFlags are llmlab bench's options beyond one load run's.
 type benchFlags struct {
 	o             bench.Options
@@ -29,6 +58,7 @@ type benchFlags struct {
 	targetMetrics string
 	baseMetrics   string
 	results       string
+	sides         []side
 	progress      bool
 	slo           bench.SLO
 	drainTimeout  time.Duration
@@ -39,6 +69,8 @@ func benchFlagSet(fs *flag.FlagSet) runFunc {
 	o := &f.o
 	fs.StringVar(&o.Target, "target", "http://127.0.0.1:8080", "base URL of the OpenAI-compatible server under test")
 	fs.StringVar(&f.baseline, "baseline", "", "a second server to measure side by side (alternating phases), e.g. the engine alone")
+	sides := fs.String("sides", "", "instead of --target and --baseline: label=URL,label=URL,... measured in turn at each rate")
+	sidesMetrics := fs.String("sides-metrics", "", "label=URL,... : the /metrics to drain each side by (default: its URL/metrics)")
 	fs.StringVar(&o.Model, "model", "Qwen/Qwen2.5-0.5B-Instruct", "model name (empty: the server's default)")
 	fs.BoolVar(&o.Chat, "chat", false, "use /v1/chat/completions")
 	fs.BoolVar(&o.Stream, "stream", true, "stream the answer (measures time to first token)")
@@ -66,7 +98,21 @@ func benchFlagSet(fs *flag.FlagSet) runFunc {
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 2*time.Minute, "most time to wait for an engine to go idle between phases")
 	fs.StringVar(&f.results, "results", "auto", "results folder (auto: results/bench-<UTC time>; \"\" writes none)")
 	progress := fs.String("progress", "auto", "progress line on stderr: auto (when a terminal), on, off")
-	return func(ctx context.Context, _ []string) int { return benchCmd(ctx, f, *rates, *trace, *progress) }
+	return func(ctx context.Context, _ []string) int {
+		if *sides != "" {
+			var err error
+			if f.sides, err = parseSides(*sides, *sidesMetrics); err != nil {
+				fmt.Fprintln(os.Stderr, "llmlab bench:", err)
+				return 2
+			}
+			if f.baseline != "" || f.findMax {
+				fmt.Fprintln(os.Stderr, "llmlab bench: --sides replaces --target and --baseline, and does not go with --find-max")
+				return 2
+			}
+			f.o.Target = f.sides[0].url
+		}
+		return benchCmd(ctx, f, *rates, *trace, *progress)
+	}
 }
 
 func benchCmd(ctx context.Context, f benchFlags, rates, trace, progress string) int {
@@ -172,6 +218,14 @@ func runBench(ctx context.Context, f benchFlags, out io.Writer) int {
 		for _, r := range rates {
 			o := f.o
 			o.Rate = r
+			if len(f.sides) > 0 {
+				for _, s := range f.sides {
+					if p := phase(s.label, s.url, s.metrics, o); !p.Summary.Pass {
+						code = 3
+					}
+				}
+				continue
+			}
 			p := phase("target", f.o.Target, f.targetMetrics, o)
 			if !p.Summary.Pass {
 				code = 3

@@ -94,10 +94,17 @@ func CheckLag(beforeSteps, beforeOnTime, afterSteps, afterOnTime float64) LagChe
 	return c
 }
 
-// Drain waits until the engine behind metricsURL neither runs nor holds
-// a request (vllm:num_requests_running and _waiting at zero), so that one
-// phase's backlog does not spill into the next. It returns at once when the
-// URL is not an engine's, and gives up after timeout.
+// busyGauges are the series whose sum is zero when a server holds no
+// request: vLLM's (and the simulator's) own, or llmlabd's queue and
+// in-flight counts.
+var busyGauges = []string{"vllm:num_requests_running", "vllm:num_requests_waiting", "llmlab_inflight_sequences", "llmlab_queue_sequences"}
+
+// Drain waits until the server behind metricsURL neither runs nor holds
+// a request (busyGauges at zero), so that one phase's backlog does not
+// spill into the next, and gives up after timeout. An engine that serves
+// none of them (Ollama has no /metrics) is not waited for: Run returns only
+// once every request it sent has its answer or was abandoned, and an
+// engine stops working on a request whose connection closed.
 func Drain(ctx context.Context, metricsURL string, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -112,7 +119,7 @@ func Drain(ctx context.Context, metricsURL string, timeout time.Duration) {
 			return
 		}
 		busy, seen := 0.0, false
-		for _, name := range []string{"vllm:num_requests_running", "vllm:num_requests_waiting"} {
+		for _, name := range busyGauges {
 			if f := fams[name]; f != nil {
 				for _, m := range f.Metric {
 					busy += m.GetGauge().GetValue()
