@@ -132,46 +132,68 @@ func (s *Scraper) Interval() time.Duration { return s.interval }
 
 // Run scrapes while active reports true (the engine is ready), until ctx
 // ends.
+// An engine that answers 404 serves no /metrics (Ollama, llama.cpp
+// without --metrics): it is asked again only every NoMetricsRetry, and
+// until then llmlab works from latency alone.
 func (s *Scraper) Run(ctx context.Context, active func() bool) {
 	t := time.NewTicker(s.interval)
 	defer t.Stop()
+	var next time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			if active() {
-				s.scrape(ctx)
+		case now := <-t.C:
+			if !active() {
+				next = time.Time{} // a new engine run is asked at once
+				continue
+			}
+			if now.Before(next) {
+				continue
+			}
+			if s.scrape(ctx) == http.StatusNotFound {
+				next = now.Add(NoMetricsRetry)
 			}
 		}
 	}
 }
 
-func (s *Scraper) scrape(ctx context.Context) {
-	rd, err := s.fetch(ctx)
+// NoMetricsRetry is how often an engine that serves no /metrics is asked
+// again.
+const NoMetricsRetry = 30 * time.Second
+
+// scrape reads the engine's metrics once and returns the HTTP status (0
+// when there was no answer).
+func (s *Scraper) scrape(ctx context.Context) int {
+	rd, status, err := s.fetch(ctx)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
 		s.failed++
 		if msg := err.Error(); msg != s.lastErr {
-			s.log.Warn("cannot read the engine's metrics", "url", s.url, "err", err)
+			if status == http.StatusNotFound {
+				s.log.Info("the engine serves no metrics; working from latency alone", "url", s.url, "retry_every", NoMetricsRetry)
+			} else {
+				s.log.Warn("cannot read the engine's metrics", "url", s.url, "err", err)
+			}
 			s.lastErr = msg
 		}
-		return
+		return status
 	}
 	s.ok++
 	s.lastErr = ""
 	s.last = rd
+	return status
 }
 
-func (s *Scraper) fetch(ctx context.Context) (Reading, error) {
+func (s *Scraper) fetch(ctx context.Context) (Reading, int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 	if err != nil {
-		return Reading{}, err
+		return Reading{}, 0, err
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return Reading{}, err
+		return Reading{}, 0, err
 	}
 	defer func() {
 		// Read what is left of a short answer (an error page, say), so
@@ -181,11 +203,11 @@ func (s *Scraper) fetch(ctx context.Context) (Reading, error) {
 		resp.Body.Close()
 	}()
 	if resp.StatusCode != http.StatusOK {
-		return Reading{}, fmt.Errorf("GET %s: %s", s.url, resp.Status)
+		return Reading{}, resp.StatusCode, fmt.Errorf("GET %s: %s", s.url, resp.Status)
 	}
 	rd, err := Parse(io.LimitReader(resp.Body, 8<<20))
 	rd.At = time.Now()
-	return rd, err
+	return rd, resp.StatusCode, err
 }
 
 // Latest returns the latest reading (zero At when none yet).

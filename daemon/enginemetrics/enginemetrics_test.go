@@ -146,12 +146,12 @@ func TestScraper(t *testing.T) {
 }
 
 // Scrapes share one connection to the engine, whether it answers or
-// refuses (an engine without /metrics, like the overhead benchmark's).
+// fails with an error page.
 func TestScraperReusesConnection(t *testing.T) {
 	var conns, scrapes atomic.Int64
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if scrapes.Add(1)%2 == 0 {
-			http.Error(w, strings.Repeat("not here ", 200), http.StatusNotFound)
+			http.Error(w, strings.Repeat("busy ", 400), http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "vllm:num_requests_running 1\n")
@@ -187,5 +187,28 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("timed out")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// An engine without /metrics (Ollama answers 404) is asked once, not every
+// interval.
+func TestScraperLeavesAnEngineWithoutMetrics(t *testing.T) {
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	s := NewScraper(srv.URL, 10*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx, func() bool { return true })
+	waitFor(t, func() bool { return hits.Load() >= 1 })
+	time.Sleep(200 * time.Millisecond)
+	if n := hits.Load(); n != 1 {
+		t.Fatalf("%d scrapes of a 404 /metrics in 200 ms at a 10 ms interval, want 1 (then one every %s)", n, NoMetricsRetry)
+	}
+	if !s.Latest().At.IsZero() {
+		t.Fatal("a reading from a 404")
 	}
 }
