@@ -201,13 +201,18 @@ func (a *Law) update(w queue.Window, s Signals) string {
 		return "settle"
 	}
 	// The limit binds when requests waited for a slot and the engine held
-	// about as many as it allows.
+	// about as many as it allows; throughput measures capacity (and a
+	// probe can be judged by it) only when requests waited for a slot
+	// nearly all the time: below that, it measures the demand.
 	binding := w.Blocked && (w.AvgInflight == 0 || w.AvgInflight >= 0.85*math.Floor(a.limit))
 	x := throughput(w)
+	if !saturated(w) {
+		x = 0
+	}
 
 	if p := a.probe; p != nil {
 		a.probe = nil
-		if binding && x > 0 && p.x > 0 && w.AvgInflight > 0 && math.Abs(math.Log(w.AvgInflight/p.l)) >= math.Log1p(minProbeStep)/2 {
+		if x > 0 && p.x > 0 && w.AvgInflight > 0 && math.Abs(math.Log(w.AvgInflight/p.l)) >= math.Log1p(minProbeStep)/2 {
 			e := math.Log(x/p.x) / math.Log(w.AvgInflight/p.l)
 			switch {
 			case !p.down && e < KneeElasticity:
@@ -282,6 +287,13 @@ func (a *Law) update(w queue.Window, s Signals) string {
 	return "demand"
 }
 
+// saturated reports whether requests waited for a slot during at least
+// 90% of w.
+func saturated(w queue.Window) bool {
+	d := w.End.Sub(w.Start)
+	return w.Blocked && d > 0 && w.BlockedFor >= d*9/10
+}
+
 // startProbe moves the limit to next and remembers what to judge it by.
 func (a *Law) startProbe(w queue.Window, x, next float64, down bool) {
 	a.probe = &probe{from: a.limit, l: w.AvgInflight, x: x, down: down}
@@ -305,6 +317,7 @@ func merge(a, b queue.Window) queue.Window {
 	m.Blocked = a.Blocked || b.Blocked
 	m.MaxInflight = max(a.MaxInflight, b.MaxInflight)
 	m.Completed = a.Completed + b.Completed
+	m.BlockedFor = a.BlockedFor + b.BlockedFor
 	m.End = b.End
 	da, db := a.End.Sub(a.Start).Seconds(), b.End.Sub(b.Start).Seconds()
 	if da+db > 0 {

@@ -47,7 +47,7 @@ func drive(a *Law, e engine, n int) []int {
 		l := a.Limit()
 		start := at
 		at = at.Add(2 * time.Second)
-		a.Update(queue.Window{Blocked: true, AvgInflight: float64(l), Start: start, End: at,
+		a.Update(queue.Window{Blocked: true, BlockedFor: 2 * time.Second, AvgInflight: float64(l), Start: start, End: at,
 			EngineTimes: times(e(l), 20)}, Signals{})
 		seen = append(seen, a.Limit())
 	}
@@ -183,6 +183,26 @@ func TestConvergesOnABatchingEngine(t *testing.T) {
 	for _, l := range seen[60:] {
 		if l > 24 {
 			t.Fatalf("limit %d in the last half (all: %v), want at most 24 (the target)", l, seen)
+		}
+	}
+}
+
+// Below the engine's capacity, throughput is the demand, whatever the
+// limit: requests that wait for a slot only now and then say nothing about
+// a knee, and no probe is judged by them.
+func TestNoKneeFromDemand(t *testing.T) {
+	a := New(Config{Min: 1, Max: 64, Initial: 4, Target: 2 * time.Second})
+	at := time.Unix(1e9, 0)
+	for range 60 {
+		l := a.Limit()
+		start := at
+		at = at.Add(2 * time.Second)
+		// 6 req/s offered to a 4-slot engine of 16 req/s: 1.5 in flight,
+		// a slot waited for a quarter of the time.
+		_, why := a.Update(queue.Window{Blocked: true, BlockedFor: 500 * time.Millisecond, AvgInflight: math.Min(float64(l), 1.5),
+			Start: start, End: at, EngineTimes: times(250*time.Millisecond, 12)}, Signals{})
+		if why == "knee" || why == "probe" || why == "knee_hold" {
+			t.Fatalf("reason %q at a demand below capacity (limit %d)", why, a.Limit())
 		}
 	}
 }

@@ -169,9 +169,24 @@ type Window struct {
 	// the slots in use over it.
 	Start, End  time.Time
 	AvgInflight float64
+	// BlockedFor is how long requests waited for a slot during the window:
+	// only while they do is the engine's throughput its capacity rather
+	// than the demand.
+	BlockedFor time.Duration
 
-	area float64   // slot-seconds in use so far
-	last time.Time // when area was last brought up to date
+	area       float64   // slot-seconds in use so far
+	last       time.Time // when area was last brought up to date
+	blocked    bool      // requests wait for a slot since lastB
+	lastB      time.Time
+	blockedSum time.Duration
+}
+
+// trackBlocked notes at now whether requests wait for a slot from now on.
+func (w *Window) trackBlocked(now time.Time, blocked bool) {
+	if w.blocked && !w.lastB.IsZero() {
+		w.blockedSum += now.Sub(w.lastB)
+	}
+	w.lastB, w.blocked = now, blocked
 }
 
 // account brings the in-use area up to now, with inflight slots in use
@@ -220,7 +235,7 @@ func (g *Group) Index(t *Ticket) int {
 func New(cfg Config, warmup Warmup, obs Observer) *Queue {
 	q := &Queue{cfg: cfg, warmup: warmup, obs: obs}
 	now := time.Now()
-	q.window.Start, q.window.last = now, now
+	q.window.Start, q.window.last, q.window.lastB = now, now, now
 	q.rate.nominal = cfg.NominalRPS
 	return q
 }
@@ -306,7 +321,10 @@ func (q *Queue) TakeWindow() Window {
 	if d := w.End.Sub(w.Start).Seconds(); !w.Start.IsZero() && d > 0 {
 		w.AvgInflight = w.area / d
 	}
-	q.window = Window{MaxInflight: q.inflight, Blocked: q.blockedLocked(), Start: now, last: now}
+	blocked := q.blockedLocked()
+	w.trackBlocked(now, blocked)
+	w.BlockedFor = w.blockedSum
+	q.window = Window{MaxInflight: q.inflight, Blocked: blocked, Start: now, last: now, blocked: blocked, lastB: now}
 	return w
 }
 
@@ -344,7 +362,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		q.window.account(now, q.inflight)
 		q.inflight += r.Weight
 		q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
-		q.rate.update(now, q.blockedLocked())
+		q.noteBlockedLocked(now)
 		q.mu.Unlock()
 		q.decided(r.Class, "dispatch", "slot_free")
 		if q.obs != nil {
@@ -392,7 +410,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	default:
 	}
 	q.removeLocked(w)
-	q.rate.update(time.Now(), q.blockedLocked())
+	q.noteBlockedLocked(time.Now())
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -539,6 +557,14 @@ func (q *Queue) removeLocked(w *waiter) {
 	q.dispatchLocked(time.Now(), false)
 }
 
+// noteBlockedLocked brings the completion rate's and the window's account
+// of time blocked on slots up to now.
+func (q *Queue) noteBlockedLocked(now time.Time) {
+	b := q.blockedLocked()
+	q.rate.update(now, b)
+	q.window.trackBlocked(now, b)
+}
+
 // blockedLocked reports whether requests wait for slots (as opposed to
 // waiting for a batch window): only then do completions measure capacity.
 func (q *Queue) blockedLocked() bool {
@@ -561,7 +587,7 @@ func (q *Queue) frontLocked() *waiter {
 // a batch (MaxBatch, at most the in-flight limit) when the window closes
 // (timerFired) or as soon as a batch waits, and otherwise makes sure a window is running.
 func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
-	defer func() { q.rate.update(now, q.blockedLocked()) }()
+	defer q.noteBlockedLocked(now)
 	if q.queuedLocked() == 0 || q.notReady {
 		return
 	}
@@ -776,6 +802,7 @@ func (t *Ticket) Release() {
 		}
 	}
 	q.rate.complete(now, t.weight, q.blockedLocked())
+	q.window.trackBlocked(now, q.blockedLocked())
 	q.window.Completed += t.weight
 	q.window.account(now, q.inflight)
 	q.inflight -= t.weight

@@ -765,3 +765,31 @@ func TestWindowAveragesInflight(t *testing.T) {
 		}
 	})
 }
+
+// Admission asks the engine's tail time, not its average, to fit in the
+// objective with the predicted wait: with requests taking 1 s and 2 s in
+// turn, one predicted to wait 0.25 s is refused under a 2.5 s objective
+// (0.25 s + a tail of about 2.3 s), though the average (1.5 s) would have
+// let it in to be answered late.
+func TestSLOAdmissionFitsTheTail(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 1, 10, 4, 10*time.Second, 2500*time.Millisecond
+		q := New(c, nil, nil)
+		ctx := context.Background()
+		for i := range 200 {
+			a, _ := q.Acquire(ctx, Request{Weight: 1})
+			time.Sleep(time.Duration(1+i%2) * time.Second)
+			a.Release()
+		}
+		if m, tail := q.EngineTime(), q.EngineTail(); m < 1400*time.Millisecond || m > 1600*time.Millisecond || tail < 2200*time.Millisecond || tail > 2400*time.Millisecond {
+			t.Fatalf("engine time %s, tail %s; want about 1.5 s and 2.3 s", m, tail)
+		}
+		a, _ := q.Acquire(ctx, Request{Weight: 1})
+		_, err := q.Acquire(ctx, Request{Weight: 1}) // waits 0.25 s at 4/s
+		if ref := refusal(t, err); ref.Reason != ReasonSLO {
+			t.Fatalf("0.25 s of wait plus the tail past 2.5 s: %+v, want refused (slo)", ref)
+		}
+		a.Release()
+	})
+}
