@@ -1,0 +1,7 @@
+module github.com/llmlab/llmlab/engines/ollama/mkmodel
+
+go 1.26
+
+require github.com/ollama/ollama v0.17.4
+
+require golang.org/x/sync v0.17.0 // indirect
