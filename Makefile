@@ -11,7 +11,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # go-nvml is cgo; its header marks many functions deprecated, which is noise.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all build demo deb test test-quick test-system lint fuzz bench-overhead clean
+.PHONY: all build demo deb test test-quick test-system test-engines lint fuzz bench-overhead bench-engines clean
 
 all: build
 
@@ -27,15 +27,20 @@ demo: build
 deb:
 	sh packaging/build-deb.sh
 
-## test: lint, every unit and integration test with the race detector, a short fuzz of each parser, and (as root) the real-systemd tests
+## test: lint, every unit and integration test with the race detector, a short fuzz of each parser, llmlabd in front of a real engine (Ollama), and (as root) the real-systemd tests
 test: lint
 	$(GO) test -race -count=1 ./...
 	$(MAKE) fuzz
+	$(MAKE) test-engines
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) test-system; else echo "make test: not root, so the real-systemd tests (make test-system) did not run"; fi
 
 ## test-system: boot a Debian rootfs with systemd-nspawn and test the units, socket activation and scale to zero in it (root; needs systemd-container and debootstrap)
 test-system:
 	$(GO) test -tags systemtest -count=1 -timeout 20m -v ./units/
+
+## test-engines: llmlabd in front of Ollama, built once from the Go module proxy with a random-weight model (engines/ollama/build.sh: cached; needs g++, nlohmann-json3-dev, libstb-dev, curl)
+test-engines:
+	dir=$$(sh engines/ollama/build.sh) && LLMLAB_OLLAMA_DIR=$$dir $(GO) test -tags realengine -count=1 -run RealEngine -v ./cmd/llmlabd/
 
 ## test-quick: the unit and integration tests, no race detector, no fuzzing
 test-quick:
@@ -46,6 +51,8 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags realengine ./cmd/llmlabd/
+	cd engines/ollama/mkmodel && $(GO) vet .
 	$(GO) run $(STATICCHECK) ./...
 
 ## fuzz: each fuzz target for FUZZTIME
@@ -53,6 +60,10 @@ fuzz:
 	$(GO) test ./daemon/config $(FUZZFLAGS) -fuzz FuzzParse
 	$(GO) test ./daemon/gateway $(FUZZFLAGS) -fuzz FuzzValidate
 	$(GO) test ./daemon/enginemetrics $(FUZZFLAGS) -fuzz FuzzParse
+
+## bench-engines: Ollama alone, through llmlabd fixed and adaptive, side by side at 0.5x-3x its peak, and the knee of each (about 40 minutes; results/engines-*; docs/benchmarks.md)
+bench-engines: build
+	sh engines/ollama/bench-engines.sh
 
 ## bench-overhead: llmlabd's overhead against nginx, a bare Go reverse proxy and direct access (needs nginx-light)
 bench-overhead: build
