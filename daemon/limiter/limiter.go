@@ -181,6 +181,15 @@ func (a *Law) Update(w queue.Window, s Signals) (int, string) {
 
 func (a *Law) update(w queue.Window, s Signals) string {
 	p90, n := percentile(w.EngineTimes, 0.9)
+	// The objective is a 95th percentile: judge the engine's time by its
+	// own once a window holds enough requests to read one (an engine
+	// whose slowest requests are much slower than most, Ollama's with
+	// requests queued inside it, would otherwise pass at p90 and miss at
+	// p95).
+	tail := p90
+	if n >= 20 {
+		tail, _ = percentile(w.EngineTimes, 0.95)
+	}
 	switch {
 	case s.Known && s.Stale:
 		return "stale"
@@ -206,7 +215,7 @@ func (a *Law) update(w queue.Window, s Signals) string {
 	// nearly all the time: below that, it measures the demand.
 	binding := w.Blocked && (w.AvgInflight == 0 || w.AvgInflight >= 0.85*math.Floor(a.limit))
 	x := throughput(w)
-	if !saturated(w) {
+	if !saturated(w, a.limit) {
 		x = 0
 	}
 
@@ -239,7 +248,7 @@ func (a *Law) update(w queue.Window, s Signals) string {
 
 	r := 0.0
 	if a.cfg.Target > 0 {
-		r = float64(a.cfg.Target) / float64(max(p90, time.Millisecond))
+		r = float64(a.cfg.Target) / float64(max(tail, time.Millisecond))
 		if r < 0.97 {
 			a.limit *= math.Max(1+(r-1)/2, 0.8)
 			return "latency"
@@ -287,11 +296,16 @@ func (a *Law) update(w queue.Window, s Signals) string {
 	return "demand"
 }
 
-// saturated reports whether requests waited for a slot during at least
-// 90% of w.
-func saturated(w queue.Window) bool {
+// saturated reports whether demand exceeded what the engine served
+// through w: requests waited for a slot during at least 90% of it, or
+// admission refused some for want of capacity while the engine held at
+// least 85% of the limit on average.
+func saturated(w queue.Window, limit float64) bool {
 	d := w.End.Sub(w.Start)
-	return w.Blocked && d > 0 && w.BlockedFor >= d*9/10
+	if d <= 0 {
+		return false
+	}
+	return (w.Blocked && w.BlockedFor >= d*9/10) || (w.Refused > 0 && w.AvgInflight >= 0.85*math.Floor(limit))
 }
 
 // startProbe moves the limit to next and remembers what to judge it by.
@@ -318,6 +332,7 @@ func merge(a, b queue.Window) queue.Window {
 	m.MaxInflight = max(a.MaxInflight, b.MaxInflight)
 	m.Completed = a.Completed + b.Completed
 	m.BlockedFor = a.BlockedFor + b.BlockedFor
+	m.Refused = a.Refused + b.Refused
 	m.End = b.End
 	da, db := a.End.Sub(a.Start).Seconds(), b.End.Sub(b.Start).Seconds()
 	if da+db > 0 {

@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 )
@@ -148,9 +149,12 @@ type Queue struct {
 	rate        rateEstimator
 	// engineTime is a moving average of the time a request holds its
 	// slots (dispatch to release), the engine's latency as clients see it;
-	// engineDev the moving average of its absolute deviation from it.
+	// engineP95 the 95th percentile of the last len(recent) of those times.
 	engineTime time.Duration
-	engineDev  time.Duration
+	engineP95  time.Duration
+	recent     [100]time.Duration
+	nRecent    int
+	scratch    [100]time.Duration
 	window     Window
 }
 
@@ -173,6 +177,11 @@ type Window struct {
 	// only while they do is the engine's throughput its capacity rather
 	// than the demand.
 	BlockedFor time.Duration
+	// Refused counts the requests refused for want of capacity (queue
+	// full, overloaded, the objective, a queue timeout): demand beyond
+	// what the engine serves, which admission turned away rather than
+	// queued.
+	Refused int
 
 	area       float64   // slot-seconds in use so far
 	last       time.Time // when area was last brought up to date
@@ -354,6 +363,10 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	}
 	q.mu.Lock()
 	if ref := q.admitLocked(r); ref != nil {
+		switch ref.Reason {
+		case ReasonQueueFull, ReasonOverloaded, ReasonSLO:
+			q.window.Refused++
+		}
 		q.mu.Unlock()
 		q.decided(r.Class, "refuse", ref.Reason)
 		return nil, ref
@@ -414,6 +427,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	q.window.Refused++
 	q.decided(r.Class, "refuse", ReasonQueueTimeout)
 	return nil, &Refusal{
 		Status:     http.StatusServiceUnavailable,
@@ -496,13 +510,15 @@ func (q *Queue) admitLocked(r Request) *Refusal {
 	return nil
 }
 
-// engineTailLocked estimates the 90th percentile of the engine's time per
-// request: the mean plus 1.6 mean absolute deviations (the 90th percentile
-// of a normal distribution). The objective is a percentile of end-to-end
-// latency, so admission asks that a request's predicted wait plus this
-// tail, not the mean, fit in it.
+// engineTailLocked estimates the 95th percentile of the engine's time per
+// request. The objective is the 95th percentile of end-to-end latency, so
+// admission asks that a request's predicted wait plus this tail, not the
+// mean, fit in it: then each admitted request is predicted to miss it with
+// a chance of 5% at most, whatever the shape of the engine's times (an
+// engine that queues inside, as Ollama does past its slots, has a long
+// tail).
 func (q *Queue) engineTailLocked() time.Duration {
-	return q.engineTime + q.engineDev*16/10
+	return max(q.engineP95, q.engineTime)
 }
 
 // EngineTail is the engine's tail time per request (see engineTailLocked).
@@ -796,10 +812,15 @@ func (t *Ticket) Release() {
 		if q.engineTime == 0 {
 			q.engineTime = held
 		} else {
-			dev := held - q.engineTime
-			q.engineTime += dev / 20
-			q.engineDev += (max(dev, -dev) - q.engineDev) / 20
+			q.engineTime += (held - q.engineTime) / 20
 		}
+		q.recent[q.nRecent%len(q.recent)] = held
+		q.nRecent++
+		last := q.recent[:min(q.nRecent, len(q.recent))]
+		sorted := q.scratch[:len(last)]
+		copy(sorted, last)
+		slices.Sort(sorted)
+		q.engineP95 = sorted[len(sorted)*95/100]
 	}
 	q.rate.complete(now, t.weight, q.blockedLocked())
 	q.window.trackBlocked(now, q.blockedLocked())

@@ -766,24 +766,28 @@ func TestWindowAveragesInflight(t *testing.T) {
 	})
 }
 
-// Admission asks the engine's tail time, not its average, to fit in the
-// objective with the predicted wait: with requests taking 1 s and 2 s in
-// turn, one predicted to wait 0.25 s is refused under a 2.5 s objective
-// (0.25 s + a tail of about 2.3 s), though the average (1.5 s) would have
-// let it in to be answered late.
+// Admission asks the engine's tail time (its 95th percentile), not its
+// average, to fit in the objective with the predicted wait: with nine
+// requests of 1 s for each of 3 s, one predicted to wait 0.25 s is refused
+// under a 2.5 s objective (0.25 s + a tail of 3 s), though the average
+// (1.2 s) would have let it in to be answered late one time in ten.
 func TestSLOAdmissionFitsTheTail(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
 		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 1, 10, 4, 10*time.Second, 2500*time.Millisecond
 		q := New(c, nil, nil)
 		ctx := context.Background()
-		for i := range 200 {
+		for i := range 1000 {
 			a, _ := q.Acquire(ctx, Request{Weight: 1})
-			time.Sleep(time.Duration(1+i%2) * time.Second)
+			d := time.Second
+			if i%10 == 9 {
+				d = 3 * time.Second
+			}
+			time.Sleep(d)
 			a.Release()
 		}
-		if m, tail := q.EngineTime(), q.EngineTail(); m < 1400*time.Millisecond || m > 1600*time.Millisecond || tail < 2200*time.Millisecond || tail > 2400*time.Millisecond {
-			t.Fatalf("engine time %s, tail %s; want about 1.5 s and 2.3 s", m, tail)
+		if m, tail := q.EngineTime(), q.EngineTail(); m < time.Second || m > 1500*time.Millisecond || tail < 2500*time.Millisecond || tail > 3100*time.Millisecond {
+			t.Fatalf("engine time %s, tail %s; want about 1.2 s and 3 s", m, tail)
 		}
 		a, _ := q.Acquire(ctx, Request{Weight: 1})
 		_, err := q.Acquire(ctx, Request{Weight: 1}) // waits 0.25 s at 4/s
