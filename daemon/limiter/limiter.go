@@ -181,6 +181,7 @@ func (a *Law) Update(w queue.Window, s Signals) (int, string) {
 
 func (a *Law) update(w queue.Window, s Signals) string {
 	p90, n := percentile(w.EngineTimes, 0.9)
+	ours := w.MaxInflight > 0 || n > 0
 	// The objective is a 95th percentile: judge the engine's time by its
 	// own once a window holds enough requests to read one (an engine
 	// whose slowest requests are much slower than most, Ollama's with
@@ -193,7 +194,10 @@ func (a *Law) update(w queue.Window, s Signals) string {
 	switch {
 	case s.Known && s.Stale:
 		return "stale"
-	case s.Known && ((s.Waiting >= 2 && s.Waiting >= a.limit/10) || (s.Waiting > 0 && s.KVUsage >= 0.95)):
+	case s.Known && ours && ((s.Waiting >= 2 && s.Waiting >= a.limit/10) || (s.Waiting > 0 && s.KVUsage >= 0.95)):
+		// Only with work of ours in the engine: another client's queue
+		// there is not ours to relieve, and cutting for it while idle
+		// would leave the limit at its floor when our load comes.
 		a.probe = nil
 		a.limit *= 0.9
 		return "engine_queueing"

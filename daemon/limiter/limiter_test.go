@@ -85,6 +85,11 @@ func TestLaw(t *testing.T) {
 	if n, why := a.Update(win(true, time.Second), Signals{Known: true, Waiting: 3, KVUsage: 0.5}); n != 12 || why != "engine_queueing" {
 		t.Fatalf("engine queueing: %d %s", n, why)
 	}
+	// Another client's queue in the engine, with none of our work there:
+	// not ours to relieve.
+	if n, why := a.Update(queue.Window{}, Signals{Known: true, Waiting: 50, KVUsage: 0.5}); n != 12 || why == "engine_queueing" {
+		t.Fatalf("engine queueing with no work of ours: %d %s", n, why)
+	}
 	// One waiting request at a half-full cache is a request between steps.
 	if _, why := a.Update(win(false, time.Second), Signals{Known: true, Waiting: 1, KVUsage: 0.5}); why == "engine_queueing" {
 		t.Fatal("a transient waiting request counted as queueing")
@@ -184,6 +189,33 @@ func TestConvergesOnABatchingEngine(t *testing.T) {
 		if l > 24 {
 			t.Fatalf("limit %d in the last half (all: %v), want at most 24 (the target)", l, seen)
 		}
+	}
+}
+
+// When admission refuses early, the queue can be empty most of the time
+// though demand is twice the capacity: capacity refusals count as demand
+// beyond it, and the knee of a slot engine is found all the same.
+func TestKneeWithRefusalsInsteadOfAQueue(t *testing.T) {
+	e := slots(4, 250*time.Millisecond)
+	a := New(Config{Min: 1, Max: 64, Initial: 2, Target: 800 * time.Millisecond})
+	at := time.Unix(1e9, 0)
+	var seen []int
+	for range 120 {
+		l := a.Limit()
+		start := at
+		at = at.Add(2 * time.Second)
+		a.Update(queue.Window{Blocked: true, BlockedFor: 100 * time.Millisecond, Refused: 7, AvgInflight: float64(l),
+			Start: start, End: at, EngineTimes: times(e(l), 20)}, Signals{})
+		seen = append(seen, a.Limit())
+	}
+	over := 0
+	for _, l := range seen[20:] {
+		if l > 6 {
+			over++
+		}
+	}
+	if over > len(seen[20:])/4 {
+		t.Fatalf("limit above 6 in %d of %d windows on a 4-slot engine (all: %v)", over, len(seen[20:]), seen)
 	}
 }
 

@@ -4,6 +4,8 @@
 # alone, through llmlabd with fixed in-flight limits, and through llmlabd
 # adaptive, side by side at 0.5x to 3x the engine's own peak, every phase
 # drained; then the highest rate within the SLO through each (the knee).
+# ENGINE=sim:t4 (or sim:gtx1650) runs the same comparison against the
+# simulator instead (SLO 5s by default).
 #
 # The engine is pinned to CPU $ENGINE_CPU, the load generator and llmlabd
 # to the others (taskset), and the engine's time waiting for a CPU is
@@ -16,11 +18,17 @@
 #   TARGETS="0s"    adaptive's queue.target_latency, one side each ("0s":
 #                   its default, 80% of the SLO)
 #   MULTS="0.5 1 1.5 2 3"  the offered rates, times the engine's peak
+#   BENCH_ARGS   more llmlab bench flags, e.g. "--stream=false"
 #   DURATION=30s WARMUP=5s per phase; KNEE=1 also runs find-max through
-#   each llmlabd (KNEE=0 skips it)
+#   each side, or those named in KNEE_SIDES (KNEE=0 skips it)
 set -eu
 cd "$(dirname "$0")/../.."
-SLO=${SLO:-2s}
+ENGINE_KIND=${ENGINE:-ollama}
+case $ENGINE_KIND in
+ollama) SLO=${SLO:-2s} ;;
+sim:*) SLO=${SLO:-5s} ;;
+*) echo "bench-engines: ENGINE=ollama or sim:PROFILE" >&2; exit 2 ;;
+esac
 SLOTS=${SLOTS:-4}
 FIXED=${FIXED:-4 8 12}
 TARGETS=${TARGETS:-0s}
@@ -32,7 +40,7 @@ ENGINE_CPU=${ENGINE_CPU:-1}
 NCPU=$(nproc)
 [ "$NCPU" -ge 2 ] || { echo "bench-engines: needs at least 2 CPUs (the engine and the load apart)" >&2; exit 1; }
 LOAD_CPUS=$(seq 0 $((NCPU - 1)) | grep -vx "$ENGINE_CPU" | paste -sd, -)
-DIR=$(engines/ollama/build.sh)
+[ "$ENGINE_KIND" = ollama ] && DIR=$(engines/ollama/build.sh)
 go build -o bin/ ./cmd/...
 OUT=${OUT:-results/engines-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
@@ -41,12 +49,21 @@ cleanup() { for p in $PIDS; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/
 trap cleanup EXIT INT TERM
 
 ENGINE=http://127.0.0.1:11501
-OLLAMA_HOST=127.0.0.1:11501 OLLAMA_NUM_PARALLEL=$SLOTS LLMLAB_OLLAMA_DIR=$DIR LLMLAB_ENGINE_CPUS=$ENGINE_CPU \
-	engines/ollama/serve.sh > "$OUT/ollama.log" 2>&1 &
+if [ "$ENGINE_KIND" = ollama ]; then
+	MODEL=llmlab-tiny READY_PATH=/api/ps READY_MATCH=llmlab-tiny
+	OLLAMA_HOST=127.0.0.1:11501 OLLAMA_NUM_PARALLEL=$SLOTS LLMLAB_OLLAMA_DIR=$DIR LLMLAB_ENGINE_CPUS=$ENGINE_CPU \
+		engines/ollama/serve.sh > "$OUT/ollama.log" 2>&1 &
+else
+	MODEL=Qwen/Qwen2.5-0.5B-Instruct READY_PATH=/health READY_MATCH=
+	taskset -c "$ENGINE_CPU" bin/llmlab sim --profile "${ENGINE_KIND#sim:}" --startup-delay 0 --port 11501 > "$OUT/sim.log" 2>&1 &
+fi
 PIDS="$PIDS $!"
 i=0
-until curl -fsS "$ENGINE/api/ps" 2>/dev/null | grep -q llmlab-tiny; do
-	i=$((i + 1)); [ $i -lt 600 ] || { echo "bench-engines: Ollama did not load the model" >&2; exit 1; }
+ready() {
+	if [ -n "$READY_MATCH" ]; then curl -fsS "$ENGINE$READY_PATH" 2>/dev/null | grep -q "$READY_MATCH"; else curl -fsS -o /dev/null "$ENGINE$READY_PATH" 2>/dev/null; fi
+}
+until ready; do
+	i=$((i + 1)); [ $i -lt 600 ] || { echo "bench-engines: the engine did not get ready" >&2; exit 1; }
 	sleep 0.1
 done
 
@@ -60,9 +77,9 @@ listen = "127.0.0.1:$((18100 + n))"
 exit_idle_timeout = "0s"
 [engine]
 url = "$ENGINE"
-models = ["llmlab-tiny"]
-ready_path = "/api/ps"
-ready_match = "llmlab-tiny"
+models = ["$MODEL"]
+ready_path = "$READY_PATH"
+ready_match = "$READY_MATCH"
 [queue]
 concurrency = "$2"
 max_inflight = $3
@@ -82,7 +99,13 @@ CONF
 	PIDS="$PIDS $!"
 	until curl -fsS "http://127.0.0.1:$((19100 + n))/healthz" >/dev/null 2>&1; do sleep 0.05; done
 	SIDES="$SIDES,$1=http://127.0.0.1:$((18100 + n))"
-	METRICS="$METRICS,$1=http://127.0.0.1:$((19100 + n))/metrics"
+	# Drained by llmlabd's own gauges; the simulator's by its own (which
+	# also checks that it kept to its cost model).
+	if [ "$ENGINE_KIND" = ollama ]; then
+		METRICS="$METRICS,$1=http://127.0.0.1:$((19100 + n))/metrics"
+	else
+		METRICS="$METRICS,$1=$ENGINE/metrics"
+	fi
 	LABELS="$LABELS $1"
 }
 SIDES="engine=$ENGINE"
@@ -103,9 +126,11 @@ PIDS="$PIDS $!"
 # The engine's time waiting for a CPU (schedstat's second field, in ns),
 # summed over Ollama's threads.
 rundelay() {
-	for p in $(pgrep -f "$DIR/bin/ollama"); do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done | awk '{ s += $2 } END { print s + 0 }'
+	pat="bin/llmlab sim"
+	[ "$ENGINE_KIND" = ollama ] && pat="$DIR/bin/ollama"
+	for p in $(pgrep -f "$pat"); do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done | awk '{ s += $2 } END { print s + 0 }'
 }
-bench() { taskset -c "$LOAD_CPUS" bin/llmlab bench --model llmlab-tiny --slo-p95 "$SLO" --duration "$DURATION" --warmup "$WARMUP" --progress off "$@"; }
+bench() { taskset -c "$LOAD_CPUS" bin/llmlab bench --model "$MODEL" --slo-p95 "$SLO" --duration "$DURATION" --warmup "$WARMUP" --progress off ${BENCH_ARGS:-} "$@"; }
 
 d0=$(rundelay); t0=$(date +%s)
 echo "== the engine's peak (find-max, engine alone)" | tee "$OUT/summary.txt"
@@ -116,10 +141,11 @@ RATES=$(for m in $MULTS; do awk -v m="$m" -v p="$PEAK" 'BEGIN { printf "%.2f,", 
 echo "== side by side at $RATES req/s ($MULTS x the peak)" | tee -a "$OUT/summary.txt"
 bench --sides "$SIDES" --sides-metrics "${METRICS#,}" --rates "$RATES" --results "$OUT/sides" | tee -a "$OUT/summary.txt" || true
 if [ "$KNEE" = 1 ]; then
-	for l in $LABELS; do
+	for l in ${KNEE_SIDES:-$LABELS}; do
 		u=$(echo "$SIDES" | tr , '\n' | sed -n "s|^$l=||p")
 		echo "== the knee through $l (find-max)" | tee -a "$OUT/summary.txt"
-		bench --target "$u" --find-max --rate "$(awk -v p="$PEAK" 'BEGIN { printf "%.2f", p / 2 }')" --results "$OUT/findmax-$l" | grep -E '^sustainable' | sed "s/^/$l: /" | tee -a "$OUT/summary.txt"
+		m=$(echo "$METRICS" | tr , '\n' | sed -n "s|^$l=||p")
+		bench --target "$u" ${m:+--target-engine-metrics "$m"} --find-max --rate "$(awk -v p="$PEAK" 'BEGIN { printf "%.2f", p / 2 }')" --results "$OUT/findmax-$l" | grep -E '^sustainable' | sed "s/^/$l: /" | tee -a "$OUT/summary.txt"
 	done
 fi
 d1=$(rundelay); t1=$(date +%s)
