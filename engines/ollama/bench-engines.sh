@@ -14,6 +14,8 @@
 #   SLO=2s       the p95 objective (scaled to this engine, which answers a
 #                200+200-token request in about 0.55 s with 4 slots busy)
 #   SLOTS=4      OLLAMA_NUM_PARALLEL
+#   ADAPTIVE_MAX adaptive's max_inflight (64; 256, vLLM's default
+#                --max-num-seqs, for the simulator)
 #   FIXED="4 8 12"  the fixed in-flight limits measured beside adaptive
 #   TARGETS="0s"    adaptive's queue.target_latency, one side each ("0s":
 #                   its default, 80% of the SLO)
@@ -25,8 +27,8 @@ set -eu
 cd "$(dirname "$0")/../.."
 ENGINE_KIND=${ENGINE:-ollama}
 case $ENGINE_KIND in
-ollama) SLO=${SLO:-2s} ;;
-sim:*) SLO=${SLO:-5s} ;;
+ollama) SLO=${SLO:-2s} ADAPTIVE_MAX=${ADAPTIVE_MAX:-64} ;;
+sim:*) SLO=${SLO:-5s} ADAPTIVE_MAX=${ADAPTIVE_MAX:-256} ;;
 *) echo "bench-engines: ENGINE=ollama or sim:PROFILE" >&2; exit 2 ;;
 esac
 SLOTS=${SLOTS:-4}
@@ -113,7 +115,7 @@ METRICS=""
 LABELS="engine"
 for f in $FIXED; do daemon "fixed$f" fixed "$f"; done
 for tl in $TARGETS; do
-	if [ "$tl" = 0s ]; then daemon adaptive adaptive 64; else daemon "adaptive-$tl" adaptive 64 "$tl"; fi
+	if [ "$tl" = 0s ]; then daemon adaptive adaptive "$ADAPTIVE_MAX"; else daemon "adaptive-$tl" adaptive "$ADAPTIVE_MAX" "$tl"; fi
 done
 
 # Every second, the adaptive limit (the issue saw it wander on this engine).
