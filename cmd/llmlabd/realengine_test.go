@@ -144,9 +144,7 @@ func TestRealEngineOllama(t *testing.T) {
 	if a := ask(client, d.api, 1, 20, true); a.err != nil || a.status != 200 || a.tokens != 20 {
 		t.Fatalf("a streamed request: %+v", a)
 	}
-	if !strings.Contains(d.logs.String(), "the engine serves no metrics") {
-		t.Errorf("llmlabd did not note that Ollama serves no /metrics")
-	}
+	waitLog(t, d, "the engine serves no metrics")
 
 	// Open loop at 24 req/s for 12 s: about twice what one CPU's Ollama
 	// serves with 4 slots (docs/benchmarks.md).
@@ -219,12 +217,16 @@ func TestRealEngineOllama(t *testing.T) {
 	if want := float64(len(answers) + 2); math.Abs(counted-want) > 0 {
 		t.Errorf("llmlab_requests_total sums to %v, want the %v requests sent", counted, want)
 	}
-	// A slot engine: the limit stays within a few of its 4 slots (the knee
-	// on this engine lies between 4 and 12: docs/benchmarks.md), far from
-	// max_inflight's 64.
-	for _, l := range limits[len(limits)/4:] {
-		if l > 16 {
+	// The limit stays near what the engine turns into throughput, far
+	// from max_inflight's 64. On this engine that is 4 to about 13 in
+	// flight (its 4 slots, and requests waiting inside it that overlap
+	// their parsing with the slots' work: fixed 12 beat fixed 4 at its
+	// peak in docs/benchmarks.md, and probes past 13 were undone as knees
+	// here); past about 32 the law would be following latency alone.
+	for _, l := range limits {
+		if l > 32 {
 			t.Fatalf("adaptive limit %d on a 4-slot engine (all: %v)", l, limits)
 		}
 	}
+	t.Logf("knee decisions: %s", grepLines(fetch(t, d.metrics+"/metrics"), `reason="knee"`))
 }
