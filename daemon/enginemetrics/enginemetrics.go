@@ -256,11 +256,6 @@ func (s *Scraper) Freshness(r Reading, now time.Time) Freshness {
 	return Fresh
 }
 
-// Stale reports whether a reading is too old to act on at now.
-func (s *Scraper) Stale(r Reading, now time.Time) bool {
-	return r.At.IsZero() || now.Sub(r.At) > 3*s.interval
-}
-
 var (
 	descRunning = prometheus.NewDesc("llmlab_engine_requests_running", "Requests the engine is running (vllm:num_requests_running), as last scraped.", nil, nil)
 	descWaiting = prometheus.NewDesc("llmlab_engine_requests_waiting", "Requests waiting inside the engine (vllm:num_requests_waiting), as last scraped.", nil, nil)

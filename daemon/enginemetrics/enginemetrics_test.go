@@ -112,20 +112,20 @@ func TestScraper(t *testing.T) {
 	if !s.Latest().At.IsZero() {
 		t.Fatal("scraped while the engine was not active")
 	}
-	if !s.Stale(s.Latest(), time.Now()) {
+	if s.Freshness(s.Latest(), time.Now()) == Fresh {
 		t.Fatal("no reading is not stale")
 	}
 	running.Store(9)
 	active.Store(true)
 	waitFor(t, func() bool { return s.Latest().Running == 9 })
-	if r := s.Latest(); r.Waiting != 1 || r.KVUsage != 0.5 || s.Stale(r, time.Now()) {
+	if r := s.Latest(); r.Waiting != 1 || r.KVUsage != 0.5 || s.Freshness(r, time.Now()) != Fresh {
 		t.Fatalf("reading %+v", r)
 	}
 	broken.Store(true)
 	time.Sleep(100 * time.Millisecond)
 	r := s.Latest()
-	if r.Running != 9 || !s.Stale(r, time.Now()) {
-		t.Fatalf("after failures: %+v, stale %v; want the last reading, stale", r, s.Stale(r, time.Now()))
+	if r.Running != 9 || s.Freshness(r, time.Now()) == Fresh {
+		t.Fatalf("after failures: %+v, stale %v; want the last reading, stale", r, s.Freshness(r, time.Now()) != Fresh)
 	}
 	// Stale holds dispatching for a bounded time only, then the readings
 	// are ignored (and that is logged once).
