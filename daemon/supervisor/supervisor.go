@@ -304,8 +304,8 @@ func (s *Supervisor) Run(ctx context.Context) {
 				took := time.Since(t0)
 				s.learnedWake.Store(int64(took))
 				s.log.Info("engine woke up", "wake_time", took)
+				s.gate.SetEngineReady(true) // open before anyone reads Ready
 				set(Ready)
-				s.gate.SetEngineReady(true)
 			case state == Stopped || (state == Failed && !time.Now().Before(retryAt)):
 				start()
 			}
@@ -321,9 +321,9 @@ func (s *Supervisor) Run(ctx context.Context) {
 					s.cfg.OnReady(ctx)
 				}
 				backoff = time.Second
-				set(Ready)
 				lastWork = time.Now()
-				s.gate.SetEngineReady(true)
+				s.gate.SetEngineReady(true) // open before anyone reads Ready
+				set(Ready)
 			} else if s.cfg.StartTimeout > 0 && time.Now().After(startDone) {
 				s.log.Error("engine did not become healthy in time", "start_timeout", s.cfg.StartTimeout)
 				stop(ctx)
