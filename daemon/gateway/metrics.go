@@ -98,6 +98,8 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats) *metrics {
 			})),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_engine_seconds_per_request", Help: "Recent average time a request holds its engine slots."},
 			stat(func(s queue.Stats) float64 { return s.EngineSeconds })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_admission_tail_seconds", Help: "Engine time admission adds to a request's predicted wait before comparing it with the latency objective: the engine's recent 95th percentile, corrected by how many of the requests it let wait missed the objective."},
+			stat(func(s queue.Stats) float64 { return s.AdmissionTailSeconds })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_limit", Help: "Most sequences allowed to wait in the queue."},
 			stat(func(s queue.Stats) float64 { return float64(s.MaxQueued) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_completion_rate", Help: "Sequences per second the engine completes, as admission predicts waits with (nominal until learned)."},

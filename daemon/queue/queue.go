@@ -24,9 +24,13 @@
 //     time. If it exceeds MaxWait (BatchMaxWait for batch), refuse (503,
 //     overloaded).
 //  5. With a latency objective (SLO), an interactive request whose
-//     predicted wait plus the engine's recent time per request exceeds it
-//     is refused too (503, reason slo): it would be served too late to
-//     count, and its engine time is better spent on one that will.
+//     predicted wait plus the engine's tail time per request exceeds it is
+//     refused too (503, reason slo): it would be served too late to count,
+//     and its engine time is better spent on one that will. The tail
+//     starts at the engine's recent 95th percentile and is corrected by a
+//     margin learned from the requests admitted to wait: it settles where
+//     MissTarget of them finish past the objective or time out in the
+//     queue.
 //  6. Otherwise queue it. A request still queued at its deadline gets 503
 //     (queue_timeout); one whose client leaves is removed at once.
 //
@@ -155,8 +159,18 @@ type Queue struct {
 	recent     [100]time.Duration
 	nRecent    int
 	scratch    [100]time.Duration
-	window     Window
+	// margin corrects the engine's tail time that admission adds to a
+	// predicted wait, learned from what became of the requests it let
+	// wait (see judgeLocked).
+	margin time.Duration
+	window Window
 }
+
+// MissTarget is the share of the requests admitted to wait that admission
+// aims to see finish past the objective (or refused late, at their queue
+// deadline). It is below the 5% a 95th-percentile objective allows, so
+// that the requests that never waited, and noise, still fit.
+const MissTarget = 0.03
 
 // Window is what happened since the last TakeWindow: the adaptive limit's
 // input.
@@ -209,6 +223,7 @@ func (w *Window) account(now time.Time, inflight int) {
 
 type waiter struct {
 	req     Request
+	arrived time.Time // set when the request is judged against the objective
 	ready   chan struct{}
 	elem    *list.Element
 	ticket  *Ticket
@@ -223,6 +238,9 @@ type Ticket struct {
 	group      *Group
 	released   bool
 	dispatched time.Time
+	// arrived is set on the requests that admission let wait against the
+	// objective: their end-to-end time teaches the margin.
+	arrived time.Time
 }
 
 // Group is the set of tickets with the same Key dispatched together.
@@ -394,6 +412,9 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	}
 	wait := q.deadlineLocked(r.Class)
 	w := &waiter{req: r, ready: make(chan struct{})}
+	if r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 {
+		w.arrived = now
+	}
 	w.elem = q.waiters[r.Class].PushBack(w)
 	q.queuedSlots[r.Class] += r.Weight
 	q.window.Blocked = q.window.Blocked || q.blockedLocked()
@@ -428,6 +449,9 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		return nil, err
 	}
 	q.window.Refused++
+	if !w.arrived.IsZero() {
+		q.judgeLocked(true) // admitted, then refused late: the worst miss
+	}
 	q.decided(r.Class, "refuse", ReasonQueueTimeout)
 	return nil, &Refusal{
 		Status:     http.StatusServiceUnavailable,
@@ -510,15 +534,38 @@ func (q *Queue) admitLocked(r Request) *Refusal {
 	return nil
 }
 
-// engineTailLocked estimates the 95th percentile of the engine's time per
-// request. The objective is the 95th percentile of end-to-end latency, so
-// admission asks that a request's predicted wait plus this tail, not the
-// mean, fit in it: then each admitted request is predicted to miss it with
-// a chance of 5% at most, whatever the shape of the engine's times (an
-// engine that queues inside, as Ollama does past its slots, has a long
-// tail).
+// engineTailLocked is the engine time that admission adds to a predicted
+// wait. It starts at the 95th percentile of the engine's recent times: the
+// objective is the 95th percentile of end-to-end latency, so admission asks
+// that the predicted wait plus this tail, not the mean, fit in it, whatever
+// the shape of the engine's times (an engine that queues inside, as Ollama
+// does past its slots, has a long tail). The margin then corrects it by
+// what became of the requests admitted to wait (judgeLocked); it never
+// goes below the mean.
 func (q *Queue) engineTailLocked() time.Duration {
-	return max(q.engineP95, q.engineTime)
+	tail := max(q.engineP95, q.engineTime)
+	return max(tail+q.margin, q.engineTime)
+}
+
+// judgeLocked learns the margin from one request admitted to wait against
+// the objective: miss says it finished past the objective or was refused
+// at its queue deadline. The margin moves up SLO/40 on a miss and down
+// just enough on a hit that it settles where MissTarget of such requests
+// miss (a stochastic quantile tracker). The engine's 95th percentile
+// alone is a guess: an engine with a long tail (Ollama's slots) makes it
+// refuse requests that would have been served in time, and a wait
+// predicted short makes it admit some that will not be. Down, it stops at
+// the engine's mean time, where the queue deadline would refuse them
+// late; up, at half the objective.
+func (q *Queue) judgeLocked(miss bool) {
+	step := q.cfg.SLO / 40
+	if miss {
+		q.margin += step
+	} else {
+		q.margin -= time.Duration(float64(step) * MissTarget / (1 - MissTarget))
+	}
+	lo := q.engineTime - max(q.engineP95, q.engineTime)
+	q.margin = min(max(q.margin, lo), q.cfg.SLO/2)
 }
 
 // EngineTail is the engine's tail time per request (see engineTailLocked).
@@ -630,7 +677,7 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 		q.queuedSlots[w.req.Class] -= w.req.Weight
 		q.window.account(now, q.inflight)
 		q.inflight += w.req.Weight
-		w.ticket = &Ticket{q: q, weight: w.req.Weight, dispatched: now}
+		w.ticket = &Ticket{q: q, weight: w.req.Weight, dispatched: now, arrived: w.arrived}
 		released = append(released, w)
 	}
 	q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
@@ -764,6 +811,10 @@ type Stats struct {
 	RateLearned bool    `json:"completion_rate_learned"`
 	// EngineSeconds is the recent average time a request holds its slots.
 	EngineSeconds float64 `json:"engine_seconds_per_request"`
+	// AdmissionTailSeconds is the engine time admission adds to a
+	// predicted wait before comparing it with the objective: the engine's
+	// recent 95th percentile corrected by the learned margin.
+	AdmissionTailSeconds float64 `json:"admission_tail_seconds"`
 }
 
 // Stats returns a snapshot of the queue's state.
@@ -782,6 +833,8 @@ func (q *Queue) Stats() Stats {
 		RateRPS:       q.rate.rate(),
 		RateLearned:   q.rate.learned(),
 		EngineSeconds: q.engineTime.Seconds(),
+
+		AdmissionTailSeconds: q.engineTailLocked().Seconds(),
 	}
 }
 
@@ -821,6 +874,9 @@ func (t *Ticket) Release() {
 		copy(sorted, last)
 		slices.Sort(sorted)
 		q.engineP95 = sorted[len(sorted)*95/100]
+		if !t.arrived.IsZero() {
+			q.judgeLocked(now.Sub(t.arrived) > q.cfg.SLO)
+		}
 	}
 	q.rate.complete(now, t.weight, q.blockedLocked())
 	q.window.trackBlocked(now, q.blockedLocked())

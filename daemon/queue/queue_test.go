@@ -797,3 +797,108 @@ func TestSLOAdmissionFitsTheTail(t *testing.T) {
 		a.Release()
 	})
 }
+
+// The tail that admission adds to a predicted wait is corrected by what
+// became of the requests it let wait: while they all finish well inside
+// the objective it loosens toward the engine's mean time (a long-tailed
+// engine's 95th percentile refused requests that would have been served
+// in time), and when they miss, or time out in the queue, it tightens past
+// the 95th percentile.
+func TestAdmissionMarginLearnsFromOutcomes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 1, 10, 1, 20*time.Second, 5*time.Second
+		q := New(c, nil, nil)
+		ctx := context.Background()
+		// The engine: 1 s, one in ten 3 s; nothing waits yet.
+		for i := range 100 {
+			a, _ := q.Acquire(ctx, Request{Weight: 1})
+			d := time.Second
+			if i%10 == 9 {
+				d = 3 * time.Second
+			}
+			time.Sleep(d)
+			a.Release()
+		}
+		p95 := q.EngineTail()
+		if p95 != 3*time.Second {
+			t.Fatalf("tail before any request waited: %s, want the engine's 95th percentile, 3s", p95)
+		}
+		// Requests that wait behind one and finish in 2 or 4 s, all inside
+		// the 5 s objective; the engine's times keep their long tail.
+		for i := range 600 {
+			a, _ := q.Acquire(ctx, Request{Weight: 1})
+			b := acquireAsync(q, ctx, Request{Weight: 1})
+			d := time.Second
+			if i%10 == 9 {
+				d = 3 * time.Second
+			}
+			time.Sleep(d)
+			a.Release()
+			r := <-b
+			if r.err != nil {
+				t.Fatalf("a request waiting 1 s under a 5 s objective: %v", r.err)
+			}
+			time.Sleep(time.Second)
+			r.t.Release()
+		}
+		if tail, mean := q.EngineTail(), q.EngineTime(); tail != mean || q.engineP95 != 3*time.Second {
+			t.Fatalf("after 600 waiting requests inside the objective: tail %s (95th percentile %s), want the engine's mean %s", tail, q.engineP95, mean)
+		}
+		// Now the engine hangs 10 s: a request waiting behind it reaches
+		// its queue deadline and is refused late, and after a few of
+		// those admission refuses at arrival.
+		late, m0 := 0, q.margin
+		for {
+			a, _ := q.Acquire(ctx, Request{Weight: 1})
+			b := acquireAsync(q, ctx, Request{Weight: 1})
+			time.Sleep(10 * time.Second)
+			a.Release()
+			r := <-b
+			if r.err == nil {
+				t.Fatal("a request behind a 10 s one under a 5 s objective was served")
+			}
+			if refusal(t, r.err).Reason == ReasonSLO {
+				break
+			}
+			late++
+		}
+		if want := m0 + time.Duration(late)*c.SLO/40; late == 0 || late > 10 || q.margin < want {
+			t.Fatalf("%d late refusals moved the margin from %s to %s; want a few, each adding at least 1/40 of the objective (%s)", late, m0, q.margin, want)
+		}
+	})
+}
+
+// The margin settles where MissTarget of the judged requests miss: it
+// climbs to its ceiling (half the objective) when more miss, sinks to its
+// floor (the engine's mean time) when fewer do, and each miss or hit moves
+// it by the step the doc states.
+func TestMarginTracksMissRate(t *testing.T) {
+	c := cfg()
+	c.SLO = 4 * time.Second
+	q := New(c, nil, nil)
+	q.engineTime, q.engineP95 = time.Second, 3*time.Second
+	run := func(n, every int) {
+		for i := range n {
+			q.judgeLocked(i%every == 0)
+		}
+	}
+	q.judgeLocked(true)
+	if q.margin != 100*time.Millisecond {
+		t.Fatalf("one miss: margin %s, want 1/40 of the objective", q.margin)
+	}
+	run(1000, 10) // 10% miss
+	if q.margin < 1950*time.Millisecond {
+		t.Fatalf("10%% missing: margin %s, want the ceiling, 2s", q.margin)
+	}
+	run(3000, 100) // 1% miss
+	if q.margin > -1900*time.Millisecond || q.engineTailLocked() > 1100*time.Millisecond {
+		t.Fatalf("1%% missing: margin %s, tail %s; want the floor, the tail at the mean (1s)", q.margin, q.engineTailLocked())
+	}
+	q.margin = 0
+	m := q.margin
+	run(3300, 33) // 3.03%: it stays near where it is (100 misses move it 2.5 s)
+	if d := q.margin - m; d < -150*time.Millisecond || d > 150*time.Millisecond {
+		t.Fatalf("3%% missing moved the margin from %s to %s; want it to stay near", m, q.margin)
+	}
+}
