@@ -46,6 +46,7 @@ import (
 	"github.com/llmlab/llmlab/daemon/auth"
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/ratelimit"
+	"github.com/llmlab/llmlab/daemon/recent"
 )
 
 // Engine is the gateway's view of the engine's lifecycle.
@@ -84,6 +85,7 @@ type Gateway struct {
 	proxy     *httputil.ReverseProxy
 	coalescer *coalescer
 	metrics   *metrics
+	recent    *recent.Window
 	lastWork  atomic.Int64 // unix nanos of the latest work request's arrival
 	// maxModelLen is the engine's context length as its /v1/models last
 	// said (0: not known).
@@ -93,9 +95,9 @@ type Gateway struct {
 // New returns a gateway in front of cfg.EngineURL. keys may be nil (no
 // authentication).
 func New(cfg Config, keys *auth.Keys, engine Engine, warmup queue.Warmup, reg prometheus.Registerer, log *slog.Logger) *Gateway {
-	g := &Gateway{log: log, engine: engine, limiter: ratelimit.New(cfg.RateLimit)}
+	g := &Gateway{log: log, engine: engine, limiter: ratelimit.New(cfg.RateLimit), recent: recent.New(time.Now())}
 	g.settings.Store(&settings{cfg: cfg, keys: keys})
-	g.metrics = newMetrics(reg, func() queue.Stats { return g.queue.Stats() })
+	g.metrics = newMetrics(reg, func() queue.Stats { return g.queue.Stats() }, cfg.Queue.SLO)
 	g.queue = queue.New(cfg.Queue, warmup, g.metrics)
 	g.transport = newEngineTransport()
 	g.proxy = &httputil.ReverseProxy{
@@ -381,6 +383,12 @@ func retrySeconds(d time.Duration) int {
 	return max(1, int((d+time.Second-1)/time.Second))
 }
 
+// Recent summarises the last minute's answers against the latency
+// objective.
+func (g *Gateway) Recent() recent.Summary {
+	return g.recent.Summary(time.Now(), g.settings.Load().cfg.Queue.SLO)
+}
+
 // finish counts the request and writes its access-log line.
 func (g *Gateway) finish(rec *recorder, st *reqState) {
 	status := rec.status
@@ -401,6 +409,7 @@ func (g *Gateway) finish(rec *recorder, st *reqState) {
 		}
 	}
 	elapsed := time.Since(st.start)
+	g.recent.Add(time.Now(), st.outcome, elapsed)
 	m := g.metrics
 	m.requests.WithLabelValues(st.route, st.outcome, strconv.Itoa(status)).Inc()
 	m.duration.WithLabelValues(st.route).Observe(elapsed.Seconds())

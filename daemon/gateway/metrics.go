@@ -1,6 +1,9 @@
 package gateway
 
 import (
+	"slices"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmlab/llmlab/daemon/queue"
@@ -26,7 +29,19 @@ type metrics struct {
 
 var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 60}
 
-func newMetrics(reg prometheus.Registerer, stats func() queue.Stats) *metrics {
+// bucketsWith returns latencyBuckets with slo among them, so that the
+// share of requests within the objective (goodput) is exact from the
+// histogram: a dashboard reads le="<slo>".
+func bucketsWith(slo time.Duration) []float64 {
+	b := slices.Clone(latencyBuckets)
+	if s := slo.Seconds(); s > 0 && !slices.Contains(b, s) {
+		b = append(b, s)
+		slices.Sort(b)
+	}
+	return b
+}
+
+func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Duration) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmlab_requests_total",
@@ -34,8 +49,8 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats) *metrics {
 		}, []string{"route", "outcome", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "llmlab_request_duration_seconds",
-			Help:    "Time from a request's arrival to the end of its answer.",
-			Buckets: latencyBuckets,
+			Help:    "Time from a request's arrival to the end of its answer; a bucket boundary sits at the latency objective (slo.latency at start).",
+			Buckets: bucketsWith(slo),
 		}, []string{"route"}),
 		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "llmlab_queue_wait_seconds",
@@ -100,6 +115,8 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats) *metrics {
 			stat(func(s queue.Stats) float64 { return s.EngineSeconds })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_admission_tail_seconds", Help: "Engine time admission adds to a request's predicted wait before comparing it with the latency objective: the engine's recent 95th percentile, corrected by how many of the requests it let wait missed the objective."},
 			stat(func(s queue.Stats) float64 { return s.AdmissionTailSeconds })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_admission_miss_budget", Help: "Requests admission may still let finish past the latency objective on purpose (the objective's miss budget: 3% of interactive requests, spent on those predicted past the engine's tail time but not its mean)."},
+			stat(func(s queue.Stats) float64 { return s.MissBudget })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_limit", Help: "Most sequences allowed to wait in the queue."},
 			stat(func(s queue.Stats) float64 { return float64(s.MaxQueued) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_completion_rate", Help: "Sequences per second the engine completes, as admission predicts waits with (nominal until learned)."},

@@ -163,6 +163,10 @@ type Queue struct {
 	// predicted wait, learned from what became of the requests it let
 	// wait (see judgeLocked).
 	margin time.Duration
+	// budget is the objective's miss budget, in requests (see
+	// spendLocked): what admission may spend on requests predicted past
+	// the tail but not past the mean.
+	budget float64
 	window Window
 }
 
@@ -171,6 +175,20 @@ type Queue struct {
 // deadline). It is below the 5% a 95th-percentile objective allows, so
 // that the requests that never waited, and noise, still fit.
 const MissTarget = 0.03
+
+// MissBudget is the share of interactive requests that admission lets
+// finish past the objective on purpose: a 95th-percentile objective
+// allows 5%, and refusing a request that would only have been among them
+// turns a slow answer that counts as met into an error. Each completed
+// interactive request earns MissBudget of a request; each miss, and each
+// request admitted although its predicted wait plus the engine's tail time
+// is past the objective, spends one; a request so admitted that finishes in
+// time gives its share back.
+const MissBudget = 0.03
+
+// minBudgetCap is the fewest such requests that may be outstanding at
+// once; more at high rates (budgetCapLocked).
+const minBudgetCap = 4
 
 // Window is what happened since the last TakeWindow: the adaptive limit's
 // input.
@@ -223,11 +241,15 @@ func (w *Window) account(now time.Time, inflight int) {
 
 type waiter struct {
 	req     Request
-	arrived time.Time // set when the request is judged against the objective
-	ready   chan struct{}
-	elem    *list.Element
-	ticket  *Ticket
-	refusal *Refusal
+	arrived time.Time
+	// onBudget says admission spent the miss budget on it; judged that
+	// its outcome teaches the margin (admitted to wait by the tail rule,
+	// the engine ready).
+	onBudget, judged bool
+	ready            chan struct{}
+	elem             *list.Element
+	ticket           *Ticket
+	refusal          *Refusal
 }
 
 // Ticket is an admitted request's hold on engine slots.
@@ -238,9 +260,11 @@ type Ticket struct {
 	group      *Group
 	released   bool
 	dispatched time.Time
-	// arrived is set on the requests that admission let wait against the
-	// objective: their end-to-end time teaches the margin.
-	arrived time.Time
+	arrived    time.Time
+	// interactive tickets under an objective earn and spend the miss
+	// budget; onBudget ones were admitted on it; the outcome of judged
+	// ones teaches the margin.
+	interactive, onBudget, judged bool
 }
 
 // Group is the set of tickets with the same Key dispatched together.
@@ -260,7 +284,7 @@ func (g *Group) Index(t *Ticket) int {
 
 // New returns a queue with the given limits. warmup and obs may be nil.
 func New(cfg Config, warmup Warmup, obs Observer) *Queue {
-	q := &Queue{cfg: cfg, warmup: warmup, obs: obs}
+	q := &Queue{cfg: cfg, warmup: warmup, obs: obs, budget: minBudgetCap}
 	now := time.Now()
 	q.window.Start, q.window.last, q.window.lastB = now, now, now
 	q.rate.nominal = cfg.NominalRPS
@@ -380,7 +404,8 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		r.Class = Interactive
 	}
 	q.mu.Lock()
-	if ref := q.admitLocked(r); ref != nil {
+	ref, onBudget := q.admitLocked(r)
+	if ref != nil {
 		switch ref.Reason {
 		case ReasonQueueFull, ReasonOverloaded, ReasonSLO:
 			q.window.Refused++
@@ -399,7 +424,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		if q.obs != nil {
 			q.obs.Dispatched(1)
 		}
-		return &Ticket{q: q, weight: r.Weight, dispatched: now}, nil
+		return &Ticket{q: q, weight: r.Weight, dispatched: now, arrived: now, interactive: r.Class == Interactive && q.cfg.SLO > 0}, nil
 	}
 	why := "no_slot"
 	switch {
@@ -409,11 +434,13 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		why = "engine_saturated"
 	case q.cfg.BatchWindow > 0:
 		why = "batch_window"
+	case onBudget:
+		why = "miss_budget"
 	}
 	wait := q.deadlineLocked(r.Class)
-	w := &waiter{req: r, ready: make(chan struct{})}
-	if r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 {
-		w.arrived = now
+	w := &waiter{req: r, ready: make(chan struct{}), onBudget: onBudget, arrived: now}
+	if r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 && !onBudget {
+		w.judged = true
 	}
 	w.elem = q.waiters[r.Class].PushBack(w)
 	q.queuedSlots[r.Class] += r.Weight
@@ -449,8 +476,12 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		return nil, err
 	}
 	q.window.Refused++
-	if !w.arrived.IsZero() {
-		q.judgeLocked(true) // admitted, then refused late: the worst miss
+	if r.Class == Interactive && q.cfg.SLO > 0 {
+		// Admitted, then refused late: the worst miss.
+		q.settleLocked(w.onBudget, true)
+		if w.judged {
+			q.judgeLocked(true)
+		}
 	}
 	q.decided(r.Class, "refuse", ReasonQueueTimeout)
 	return nil, &Refusal{
@@ -495,19 +526,19 @@ func (q *Queue) aheadLocked(class int) int {
 }
 
 // admitLocked applies the admission rules of the package doc.
-func (q *Queue) admitLocked(r Request) *Refusal {
+func (q *Queue) admitLocked(r Request) (ref *Refusal, onBudget bool) {
 	if r.Weight > q.cfg.MaxInflight {
 		return &Refusal{Status: http.StatusBadRequest, Reason: ReasonTooManyTokens,
-			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}
+			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}, false
 	}
 	if q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class) {
 		// Even while draining: the request reached a connection accepted
 		// before the listeners closed, and a free slot costs it no wait.
-		return nil
+		return nil, false
 	}
 	if q.draining {
 		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonDraining,
-			Message: "the server is shutting down", RetryAfter: time.Second}
+			Message: "the server is shutting down", RetryAfter: time.Second}, false
 	}
 	if r.Class == Interactive {
 		// Batch work makes room for interactive work, newest first.
@@ -517,21 +548,27 @@ func (q *Queue) admitLocked(r Request) *Refusal {
 	}
 	if q.queuedSlotsLocked()+r.Weight > q.cfg.MaxQueued {
 		return &Refusal{Status: http.StatusTooManyRequests, Reason: ReasonQueueFull,
-			Message: fmt.Sprintf("the queue is full (%d sequences waiting); retry later", q.queuedSlotsLocked()), RetryAfter: q.drainTimeLocked()}
+			Message: fmt.Sprintf("the queue is full (%d sequences waiting); retry later", q.queuedSlotsLocked()), RetryAfter: q.drainTimeLocked()}, false
 	}
 	maxWait := q.maxWaitLocked(r.Class)
 	wait := q.predictLocked(r.Weight, r.Class)
 	if wait > maxWait+q.remainingStart() {
 		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonOverloaded,
-			Message: fmt.Sprintf("the predicted wait of %s exceeds the %s limit; the server is overloaded", wait.Round(time.Millisecond), maxWait), RetryAfter: wait - maxWait}
+			Message: fmt.Sprintf("the predicted wait of %s exceeds the %s limit; the server is overloaded", wait.Round(time.Millisecond), maxWait), RetryAfter: wait - maxWait}, false
 	}
 	if tail := q.engineTailLocked(); r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 && wait+tail > q.cfg.SLO {
+		if wait+q.engineTime <= q.cfg.SLO && q.budget >= 1 {
+			// Predicted past the tail, not past the mean: let it be one of
+			// the misses the objective allows.
+			q.budget--
+			return nil, true
+		}
 		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonSLO,
 			Message: fmt.Sprintf("the predicted wait of %s plus the engine's %s per request exceeds the %s latency objective; the server is overloaded",
 				wait.Round(time.Millisecond), tail.Round(time.Millisecond), q.cfg.SLO),
-			RetryAfter: wait + tail - q.cfg.SLO}
+			RetryAfter: wait + tail - q.cfg.SLO}, false
 	}
-	return nil
+	return nil, false
 }
 
 // engineTailLocked is the engine time that admission adds to a predicted
@@ -545,6 +582,28 @@ func (q *Queue) admitLocked(r Request) *Refusal {
 func (q *Queue) engineTailLocked() time.Duration {
 	tail := max(q.engineP95, q.engineTime)
 	return max(tail+q.margin, q.engineTime)
+}
+
+// budgetCapLocked is the most of the miss budget kept: minBudgetCap, or
+// twice what the requests of one objective's span earn at the current
+// completion rate.
+func (q *Queue) budgetCapLocked() float64 {
+	return max(minBudgetCap, 2*MissBudget*q.rate.rate()*q.cfg.SLO.Seconds())
+}
+
+// settleLocked accounts for one interactive request's end: it earns
+// MissBudget; a late one spends a request, unless admission spent it
+// already (onBudget); an onBudget one in time gives its request back.
+func (q *Queue) settleLocked(onBudget, late bool) {
+	q.budget += MissBudget
+	switch {
+	case late && !onBudget:
+		q.budget--
+	case !late && onBudget:
+		q.budget++
+	}
+	c := q.budgetCapLocked()
+	q.budget = min(max(q.budget, -c), c)
 }
 
 // judgeLocked learns the margin from one request admitted to wait against
@@ -677,7 +736,8 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 		q.queuedSlots[w.req.Class] -= w.req.Weight
 		q.window.account(now, q.inflight)
 		q.inflight += w.req.Weight
-		w.ticket = &Ticket{q: q, weight: w.req.Weight, dispatched: now, arrived: w.arrived}
+		w.ticket = &Ticket{q: q, weight: w.req.Weight, dispatched: now, arrived: w.arrived,
+			interactive: w.req.Class == Interactive && q.cfg.SLO > 0, onBudget: w.onBudget, judged: w.judged}
 		released = append(released, w)
 	}
 	q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
@@ -815,6 +875,8 @@ type Stats struct {
 	// predicted wait before comparing it with the objective: the engine's
 	// recent 95th percentile corrected by the learned margin.
 	AdmissionTailSeconds float64 `json:"admission_tail_seconds"`
+	// MissBudget is the objective's miss budget left, in requests.
+	MissBudget float64 `json:"miss_budget"`
 }
 
 // Stats returns a snapshot of the queue's state.
@@ -835,6 +897,7 @@ func (q *Queue) Stats() Stats {
 		EngineSeconds: q.engineTime.Seconds(),
 
 		AdmissionTailSeconds: q.engineTailLocked().Seconds(),
+		MissBudget:           q.budget,
 	}
 }
 
@@ -874,8 +937,12 @@ func (t *Ticket) Release() {
 		copy(sorted, last)
 		slices.Sort(sorted)
 		q.engineP95 = sorted[len(sorted)*95/100]
-		if !t.arrived.IsZero() {
-			q.judgeLocked(now.Sub(t.arrived) > q.cfg.SLO)
+	}
+	if t.interactive {
+		late := now.Sub(t.arrived) > q.cfg.SLO
+		q.settleLocked(t.onBudget, late)
+		if t.judged {
+			q.judgeLocked(late)
 		}
 	}
 	q.rate.complete(now, t.weight, q.blockedLocked())

@@ -770,7 +770,9 @@ func TestWindowAveragesInflight(t *testing.T) {
 // average, to fit in the objective with the predicted wait: with nine
 // requests of 1 s for each of 3 s, one predicted to wait 0.25 s is refused
 // under a 2.5 s objective (0.25 s + a tail of 3 s), though the average
-// (1.2 s) would have let it in to be answered late one time in ten.
+// (1.2 s) would have let it in to be answered late one time in ten. (The
+// miss budget cannot let it in either: the engine's own 3 s answers, one
+// in ten, have spent it.)
 func TestSLOAdmissionFitsTheTail(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
@@ -901,4 +903,59 @@ func TestMarginTracksMissRate(t *testing.T) {
 	if d := q.margin - m; d < -150*time.Millisecond || d > 150*time.Millisecond {
 		t.Fatalf("3%% missing moved the margin from %s to %s; want it to stay near", m, q.margin)
 	}
+}
+
+// The objective's miss budget: with the engine's tail (3 s) far above its
+// mean, requests predicted past the tail but not past the mean are still
+// admitted while the budget lasts (4 at first), then refused; those that
+// finish in time give their share back.
+func TestMissBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 1, 20, 4, 10*time.Second, 4*time.Second
+		q := New(c, nil, nil)
+		ctx := context.Background()
+		for i := range 100 {
+			a, _ := q.Acquire(ctx, Request{Weight: 1})
+			d := 200 * time.Millisecond
+			if i%100 < 6 {
+				d = 3 * time.Second
+			}
+			time.Sleep(d)
+			a.Release()
+		}
+		if q.EngineTail() != 3*time.Second || q.budget != minBudgetCap {
+			t.Fatalf("tail %s, budget %v; want 3s and a full budget (%d)", q.EngineTail(), q.budget, minBudgetCap)
+		}
+		a, _ := q.Acquire(ctx, Request{Weight: 1})
+		// At 4/s, the k-th waiting request is predicted to wait k/4 s: up to
+		// the 4th, wait + tail fits in 4 s; the 5th to 8th spend the budget;
+		// the 9th finds it spent.
+		var waiting []<-chan result
+		for k := 1; k <= 8; k++ {
+			waiting = append(waiting, acquireAsync(q, ctx, Request{Weight: 1}))
+			synctest.Wait()
+			if want := float64(minBudgetCap - max(0, k-4)); q.budget != want {
+				t.Fatalf("after the %d-th waiting request: budget %v, want %v", k, q.budget, want)
+			}
+		}
+		_, err := q.Acquire(ctx, Request{Weight: 1})
+		if ref := refusal(t, err); ref.Reason != ReasonSLO {
+			t.Fatalf("the 9th, with the budget spent: %+v, want refused (slo)", ref)
+		}
+		// All served quickly: in time, so the four give their share back.
+		time.Sleep(100 * time.Millisecond)
+		a.Release()
+		for _, ch := range waiting {
+			r := <-ch
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			r.t.Release()
+		}
+		if q.budget != minBudgetCap {
+			t.Fatalf("after they all finished in time: budget %v, want it back to %d", q.budget, minBudgetCap)
+		}
+	})
 }

@@ -408,7 +408,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	// st holds the running configuration (a reload swaps it); its gateway
 	// and engine are set once they exist, before anything serves.
-	st := &statusSource{gpu: mon, cfg: cfg, started: time.Now()}
+	st := &statusSource{gpu: mon, cfg: cfg, loadedAt: time.Now(), started: time.Now(), activated: activated}
 	engineEnv := func() []string {
 		var env []string
 		if adm != nil {

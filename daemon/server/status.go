@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/llmlab/llmlab/daemon/gateway"
 	"github.com/llmlab/llmlab/daemon/gpu"
 	"github.com/llmlab/llmlab/daemon/queue"
+	"github.com/llmlab/llmlab/daemon/recent"
 	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
@@ -22,9 +24,12 @@ type statusSource struct {
 	sup     *supervisor.Supervisor // nil when the engine is managed elsewhere
 	gpu     *gpu.Monitor           // nil when gpu.enabled is false
 	started time.Time
+	// activated says the API listeners came from systemd's socket.
+	activated bool
 
-	mu  sync.Mutex
-	cfg *config.Config
+	mu       sync.Mutex
+	cfg      *config.Config
+	loadedAt time.Time // when cfg was read
 }
 
 func (s *statusSource) cfgNow() *config.Config {
@@ -36,7 +41,7 @@ func (s *statusSource) cfgNow() *config.Config {
 func (s *statusSource) setCfg(c *config.Config) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.cfg = c
+	s.cfg, s.loadedAt = c, time.Now()
 }
 
 // line is the STATUS= text, e.g. "engine external; 3 queued, 12 in flight".
@@ -46,9 +51,35 @@ func (s *statusSource) line() string {
 }
 
 type statusDoc struct {
+	// Service is llmlabd itself.
+	Service struct {
+		PID     int       `json:"pid"`
+		Started time.Time `json:"started"`
+		// Activated says the API listeners came from systemd's socket.
+		Activated bool `json:"socket_activated"`
+		// IdleExit is how long llmlabd stays up with nothing to do (0:
+		// it never exits on idle).
+		IdleExitSeconds float64 `json:"idle_exit_seconds"`
+	} `json:"service"`
+	Config struct {
+		Path     string    `json:"path"`
+		LoadedAt time.Time `json:"loaded_at"`
+	} `json:"config"`
+	// SLO is the p95 latency objective (0: none).
+	SLO struct {
+		LatencySeconds float64 `json:"latency_seconds"`
+	} `json:"slo"`
+	// Recent is the last minute's answers.
+	Recent recent.Summary `json:"recent"`
 	Engine struct {
 		State string `json:"state"`
 		URL   string `json:"url"`
+		// Managed says llmlabd starts and stops the engine; Unit names its
+		// systemd unit when it does so through systemd.
+		Managed bool   `json:"managed"`
+		Unit    string `json:"unit,omitempty"`
+		// Lifecycle is the state's history in brief (managed engines).
+		Lifecycle *supervisor.Info `json:"lifecycle,omitempty"`
 		// ExpectedStartSeconds is the learned start time (supervised engines).
 		ExpectedStartSeconds float64 `json:"expected_start_seconds,omitempty"`
 		// MaxModelLen is the context length the engine reported (0: not
@@ -82,7 +113,22 @@ type gpuStatus struct {
 func (s *statusSource) serve(w http.ResponseWriter, _ *http.Request) {
 	cfg := s.cfgNow()
 	var d statusDoc
+	s.mu.Lock()
+	d.Config.LoadedAt = s.loadedAt
+	s.mu.Unlock()
+	d.Service.PID = os.Getpid()
+	d.Service.Started = s.started
+	d.Service.Activated = s.activated
+	d.Service.IdleExitSeconds = cfg.Gateway.ExitIdleTimeout.Seconds()
+	d.Config.Path = cfg.Path
+	d.SLO.LatencySeconds = cfg.SLO.Latency.Seconds()
+	d.Recent = s.gw.Recent()
 	d.Engine.State = s.engine.State()
+	d.Engine.Unit = cfg.Engine.Unit
+	if s.sup != nil {
+		info := s.sup.Info()
+		d.Engine.Managed, d.Engine.Lifecycle = true, &info
+	}
 	d.Engine.URL = cfg.Engine.URL.Redacted()
 	d.Engine.MaxModelLen = s.gw.MaxModelLen()
 	if s.sup != nil {

@@ -25,7 +25,9 @@ package supervisor
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -118,7 +120,38 @@ type Supervisor struct {
 	learnedStart atomic.Int64 // nanoseconds
 	learnedWake  atomic.Int64 // nanoseconds
 
+	infoMu sync.Mutex
+	info   Info
+
 	metrics *metrics
+}
+
+// Info is what an operator asks about the engine's lifecycle (llmlab
+// status): the state and since when, the last start and the last failure.
+type Info struct {
+	State string    `json:"state"`
+	Since time.Time `json:"since"`
+	// LastStart is when the last start that reached ready began, and
+	// LastStartSeconds how long it took (zero: none yet in this run).
+	LastStart        time.Time `json:"last_start,omitzero"`
+	LastStartSeconds float64   `json:"last_start_seconds,omitempty"`
+	// LastFailure says why the engine last failed to start or stopped
+	// unexpectedly, and when (empty: no failure in this run).
+	LastFailure   string    `json:"last_failure,omitempty"`
+	LastFailureAt time.Time `json:"last_failure_at,omitzero"`
+}
+
+// Info returns a snapshot of the engine's lifecycle.
+func (s *Supervisor) Info() Info {
+	s.infoMu.Lock()
+	defer s.infoMu.Unlock()
+	return s.info
+}
+
+func (s *Supervisor) noteInfo(f func(*Info)) {
+	s.infoMu.Lock()
+	defer s.infoMu.Unlock()
+	f(&s.info)
 }
 
 type metrics struct {
@@ -196,6 +229,11 @@ func (s *Supervisor) RemainingStart() time.Duration {
 }
 
 func (s *Supervisor) publish(state string) {
+	s.noteInfo(func(i *Info) {
+		if i.State != state {
+			i.State, i.Since = state, time.Now()
+		}
+	})
 	s.state.Store(state)
 	for _, st := range states {
 		v := 0.0
@@ -244,6 +282,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 		if err != nil {
 			s.log.Error("engine start failed", "err", err)
 			s.fail(set, &retryAt, &backoff, "the engine could not be started")
+			s.noteInfo(func(i *Info) { i.LastFailure = "the engine could not be started: " + err.Error() })
 			return
 		}
 		proc, exited = p, p.Done()
@@ -317,6 +356,9 @@ func (s *Supervisor) Run(ctx context.Context) {
 				s.metrics.starts.WithLabelValues("ready").Inc()
 				s.metrics.startTime.Observe(took.Seconds())
 				s.log.Info("engine ready", "start_time", took)
+				s.noteInfo(func(i *Info) {
+					i.LastStart, i.LastStartSeconds = time.Unix(0, s.startedAt.Load()), took.Seconds()
+				})
 				if s.cfg.OnReady != nil {
 					s.cfg.OnReady(ctx)
 				}
@@ -328,6 +370,9 @@ func (s *Supervisor) Run(ctx context.Context) {
 				s.log.Error("engine did not become healthy in time", "start_timeout", s.cfg.StartTimeout)
 				stop(ctx)
 				s.fail(set, &retryAt, &backoff, "the engine did not become ready in time")
+				s.noteInfo(func(i *Info) {
+					i.LastFailure = fmt.Sprintf("the engine did not become ready within engine.start_timeout (%s)", s.cfg.StartTimeout)
+				})
 			}
 		case <-exited:
 			s.log.Error("engine exited", "state", state)
@@ -372,6 +417,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 // fail records a failed start or a crash and fails the waiting requests.
 func (s *Supervisor) fail(set func(string), retryAt *time.Time, backoff *time.Duration, msg string) {
 	s.metrics.starts.WithLabelValues("failed").Inc()
+	s.noteInfo(func(i *Info) { i.LastFailure, i.LastFailureAt = msg, time.Now() })
 	set(Failed)
 	*retryAt = time.Now().Add(*backoff)
 	s.gate.FailWaiting("engine_unavailable", msg+"; retrying", *backoff+time.Duration(s.learnedStart.Load()))
