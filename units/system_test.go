@@ -12,6 +12,7 @@ package units
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -343,6 +344,7 @@ func TestSocketToEngineAndBackToZero(t *testing.T) {
 	if s := c.active("llmlab.service"); s == "active" {
 		t.Fatal("llmlab.service runs before any connection")
 	}
+	c.status("before any connection", 0, "llmlab: scaled to zero", "llmlab.socket active (listening) on 127.0.0.1:")
 	code, took, body := completion(t, api)
 	if code != 200 {
 		journal, _ := c.exec("journalctl", "--no-pager", "-n", "80")
@@ -357,11 +359,13 @@ func TestSocketToEngineAndBackToZero(t *testing.T) {
 		t.Fatalf("llmlabd runs as %q, want llmlab", user)
 	}
 	c.checkHardening()
+	c.status("while serving", 0, "llmlab: serving since", "engine:   ready since", "unit llmlab-vllm.service", "last cold start")
 	c.waitActive("llmlab-vllm.service", "inactive", 20*time.Second)
 	c.waitActive("llmlab.service", "inactive", 20*time.Second)
 	if s := c.active("llmlab.socket"); s != "active" {
 		t.Fatalf("llmlab.socket is %s after the daemon exited on idle", s)
 	}
+	c.status("after the exit on idle", 0, "llmlab: scaled to zero since")
 	// The second cold start gets a burst: all answered, none refused for
 	// concurrency while the engine starts.
 	codes := make(chan int, 24)
@@ -378,6 +382,35 @@ func TestSocketToEngineAndBackToZero(t *testing.T) {
 	}
 	if s := c.active("llmlab-vllm.service"); s != "active" {
 		t.Fatalf("engine unit %s after the second cold start", s)
+	}
+	c.must("systemctl", "stop", "llmlab.socket", "llmlab.service")
+	c.status("with the socket stopped", 3, "llmlab: not running", "systemctl start llmlab.socket")
+}
+
+// status runs llmlab status in the container and checks its exit code and
+// output; it must not have started llmlabd where it was not running.
+func (c *container) status(when string, code int, want ...string) {
+	c.t.Helper()
+	before := c.active("llmlab.service")
+	out, err := c.exec("llmlab", "status")
+	got := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		got = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatalf("llmlab status %s: %v\n%s", when, err, out)
+	}
+	if got != code {
+		c.t.Fatalf("llmlab status %s: exit %d, want %d\n%s", when, got, code, out)
+	}
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			c.t.Fatalf("llmlab status %s says\n%s\nwithout %q", when, out, w)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if after := c.active("llmlab.service"); before != "active" && after == "active" {
+		c.t.Fatalf("llmlab status %s started llmlab.service\n%s", when, out)
 	}
 }
 

@@ -30,6 +30,8 @@ func commands() []command {
 	return []command{
 		{"check-config", "[--show] [PATH]", "validate a configuration file (default /etc/llmlab/llmlab.toml)",
 			checkConfigFlags},
+		{"status", "", "the serving stack at a glance (never wakes a daemon scaled to zero); exit 0 serving or scaled to zero, 1 failed, 3 not running",
+			statusFlags},
 		{"demo", "", "the simulator, llmlabd in front of it, rising load, a results table", demoFlags},
 		{"bench", "", "send the fixed workload and report throughput, goodput and latency", benchFlagSet},
 		{"sim", "", "simulate a vLLM engine on a GPU profile (vLLM's API and metrics)", simFlags},

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/status"
+	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/daemon/server"
+)
+
+func statusFlags(fs *flag.FlagSet) runFunc {
+	path := fs.String("config", config.DefaultPath, "llmlabd's configuration (its metrics listener, API address and textfile)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	watch := fs.Duration("watch", 0, "refresh every DURATION (e.g. 2s) until interrupted")
+	noSystemd := fs.Bool("no-systemd", false, "do not ask systemd about llmlab's units")
+	return func(ctx context.Context, args []string) int {
+		if len(args) > 0 {
+			fmt.Fprintln(os.Stderr, "usage: llmlab status [--config PATH] [--json] [--watch DURATION]")
+			return 2
+		}
+		explicit := false
+		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+		cfg, _, err := server.LoadConfig(server.Options{ConfigPath: *path, Explicit: explicit})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		opts := status.Options{Config: cfg}
+		var problem string
+		if !*noSystemd {
+			if _, err := os.Stat("/run/systemd/system"); err == nil {
+				sd, err := status.ConnectSystemd(ctx)
+				if err != nil {
+					problem = "systemd: " + err.Error()
+				} else {
+					defer sd.Close()
+					opts.Units = sd
+				}
+			}
+		}
+		for {
+			r := status.Gather(ctx, opts)
+			if problem != "" {
+				r.Problems = append(r.Problems, problem)
+			}
+			if *watch > 0 {
+				fmt.Print("\033[H\033[2J") // clear the terminal
+			}
+			if *asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				_ = enc.Encode(r)
+			} else {
+				status.Render(os.Stdout, r, time.Now())
+			}
+			if *watch <= 0 {
+				return r.ExitCode()
+			}
+			select {
+			case <-ctx.Done():
+				return r.ExitCode()
+			case <-time.After(*watch):
+			}
+		}
+	}
+}

@@ -1,0 +1,130 @@
+package main_test
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/llmlab/llmlab/internal/metricsdoc"
+)
+
+var update = flag.Bool("update", false, "rewrite docs/metrics.md from the live registry")
+
+// docs/metrics.md's table of llmlabd's series is the live registry's: a
+// running llmlabd, in front of the simulator it manages, with adaptive
+// concurrency, after answered, refused, malformed and streamed requests,
+// serves exactly the families the table lists (GPU device series aside:
+// daemon/gpu checks those against NVML's mock), with the same types,
+// labels and help. go test -run TestMetricsCatalogue -args -update
+// rewrites the table.
+func TestMetricsCatalogue(t *testing.T) {
+	engineAddr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(engineAddr)
+	cfgPath := writeConfig(t, fmt.Sprintf(`[gateway]
+listen = "127.0.0.1:0"
+[engine]
+url = "http://%s"
+command = [%q, "sim", "--profile", "instant", "--startup-delay", "0s", "--host", %q, "--port", %q]
+[queue]
+concurrency = "adaptive"
+max_inflight = 4
+max_queued = 1
+[limits]
+rate = 1000.0
+[metrics]
+listen = "127.0.0.1:0"
+textfile = ""
+[log]
+format = "text"
+`, engineAddr, toolBinary, host, port))
+	d := start(t, nil, nil, "--config", cfgPath)
+	for range 3 {
+		if resp, body := post(t, d.api+"/v1/completions", `{"prompt":"x","max_tokens":3}`); resp.StatusCode != 200 {
+			t.Fatalf("request: %d %s", resp.StatusCode, body)
+		}
+	}
+	post(t, d.api+"/v1/completions", `{"prompt":`)
+	post(t, d.api+"/v1/chat/completions", `{"messages":[{"role":"user","content":"x"}],"max_tokens":3,"stream":true}`)
+	// The adaptive law's first update labels its counter; the engine's
+	// gauges come with its first scrape.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m := fetch(t, d.metrics+"/metrics")
+		if strings.Contains(m, "llmlab_adaptive_updates_total{") && strings.Contains(m, "llmlab_engine_requests_running ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no adaptive update or engine reading in 10 s:\n%s", m)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := http.Get(d.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []*dto.MetricFamily
+	for _, f := range fams {
+		list = append(list, f)
+	}
+	rows := metricsdoc.FromFamilies(list, "llmlab_")
+	// Per-device GPU series (a gpu label) need a GPU: daemon/gpu checks
+	// them against NVML's mock.
+	rows = slices.DeleteFunc(rows, func(r metricsdoc.Row) bool { return slices.Contains(r.Labels, "gpu") })
+	got := metricsdoc.Render(rows)
+
+	const path = "../../docs/metrics.md"
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *update {
+		out, ok := metricsdoc.Replace(string(doc), "llmlabd", got)
+		if !ok {
+			t.Fatalf("%s has no <!-- begin llmlabd --> section", path)
+		}
+		if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, ok := metricsdoc.Section(string(doc), "llmlabd")
+	if !ok {
+		t.Fatalf("%s has no <!-- begin llmlabd --> section", path)
+	}
+	if got != want {
+		t.Fatalf("docs/metrics.md is not the registry's (go test ./cmd/llmlabd -run TestMetricsCatalogue -args -update):\n%s", lineDiff(want, got))
+	}
+}
+
+// lineDiff lists the lines only in want (-) and only in got (+).
+func lineDiff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	var b strings.Builder
+	for _, l := range w {
+		if !slices.Contains(g, l) {
+			b.WriteString("- " + l + "\n")
+		}
+	}
+	for _, l := range g {
+		if !slices.Contains(w, l) {
+			b.WriteString("+ " + l + "\n")
+		}
+	}
+	return b.String()
+}
