@@ -262,6 +262,13 @@ func (c *container) snapshot() []string {
 // timeouts) and returns the API's URL.
 func useSimulator(c *container, t *testing.T) string {
 	t.Helper()
+	return useSimulatorWith(c, t, "")
+}
+
+// useSimulatorWith is useSimulator with llmlabd's metrics listener at
+// metrics ("": none).
+func useSimulatorWith(c *container, t *testing.T, metrics string) string {
+	t.Helper()
 	apiPort, enginePort := freePort(t), freePort(t)
 	c.write("/etc/systemd/system/llmlab.socket.d/test.conf", fmt.Sprintf("[Socket]\nListenStream=\nListenStream=127.0.0.1:%d\n", apiPort))
 	c.write("/etc/systemd/system/llmlab-vllm.service.d/test.conf", fmt.Sprintf(
@@ -274,8 +281,8 @@ unit = "llmlab-vllm.service"
 idle_timeout = "2s"
 expected_start_time = "2s"
 [metrics]
-listen = ""
-`, enginePort))
+listen = %q
+`, enginePort, metrics))
 	c.must("systemctl", "daemon-reload")
 	c.must("systemctl", "restart", "llmlab.socket")
 	return fmt.Sprintf("http://127.0.0.1:%d", apiPort)
@@ -442,7 +449,8 @@ func TestPermissionsAndEngineFailure(t *testing.T) {
 	expect503(t, api, "engine unit failing")
 	// Structured fields carry the unit and its result; -o verbose shows them.
 	journal := c.must("journalctl", "--no-pager", "-o", "verbose", "_COMM=llmlabd")
-	if !strings.Contains(journal, "UNIT=llmlab-vllm.service") || !strings.Contains(journal, "RESULT=exit-code") {
+	if !strings.Contains(journal, "ENGINE_UNIT=llmlab-vllm.service") || !strings.Contains(journal, "RESULT=exit-code") ||
+		!strings.Contains(journal, "ENGINE_STATE=failed") {
 		all, _ := c.exec("sh", "-c", "journalctl --no-pager -o verbose -n 300 | grep -E 'MESSAGE=|IDENTIFIER|^ *ERR|_COMM' | tail -60")
 		t.Fatalf("no journal line names the engine unit:\n%s\nlast entries:\n%s", journal, all)
 	}
@@ -799,5 +807,79 @@ func (c *container) checkHardening() {
 	}
 	if out, _ := inside("ls /dev"); !strings.Contains(out, "null") {
 		c.t.Errorf("llmlabd's /dev lacks null: %s", out)
+	}
+}
+
+// llmlab smoke right after install, through the socket: it waits through
+// the cold start and times it; with the engine unit failing on a model
+// missing from the cache it says so, with the unit's journal; with the
+// socket stopped it says that.
+func TestSmoke(t *testing.T) {
+	c, _, _ := bootWithPackage(t)
+	useSimulatorWith(c, t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	out, err := c.exec("llmlab", "smoke", "--timeout", "60s")
+	if err != nil || !strings.Contains(out, "engine ready") || !strings.Contains(out, "ok: ") {
+		journal, _ := c.exec("journalctl", "--no-pager", "-n", "60")
+		t.Fatalf("llmlab smoke after install: %v\n%s\n%s", err, out, journal)
+	}
+	t.Logf("llmlab smoke:\n%s", out)
+
+	// An engine whose model is not in the cache, as vLLM fails offline.
+	c.write("/usr/local/bin/vllm-offline", "#!/bin/sh\necho 'huggingface_hub.errors.LocalEntryNotFoundError: Cannot find an appropriate cached snapshot folder for the specified revision on the local disk' >&2\nexit 1\n")
+	c.must("chmod", "755", "/usr/local/bin/vllm-offline")
+	c.write("/etc/systemd/system/llmlab-vllm.service.d/zz-offline.conf", "[Service]\nExecStart=\nExecStart=/usr/local/bin/vllm-offline\n")
+	c.must("systemctl", "daemon-reload")
+	c.must("systemctl", "stop", "llmlab-vllm.service")
+	out, err = c.exec("llmlab", "smoke", "--timeout", "60s")
+	if err == nil || !strings.Contains(out, "FAIL: the model is not in the local cache") || !strings.Contains(out, "LocalEntryNotFoundError") {
+		t.Fatalf("llmlab smoke with the model missing: %v\n%s", err, out)
+	}
+	c.must("systemctl", "stop", "llmlab.socket", "llmlab.service")
+	out, err = c.exec("llmlab", "smoke", "--timeout", "10s")
+	if err == nil || !strings.Contains(out, "llmlab.socket is inactive (dead): the socket is not listening") {
+		t.Fatalf("llmlab smoke with nothing listening: %v\n%s", err, out)
+	}
+}
+
+// Every command on a "$ " line of docs/operations.md works as written on
+// the installed package, after one request: it succeeds and prints
+// something (systemctl reload says nothing on success).
+func TestOperationsCommands(t *testing.T) {
+	doc, err := os.ReadFile("../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmds []string
+	for _, line := range strings.Split(string(doc), "\n") {
+		if cmd, ok := strings.CutPrefix(line, "$ "); ok {
+			cmds = append(cmds, cmd)
+		}
+	}
+	if len(cmds) < 10 {
+		t.Fatalf("docs/operations.md lists %d commands", len(cmds))
+	}
+	c, _, _ := bootWithPackage(t)
+	apiPort, enginePort := freePort(t), freePort(t)
+	c.write("/etc/systemd/system/llmlab.socket.d/test.conf", fmt.Sprintf("[Socket]\nListenStream=\nListenStream=127.0.0.1:%d\n", apiPort))
+	c.write("/etc/systemd/system/llmlab-vllm.service.d/test.conf", fmt.Sprintf(
+		"[Service]\nExecStart=\nExecStart=/usr/bin/llmlab sim --profile instant --startup-delay 1s --port %d\n", enginePort))
+	// The documented metrics address, 127.0.0.1:9180, as shipped.
+	c.write("/etc/llmlab/llmlab.toml", fmt.Sprintf(`[gateway]
+exit_idle_timeout = "5m"
+[engine]
+url = "http://127.0.0.1:%d"
+unit = "llmlab-vllm.service"
+`, enginePort))
+	c.must("systemctl", "daemon-reload")
+	c.must("systemctl", "restart", "llmlab.socket")
+	if code, _, body := completion(t, fmt.Sprintf("http://127.0.0.1:%d", apiPort)); code != 200 {
+		t.Fatalf("first request: %d %s", code, body)
+	}
+	for _, cmd := range cmds {
+		out, err := c.exec("sh", "-c", cmd)
+		silent := strings.HasPrefix(cmd, "systemctl reload") // says nothing on success
+		if err != nil || (!silent && strings.TrimSpace(out) == "") || strings.Contains(out, "-- No entries --") {
+			t.Fatalf("docs/operations.md: %q: %v\n%s", cmd, err, out)
+		}
 	}
 }

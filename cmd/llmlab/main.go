@@ -32,6 +32,8 @@ func commands() []command {
 			checkConfigFlags},
 		{"status", "", "the serving stack at a glance (never wakes a daemon scaled to zero); exit 0 serving or scaled to zero, 1 failed, 3 not running",
 			statusFlags},
+		{"smoke", "", "one streamed chat completion through the socket, each step timed (cold start included), the answer checked; exit 1 with the reason when it fails",
+			smokeFlags},
 		{"demo", "", "the simulator, llmlabd in front of it, rising load, a results table", demoFlags},
 		{"bench", "", "send the fixed workload and report throughput, goodput and latency", benchFlagSet},
 		{"sim", "", "simulate a vLLM engine on a GPU profile (vLLM's API and metrics)", simFlags},

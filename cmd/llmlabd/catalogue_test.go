@@ -4,8 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -68,13 +68,15 @@ format = "text"
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	resp, err := http.Get(d.metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	scrape := fetch(t, d.metrics+"/metrics")
+	// Prometheus's own linter finds nothing to say about it.
+	check := exec.Command(promtool(t), "check", "metrics")
+	check.Stdin = strings.NewReader(scrape)
+	if out, err := check.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("promtool check metrics on a live /metrics: %v\n%s", err, out)
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
-	resp.Body.Close()
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(scrape))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,4 +129,21 @@ func lineDiff(want, got string) string {
 		}
 	}
 	return b.String()
+}
+
+// promtool is Debian's, from $LLMLAB_PROMTOOL (make test sets it),
+// PATH, or fetched by monitoring/promtool.sh.
+func promtool(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("LLMLAB_PROMTOOL"); p != "" {
+		return p
+	}
+	if p, err := exec.LookPath("promtool"); err == nil {
+		return p
+	}
+	out, err := exec.Command("sh", "../../monitoring/promtool.sh").Output()
+	if err != nil {
+		t.Fatalf("no promtool (sh monitoring/promtool.sh fetches Debian's): %v", err)
+	}
+	return strings.TrimSpace(string(out))
 }

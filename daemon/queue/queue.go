@@ -30,7 +30,9 @@
 //     starts at the engine's recent 95th percentile and is corrected by a
 //     margin learned from the requests admitted to wait: it settles where
 //     MissTarget of them finish past the objective or time out in the
-//     queue.
+//     queue. A request predicted past the tail but not past the engine's
+//     mean is admitted while the objective's miss budget (MissBudget)
+//     lasts.
 //  6. Otherwise queue it. A request still queued at its deadline gets 503
 //     (queue_timeout); one whose client leaves is removed at once.
 //
@@ -602,8 +604,9 @@ func (q *Queue) settleLocked(onBudget, late bool) {
 	case !late && onBudget:
 		q.budget++
 	}
-	c := q.budgetCapLocked()
-	q.budget = min(max(q.budget, -c), c)
+	// No debt: after a spell of misses (a cold start, an overload) the
+	// budget earns its way back from zero, at 0.03 a request.
+	q.budget = min(max(q.budget, 0), q.budgetCapLocked())
 }
 
 // judgeLocked learns the margin from one request admitted to wait against

@@ -435,7 +435,11 @@ func Run(ctx context.Context, o Options) error {
 		if adm != nil {
 			sc.OnReady, sc.AfterStop = adm.NoteRunning, adm.AfterStop
 		}
-		sup = supervisor.New(sc, backend, nil, reg, log.With("component", "supervisor"))
+		supLog := log.With("component", "supervisor")
+		if cfg.Engine.Unit != "" {
+			supLog = supLog.With("engine_unit", cfg.Engine.Unit) // ENGINE_UNIT in the journal
+		}
+		sup = supervisor.New(sc, backend, nil, reg, supLog)
 		engine, warmup = sup, sup
 	}
 	gw := gateway.New(gatewayConfig(cfg), keys, engine, warmup, reg, log)

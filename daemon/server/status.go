@@ -88,6 +88,7 @@ type statusDoc struct {
 	} `json:"engine"`
 	Queue  queue.Stats `json:"queue"`
 	Limits struct {
+		Concurrency        string  `json:"concurrency"`
 		MaxWaitSeconds     float64 `json:"max_wait_seconds"`
 		BatchWindowSeconds float64 `json:"batch_window_seconds"`
 		MaxBatch           int     `json:"max_batch"`
@@ -135,6 +136,7 @@ func (s *statusSource) serve(w http.ResponseWriter, _ *http.Request) {
 		d.Engine.ExpectedStartSeconds = s.sup.LearnedStart().Seconds()
 	}
 	d.Queue = s.gw.QueueStats()
+	d.Limits.Concurrency = cfg.Queue.Concurrency
 	d.Limits.MaxWaitSeconds = cfg.Queue.MaxWait.Seconds()
 	d.Limits.BatchWindowSeconds = cfg.Queue.BatchWindow.Seconds()
 	d.Limits.MaxBatch = cfg.Queue.MaxBatch

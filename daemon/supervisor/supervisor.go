@@ -262,7 +262,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 	defer housekeeper.Stop()
 	set := func(st string) {
 		if st != state {
-			s.log.Info("engine state", "from", state, "to", st)
+			s.log.Info("engine state", "from", state, "to", st, "engine_state", st)
 		}
 		state = st
 		s.publish(st)

@@ -162,7 +162,8 @@ func (p *unitProcess) watch(updates <-chan *sddbus.PropertiesUpdate, errs <-chan
 
 func (p *unitProcess) log(msg string, args ...any) {
 	if p.s.Log != nil {
-		p.s.Log.Warn(msg, append([]any{"unit", p.s.Unit}, args...)...)
+		// ENGINE_UNIT in the journal: UNIT is systemd's own field.
+		p.s.Log.Warn(msg, append([]any{"engine_unit", p.s.Unit}, args...)...)
 	}
 }
 

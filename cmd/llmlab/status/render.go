@@ -79,7 +79,7 @@ func renderDaemon(w io.Writer, d *Daemon, now time.Time) {
 	fmt.Fprintf(w, "  engine:   %s\n", eng)
 	q := d.Queue
 	limit := fmt.Sprintf("limit %d", q.Limit)
-	if d.Adaptive {
+	if d.Limits.Concurrency == "adaptive" {
 		limit = fmt.Sprintf("adaptive limit %d (max %d)", q.Limit, q.MaxInflight)
 	}
 	sat := ""

@@ -151,8 +151,10 @@ type Daemon struct {
 		Saturated   bool    `json:"engine_saturated"`
 		Rate        float64 `json:"completion_rate"`
 	} `json:"queue"`
-	Adaptive bool `json:"-"`
-	GPU      *GPU `json:"gpu"`
+	Limits struct {
+		Concurrency string `json:"concurrency"`
+	} `json:"limits"`
+	GPU *GPU `json:"gpu"`
 }
 
 // GPU is llmlabd's latest NVML reading.
@@ -248,7 +250,7 @@ func (r *Report) decide(cfg *config.Config) {
 	case haveSvc && svc.ActiveState == "failed":
 		r.State, r.Since = Failed, svc.Since
 		r.Reason = fmt.Sprintf("%s failed (result %s); see journalctl -u %s", ServiceUnit, svc.Result, ServiceUnit)
-	case haveSock && sock.SubState == "listening":
+	case haveSock && (sock.SubState == "listening" || sock.SubState == "running"):
 		r.State, r.Since = ScaledZero, sock.Since
 		if haveSvc && !svc.Since.IsZero() {
 			r.Since = svc.Since // when llmlabd last exited
@@ -295,7 +297,6 @@ func fetch(ctx context.Context, c *http.Client, url string) (*Daemon, error) {
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&d); err != nil {
 		return nil, fmt.Errorf("GET %s: %w", url, err)
 	}
-	d.Adaptive = d.Queue.Limit != d.Queue.MaxInflight
 	if d.GPU != nil {
 		for i := range d.GPU.Devices {
 			for j := range d.GPU.Devices[i].Processes {

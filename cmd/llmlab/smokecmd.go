@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/smoke"
+	"github.com/llmlab/llmlab/cmd/llmlab/status"
+	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/daemon/server"
+)
+
+func smokeFlags(fs *flag.FlagSet) runFunc {
+	path := fs.String("config", config.DefaultPath, "llmlabd's configuration (its model, metrics listener and engine unit)")
+	api := fs.String("api", "", "llmlabd's API base URL (default: llmlab.socket's address, else gateway.listen)")
+	model := fs.String("model", "", "the model to ask for (default: the first of engine.models)")
+	key := fs.String("key", os.Getenv("LLMLAB_API_KEY"), "an API key (default $LLMLAB_API_KEY)")
+	maxTokens := fs.Int("max-tokens", 16, "tokens to ask for")
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long, cold start included")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	return func(ctx context.Context, args []string) int {
+		if len(args) > 0 {
+			fmt.Fprintln(os.Stderr, "usage: llmlab smoke [--config PATH] [--api URL] [--model M] [--key K] [--timeout D] [--json]")
+			return 2
+		}
+		explicit := false
+		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+		cfg, _, err := server.LoadConfig(server.Options{ConfigPath: *path, Explicit: explicit})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		o := smoke.Options{API: *api, Model: *model, Key: *key, MaxTokens: *maxTokens, Timeout: *timeout}
+		if o.Model == "" && len(cfg.Engine.Models) > 0 {
+			o.Model = cfg.Engine.Models[0]
+		}
+		if cfg.Metrics.Listen != "" {
+			o.Status = "http://" + cfg.Metrics.Listen + "/status"
+		}
+		var notListening string
+		if _, err := os.Stat("/run/systemd/system"); err == nil {
+			if sd, err := status.ConnectSystemd(ctx); err == nil {
+				defer sd.Close()
+				if o.API == "" {
+					if u, err := sd.Unit(ctx, status.SocketUnit); err == nil && len(u.Listen) > 0 {
+						o.API = "http://" + u.Listen[0]
+						if u.SubState != "listening" && u.SubState != "running" {
+							notListening = fmt.Sprintf("%s is %s (%s): the socket is not listening at %s (systemctl start %s; systemctl status %s)",
+								status.SocketUnit, u.ActiveState, u.SubState, u.Listen[0], status.SocketUnit, status.SocketUnit)
+						}
+					}
+				}
+				if cfg.Engine.Unit != "" {
+					o.EngineUnit, o.Engine = cfg.Engine.Unit, journal{}
+				}
+			}
+		}
+		if o.API == "" {
+			o.API = "http://" + cfg.Gateway.Listen
+		}
+		r := smoke.Result{Reason: notListening}
+		if notListening == "" {
+			r = smoke.Run(ctx, o)
+		}
+		if *asJSON {
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(r)
+		} else {
+			for _, s := range r.Steps {
+				if s.Skipped != "" {
+					fmt.Printf("  -   %-18s %s\n", s.Name, s.Skipped)
+					continue
+				}
+				fmt.Printf("  ok  %-18s %s\n", s.Name, s.Took.Round(time.Millisecond))
+			}
+			if r.OK {
+				fmt.Printf("ok: %q (%d prompt + %d completion tokens) from %s\n", r.Text, r.PromptTokens, r.CompletionTokens, o.API)
+			} else {
+				fmt.Printf("FAIL: %s\n", r.Reason)
+				for _, d := range r.Details {
+					fmt.Printf("    %s\n", d)
+				}
+			}
+		}
+		if !r.OK {
+			return 1
+		}
+		return 0
+	}
+}
+
+// journal reads a unit's journal with journalctl.
+type journal struct{}
+
+func (journal) Journal(ctx context.Context, unit string, lines int) ([]string, error) {
+	out, err := exec.CommandContext(ctx, "journalctl", "-u", unit, "-n", fmt.Sprint(lines), "-o", "cat", "--no-pager").Output()
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(strings.TrimRight(string(out), "\n"), "\n"), nil
+}
