@@ -879,7 +879,8 @@ unit = "llmlab-vllm.service"
 		out, err := c.exec("sh", "-c", cmd)
 		silent := strings.HasPrefix(cmd, "systemctl reload") // says nothing on success
 		if err != nil || (!silent && strings.TrimSpace(out) == "") || strings.Contains(out, "-- No entries --") {
-			t.Fatalf("docs/operations.md: %q: %v\n%s", cmd, err, out)
+			journal, _ := c.exec("journalctl", "--no-pager", "-n", "40")
+			t.Fatalf("docs/operations.md: %q: %v\n%s\njournal:\n%s", cmd, err, out, journal)
 		}
 	}
 }

@@ -77,6 +77,8 @@ type Report struct {
 	// unreadable textfile): the report is what could be read without
 	// them.
 	Problems []string `json:"problems,omitempty"`
+
+	asked string // the base URL llmlabd was asked at ("": none)
 }
 
 // ExitCode is the status for scripts: 0 serving or scaled to zero, 1
@@ -221,8 +223,13 @@ func Gather(ctx context.Context, o Options) Report {
 	case cfg.Metrics.Listen != "":
 		base = "http://" + cfg.Metrics.Listen
 	case haveSvc && svc.ActiveState == "active":
+		// llmlabd runs anyway: asking its API cannot start it.
 		base = "http://" + cfg.Gateway.Listen
+		if sock := r.Units[SocketUnit]; len(sock.Listen) > 0 {
+			base = "http://" + sock.Listen[0]
+		}
 	}
+	r.asked = base
 	if base != "" {
 		d, err := fetch(ctx, o.Client, base+"/status")
 		if err == nil {
@@ -259,7 +266,7 @@ func (r *Report) decide(cfg *config.Config) {
 		}
 		if haveSvc && svc.ActiveState == "active" {
 			// The service runs but did not answer: starting, or hung.
-			r.State, r.Reason = Failed, fmt.Sprintf("%s is %s but llmlabd does not answer at %s", ServiceUnit, svc.SubState, cfg.Metrics.Listen)
+			r.State, r.Reason = Failed, fmt.Sprintf("%s is %s but llmlabd does not answer at %s", ServiceUnit, svc.SubState, strings.TrimPrefix(r.asked, "http://"))
 		}
 	case haveSock:
 		r.State, r.Since = NotRunning, sock.Since
