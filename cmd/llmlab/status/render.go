@@ -59,7 +59,7 @@ func renderDaemon(w io.Writer, d *Daemon, now time.Time) {
 	}
 	fmt.Fprintf(w, "  llmlabd:  %s\n", svc)
 	if d.Config.Path != "" {
-		fmt.Fprintf(w, "  config:   %s (loaded %s)\n", d.Config.Path, when(d.Config.LoadedAt, now))
+		fmt.Fprintf(w, "  config:   %s, loaded %s\n", d.Config.Path, when(d.Config.LoadedAt, now))
 	}
 	eng := d.Engine.State
 	if lc := d.Engine.Lifecycle; lc != nil {
@@ -68,7 +68,7 @@ func renderDaemon(w io.Writer, d *Daemon, now time.Time) {
 			eng += "; unit " + d.Engine.Unit
 		}
 		if lc.LastStartSeconds > 0 {
-			eng += fmt.Sprintf("; last cold start %s (%s)", dur(lc.LastStartSeconds), when(lc.LastStart, now))
+			eng += fmt.Sprintf("; last cold start %s, begun %s", dur(lc.LastStartSeconds), when(lc.LastStart, now))
 		}
 		if lc.LastFailure != "" {
 			eng += fmt.Sprintf("; last failure %s: %s", when(lc.LastFailureAt, now), lc.LastFailure)
