@@ -50,7 +50,9 @@ func (s *statusSource) line() string {
 	return fmt.Sprintf("engine %s; %d queued, %d in flight", s.engine.State(), q.Queued, q.Inflight)
 }
 
-type statusDoc struct {
+// Status is the document GET /status answers with (llmlab status reads
+// it). It reveals no prompts and no keys.
+type Status struct {
 	// Service is llmlabd itself.
 	Service struct {
 		PID     int       `json:"pid"`
@@ -103,17 +105,18 @@ type statusDoc struct {
 	Models        []string `json:"models"`
 	UptimeSeconds float64  `json:"uptime_seconds"`
 	// GPU is the latest NVML reading, or why there is none.
-	GPU *gpuStatus `json:"gpu"`
+	GPU *GPUStatus `json:"gpu"`
 }
 
-type gpuStatus struct {
+// GPUStatus is the latest NVML reading and its age.
+type GPUStatus struct {
 	gpu.Snapshot
 	AgeSeconds float64 `json:"age_seconds"`
 }
 
 func (s *statusSource) serve(w http.ResponseWriter, _ *http.Request) {
 	cfg := s.cfgNow()
-	var d statusDoc
+	var d Status
 	s.mu.Lock()
 	d.Config.LoadedAt = s.loadedAt
 	s.mu.Unlock()
@@ -149,12 +152,12 @@ func (s *statusSource) serve(w http.ResponseWriter, _ *http.Request) {
 	d.UptimeSeconds = time.Since(s.started).Seconds()
 	if s.gpu != nil {
 		snap := s.gpu.Snapshot()
-		d.GPU = &gpuStatus{Snapshot: snap}
+		d.GPU = &GPUStatus{Snapshot: snap}
 		if !snap.At.IsZero() {
 			d.GPU.AgeSeconds = time.Since(snap.At).Seconds()
 		}
 	} else {
-		d.GPU = &gpuStatus{Snapshot: gpu.Snapshot{Reason: "gpu.enabled is false"}}
+		d.GPU = &GPUStatus{Snapshot: gpu.Snapshot{Reason: "gpu.enabled is false"}}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(d)

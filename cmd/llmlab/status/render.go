@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/llmlab/llmlab/daemon/server"
 )
 
 // refusals are the outcomes that refuse a request for want of capacity
@@ -32,7 +34,7 @@ func Render(w io.Writer, r Report, now time.Time) {
 		fmt.Fprintf(w, "  socket:   %s\n", line)
 	}
 	if d := r.Daemon; d != nil {
-		renderDaemon(w, d, now)
+		renderDaemon(w, d, r.ProcessUnits, now)
 	} else if lr := r.LastRun; lr != nil {
 		total, ok := 0, lr.Requests["ok"]
 		for _, n := range lr.Requests {
@@ -49,7 +51,7 @@ func Render(w io.Writer, r Report, now time.Time) {
 	}
 }
 
-func renderDaemon(w io.Writer, d *Daemon, now time.Time) {
+func renderDaemon(w io.Writer, d *server.Status, units map[uint32]string, now time.Time) {
 	svc := fmt.Sprintf("pid %d, up %s", d.Service.PID, since(d.Service.Started, now))
 	if d.Service.Activated {
 		svc += ", socket-activated"
@@ -83,7 +85,7 @@ func renderDaemon(w io.Writer, d *Daemon, now time.Time) {
 		limit = fmt.Sprintf("adaptive limit %d (max %d)", q.Limit, q.MaxInflight)
 	}
 	sat := ""
-	if q.Saturated {
+	if q.Hold {
 		sat = "; the engine says it is saturated"
 	}
 	fmt.Fprintf(w, "  queue:    %d waiting (limit %d sequences); %d in flight, %s%s\n", q.Queued, q.MaxQueued, q.Inflight, limit, sat)
@@ -126,8 +128,8 @@ func renderDaemon(w io.Writer, d *Daemon, now time.Time) {
 			}
 			for _, p := range dev.Processes {
 				who := fmt.Sprintf("pid %d", p.PID)
-				if p.Unit != "" {
-					who += " (" + p.Unit + ")"
+				if u := units[p.PID]; u != "" {
+					who += " (" + u + ")"
 				}
 				line += fmt.Sprintf("; %s %s", who, gib(p.UsedMemory))
 			}

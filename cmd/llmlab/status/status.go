@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/daemon/server"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -68,7 +69,10 @@ type Report struct {
 	Since  time.Time `json:"since,omitzero"`
 	Reason string    `json:"reason,omitempty"`
 	// Daemon is what a running llmlabd said (GET /status).
-	Daemon *Daemon `json:"daemon,omitempty"`
+	Daemon *server.Status `json:"daemon,omitempty"`
+	// ProcessUnits names the systemd unit of each GPU process Daemon
+	// lists, read here from /proc.
+	ProcessUnits map[uint32]string `json:"process_units,omitempty"`
 	// LastRun is what the textfile kept of the last run.
 	LastRun *LastRun `json:"last_run,omitempty"`
 	// Units is systemd's view of llmlab's units, where it was asked.
@@ -100,89 +104,6 @@ type LastRun struct {
 	Written     time.Time      `json:"written"`
 	EngineState string         `json:"engine_state,omitempty"`
 	Requests    map[string]int `json:"requests_by_outcome,omitempty"`
-}
-
-// Daemon is the part of llmlabd's GET /status this command reads.
-type Daemon struct {
-	Service struct {
-		PID             int       `json:"pid"`
-		Started         time.Time `json:"started"`
-		Activated       bool      `json:"socket_activated"`
-		IdleExitSeconds float64   `json:"idle_exit_seconds"`
-	} `json:"service"`
-	Config struct {
-		Path     string    `json:"path"`
-		LoadedAt time.Time `json:"loaded_at"`
-	} `json:"config"`
-	SLO struct {
-		LatencySeconds float64 `json:"latency_seconds"`
-	} `json:"slo"`
-	Recent struct {
-		Seconds   float64        `json:"seconds"`
-		Requests  int            `json:"requests"`
-		PerSecond float64        `json:"requests_per_second"`
-		OK        int            `json:"ok"`
-		Within    int            `json:"within_slo"`
-		Goodput   float64        `json:"goodput_per_second"`
-		P50       float64        `json:"p50_seconds"`
-		P95       float64        `json:"p95_seconds"`
-		Outcomes  map[string]int `json:"outcomes"`
-	} `json:"recent"`
-	Engine struct {
-		State     string `json:"state"`
-		URL       string `json:"url"`
-		Managed   bool   `json:"managed"`
-		Unit      string `json:"unit"`
-		Lifecycle *struct {
-			State            string    `json:"state"`
-			Since            time.Time `json:"since"`
-			LastStart        time.Time `json:"last_start"`
-			LastStartSeconds float64   `json:"last_start_seconds"`
-			LastFailure      string    `json:"last_failure"`
-			LastFailureAt    time.Time `json:"last_failure_at"`
-		} `json:"lifecycle"`
-		ExpectedStartSeconds float64 `json:"expected_start_seconds"`
-	} `json:"engine"`
-	Queue struct {
-		Queued      int     `json:"queued"`
-		QueuedSlots int     `json:"queued_sequences"`
-		Inflight    int     `json:"inflight_sequences"`
-		MaxInflight int     `json:"max_inflight"`
-		Limit       int     `json:"inflight_limit"`
-		MaxQueued   int     `json:"max_queued"`
-		Saturated   bool    `json:"engine_saturated"`
-		Rate        float64 `json:"completion_rate"`
-	} `json:"queue"`
-	Limits struct {
-		Concurrency string `json:"concurrency"`
-	} `json:"limits"`
-	GPU *GPU `json:"gpu"`
-}
-
-// GPU is llmlabd's latest NVML reading.
-type GPU struct {
-	Available bool     `json:"available"`
-	Reason    string   `json:"reason"`
-	Devices   []Device `json:"devices"`
-}
-
-// Device is one GPU.
-type Device struct {
-	Index       int          `json:"index"`
-	Name        string       `json:"name"`
-	MemoryTotal uint64       `json:"memory_total_bytes"`
-	MemoryUsed  uint64       `json:"memory_used_bytes"`
-	UtilGPU     float64      `json:"utilization_gpu"`
-	UtilOK      bool         `json:"utilization_ok"`
-	Processes   []GPUProcess `json:"processes"`
-}
-
-// GPUProcess is a process holding GPU memory.
-type GPUProcess struct {
-	PID        uint32 `json:"pid"`
-	UsedMemory uint64 `json:"used_memory_bytes"`
-	// Unit is the systemd unit it runs in, read here from /proc.
-	Unit string `json:"unit,omitempty"`
 }
 
 // Gather reads the stack's state.
@@ -233,7 +154,7 @@ func Gather(ctx context.Context, o Options) Report {
 	if base != "" {
 		d, err := fetch(ctx, o.Client, base+"/status")
 		if err == nil {
-			r.Daemon = d
+			r.Daemon, r.ProcessUnits = d, processUnits(d)
 		} else if !isRefused(err) {
 			r.Problems = append(r.Problems, fmt.Sprintf("llmlabd at %s: %v", base, err))
 		}
@@ -284,7 +205,7 @@ func (r *Report) decide(cfg *config.Config) {
 	}
 }
 
-func fetch(ctx context.Context, c *http.Client, url string) (*Daemon, error) {
+func fetch(ctx context.Context, c *http.Client, url string) (*server.Status, error) {
 	if c == nil {
 		c = &http.Client{Timeout: 2 * time.Second}
 	}
@@ -300,19 +221,27 @@ func fetch(ctx context.Context, c *http.Client, url string) (*Daemon, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
-	var d Daemon
+	var d server.Status
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&d); err != nil {
 		return nil, fmt.Errorf("GET %s: %w", url, err)
 	}
-	if d.GPU != nil {
-		for i := range d.GPU.Devices {
-			for j := range d.GPU.Devices[i].Processes {
-				p := &d.GPU.Devices[i].Processes[j]
-				p.Unit = unitOf(p.PID)
+	return &d, nil
+}
+
+// processUnits maps each GPU process d lists to its systemd unit.
+func processUnits(d *server.Status) map[uint32]string {
+	units := map[uint32]string{}
+	if d.GPU == nil {
+		return units
+	}
+	for _, dev := range d.GPU.Devices {
+		for _, p := range dev.Processes {
+			if u := unitOf(p.PID); u != "" {
+				units[p.PID] = u
 			}
 		}
 	}
-	return &d, nil
+	return units
 }
 
 // isRefused says nothing listens at the address: llmlabd is not running.
