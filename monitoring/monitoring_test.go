@@ -8,29 +8,17 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-)
 
-// promtool returns Debian's promtool: $LLMLAB_PROMTOOL, as make test sets
-// it from monitoring/promtool.sh, or one on PATH.
-func promtool(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("LLMLAB_PROMTOOL"); p != "" {
-		return p
-	}
-	if p, err := exec.LookPath("promtool"); err == nil {
-		return p
-	}
-	out, err := exec.Command("sh", "promtool.sh").Output()
-	if err != nil {
-		t.Fatalf("no promtool (sh monitoring/promtool.sh fetches Debian's): %v", err)
-	}
-	return strings.TrimSpace(string(out))
-}
+	"github.com/llmlab/llmlab/internal/promtool"
+)
 
 // The rules pass promtool's check and its unit tests (each alert firing
 // where it should and silent where it should not).
 func TestAlertRules(t *testing.T) {
-	p := promtool(t)
+	p, err := promtool.Path()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range [][]string{{"check", "rules", "llmlab-alerts.yml"}, {"test", "rules", "llmlab-alerts.test.yml"}} {
 		out, err := exec.Command(p, args...).CombinedOutput()
 		if err != nil {

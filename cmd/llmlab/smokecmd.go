@@ -13,7 +13,6 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/smoke"
 	"github.com/llmlab/llmlab/cmd/llmlab/status"
 	"github.com/llmlab/llmlab/daemon/config"
-	"github.com/llmlab/llmlab/daemon/server"
 )
 
 func smokeFlags(fs *flag.FlagSet) runFunc {
@@ -29,9 +28,7 @@ func smokeFlags(fs *flag.FlagSet) runFunc {
 			fmt.Fprintln(os.Stderr, "usage: llmlab smoke [--config PATH] [--api URL] [--model M] [--key K] [--timeout D] [--json]")
 			return 2
 		}
-		explicit := false
-		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
-		cfg, _, err := server.LoadConfig(server.Options{ConfigPath: *path, Explicit: explicit})
+		cfg, err := loadConfigFlag(fs, *path)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
@@ -44,21 +41,19 @@ func smokeFlags(fs *flag.FlagSet) runFunc {
 			o.Status = "http://" + cfg.Metrics.Listen + "/status"
 		}
 		var notListening string
-		if _, err := os.Stat("/run/systemd/system"); err == nil {
-			if sd, err := status.ConnectSystemd(ctx); err == nil {
-				defer sd.Close()
-				if o.API == "" {
-					if u, err := sd.Unit(ctx, status.SocketUnit); err == nil && len(u.Listen) > 0 {
-						o.API = "http://" + u.Listen[0]
-						if u.SubState != "listening" && u.SubState != "running" {
-							notListening = fmt.Sprintf("%s is %s (%s): the socket is not listening at %s (systemctl start %s; systemctl status %s)",
-								status.SocketUnit, u.ActiveState, u.SubState, u.Listen[0], status.SocketUnit, status.SocketUnit)
-						}
+		if sd, err := connectSystemd(ctx); err == nil && sd != nil {
+			defer sd.Close()
+			if o.API == "" {
+				if u, err := sd.Unit(ctx, status.SocketUnit); err == nil && len(u.Listen) > 0 {
+					o.API = "http://" + u.Listen[0]
+					if !u.Listening() {
+						notListening = fmt.Sprintf("%s is %s (%s): the socket is not listening at %s (systemctl start %s; systemctl status %s)",
+							status.SocketUnit, u.ActiveState, u.SubState, u.Listen[0], status.SocketUnit, status.SocketUnit)
 					}
 				}
-				if cfg.Engine.Unit != "" {
-					o.EngineUnit, o.Engine = cfg.Engine.Unit, journal{}
-				}
+			}
+			if cfg.Engine.Unit != "" {
+				o.EngineUnit, o.Engine = cfg.Engine.Unit, journal{}
 			}
 		}
 		if o.API == "" {

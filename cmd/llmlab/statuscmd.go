@@ -23,9 +23,7 @@ func statusFlags(fs *flag.FlagSet) runFunc {
 			fmt.Fprintln(os.Stderr, "usage: llmlab status [--config PATH] [--json] [--watch DURATION]")
 			return 2
 		}
-		explicit := false
-		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
-		cfg, _, err := server.LoadConfig(server.Options{ConfigPath: *path, Explicit: explicit})
+		cfg, err := loadConfigFlag(fs, *path)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
@@ -33,14 +31,13 @@ func statusFlags(fs *flag.FlagSet) runFunc {
 		opts := status.Options{Config: cfg}
 		var problem string
 		if !*noSystemd {
-			if _, err := os.Stat("/run/systemd/system"); err == nil {
-				sd, err := status.ConnectSystemd(ctx)
-				if err != nil {
-					problem = "systemd: " + err.Error()
-				} else {
-					defer sd.Close()
-					opts.Units = sd
-				}
+			sd, err := connectSystemd(ctx)
+			switch {
+			case err != nil:
+				problem = "systemd: " + err.Error()
+			case sd != nil:
+				defer sd.Close()
+				opts.Units = sd
 			}
 		}
 		for {
@@ -68,4 +65,23 @@ func statusFlags(fs *flag.FlagSet) runFunc {
 			}
 		}
 	}
+}
+
+// loadConfigFlag loads llmlabd's configuration from the --config flag's
+// path, as llmlabd would: a missing default file means the defaults, a
+// missing file named on the command line is an error.
+func loadConfigFlag(fs *flag.FlagSet, path string) (*config.Config, error) {
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	cfg, _, err := server.LoadConfig(server.Options{ConfigPath: path, Explicit: explicit})
+	return cfg, err
+}
+
+// connectSystemd connects to systemd over the system bus; nil and no
+// error on a machine not booted with systemd.
+func connectSystemd(ctx context.Context) (*status.Systemd, error) {
+	if _, err := os.Stat("/run/systemd/system"); err != nil {
+		return nil, nil
+	}
+	return status.ConnectSystemd(ctx)
 }

@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/llmlab/llmlab/internal/metricsdoc"
+	"github.com/llmlab/llmlab/internal/promtool"
 )
 
 var update = flag.Bool("update", false, "rewrite docs/metrics.md from the live registry")
@@ -70,7 +70,11 @@ format = "text"
 	}
 	scrape := fetch(t, d.metrics+"/metrics")
 	// Prometheus's own linter finds nothing to say about it.
-	check := exec.Command(promtool(t), "check", "metrics")
+	tool, err := promtool.Path()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := exec.Command(tool, "check", "metrics")
 	check.Stdin = strings.NewReader(scrape)
 	if out, err := check.CombinedOutput(); err != nil || len(out) > 0 {
 		t.Fatalf("promtool check metrics on a live /metrics: %v\n%s", err, out)
@@ -88,62 +92,8 @@ format = "text"
 	// Per-device GPU series (a gpu label) need a GPU: daemon/gpu checks
 	// them against NVML's mock.
 	rows = slices.DeleteFunc(rows, func(r metricsdoc.Row) bool { return slices.Contains(r.Labels, "gpu") })
-	got := metricsdoc.Render(rows)
 
-	const path = "../../docs/metrics.md"
-	doc, err := os.ReadFile(path)
-	if err != nil {
+	if err := metricsdoc.Check("../../docs/metrics.md", "llmlabd", metricsdoc.Render(rows), *update); err != nil {
 		t.Fatal(err)
 	}
-	if *update {
-		out, ok := metricsdoc.Replace(string(doc), "llmlabd", got)
-		if !ok {
-			t.Fatalf("%s has no <!-- begin llmlabd --> section", path)
-		}
-		if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, ok := metricsdoc.Section(string(doc), "llmlabd")
-	if !ok {
-		t.Fatalf("%s has no <!-- begin llmlabd --> section", path)
-	}
-	if got != want {
-		t.Fatalf("docs/metrics.md is not the registry's (go test ./cmd/llmlabd -run TestMetricsCatalogue -args -update):\n%s", lineDiff(want, got))
-	}
-}
-
-// lineDiff lists the lines only in want (-) and only in got (+).
-func lineDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var b strings.Builder
-	for _, l := range w {
-		if !slices.Contains(g, l) {
-			b.WriteString("- " + l + "\n")
-		}
-	}
-	for _, l := range g {
-		if !slices.Contains(w, l) {
-			b.WriteString("+ " + l + "\n")
-		}
-	}
-	return b.String()
-}
-
-// promtool is Debian's, from $LLMLAB_PROMTOOL (make test sets it),
-// PATH, or fetched by monitoring/promtool.sh.
-func promtool(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("LLMLAB_PROMTOOL"); p != "" {
-		return p
-	}
-	if p, err := exec.LookPath("promtool"); err == nil {
-		return p
-	}
-	out, err := exec.Command("sh", "../../monitoring/promtool.sh").Output()
-	if err != nil {
-		t.Fatalf("no promtool (sh monitoring/promtool.sh fetches Debian's): %v", err)
-	}
-	return strings.TrimSpace(string(out))
 }

@@ -2,7 +2,6 @@ package gpu
 
 import (
 	"flag"
-	"os"
 	"slices"
 	"testing"
 
@@ -30,23 +29,7 @@ func TestMetricsCatalogueGPU(t *testing.T) {
 	rows := slices.DeleteFunc(metricsdoc.FromFamilies(fams, "llmlab_gpu_"), func(r metricsdoc.Row) bool {
 		return !slices.Contains(r.Labels, "gpu")
 	})
-	got := metricsdoc.Render(rows)
-	const path = "../../docs/metrics.md"
-	doc, err := os.ReadFile(path)
-	if err != nil {
+	if err := metricsdoc.Check("../../docs/metrics.md", "gpu", metricsdoc.Render(rows), *update); err != nil {
 		t.Fatal(err)
-	}
-	if *update {
-		out, ok := metricsdoc.Replace(string(doc), "gpu", got)
-		if !ok {
-			t.Fatalf("%s has no gpu section", path)
-		}
-		if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	if want, _ := metricsdoc.Section(string(doc), "gpu"); got != want {
-		t.Fatalf("docs/metrics.md's GPU table is not the registry's (go test ./daemon/gpu -run TestMetricsCatalogueGPU -args -update):\nwant\n%s\ngot\n%s", want, got)
 	}
 }

@@ -6,6 +6,7 @@ package metricsdoc
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 
@@ -93,4 +94,42 @@ func Replace(doc, name, text string) (string, bool) {
 	begin := "<!-- begin " + name + " -->\n"
 	i := strings.Index(doc, begin) + len(begin)
 	return doc[:i] + text + doc[i+len(old):], true
+}
+
+// Check compares the section name of the document at path with got; with
+// update it writes got there instead.
+func Check(path, name, got string, update bool) error {
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	want, ok := Section(string(doc), name)
+	if !ok {
+		return fmt.Errorf("%s has no <!-- begin %s --> section", path, name)
+	}
+	if update {
+		out, _ := Replace(string(doc), name, got)
+		return os.WriteFile(path, []byte(out), 0o644)
+	}
+	if got != want {
+		return fmt.Errorf("%s's %s table is not the registry's (rerun with -args -update):\n%s", path, name, lineDiff(want, got))
+	}
+	return nil
+}
+
+// lineDiff lists the lines only in want (-) and only in got (+).
+func lineDiff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	var b strings.Builder
+	for _, l := range w {
+		if !slices.Contains(g, l) {
+			b.WriteString("- " + l + "\n")
+		}
+	}
+	for _, l := range g {
+		if !slices.Contains(w, l) {
+			b.WriteString("+ " + l + "\n")
+		}
+	}
+	return b.String()
 }

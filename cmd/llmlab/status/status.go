@@ -47,6 +47,10 @@ type Unit struct {
 	Listen []string `json:"listen,omitempty"`
 }
 
+// Listening says a socket unit accepts connections: waiting for one, or
+// with its service running.
+func (u Unit) Listening() bool { return u.SubState == "listening" || u.SubState == "running" }
+
 // Units reads systemd's view of a unit; it must never start one.
 type Units interface {
 	Unit(ctx context.Context, name string) (Unit, error)
@@ -178,7 +182,7 @@ func (r *Report) decide(cfg *config.Config) {
 	case haveSvc && svc.ActiveState == "failed":
 		r.State, r.Since = Failed, svc.Since
 		r.Reason = fmt.Sprintf("%s failed (result %s); see journalctl -u %s", ServiceUnit, svc.Result, ServiceUnit)
-	case haveSock && (sock.SubState == "listening" || sock.SubState == "running"):
+	case haveSock && sock.Listening():
 		r.State, r.Since = ScaledZero, sock.Since
 		if haveSvc && !svc.Since.IsZero() {
 			r.Since = svc.Since // when llmlabd last exited
