@@ -262,19 +262,19 @@ func (c *container) snapshot() []string {
 // timeouts) and returns the API's URL.
 func useSimulator(c *container, t *testing.T) string {
 	t.Helper()
-	return useSimulatorWith(c, t, "")
+	return useSimulatorWith(c, t, "", "4s")
 }
 
 // useSimulatorWith is useSimulator with llmlabd's metrics listener at
-// metrics ("": none).
-func useSimulatorWith(c *container, t *testing.T, metrics string) string {
+// metrics ("": none) and exiting after exitIdle with nothing to do.
+func useSimulatorWith(c *container, t *testing.T, metrics, exitIdle string) string {
 	t.Helper()
 	apiPort, enginePort := freePort(t), freePort(t)
 	c.write("/etc/systemd/system/llmlab.socket.d/test.conf", fmt.Sprintf("[Socket]\nListenStream=\nListenStream=127.0.0.1:%d\n", apiPort))
 	c.write("/etc/systemd/system/llmlab-vllm.service.d/test.conf", fmt.Sprintf(
 		"[Service]\nExecStart=\nExecStart=/usr/bin/llmlab sim --profile instant --startup-delay 2s --port %d\n", enginePort))
 	c.write("/etc/llmlab/llmlab.toml", fmt.Sprintf(`[gateway]
-exit_idle_timeout = "4s"
+exit_idle_timeout = %q
 [engine]
 url = "http://127.0.0.1:%d"
 unit = "llmlab-vllm.service"
@@ -282,7 +282,7 @@ idle_timeout = "2s"
 expected_start_time = "2s"
 [metrics]
 listen = %q
-`, enginePort, metrics))
+`, exitIdle, enginePort, metrics))
 	c.must("systemctl", "daemon-reload")
 	c.must("systemctl", "restart", "llmlab.socket")
 	return fmt.Sprintf("http://127.0.0.1:%d", apiPort)
@@ -816,7 +816,7 @@ func (c *container) checkHardening() {
 // socket stopped it says that.
 func TestSmoke(t *testing.T) {
 	c, _, _ := bootWithPackage(t)
-	useSimulatorWith(c, t, fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	useSimulatorWith(c, t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), "4s")
 	out, err := c.exec("llmlab", "smoke", "--timeout", "60s")
 	if err != nil || !strings.Contains(out, "engine ready") || !strings.Contains(out, "ok: ") {
 		journal, _ := c.exec("journalctl", "--no-pager", "-n", "60")
@@ -859,20 +859,9 @@ func TestOperationsCommands(t *testing.T) {
 		t.Fatalf("docs/operations.md lists %d commands", len(cmds))
 	}
 	c, _, _ := bootWithPackage(t)
-	apiPort, enginePort := freePort(t), freePort(t)
-	c.write("/etc/systemd/system/llmlab.socket.d/test.conf", fmt.Sprintf("[Socket]\nListenStream=\nListenStream=127.0.0.1:%d\n", apiPort))
-	c.write("/etc/systemd/system/llmlab-vllm.service.d/test.conf", fmt.Sprintf(
-		"[Service]\nExecStart=\nExecStart=/usr/bin/llmlab sim --profile instant --startup-delay 1s --port %d\n", enginePort))
 	// The documented metrics address, 127.0.0.1:9180, as shipped.
-	c.write("/etc/llmlab/llmlab.toml", fmt.Sprintf(`[gateway]
-exit_idle_timeout = "5m"
-[engine]
-url = "http://127.0.0.1:%d"
-unit = "llmlab-vllm.service"
-`, enginePort))
-	c.must("systemctl", "daemon-reload")
-	c.must("systemctl", "restart", "llmlab.socket")
-	if code, _, body := completion(t, fmt.Sprintf("http://127.0.0.1:%d", apiPort)); code != 200 {
+	api := useSimulatorWith(c, t, "127.0.0.1:9180", "5m")
+	if code, _, body := completion(t, api); code != 200 {
 		t.Fatalf("first request: %d %s", code, body)
 	}
 	for _, cmd := range cmds {
