@@ -779,15 +779,7 @@ func TestSLOAdmissionFitsTheTail(t *testing.T) {
 		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 1, 10, 4, 10*time.Second, 2500*time.Millisecond
 		q := New(c, nil, nil)
 		ctx := context.Background()
-		for i := range 1000 {
-			a, _ := q.Acquire(ctx, Request{Weight: 1})
-			d := time.Second
-			if i%10 == 9 {
-				d = 3 * time.Second
-			}
-			time.Sleep(d)
-			a.Release()
-		}
+		serveOneByOne(q, 1000, longTail(time.Second, 3*time.Second, 10))
 		if m, tail := q.EngineTime(), q.EngineTail(); m < time.Second || m > 1500*time.Millisecond || tail < 2500*time.Millisecond || tail > 3100*time.Millisecond {
 			t.Fatalf("engine time %s, tail %s; want about 1.2 s and 3 s", m, tail)
 		}
@@ -813,15 +805,7 @@ func TestAdmissionMarginLearnsFromOutcomes(t *testing.T) {
 		q := New(c, nil, nil)
 		ctx := context.Background()
 		// The engine: 1 s, one in ten 3 s; nothing waits yet.
-		for i := range 100 {
-			a, _ := q.Acquire(ctx, Request{Weight: 1})
-			d := time.Second
-			if i%10 == 9 {
-				d = 3 * time.Second
-			}
-			time.Sleep(d)
-			a.Release()
-		}
+		serveOneByOne(q, 100, longTail(time.Second, 3*time.Second, 10))
 		p95 := q.EngineTail()
 		if p95 != 3*time.Second {
 			t.Fatalf("tail before any request waited: %s, want the engine's 95th percentile, 3s", p95)
@@ -915,15 +899,12 @@ func TestMissBudget(t *testing.T) {
 		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 1, 20, 4, 10*time.Second, 4*time.Second
 		q := New(c, nil, nil)
 		ctx := context.Background()
-		for i := range 100 {
-			a, _ := q.Acquire(ctx, Request{Weight: 1})
-			d := 200 * time.Millisecond
-			if i%100 < 6 {
-				d = 3 * time.Second
+		serveOneByOne(q, 100, func(i int) time.Duration {
+			if i < 6 {
+				return 3 * time.Second
 			}
-			time.Sleep(d)
-			a.Release()
-		}
+			return 200 * time.Millisecond
+		})
 		if q.EngineTail() != 3*time.Second || q.budget != minBudgetCap {
 			t.Fatalf("tail %s, budget %v; want 3s and a full budget (%d)", q.EngineTail(), q.budget, minBudgetCap)
 		}
@@ -958,4 +939,24 @@ func TestMissBudget(t *testing.T) {
 			t.Fatalf("after they all finished in time: budget %v, want it back to %d", q.budget, minBudgetCap)
 		}
 	})
+}
+
+// serveOneByOne runs n requests through q one after another, nothing
+// waiting, the i-th holding its slot for hold(i): an engine's history.
+func serveOneByOne(q *Queue, n int, hold func(i int) time.Duration) {
+	for i := range n {
+		a, _ := q.Acquire(context.Background(), Request{Weight: 1})
+		time.Sleep(hold(i))
+		a.Release()
+	}
+}
+
+// longTail is an engine that takes base, and tail one time in every.
+func longTail(base, tail time.Duration, every int) func(int) time.Duration {
+	return func(i int) time.Duration {
+		if i%every == every-1 {
+			return tail
+		}
+		return base
+	}
 }
