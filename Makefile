@@ -1,12 +1,12 @@
 # llmlab: `make demo` runs the main job, `make test` runs every test.
 GO        ?= go
 BIN       := bin
-FUZZTIME  ?= 15s
-# Minimizing each new "interesting" input can take a target's whole fuzz
-# time from an empty cache (golang/go#48820): stalls of 0 execs/s measured
-# with the default. 0s skips minimizing; a failing input is still written.
-FUZZMINTIME ?= 0s
-FUZZFLAGS  = -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINTIME)
+# Each fuzz target runs for FUZZEXECS executions, not for a time: Go 1.26's
+# time budget can fail a healthy target at its deadline (golang/go#75804).
+# internal/fuzzrun fails a target whose executions stop growing for
+# FUZZSTALL (a hang, or minimizing that never ends: golang/go#48820).
+FUZZEXECS ?= 200000
+FUZZSTALL ?= 20s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # go-nvml is cgo; its header marks many functions deprecated, which is noise.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
@@ -55,11 +55,10 @@ lint:
 	cd engines/ollama/mkmodel && $(GO) vet .
 	$(GO) run $(STATICCHECK) ./...
 
-## fuzz: each fuzz target for FUZZTIME
+## fuzz: each fuzz target for FUZZEXECS executions; fails when one finds a bug or stalls for FUZZSTALL
 fuzz:
-	$(GO) test ./daemon/config $(FUZZFLAGS) -fuzz FuzzParse
-	$(GO) test ./daemon/gateway $(FUZZFLAGS) -fuzz FuzzValidate
-	$(GO) test ./daemon/enginemetrics $(FUZZFLAGS) -fuzz FuzzParse
+	$(GO) run ./internal/fuzzrun -execs $(FUZZEXECS) -stall $(FUZZSTALL) \
+	  ./daemon/config:FuzzParse ./daemon/gateway:FuzzValidate ./daemon/enginemetrics:FuzzParse
 
 ## bench-engines: Ollama alone, through llmlabd fixed and adaptive, side by side at 0.5x-3x its peak, and the knee of each (about 40 minutes; results/engines-*; docs/benchmarks.md)
 bench-engines: build
