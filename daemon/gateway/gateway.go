@@ -412,7 +412,7 @@ func (g *Gateway) finish(rec *recorder, st *reqState) {
 	g.recent.Add(time.Now(), st.outcome, elapsed)
 	m := g.metrics
 	m.requests.WithLabelValues(st.route, st.outcome, strconv.Itoa(status)).Inc()
-	m.duration.WithLabelValues(st.route).Observe(elapsed.Seconds())
+	m.duration.WithLabelValues(st.route, result(st.outcome, status)).Observe(elapsed.Seconds())
 	m.clientReqs.WithLabelValues(st.client).Inc()
 	m.classReqs.WithLabelValues(queue.ClassName(st.class), st.outcome).Inc()
 	if st.ttft > 0 {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/llmlab/llmlab/daemon/auth"
 	"github.com/llmlab/llmlab/daemon/enginetest"
@@ -321,6 +322,13 @@ func TestFloodRefusedFast(t *testing.T) {
 	if ok != 5 {
 		t.Errorf("%d answered 200 after the engine resumed, want 5", ok)
 	}
+	// The duration histogram keeps answers and refusals apart, so that the
+	// fast refusals do not pull the answered requests' percentiles down.
+	for res, want := range map[string]uint64{"ok": 5, "refused": total - 5} {
+		if n := histogramCount(t, f.gw.metrics.duration.WithLabelValues(routeCompletions, res), want); n != want {
+			t.Errorf("llmlab_request_duration_seconds{result=%q}: %d observations, want %d", res, n, want)
+		}
+	}
 	if m := eng.Stats().MaxRunning; m > 2 {
 		t.Errorf("the engine ran %d requests at once, want at most 2", m)
 	}
@@ -460,6 +468,24 @@ func metricValue(c prometheus.Collector, want float64) float64 {
 		v := testutil.ToFloat64(c)
 		if v == want || time.Now().After(deadline) {
 			return v
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// histogramCount waits briefly for h to count want observations and
+// returns its count.
+func histogramCount(t *testing.T, h prometheus.Observer, want uint64) uint64 {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var m dto.Metric
+		if err := h.(prometheus.Metric).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		n := m.GetHistogram().GetSampleCount()
+		if n == want || time.Now().After(deadline) {
+			return n
 		}
 		time.Sleep(time.Millisecond)
 	}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"net/http"
 	"slices"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 //	queue_timeout, draining, engine_error, engine_unavailable, cancelled
 type metrics struct {
 	requests     *prometheus.CounterVec   // route, outcome, code
-	duration     *prometheus.HistogramVec // route
+	duration     *prometheus.HistogramVec // route, result
 	queueWait    prometheus.Histogram
 	ttft         *prometheus.HistogramVec // route
 	batchSize    prometheus.Histogram
@@ -49,9 +50,9 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Du
 		}, []string{"route", "outcome", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "llmlab_request_duration_seconds",
-			Help:    "Time from a request's arrival to the end of its answer; a bucket boundary sits at the latency objective (slo.latency at start).",
+			Help:    "Time from a request's arrival to the end of its answer, by result (ok: answered; refused: 429 or 503 with Retry-After; failed: the client's error, an engine error, or the client left); a bucket boundary sits at the latency objective (slo.latency at start).",
 			Buckets: bucketsWith(slo),
-		}, []string{"route"}),
+		}, []string{"route", "result"}),
 		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "llmlab_queue_wait_seconds",
 			Help:    "Time admitted requests waited in the queue before reaching the engine.",
@@ -131,4 +132,20 @@ func (m *metrics) Dispatched(n int) { m.batchSize.Observe(float64(n)) }
 // Decided implements queue.Observer.
 func (m *metrics) Decided(class int, decision, reason string) {
 	m.decisions.WithLabelValues(queue.ClassName(class), decision, reason).Inc()
+}
+
+// result sorts an answer for llmlab_request_duration_seconds: "ok" for an
+// answered request, "refused" for llmlab's own 429 and 503 (every refusal
+// carries Retry-After), "failed" for the rest. Answered requests have
+// their own series so that their percentiles and the goodput
+// (bucket{result="ok",le=<slo>}) are not diluted by fast refusals.
+func result(outcome string, status int) string {
+	switch {
+	case outcome == "ok":
+		return "ok"
+	case status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable:
+		return "refused"
+	default:
+		return "failed"
+	}
 }

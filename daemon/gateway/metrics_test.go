@@ -16,7 +16,7 @@ func TestDurationBucketAtTheObjective(t *testing.T) {
 	for _, slo := range []time.Duration{5 * time.Second, 1500 * time.Millisecond, 0} {
 		reg := prometheus.NewRegistry()
 		m := newMetrics(reg, func() queue.Stats { return queue.Stats{} }, slo)
-		m.duration.WithLabelValues("/v1/completions").Observe(1)
+		m.duration.WithLabelValues("/v1/completions", "ok").Observe(1)
 		fams, err := reg.Gather()
 		if err != nil {
 			t.Fatal(err)
