@@ -1,14 +1,15 @@
-// Package monitoring holds the Prometheus alert rules (and their promtool
-// unit tests) that the package ships under /usr/share/llmlab/monitoring.
 package monitoring
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/llmlab/llmlab/cmd/llmlab/dashboard"
 	"github.com/llmlab/llmlab/internal/promtool"
 )
 
@@ -58,5 +59,79 @@ func TestRulesReadCataloguedSeries(t *testing.T) {
 	}
 	if len(seen) < 6 {
 		t.Fatalf("found only %d series in the rules: %v", len(seen), seen)
+	}
+}
+
+// Every series the dashboard reads is in the catalogue (docs/metrics.md,
+// tested against the live registry; llmlab_up is the textfile's), every
+// query expands with the dashboard's own variables, and every panel and
+// target queries the datasource variable, so that an import asks for one
+// Prometheus and nothing else. cmd/llmlabd's TestDashboardAgainstPrometheus
+// runs the queries on a real Prometheus.
+func TestDashboardReadsCataloguedSeries(t *testing.T) {
+	doc, err := os.ReadFile("../docs/metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw struct {
+		Panels []struct {
+			Title      string `json:"title"`
+			Type       string `json:"type"`
+			Datasource struct {
+				UID string `json:"uid"`
+			} `json:"datasource"`
+			Targets []struct {
+				Datasource struct {
+					UID string `json:"uid"`
+				} `json:"datasource"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(Dashboard, &raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range raw.Panels {
+		if p.Type == "row" {
+			continue
+		}
+		if p.Datasource.UID != "${datasource}" || len(p.Targets) == 0 {
+			t.Errorf("panel %q: datasource %q with %d targets, want ${datasource} and at least one", p.Title, p.Datasource.UID, len(p.Targets))
+		}
+		for _, tg := range p.Targets {
+			if tg.Datasource.UID != "${datasource}" {
+				t.Errorf("panel %q: a target queries %q", p.Title, tg.Datasource.UID)
+			}
+		}
+	}
+	d, err := dashboard.Parse(Dashboard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := d.Queries(d.Vars(time.Minute, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, q := range qs {
+		for _, name := range dashboard.Metrics(q.Expr) {
+			name = regexp.MustCompile(`_(bucket|count|sum)$`).ReplaceAllString(name, "")
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+			if !strings.Contains(string(doc), "`"+name+"`") {
+				t.Errorf("panel %q reads %s, which docs/metrics.md does not list", q.Panel.Title, name)
+			}
+		}
+	}
+	// The issue's list: goodput and rates, percentiles, TTFT, queue and in
+	// flight, refusals, engine state and starts, GPU memory and
+	// utilisation, the KV cache.
+	for _, name := range []string{"llmlab_request_duration_seconds", "llmlab_requests_total", "llmlab_time_to_first_token_seconds",
+		"llmlab_queue_depth", "llmlab_inflight_sequences", "llmlab_inflight_limit", "llmlab_engine_state", "llmlab_engine_starts_total",
+		"llmlab_engine_start_seconds", "llmlab_gpu_memory_used_bytes", "llmlab_gpu_utilization_ratio", "llmlab_engine_kv_cache_usage_ratio", "llmlab_up"} {
+		if !seen[name] {
+			t.Errorf("no panel reads %s", name)
+		}
 	}
 }

@@ -34,6 +34,8 @@ func commands() []command {
 			statusFlags},
 		{"smoke", "", "one streamed chat completion through the socket, each step timed (cold start included), the answer checked; exit 1 with the reason when it fails",
 			smokeFlags},
+		{"dashboard", "", "draw the shipped Grafana dashboard's panels from a Prometheus server into an SVG, without Grafana (--check: evaluate every query)",
+			dashboardFlags},
 		{"demo", "", "the simulator, llmlabd in front of it, rising load, a results table", demoFlags},
 		{"bench", "", "send the fixed workload and report throughput, goodput and latency", benchFlagSet},
 		{"sim", "", "simulate a vLLM engine on a GPU profile (vLLM's API and metrics)", simFlags},

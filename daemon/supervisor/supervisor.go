@@ -181,6 +181,10 @@ func New(cfg Config, backend Backend, gate Gate, reg prometheus.Registerer, log 
 		startTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "llmlab_engine_start_seconds",
 			Help: "Time from starting the engine to its first healthy answer.", Buckets: []float64{0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300}}),
 	}
+	// Both results exist from the start, at 0, so that the first start of
+	// a run is an increase a query can see, not a new series.
+	s.metrics.starts.WithLabelValues("ready")
+	s.metrics.starts.WithLabelValues("failed")
 	if reg != nil {
 		reg.MustRegister(s.metrics.state, s.metrics.starts, s.metrics.startTime)
 	}

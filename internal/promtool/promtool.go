@@ -1,5 +1,5 @@
-// Package promtool finds Debian's promtool for the tests that check the
-// alert rules and llmlabd's /metrics with it.
+// Package promtool finds the Prometheus tools the tests run for real:
+// Debian's promtool, prometheus and prometheus-node-exporter.
 package promtool
 
 import (
@@ -12,7 +12,7 @@ import (
 )
 
 // Path returns promtool: $LLMLAB_PROMTOOL (make test sets it), one on
-// PATH, or the one monitoring/promtool.sh unpacks from Debian's
+// PATH, or the one monitoring/debian-tool.sh unpacks from Debian's
 // prometheus package into its cache.
 func Path() (string, error) {
 	if p := os.Getenv("LLMLAB_PROMTOOL"); p != "" {
@@ -21,11 +21,22 @@ func Path() (string, error) {
 	if p, err := exec.LookPath("promtool"); err == nil {
 		return p, nil
 	}
+	return Debian("prometheus", "promtool")
+}
+
+// Debian returns the path of bin from Debian's package pkg, unpacked (not
+// installed, so no service starts) by monitoring/debian-tool.sh into its
+// cache, fetched with apt-get download the first time.
+func Debian(pkg, bin string) (string, error) {
 	_, file, _, _ := runtime.Caller(0)
-	script := filepath.Join(filepath.Dir(file), "..", "..", "monitoring", "promtool.sh")
-	out, err := exec.Command("sh", script).Output()
+	script := filepath.Join(filepath.Dir(file), "..", "..", "monitoring", "debian-tool.sh")
+	out, err := exec.Command("sh", script, pkg, bin).Output()
 	if err != nil {
-		return "", fmt.Errorf("no promtool (sh monitoring/promtool.sh fetches Debian's): %w", err)
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		return "", fmt.Errorf("no %s from Debian's %s (sh monitoring/debian-tool.sh %s %s): %w\n%s", bin, pkg, pkg, bin, err, stderr)
 	}
 	return strings.TrimSpace(string(out)), nil
 }

@@ -1,0 +1,191 @@
+package dashboard
+
+import (
+	"fmt"
+	"html"
+	"math"
+	"strings"
+	"time"
+)
+
+// Picture layout: two panels a row, each a chart with its legend below.
+const (
+	panelW, panelH = 560, 250
+	padL, padR     = 62, 16
+	padT, padB     = 28, 74
+	columns        = 2
+)
+
+var colors = []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"}
+
+// Render draws results, grouped by panel in the dashboard's order, as one
+// SVG: time on each x axis (from the start), the panel's unit on y;
+// state timelines as bands. A panel with no data says so.
+func Render(title string, results []Result, start, end time.Time) string {
+	type panelData struct {
+		p      *Panel
+		series []Series
+		errs   []string
+	}
+	var panels []*panelData
+	idx := map[*Panel]*panelData{}
+	for _, r := range results {
+		if strings.HasPrefix(r.Query.Panel.Title, "annotation: ") {
+			continue
+		}
+		pd := idx[r.Query.Panel]
+		if pd == nil {
+			pd = &panelData{p: r.Query.Panel}
+			idx[r.Query.Panel] = pd
+			panels = append(panels, pd)
+		}
+		pd.series = append(pd.series, r.Series...)
+		if r.Err != nil {
+			pd.errs = append(pd.errs, r.Err.Error())
+		}
+	}
+	rows := (len(panels) + columns - 1) / columns
+	var b strings.Builder
+	w, h := columns*panelW, rows*panelH+40
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">`+"\n", w, h)
+	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
+	fmt.Fprintf(&b, `<text x="10" y="24" font-size="16">%s, %s to %s UTC</text>`+"\n", esc(title),
+		start.UTC().Format("2006-01-02 15:04:05"), end.UTC().Format("15:04:05"))
+	for i, pd := range panels {
+		x0, y0 := (i%columns)*panelW, 40+(i/columns)*panelH
+		chart(&b, x0, y0, pd.p, pd.series, pd.errs, start, end)
+	}
+	b.WriteString("</svg>\n")
+	return b.String()
+}
+
+func chart(b *strings.Builder, x0, y0 int, p *Panel, series []Series, errs []string, start, end time.Time) {
+	left, right := float64(x0+padL), float64(x0+panelW-padR)
+	top, bottom := float64(y0+padT), float64(y0+panelH-padB)
+	span := end.Sub(start).Seconds()
+	px := func(t time.Time) float64 { return left + t.Sub(start).Seconds()/span*(right-left) }
+	fmt.Fprintf(b, `<text x="%.0f" y="%.0f" font-size="13">%s</text>`+"\n", left, top-10, esc(p.Title))
+	fmt.Fprintf(b, `<path d="M%.0f %.0f V%.0f H%.0f" fill="none" stroke="black"/>`+"\n", left, top, bottom, right)
+	for i := 0; i <= 4; i++ {
+		t := start.Add(time.Duration(float64(end.Sub(start)) * float64(i) / 4))
+		fmt.Fprintf(b, `<text x="%.0f" y="%.0f" text-anchor="middle">%s</text>`+"\n", px(t), bottom+13, sinceStart(t.Sub(start), end.Sub(start)))
+	}
+	if len(series) == 0 {
+		msg := "no data"
+		if len(errs) > 0 {
+			msg = errs[0]
+		}
+		fmt.Fprintf(b, `<text x="%.0f" y="%.0f" text-anchor="middle" fill="gray">%s</text>`+"\n", (left+right)/2, (top+bottom)/2, esc(msg))
+		return
+	}
+	if p.Type == "state-timeline" {
+		band := (bottom - top) / float64(len(series))
+		for i, s := range series {
+			y := top + float64(i)*band
+			fmt.Fprintf(b, `<text x="%.0f" y="%.0f" text-anchor="end">%s</text>`+"\n", left-4, y+band/2+4, esc(s.Name))
+			for j, pt := range s.Points {
+				if pt.V <= 0 {
+					continue
+				}
+				next := end
+				if j+1 < len(s.Points) {
+					next = s.Points[j+1].T
+				}
+				if next.Sub(pt.T) > 2*stepOf(s) { // a gap: the series was absent
+					next = pt.T.Add(stepOf(s))
+				}
+				fmt.Fprintf(b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"/>`+"\n",
+					px(pt.T), y+2, max(px(next)-px(pt.T), 0.5), band-4, colors[i%len(colors)])
+			}
+		}
+		return
+	}
+	ymax := 0.0
+	for _, s := range series {
+		for _, pt := range s.Points {
+			if !math.IsNaN(pt.V) && !math.IsInf(pt.V, 0) {
+				ymax = max(ymax, pt.V)
+			}
+		}
+	}
+	if ymax == 0 {
+		ymax = 1
+	}
+	ymax *= 1.1
+	py := func(v float64) float64 { return bottom - min(v, ymax)/ymax*(bottom-top) }
+	unit := p.FieldConfig.Defaults.Unit
+	for i := 0; i <= 4; i++ {
+		v := ymax * float64(i) / 4
+		fmt.Fprintf(b, `<text x="%.0f" y="%.0f" text-anchor="end">%s</text>`+"\n", left-4, py(v)+4, format(v, unit))
+	}
+	for i, s := range series {
+		color := colors[i%len(colors)]
+		var path strings.Builder
+		var prev time.Time
+		for _, pt := range s.Points {
+			if math.IsNaN(pt.V) || math.IsInf(pt.V, 0) {
+				prev = time.Time{}
+				continue
+			}
+			cmd := "L"
+			if prev.IsZero() || pt.T.Sub(prev) > 2*stepOf(s) {
+				cmd = "M"
+			}
+			fmt.Fprintf(&path, "%s%.1f %.1f ", cmd, px(pt.T), py(pt.V))
+			prev = pt.T
+		}
+		dash := ""
+		if s.Name == "objective" {
+			dash = ` stroke-dasharray="6 4"`
+		}
+		fmt.Fprintf(b, `<path d="%s" fill="none" stroke="%s" stroke-width="1.5"%s/>`+"\n", strings.TrimSpace(path.String()), color, dash)
+		lx, ly := left+float64(i%3)*165, bottom+28+float64(i/3)*13
+		fmt.Fprintf(b, `<text x="%.0f" y="%.0f" fill="%s">%s</text>`+"\n", lx, ly, color, esc(trim(s.Name, 30)))
+	}
+}
+
+// sinceStart labels a time axis tick: seconds, minutes or hours from the
+// start, as suits the span.
+func sinceStart(d, span time.Duration) string {
+	switch {
+	case span <= 5*time.Minute:
+		return fmt.Sprintf("%.0fs", d.Seconds())
+	case span <= 5*time.Hour:
+		return fmt.Sprintf("%.0fm", d.Minutes())
+	default:
+		return fmt.Sprintf("%.1fh", d.Hours())
+	}
+}
+
+// stepOf is the spacing of a series' samples (its first two).
+func stepOf(s Series) time.Duration {
+	if len(s.Points) < 2 {
+		return time.Minute
+	}
+	return s.Points[1].T.Sub(s.Points[0].T)
+}
+
+// format writes an axis value in the panel's Grafana unit.
+func format(v float64, unit string) string {
+	switch unit {
+	case "bytes":
+		return fmt.Sprintf("%.3g GiB", v/(1<<30))
+	case "percentunit":
+		return fmt.Sprintf("%.0f%%", v*100)
+	case "s":
+		return fmt.Sprintf("%.3g s", v)
+	case "reqps":
+		return fmt.Sprintf("%.3g/s", v)
+	default:
+		return fmt.Sprintf("%.3g", v)
+	}
+}
+
+func trim(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}
+
+func esc(s string) string { return html.EscapeString(s) }
