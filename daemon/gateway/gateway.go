@@ -92,6 +92,31 @@ type Gateway struct {
 	maxModelLen atomic.Int64
 }
 
+// awaitEngine decides whether a request whose engine refused the
+// connection (nothing of it sent) waits for the engine to come back: only a
+// managed engine that is restarting (after a crash: the supervisor
+// restarts it at once) or starting, for at most max_cold_start_wait from
+// the first refusal. It wakes the engine and waits 100 ms before the next
+// dial.
+func (g *Gateway) awaitEngine(ctx context.Context, firstRefused time.Time) bool {
+	wait := g.settings.Load().cfg.Queue.MaxColdStartWait
+	switch g.engine.State() {
+	case "ready", "starting", "stopped", "sleeping":
+	default: // failed, or an engine llmlab does not manage
+		return false
+	}
+	if wait <= 0 || time.Since(firstRefused) >= wait {
+		return false
+	}
+	g.engine.Wake()
+	select {
+	case <-time.After(100 * time.Millisecond):
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // New returns a gateway in front of cfg.EngineURL. keys may be nil (no
 // authentication).
 func New(cfg Config, keys *auth.Keys, engine Engine, warmup queue.Warmup, reg prometheus.Registerer, log *slog.Logger) *Gateway {
@@ -100,6 +125,7 @@ func New(cfg Config, keys *auth.Keys, engine Engine, warmup queue.Warmup, reg pr
 	g.metrics = newMetrics(reg, func() queue.Stats { return g.queue.Stats() }, cfg.Queue.SLO)
 	g.queue = queue.New(cfg.Queue, warmup, g.metrics)
 	g.transport = newEngineTransport()
+	g.transport.awaitEngine = g.awaitEngine
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite:   g.rewrite,
 		Transport: g.transport,

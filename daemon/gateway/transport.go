@@ -30,6 +30,11 @@ type engineTransport struct {
 	dialer      net.Dialer
 	idleTimeout time.Duration
 	maxIdle     int
+	// awaitEngine, when set, is asked after a refused connection, when
+	// nothing of the request has reached any engine: it waits a little
+	// and says whether to dial again (a managed engine restarting after a
+	// crash), or not (the request fails as engine_unavailable).
+	awaitEngine func(ctx context.Context, firstRefused time.Time) bool
 
 	mu   sync.Mutex
 	idle []*engineConn
@@ -97,11 +102,33 @@ func (t *engineTransport) CloseIdleConnections() {
 }
 
 // RoundTrip implements http.RoundTripper.
+//
+// Nothing of the engine's answer has reached the client while RoundTrip
+// runs, so a request may be sent again: on the next pooled connection when
+// a reused one fails before any answer (the engine closed it while idle);
+// once more, through awaitEngine, when a fresh connection fails the same
+// way (the engine died or reset it: a crash, or a restart under way); and
+// for as long as awaitEngine allows when the engine refuses connections
+// (it is restarting).
 func (t *engineTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
+	var firstRefused time.Time
+	await := func() bool {
+		if t.awaitEngine == nil || ctx.Err() != nil {
+			return false
+		}
+		if firstRefused.IsZero() {
+			firstRefused = time.Now()
+		}
+		return t.awaitEngine(ctx, firstRefused)
+	}
+	resent := false
 	for attempt := 0; ; attempt++ {
 		ec, reused, err := t.get(ctx, hostPort(req))
 		if err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) && await() {
+				continue
+			}
 			return nil, err
 		}
 		stop := context.AfterFunc(ctx, func() { _ = ec.c.Close() })
@@ -109,19 +136,26 @@ func (t *engineTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			stop()
 			_ = ec.c.Close()
-			// A reused connection the engine closed while idle fails before
-			// any answer: send the request again, on the next pooled
-			// connection or a fresh one (a fresh one ends the retries).
-			if reused && attempt < t.maxIdle && ctx.Err() == nil && req.GetBody != nil && staleConn(err) {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			retry := false
+			if req.GetBody != nil && staleConn(err) {
+				switch {
+				case reused && attempt < t.maxIdle:
+					retry = true
+				case !resent:
+					resent = true
+					retry = await()
+				}
+			}
+			if retry {
 				body, gerr := req.GetBody()
 				if gerr == nil {
 					req = req.Clone(ctx)
 					req.Body = body
 					continue
 				}
-			}
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
 			}
 			return nil, err
 		}

@@ -12,15 +12,20 @@
 //     the start's duration is learned for RemainingStart.
 //  3. ready --idle for IdleTimeout with nothing queued or in flight-->
 //     stopping --> stopped: the gate closes first.
-//  4. starting or ready --the engine exits, or the start takes longer than
-//     StartTimeout--> failed: the gate closes, waiting requests are failed
-//     with 503; with work waiting, a new start follows after a backoff
-//     (1 s, doubling to 30 s).
+//  4. ready or sleeping --the engine exits on its own (a crash)--> starting:
+//     llmlabd, not systemd (the engine unit has no Restart=), restarts it at
+//     once; requests in flight failed with the engine, those waiting keep
+//     waiting within their deadlines. A second crash within crashWindow
+//     goes to 5 instead.
+//  5. starting --the engine exits, or the start takes longer than
+//     StartTimeout-->, or a crash loop --> failed: the gate closes,
+//     waiting requests are failed with 503; with work waiting, a new start
+//     follows after a backoff (1 s, doubling to 30 s).
 //
 // Config keys: engine.command (the exec backend), engine.idle_timeout,
 // engine.start_timeout, engine.expected_start_time.
 // Metrics: llmlab_engine_state{state}, llmlab_engine_starts_total{result},
-// llmlab_engine_start_seconds.
+// llmlab_engine_start_seconds, llmlab_engine_crashes_total.
 package supervisor
 
 import (
@@ -158,7 +163,12 @@ type metrics struct {
 	state     *prometheus.GaugeVec
 	starts    *prometheus.CounterVec
 	startTime prometheus.Histogram
+	crashes   prometheus.Counter
 }
+
+// crashWindow is how soon a second crash of a running engine counts as a
+// crash loop rather than a crash to recover from at once.
+const crashWindow = time.Minute
 
 // Attach sets the gate; call it before Run (the gate is usually built
 // with the supervisor as its engine).
@@ -180,13 +190,15 @@ func New(cfg Config, backend Backend, gate Gate, reg prometheus.Registerer, log 
 			Help: "Engine starts by result (ready, failed)."}, []string{"result"}),
 		startTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "llmlab_engine_start_seconds",
 			Help: "Time from starting the engine to its first healthy answer.", Buckets: []float64{0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300}}),
+		crashes: prometheus.NewCounter(prometheus.CounterOpts{Name: "llmlab_engine_crashes_total",
+			Help: "Times the engine exited without being asked to (restarted at once when it was running, unless it crashed within the last minute too)."}),
 	}
 	// Both results exist from the start, at 0, so that the first start of
 	// a run is an increase a query can see, not a new series.
 	s.metrics.starts.WithLabelValues("ready")
 	s.metrics.starts.WithLabelValues("failed")
 	if reg != nil {
-		reg.MustRegister(s.metrics.state, s.metrics.starts, s.metrics.startTime)
+		reg.MustRegister(s.metrics.state, s.metrics.starts, s.metrics.startTime, s.metrics.crashes)
 	}
 	s.publish(Stopped)
 	return s
@@ -261,6 +273,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 		exited      <-chan struct{}
 		startDone   time.Time // deadline of the current start
 		pending     Backend   // a backend to restart with once drained
+		lastCrash   time.Time // when a running engine last exited on its own
 		housekeeper = time.NewTicker(250 * time.Millisecond)
 	)
 	defer housekeeper.Stop()
@@ -383,6 +396,22 @@ func (s *Supervisor) Run(ctx context.Context) {
 			stopProbe()
 			proc, exited = nil, nil
 			s.gate.SetEngineReady(false)
+			s.metrics.crashes.Inc()
+			if (state == Ready || state == Sleeping) && time.Since(lastCrash) > crashWindow {
+				// A running engine died: its requests in flight have
+				// failed with it, but those waiting keep waiting, within
+				// their own deadlines, for a restart now. A second crash
+				// within crashWindow is a crash loop: it fails the waiting
+				// requests and backs off like a failed start.
+				lastCrash = time.Now()
+				s.noteInfo(func(i *Info) {
+					i.LastFailure, i.LastFailureAt = "the engine stopped unexpectedly; restarted at once", lastCrash
+				})
+				s.log.Warn("restarting the engine after its crash; waiting requests keep waiting")
+				start()
+				continue
+			}
+			lastCrash = time.Now()
 			s.fail(set, &retryAt, &backoff, "the engine stopped unexpectedly")
 		case now := <-housekeeper.C:
 			busy := s.gate.Busy()

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // fakeEngine is a backend whose engine becomes healthy startDelay after a
@@ -142,7 +144,11 @@ func TestColdStartThenIdleStop(t *testing.T) {
 	})
 }
 
-func TestCrashFailsWaitersAndRetries(t *testing.T) {
+// A running engine that crashes is restarted at once, and the requests
+// waiting are not failed: they wait for the restart. A second crash within
+// a minute is a crash loop: the waiting requests are failed and the
+// restart waits for the backoff.
+func TestCrashRestartsThenCrashLoopFails(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		eng := &fakeEngine{}
 		s, g, cancel := setup(t, eng, 0)
@@ -154,17 +160,35 @@ func TestCrashFailsWaitersAndRetries(t *testing.T) {
 		g.busy.Store(2) // work waits when the engine dies
 		eng.crash()
 		synctest.Wait()
-		if s.State() != Failed || g.ready.Load() || g.failed.Load() != 1 {
-			t.Fatalf("after a crash: %s, gate open %v, %d fail calls", s.State(), g.ready.Load(), g.failed.Load())
+		if s.State() != Starting || g.ready.Load() || g.failed.Load() != 0 || eng.starts != 2 {
+			t.Fatalf("after a crash: %s, gate open %v, %d fail calls, %d starts; want a restart at once, nothing failed",
+				s.State(), g.ready.Load(), g.failed.Load(), eng.starts)
+		}
+		if i := s.Info(); !strings.Contains(i.LastFailure, "stopped unexpectedly") {
+			t.Fatalf("Info after the crash: %+v", i)
+		}
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+		// Thirty seconds later it crashes again: a loop.
+		time.Sleep(30 * time.Second)
+		eng.crash()
+		synctest.Wait()
+		if s.State() != Failed || g.ready.Load() || g.failed.Load() != 1 || eng.starts != 2 {
+			t.Fatalf("after a second crash: %s, gate open %v, %d fail calls, %d starts; want failed, waiting requests failed",
+				s.State(), g.ready.Load(), g.failed.Load(), eng.starts)
 		}
 		// With work waiting, a restart follows after the backoff.
 		time.Sleep(1500 * time.Millisecond)
 		synctest.Wait()
-		if eng.starts != 2 {
-			t.Fatalf("%d starts after the backoff, want 2", eng.starts)
+		if eng.starts != 3 {
+			t.Fatalf("%d starts after the backoff, want 3", eng.starts)
 		}
 		for s.State() != Ready {
 			time.Sleep(10 * time.Millisecond)
+		}
+		if got := testutil.ToFloat64(s.metrics.crashes); got != 2 {
+			t.Fatalf("llmlab_engine_crashes_total = %v, want 2", got)
 		}
 	})
 }
