@@ -6,16 +6,21 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/llmlab/llmlab/daemon/enginetest"
 )
 
 // metricSum scrapes url and sums the samples of family name whose labels
@@ -205,5 +210,118 @@ format = "text"
 	}
 	if n := metricSum(t, m, "llmlab_requests_total", "outcome=engine_unavailable"); n != 0 {
 		t.Errorf("%v requests refused as engine_unavailable during the restart", n)
+	}
+}
+
+// Ten thousand idle connections against gateway.max_connections = 500:
+// llmlabd holds at most 500 (its open file descriptors say so), answers
+// each of the others 503 with Retry-After and closes it, keeps serving a
+// client whose connection it already held, and serves new connections
+// once the idle ones go. A connection that sends no request, or its
+// headers a byte at a time, is closed after gateway.client_timeout.
+func TestIdleConnectionFlood(t *testing.T) {
+	es := httptest.NewServer(&enginetest.Engine{})
+	defer es.Close()
+	cfg := strings.Replace(baseConfig(es.URL, ""), "[gateway]\n", "[gateway]\nmax_connections = 500\nclient_timeout = \"4s\"\n", 1)
+	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
+	addr := strings.TrimPrefix(d.api, "http://")
+	// A client connected before the flood.
+	early := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	if resp, err := early.Post(d.api+"/v1/completions", "application/json", strings.NewReader(`{"model":"m","prompt":"x","max_tokens":1}`)); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("before the flood: %v %v", err, resp)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	fdsBefore := metricSum(t, d.metrics+"/metrics", "process_open_fds")
+
+	const flood = 10000
+	conns := make([]net.Conn, 0, flood)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range flood {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("dial %d: %v", len(conns), err)
+		}
+		conns = append(conns, c)
+	}
+	fds := metricSum(t, d.metrics+"/metrics", "process_open_fds")
+	open := metricSum(t, d.metrics+"/metrics", "llmlab_connections_open")
+	// Each connection past the cap reads a 503 at once; those within it
+	// read nothing (they are idle, awaiting a request).
+	var refusedN atomic.Int64
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() {
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err == nil {
+				if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+					t.Errorf("past the cap: %d %v", resp.StatusCode, resp.Header)
+				}
+				refusedN.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	refused := int(refusedN.Load())
+	t.Logf("%d connections: %d refused with 503; llmlabd holds %v of them, %v file descriptors open (%v before)", flood, refused, open, fds, fdsBefore)
+	if open > 500 || refused < flood-500 || fds > fdsBefore+500+20 {
+		t.Fatalf("open %v, refused %d, fds %v (before %v): want at most 500 held and the rest refused", open, refused, fds, fdsBefore)
+	}
+	if n := metricSum(t, d.metrics+"/metrics", "llmlab_connections_refused_total"); n < float64(flood-500) {
+		t.Errorf("llmlab_connections_refused_total = %v", n)
+	}
+	// The client connected before the flood is still served on its
+	// connection.
+	if resp, err := early.Post(d.api+"/v1/completions", "application/json", strings.NewReader(`{"model":"m","prompt":"x","max_tokens":1}`)); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("during the flood, on a held connection: %v %v", err, resp)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	// A client sending its headers a byte at a time is cut off.
+	for _, c := range conns[:100] {
+		c.Close()
+	}
+	conns = conns[100:]
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	cut := make(chan time.Duration, 1)
+	go func() {
+		begin := time.Now()
+		for _, b := range []byte("POST /v1/completions HTTP/1.1\r\nHost: x\r\n") {
+			if _, err := slow.Write([]byte{b}); err != nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		cut <- time.Since(begin)
+	}()
+	slow.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if _, err := io.ReadAll(slow); err != nil {
+		t.Fatalf("slow headers: %v, want the connection closed", err)
+	}
+	// Once the idle connections go, new ones are served.
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	deadline := time.Now().Add(10 * time.Second)
+	for metricSum(t, d.metrics+"/metrics", "llmlab_connections_open") > 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("connections still counted open: %v", metricSum(t, d.metrics+"/metrics", "llmlab_connections_open"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if resp, body := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"x","max_tokens":1}`); resp.StatusCode != 200 {
+		t.Fatalf("after the flood: %d %s", resp.StatusCode, body)
 	}
 }

@@ -80,6 +80,13 @@ type Gateway struct {
 	// StateDir keeps what the daemon learns across restarts ("": not kept;
 	// systemd's $STATE_DIRECTORY is used when the key is unset).
 	StateDir string
+	// MaxConnections caps the API connections open at once; past it a new
+	// connection is answered 503 and closed.
+	MaxConnections int
+	// ClientTimeout bounds how long a client may take to send its request
+	// body, and how long it may leave the answer unread, before it is
+	// disconnected.
+	ClientTimeout time.Duration
 }
 
 // Engine names the inference engine the gateway proxies to.
@@ -93,7 +100,10 @@ type Engine struct {
 	Command []string
 	// Unit, when set, is the systemd unit llmlabd starts and stops through
 	// the D-Bus API instead.
-	Unit              string
+	Unit string
+	// ResponseTimeout is the longest the engine may go without sending a
+	// byte of its answer (for a non-streamed answer, the whole of it).
+	ResponseTimeout   time.Duration
 	IdleTimeout       time.Duration
 	StartTimeout      time.Duration
 	ExpectedStartTime time.Duration
@@ -186,12 +196,15 @@ type raw struct {
 		ShutdownGrace          string `toml:"shutdown_grace"`
 		StateDir               string `toml:"state_dir"`
 		ExitIdleTimeout        string `toml:"exit_idle_timeout"`
+		MaxConnections         int    `toml:"max_connections"`
+		ClientTimeout          string `toml:"client_timeout"`
 	} `toml:"gateway"`
 	Engine struct {
 		URL               string   `toml:"url"`
 		Models            []string `toml:"models"`
 		Command           []string `toml:"command"`
 		Unit              string   `toml:"unit"`
+		ResponseTimeout   string   `toml:"response_timeout"`
 		IdleTimeout       string   `toml:"idle_timeout"`
 		StartTimeout      string   `toml:"start_timeout"`
 		ExpectedStartTime string   `toml:"expected_start_time"`
@@ -260,9 +273,12 @@ func defaults() raw {
 	r.Gateway.Listen = "127.0.0.1:8080"
 	r.Gateway.ShutdownGrace = "30s"
 	r.Gateway.ExitIdleTimeout = "10m"
+	r.Gateway.MaxConnections = 4096
+	r.Gateway.ClientTimeout = "30s"
 	r.Engine.URL = "http://127.0.0.1:8000"
 	r.Engine.Models = []string{"Qwen/Qwen2.5-0.5B-Instruct"}
 	r.Engine.IdleTimeout = "5m"
+	r.Engine.ResponseTimeout = "5m"
 	r.Engine.StartTimeout = "10m"
 	r.Engine.ExpectedStartTime = "30s"
 	r.Engine.MaxColdStartWait = "60s"
@@ -409,7 +425,10 @@ func fromRaw(path string, r raw) (*Config, error) {
 		ShutdownGrace:          ck.duration("gateway.shutdown_grace", r.Gateway.ShutdownGrace, 0),
 		StateDir:               r.Gateway.StateDir,
 		ExitIdleTimeout:        ck.duration("gateway.exit_idle_timeout", r.Gateway.ExitIdleTimeout, 0),
+		MaxConnections:         r.Gateway.MaxConnections,
+		ClientTimeout:          ck.duration("gateway.client_timeout", r.Gateway.ClientTimeout, time.Second),
 	}
+	ck.atLeast("gateway.max_connections", r.Gateway.MaxConnections, 1)
 
 	u, err := url.Parse(r.Engine.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -424,6 +443,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 		}
 	}
 	c.Engine = Engine{URL: u, Models: r.Engine.Models, Command: r.Engine.Command, Unit: r.Engine.Unit,
+		ResponseTimeout:   ck.duration("engine.response_timeout", r.Engine.ResponseTimeout, time.Second),
 		IdleTimeout:       ck.duration("engine.idle_timeout", r.Engine.IdleTimeout, 0),
 		StartTimeout:      ck.duration("engine.start_timeout", r.Engine.StartTimeout, time.Second),
 		ExpectedStartTime: ck.duration("engine.expected_start_time", r.Engine.ExpectedStartTime, 0),

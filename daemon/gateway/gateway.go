@@ -36,6 +36,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -66,6 +67,14 @@ type Config struct {
 	Coalesce     bool
 	RateLimit    ratelimit.Config
 	AccessLog    bool
+	// ClientTimeout bounds the client's sending of its request body (408
+	// past it) and each write of the answer to it (a client that reads
+	// nothing for that long is disconnected, its engine slot freed); 0:
+	// no bound.
+	ClientTimeout time.Duration
+	// ResponseTimeout is the longest the engine may send nothing of an
+	// answer (headers or body); 0: no bound.
+	ResponseTimeout time.Duration
 }
 
 // settings is the part of the configuration that a reload swaps whole.
@@ -126,6 +135,7 @@ func New(cfg Config, keys *auth.Keys, engine Engine, warmup queue.Warmup, reg pr
 	g.queue = queue.New(cfg.Queue, warmup, g.metrics)
 	g.transport = newEngineTransport()
 	g.transport.awaitEngine = g.awaitEngine
+	g.transport.responseTimeout = func() time.Duration { return g.settings.Load().cfg.ResponseTimeout }
 	g.proxy = &httputil.ReverseProxy{
 		Rewrite:   g.rewrite,
 		Transport: g.transport,
@@ -286,7 +296,7 @@ func validID(id string) bool {
 func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string) {
 	st := &reqState{route: route, start: time.Now(), client: "anonymous"}
 	st.id = requestID(w, r)
-	rec := &recorder{ResponseWriter: w}
+	rec := &recorder{ResponseWriter: w, rc: http.NewResponseController(w), timeout: g.settings.Load().cfg.ClientTimeout}
 	defer g.finish(rec, st)
 	if r.Method != http.MethodPost {
 		rec.Header().Set("Allow", http.MethodPost)
@@ -328,12 +338,24 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 		return
 	}
 
+	if s.cfg.ClientTimeout > 0 {
+		_ = rec.rc.SetReadDeadline(time.Now().Add(s.cfg.ClientTimeout))
+	}
 	body, err := readBody(rec, r, s.cfg.MaxBodyBytes)
+	if s.cfg.ClientTimeout > 0 {
+		_ = rec.rc.SetReadDeadline(time.Time{})
+	}
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			g.fail(rec, st, http.StatusRequestEntityTooLarge, typeInvalid, "request_too_large", "",
 				"The request body exceeds "+strconv.FormatInt(mbe.Limit, 10)+" bytes.", 0, "invalid")
+			return
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			rec.Header().Set("Connection", "close")
+			g.fail(rec, st, http.StatusRequestTimeout, typeInvalid, "request_timeout", "",
+				"The request body did not arrive within "+s.cfg.ClientTimeout.String()+" (gateway.client_timeout).", 0, "invalid")
 			return
 		}
 		st.outcome, st.status = "cancelled", 499
@@ -417,6 +439,12 @@ func (g *Gateway) Recent() recent.Summary {
 
 // finish counts the request and writes its access-log line.
 func (g *Gateway) finish(rec *recorder, st *reqState) {
+	rec.disarm()
+	if rec.writeErr != nil && (st.outcome == "" || st.outcome == "ok") {
+		// The client left, or read nothing for gateway.client_timeout.
+		st.outcome, st.status = "cancelled", 499
+		rec.status = 499
+	}
 	status := rec.status
 	if status == 0 {
 		status = st.status
@@ -501,6 +529,29 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 type recorder struct {
 	http.ResponseWriter
 	status int
+	// rc reaches the connection's deadlines; timeout, when set, bounds
+	// each write to the client.
+	rc       *http.ResponseController
+	timeout  time.Duration
+	deadline bool  // a write deadline is set and must be cleared
+	writeErr error // the first failed write: the client is gone or stalled
+}
+
+// armWrite bounds the next write to the client.
+func (r *recorder) armWrite() {
+	if r.timeout > 0 {
+		_ = r.rc.SetWriteDeadline(time.Now().Add(r.timeout))
+		r.deadline = true
+	}
+}
+
+// disarm clears the write deadline, which would otherwise outlive the
+// request on a keep-alive connection.
+func (r *recorder) disarm() {
+	if r.deadline {
+		_ = r.rc.SetWriteDeadline(time.Time{})
+		r.deadline = false
+	}
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -514,14 +565,26 @@ func (r *recorder) Write(p []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}
-	return r.ResponseWriter.Write(p)
+	r.armWrite()
+	n, err := r.ResponseWriter.Write(p)
+	if err != nil && r.writeErr == nil {
+		r.writeErr = err
+	}
+	return n, err
 }
 
 // Flush forwards to the client connection, so streams are not buffered.
 func (r *recorder) Flush() {
-	if f, ok := r.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
+	r.armWrite()
+	if err := r.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) && r.writeErr == nil {
+		r.writeErr = err
 	}
+}
+
+// FlushError is Flush with its error, for http.ResponseController.
+func (r *recorder) FlushError() error {
+	r.Flush()
+	return r.writeErr
 }
 
 // Unwrap lets http.ResponseController reach the connection.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httputil"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +47,10 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	switch {
 	case r.Context().Err() != nil:
 		st.outcome, st.status = "cancelled", 499
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		g.fail(w, st, http.StatusGatewayTimeout, typeServer, "engine_timeout", "",
+			"The engine sent nothing for "+g.settings.Load().cfg.ResponseTimeout.String()+" (engine.response_timeout).", 0, "engine_error")
+		g.log.Warn("engine timed out", "request_id", st.id, "err", err)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		g.fail(w, st, http.StatusServiceUnavailable, typeUnavailable, "engine_unavailable", "",
 			"The engine is not accepting connections; retry shortly.", 1, "engine_unavailable")

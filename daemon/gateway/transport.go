@@ -35,6 +35,10 @@ type engineTransport struct {
 	// and says whether to dial again (a managed engine restarting after a
 	// crash), or not (the request fails as engine_unavailable).
 	awaitEngine func(ctx context.Context, firstRefused time.Time) bool
+	// responseTimeout, when set and positive, bounds each wait for the
+	// engine: the request's writing and the answer's headers together, and
+	// then every read of its body (engine.response_timeout).
+	responseTimeout func() time.Duration
 
 	mu   sync.Mutex
 	idle []*engineConn
@@ -79,6 +83,7 @@ func (t *engineTransport) get(ctx context.Context, addr string) (*engineConn, bo
 }
 
 func (t *engineTransport) put(ec *engineConn) {
+	_ = ec.c.SetDeadline(time.Time{})
 	ec.lastUsed = time.Now()
 	t.mu.Lock()
 	if len(t.idle) < t.maxIdle {
@@ -164,7 +169,17 @@ func (t *engineTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
+// deadline bounds the next wait on ec by the response timeout.
+func (t *engineTransport) deadline(ec *engineConn) {
+	if t.responseTimeout != nil {
+		if d := t.responseTimeout(); d > 0 {
+			_ = ec.c.SetDeadline(time.Now().Add(d))
+		}
+	}
+}
+
 func (t *engineTransport) exchange(ec *engineConn, req *http.Request) (*http.Response, error) {
+	t.deadline(ec)
 	if err := req.Write(ec.bw); err != nil {
 		return nil, err
 	}
@@ -205,6 +220,7 @@ func (b *engineBody) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
+	b.t.deadline(b.ec)
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.finish(true)

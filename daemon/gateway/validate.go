@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
 )
@@ -126,8 +129,13 @@ func validate(route string, body []byte, lim Limits, coalesce bool) (*parsed, *i
 	if err == nil && bytes.IndexByte(trimmed, '\\') >= 0 && rawControlInString(trimmed) {
 		err = errors.New("a string holds a raw control character")
 	}
+	if err == nil && !utf8.Valid(trimmed) {
+		// The engine's decoder (Python's json over the raw bytes) refuses
+		// it too; here it costs no slot.
+		err = errors.New("it is not valid UTF-8")
+	}
 	if err != nil {
-		return nil, &invalid{Status: http.StatusBadRequest, Code: "invalid_json", Msg: "the request body is not valid JSON: " + err.Error()}
+		return nil, &invalid{Status: http.StatusBadRequest, Code: "invalid_json", Msg: "the request body is not valid JSON: " + parseError(err)}
 	}
 	var f fields
 	v.GetObject().Visit(f.set)
@@ -397,4 +405,19 @@ func checkMessages(v *fastjson.Value) *invalid {
 		}
 	}
 	return nil
+}
+
+// nestedCause strips fastjson's chain of "cannot parse array value: "
+// prefixes, one per level of nesting: for a deeply nested body the chain
+// alone ran to kilobytes.
+var nestedCause = regexp.MustCompile(`^(cannot parse [A-Za-z ]+: )+`)
+
+// parseError is a parse error's message, without the nesting chain and at
+// most 300 bytes long.
+func parseError(err error) string {
+	msg := nestedCause.ReplaceAllString(err.Error(), "")
+	if len(msg) > 300 {
+		msg = strings.ToValidUTF8(msg[:300], "") + "..."
+	}
+	return msg
 }

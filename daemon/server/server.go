@@ -40,6 +40,7 @@ import (
 
 	"github.com/llmlab/llmlab/daemon/auth"
 	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/daemon/connlimit"
 	"github.com/llmlab/llmlab/daemon/enginemetrics"
 	"github.com/llmlab/llmlab/daemon/gateway"
 	"github.com/llmlab/llmlab/daemon/gpu"
@@ -108,7 +109,9 @@ func LoadConfig(o Options) (*config.Config, *auth.Keys, error) {
 // gatewayConfig extracts the gateway's part of cfg.
 func gatewayConfig(cfg *config.Config) gateway.Config {
 	return gateway.Config{
-		EngineURL: cfg.Engine.URL,
+		EngineURL:       cfg.Engine.URL,
+		ClientTimeout:   cfg.Gateway.ClientTimeout,
+		ResponseTimeout: cfg.Engine.ResponseTimeout,
 		Limits: gateway.Limits{
 			MaxTokens: cfg.Limits.MaxTokens,
 			MaxN:      cfg.Limits.MaxN,
@@ -566,7 +569,9 @@ func Run(ctx context.Context, o Options) error {
 	apiMux.HandleFunc("GET /healthz", serveHealthz)
 	apiMux.HandleFunc("GET /status", st.serve)
 	conns := newConnTracker()
-	apiSrv := &http.Server{Handler: apiMux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
+	// gateway.client_timeout bounds the headers too (at start; the body's
+	// bound follows reloads).
+	apiSrv := &http.Server{Handler: apiMux, ReadHeaderTimeout: cfg.Gateway.ClientTimeout, IdleTimeout: 120 * time.Second,
 		ConnState: conns.track, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 
 	metricsMux := http.NewServeMux()
@@ -581,6 +586,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 	metricsSrv := &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second}
 
+	// gateway.max_connections, read at every accept (a reload changes it).
+	connMetrics := connlimit.NewMetrics(reg)
+	for i, l := range apiLns {
+		apiLns[i] = connlimit.New(l, func() int64 { return int64(st.cfgNow().Gateway.MaxConnections) }, connMetrics)
+	}
 	errc := make(chan error, len(apiLns)+1)
 	for _, l := range apiLns {
 		go func() { errc <- serve(apiSrv, l) }()
