@@ -55,6 +55,14 @@ func (p *fakeProc) Stop(context.Context) error {
 	return nil
 }
 
+// startCount reads starts under the lock, for a test that reads it while
+// the supervisor may start the engine again.
+func (f *fakeEngine) startCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.starts
+}
+
 // crash makes the running engine exit on its own.
 func (f *fakeEngine) crash() {
 	f.mu.Lock()
@@ -160,9 +168,9 @@ func TestCrashRestartsThenCrashLoopFails(t *testing.T) {
 		g.busy.Store(2) // work waits when the engine dies
 		eng.crash()
 		synctest.Wait()
-		if s.State() != Starting || g.ready.Load() || g.failed.Load() != 0 || eng.starts != 2 {
+		if s.State() != Starting || g.ready.Load() || g.failed.Load() != 0 || eng.startCount() != 2 {
 			t.Fatalf("after a crash: %s, gate open %v, %d fail calls, %d starts; want a restart at once, nothing failed",
-				s.State(), g.ready.Load(), g.failed.Load(), eng.starts)
+				s.State(), g.ready.Load(), g.failed.Load(), eng.startCount())
 		}
 		if i := s.Info(); !strings.Contains(i.LastFailure, "stopped unexpectedly") {
 			t.Fatalf("Info after the crash: %+v", i)
@@ -174,15 +182,15 @@ func TestCrashRestartsThenCrashLoopFails(t *testing.T) {
 		time.Sleep(30 * time.Second)
 		eng.crash()
 		synctest.Wait()
-		if s.State() != Failed || g.ready.Load() || g.failed.Load() != 1 || eng.starts != 2 {
+		if s.State() != Failed || g.ready.Load() || g.failed.Load() != 1 || eng.startCount() != 2 {
 			t.Fatalf("after a second crash: %s, gate open %v, %d fail calls, %d starts; want failed, waiting requests failed",
-				s.State(), g.ready.Load(), g.failed.Load(), eng.starts)
+				s.State(), g.ready.Load(), g.failed.Load(), eng.startCount())
 		}
 		// With work waiting, a restart follows after the backoff.
 		time.Sleep(1500 * time.Millisecond)
 		synctest.Wait()
-		if eng.starts != 3 {
-			t.Fatalf("%d starts after the backoff, want 3", eng.starts)
+		if eng.startCount() != 3 {
+			t.Fatalf("%d starts after the backoff, want 3", eng.startCount())
 		}
 		for s.State() != Ready {
 			time.Sleep(10 * time.Millisecond)
