@@ -11,7 +11,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # go-nvml is cgo; its header marks many functions deprecated, which is noise.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all build demo deb test test-quick test-system test-engines lint fuzz bench-overhead bench-engines clean
+.PHONY: all build demo deb test test-quick test-system test-engines lint fuzz vulncheck bench-overhead bench-engines clean
 
 all: build
 
@@ -59,6 +59,10 @@ lint:
 fuzz:
 	$(GO) run ./internal/fuzzrun -execs $(FUZZEXECS) -stall $(FUZZSTALL) \
 	  ./daemon/config:FuzzParse ./daemon/gateway:FuzzValidate ./daemon/enginemetrics:FuzzParse
+
+## vulncheck: govulncheck against Go's vulnerability database, built from the golang.org/x/vulndb module (needs the Go module proxy; not part of make test)
+vulncheck:
+	sh packaging/vulncheck.sh
 
 ## bench-engines: Ollama alone, through llmlabd fixed and adaptive, side by side at 0.5x-3x its peak, and the knee of each (about 40 minutes; results/engines-*; docs/benchmarks.md)
 bench-engines: build

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -323,5 +324,57 @@ func TestIdleConnectionFlood(t *testing.T) {
 	}
 	if resp, body := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"x","max_tokens":1}`); resp.StatusCode != 200 {
 		t.Fatalf("after the flood: %d %s", resp.StatusCode, body)
+	}
+}
+
+// API keys never leave llmlabd: after requests with a good key, a wrong
+// one and none, neither key appears in its logs (debug level, access log
+// on), /status or /metrics, while the key's name does.
+func TestAPIKeysNeverExposed(t *testing.T) {
+	es := httptest.NewServer(&enginetest.Engine{})
+	defer es.Close()
+	const good, wrong = "sk-llmlab-test-0123456789abcdef", "sk-wrong-fedcba9876543210"
+	keys := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(keys, []byte("alice "+good+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := baseConfig(es.URL, "") + fmt.Sprintf("level = \"debug\"\naccess_log = true\n[auth]\nkeys_file = %q\n", keys)
+	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
+	for _, key := range []string{good, wrong, ""} {
+		req, _ := http.NewRequest("POST", d.api+"/v1/completions", strings.NewReader(`{"model":"m","prompt":"x","max_tokens":1}`))
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := map[bool]int{true: 200, false: 401}[key == good]; resp.StatusCode != want {
+			t.Fatalf("key %q: %d %s, want %d", key, resp.StatusCode, body, want)
+		}
+		if strings.Contains(string(body), wrong) {
+			t.Fatalf("the answer repeats the key: %s", body)
+		}
+	}
+	waitLog(t, d, "client=alice")
+	for where, text := range map[string]string{
+		"the logs": d.logs.String(), "/status": fetch(t, d.metrics+"/status"), "/metrics": fetch(t, d.metrics+"/metrics"),
+	} {
+		for _, key := range []string{good, wrong, good[:12], wrong[:12]} {
+			if strings.Contains(text, key) {
+				t.Errorf("%s hold the key %q", where, key)
+			}
+		}
+	}
+	if !strings.Contains(fetch(t, d.metrics+"/metrics"), `llmlab_client_requests_total{client="alice"} 1`) {
+		t.Error("/metrics does not count alice's request by name")
+	}
+	// A keys file open to other users stops llmlabd at start, naming it.
+	os.Chmod(keys, 0o644)
+	out, err := exec.Command(binary, "--config", writeConfig(t, cfg)).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), keys) || !strings.Contains(string(out), "0644") {
+		t.Fatalf("llmlabd with a world-readable keys file: %v\n%s", err, out)
 	}
 }

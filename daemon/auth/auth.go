@@ -16,6 +16,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"regexp"
@@ -31,9 +32,23 @@ type Keys struct {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
-// Load reads a keys file.
+// Load reads a keys file. A file that others may read (any permission for
+// "other") is refused: the keys are secrets, and the file belongs to root
+// with group llmlab, mode 0640.
 func Load(path string) (*Keys, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading keys file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("reading keys file: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o007 != 0 {
+		return nil, fmt.Errorf("keys file %s is open to other users (mode %04o): the keys are secrets; chmod o-rwx %s (0640, owner root, group llmlab)", path, perm, path)
+	}
+	data, err := io.ReadAll(f)
 	if err != nil {
 		return nil, fmt.Errorf("reading keys file: %w", err)
 	}

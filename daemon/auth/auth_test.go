@@ -2,6 +2,8 @@ package auth
 
 import (
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -79,5 +81,24 @@ func TestClasses(t *testing.T) {
 	var none *Keys
 	if none.Batch("x") {
 		t.Fatal("no keys: batch")
+	}
+}
+
+// A keys file other users may read is refused, naming the file, its mode
+// and the fix; one only its owner and group read loads.
+func TestLoadRefusesAFileOthersCanRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(path, []byte(file), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(path, 0o644) // whatever the umask
+	_, err := Load(path)
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "0644") || !strings.Contains(err.Error(), "chmod o-rwx") {
+		t.Fatalf("a world-readable keys file: %v", err)
+	}
+	os.Chmod(path, 0o640)
+	k, err := Load(path)
+	if err != nil || k.Len() != 2 {
+		t.Fatalf("a 0640 keys file: %v, %d keys", err, k.Len())
 	}
 }

@@ -40,8 +40,9 @@ type engineTransport struct {
 	// then every read of its body (engine.response_timeout).
 	responseTimeout func() time.Duration
 
-	mu   sync.Mutex
-	idle []*engineConn
+	mu    sync.Mutex
+	idle  []*engineConn
+	sweep *time.Timer // closes idle connections past idleTimeout while any are pooled
 }
 
 type engineConn struct {
@@ -88,6 +89,9 @@ func (t *engineTransport) put(ec *engineConn) {
 	t.mu.Lock()
 	if len(t.idle) < t.maxIdle {
 		t.idle = append(t.idle, ec)
+		if t.sweep == nil {
+			t.sweep = time.AfterFunc(t.idleTimeout, t.closeExpired)
+		}
 		t.mu.Unlock()
 		return
 	}
@@ -95,11 +99,42 @@ func (t *engineTransport) put(ec *engineConn) {
 	_ = ec.c.Close()
 }
 
+// closeExpired closes the pooled connections idle for idleTimeout, so that
+// a quiet gateway holds no descriptors for connections the engine has
+// given up on, and runs again while any remain.
+func (t *engineTransport) closeExpired() {
+	now := time.Now()
+	t.mu.Lock()
+	var expired []*engineConn
+	kept := t.idle[:0]
+	for _, ec := range t.idle { // oldest first
+		if now.Sub(ec.lastUsed) >= t.idleTimeout {
+			expired = append(expired, ec)
+		} else {
+			kept = append(kept, ec)
+		}
+	}
+	clear(t.idle[len(kept):])
+	t.idle = kept
+	t.sweep = nil
+	if len(t.idle) > 0 {
+		t.sweep = time.AfterFunc(t.idleTimeout-now.Sub(t.idle[0].lastUsed), t.closeExpired)
+	}
+	t.mu.Unlock()
+	for _, ec := range expired {
+		_ = ec.c.Close()
+	}
+}
+
 // CloseIdleConnections closes the pooled connections.
 func (t *engineTransport) CloseIdleConnections() {
 	t.mu.Lock()
 	idle := t.idle
 	t.idle = nil
+	if t.sweep != nil {
+		t.sweep.Stop()
+		t.sweep = nil
+	}
 	t.mu.Unlock()
 	for _, ec := range idle {
 		_ = ec.c.Close()

@@ -113,3 +113,45 @@ func TestTransportCancelClosesConnection(t *testing.T) {
 		t.Errorf("%d idle connections after a cancelled request, want 0", n)
 	}
 }
+
+// Pooled connections idle past idleTimeout are closed without any further
+// request: a quiet gateway holds no connection the engine gave up on.
+func TestTransportClosesExpiredIdleConnections(t *testing.T) {
+	var closed atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	}))
+	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			closed.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	tr := newEngineTransport()
+	tr.idleTimeout = 100 * time.Millisecond
+	for range 3 {
+		resp, err := roundTrip(t, tr, context.Background(), srv.URL, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for closed.Load() != 1 {
+		if time.Now().After(deadline) {
+			tr.mu.Lock()
+			n := len(tr.idle)
+			tr.mu.Unlock()
+			t.Fatalf("%d pooled connections still open after their idle timeout", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if len(tr.idle) != 0 || tr.sweep != nil {
+		t.Fatalf("pool %d, sweep %v after the sweep", len(tr.idle), tr.sweep != nil)
+	}
+}
