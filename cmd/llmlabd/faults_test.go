@@ -378,3 +378,76 @@ func TestAPIKeysNeverExposed(t *testing.T) {
 		t.Fatalf("llmlabd with a world-readable keys file: %v\n%s", err, out)
 	}
 }
+
+// readOnly makes dir unwritable for llmlabd until the returned function
+// runs: as root (as CI runs), by a read-only bind mount of it onto itself,
+// which binds root as well; otherwise by its permissions.
+func readOnly(t *testing.T, dir string) (restore func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if err := os.Chmod(dir, 0o555); err != nil {
+			t.Fatal(err)
+		}
+		return func() { os.Chmod(dir, 0o755) }
+	}
+	for _, args := range [][]string{{"--bind", dir, dir}, {"-o", "remount,ro,bind", dir}} {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			exec.Command("umount", dir).Run()
+			t.Fatalf("mount %v: %v\n%s", args, err, out)
+		}
+	}
+	done := false
+	restore = func() {
+		if !done {
+			done = true
+			if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+				t.Errorf("umount %s: %v\n%s", dir, err, out)
+			}
+		}
+	}
+	t.Cleanup(restore)
+	return restore
+}
+
+// The textfile's directory and the state directory turn read-only while
+// llmlabd serves (a full or read-only disk): it keeps serving, says so
+// once rather than at every attempt (one each 500 ms), and writes the
+// textfile again once it can, with the requests served meanwhile.
+func TestUnwritableTextfileAndState(t *testing.T) {
+	es := httptest.NewServer(&enginetest.Engine{})
+	defer es.Close()
+	collector, stateDir := t.TempDir(), t.TempDir()
+	textfile := filepath.Join(collector, "llmlab.prom")
+	cfg := strings.Replace(baseConfig(es.URL, ""), "[gateway]\n", fmt.Sprintf("[gateway]\nstate_dir = %q\n", stateDir), 1)
+	cfg = strings.Replace(cfg, `textfile = ""`, fmt.Sprintf("textfile = %q", textfile), 1)
+	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
+	req := `{"model":"m","prompt":"x","max_tokens":1}`
+	if resp, body := post(t, d.api+"/v1/completions", req); resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	restoreCollector, restoreState := readOnly(t, collector), readOnly(t, stateDir)
+	for range 5 {
+		if resp, body := post(t, d.api+"/v1/completions", req); resp.StatusCode != 200 {
+			t.Fatalf("with the disk read-only: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(600 * time.Millisecond) // a textfile attempt each 500 ms
+	}
+	waitLog(t, d, "cannot write the textfile")
+	if n := strings.Count(d.logs.String(), "cannot write the textfile"); n != 1 {
+		t.Errorf("the unwritable textfile was logged %d times in 3 s, want once", n)
+	}
+	restoreCollector()
+	restoreState()
+	waitLog(t, d, "the textfile is written again")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		data, _ := os.ReadFile(textfile)
+		if strings.Contains(string(data), `llmlab_requests_total{code="200",outcome="ok",route="completions"} 6`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the textfile after the disk came back:\n%s", data)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1015,8 +1015,26 @@ enabled = false
 	if low.OK == 0 || l1.Queue.Limit < 6 || l1.Queue.Limit > 12 {
 		t.Fatalf("six clients: limit %d (want about 6, demand met and no more), %d answered", l1.Queue.Limit, low.OK)
 	}
-	high := load(160, 25*time.Second)
-	l2 := readLimit(t, d)
+	// The law reads the engine's throughput; a simulator starved of CPU
+	// (this machine compiling other packages meanwhile) has none more to
+	// give, and the law rightly stops. Its own lag metric says whether it
+	// kept up; a phase it did not keep up with is measured once more.
+	var high bench.Summary
+	var l2 limitStatus
+	for attempt := 1; ; attempt++ {
+		s0, o0, _ := bench.LagSnapshot("http://" + engineAddr + "/metrics")
+		high = load(160, 25*time.Second)
+		l2 = readLimit(t, d)
+		s1, o1, _ := bench.LagSnapshot("http://" + engineAddr + "/metrics")
+		lag := bench.CheckLag(s0, o0, s1, o1)
+		if lag.Valid {
+			break
+		}
+		if attempt == 2 {
+			t.Fatalf("the simulator lagged twice (%.0f of %.0f steps late): this machine was too busy to measure the law", lag.LateSteps, lag.Steps)
+		}
+		t.Logf("the simulator lagged (%.0f of %.0f steps late, limit %d); measuring again", lag.LateSteps, lag.Steps, l2.Queue.Limit)
+	}
 	t.Logf("six clients: limit %d, engine %.2fs/request; 160 clients: limit %d, engine %.2fs/request, %.1f answers/s, p95 %s",
 		l1.Queue.Limit, l1.Queue.EngineSeconds, l2.Queue.Limit, l2.Queue.EngineSeconds, high.RPS, high.Latency.P95)
 	if l2.Queue.Limit <= l1.Queue.Limit || l2.Queue.Limit > 64 {

@@ -522,6 +522,19 @@ func Run(ctx context.Context, o Options) error {
 	if cfg.Metrics.Textfile != "" {
 		tf = textfile.New(cfg.Metrics.Textfile, reg, learned.Counters)
 	}
+	// A file that cannot be written (a full or read-only disk) is logged
+	// once, and again once it can be written: not at every attempt.
+	failing := map[string]bool{}
+	noteWrite := func(what string, err error, attrs ...any) {
+		switch {
+		case err != nil && !failing[what]:
+			failing[what] = true
+			log.Warn("cannot write the "+what+"; llmlabd keeps serving and retries", append(attrs, "err", err)...)
+		case err == nil && failing[what]:
+			failing[what] = false
+			log.Info("the "+what+" is written again", attrs...)
+		}
+	}
 	saveLearned := func() {
 		if stateDir == "" {
 			return
@@ -532,8 +545,9 @@ func Run(ctx context.Context, o Options) error {
 			return
 		}
 		now.Counters = learned.Counters
-		if err := statefile.Save(stateDir, now); err != nil {
-			log.Warn("cannot keep learned state", "err", err)
+		err := statefile.Save(stateDir, now)
+		noteWrite("state file", err, "state_dir", stateDir)
+		if err != nil {
 			return
 		}
 		learned = now
@@ -544,18 +558,14 @@ func Run(ctx context.Context, o Options) error {
 		if tf == nil {
 			return
 		}
-		if err := tf.Write(up); err != nil {
-			log.Warn("cannot write the textfile", "path", cfg.Metrics.Textfile, "err", err)
-		}
+		noteWrite("textfile", tf.Write(up), "path", cfg.Metrics.Textfile)
 		if !up && stateDir != "" {
 			totals, err := tf.Totals()
 			if err == nil {
 				learned.Counters = totals
 				now := currentLearned(gw, sup, lim)
 				now.Counters = totals
-				if err := statefile.Save(stateDir, now); err != nil {
-					log.Warn("cannot keep learned state", "err", err)
-				}
+				noteWrite("state file", statefile.Save(stateDir, now), "state_dir", stateDir)
 			}
 		}
 	}
