@@ -95,7 +95,11 @@ type Gateway struct {
 	coalescer *coalescer
 	metrics   *metrics
 	recent    *recent.Window
-	lastWork  atomic.Int64 // unix nanos of the latest work request's arrival
+	// lastWork is the latest work request's arrival, as nanoseconds after
+	// epoch plus one (0: none yet): on the monotonic clock, which a jump of
+	// the wall clock does not move.
+	lastWork atomic.Int64
+	epoch    time.Time
 	// maxModelLen is the engine's context length as its /v1/models last
 	// said (0: not known).
 	maxModelLen atomic.Int64
@@ -129,7 +133,7 @@ func (g *Gateway) awaitEngine(ctx context.Context, firstRefused time.Time) bool 
 // New returns a gateway in front of cfg.EngineURL. keys may be nil (no
 // authentication).
 func New(cfg Config, keys *auth.Keys, engine Engine, warmup queue.Warmup, reg prometheus.Registerer, log *slog.Logger) *Gateway {
-	g := &Gateway{log: log, engine: engine, limiter: ratelimit.New(cfg.RateLimit), recent: recent.New(time.Now())}
+	g := &Gateway{log: log, engine: engine, limiter: ratelimit.New(cfg.RateLimit), recent: recent.New(time.Now()), epoch: time.Now()}
 	g.settings.Store(&settings{cfg: cfg, keys: keys})
 	g.metrics = newMetrics(reg, func() queue.Stats { return g.queue.Stats() }, cfg.Queue.SLO)
 	g.queue = queue.New(cfg.Queue, warmup, g.metrics)
@@ -205,7 +209,7 @@ func (g *Gateway) SeedRate(rate float64) { g.queue.SeedRate(rate) }
 // LastWork is when the latest work request arrived (zero if none yet).
 func (g *Gateway) LastWork() time.Time {
 	if n := g.lastWork.Load(); n != 0 {
-		return time.Unix(0, n)
+		return g.epoch.Add(time.Duration(n - 1))
 	}
 	return time.Time{}
 }
@@ -303,7 +307,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 		g.fail(rec, st, http.StatusMethodNotAllowed, typeInvalid, "method_not_allowed", "", "use POST", 0, "invalid")
 		return
 	}
-	g.lastWork.Store(st.start.UnixNano())
+	g.lastWork.Store(int64(st.start.Sub(g.epoch)) + 1)
 	g.engine.Wake()
 	s := g.settings.Load()
 

@@ -121,7 +121,8 @@ type Supervisor struct {
 
 	// Published by Run for other goroutines.
 	state        atomic.Value // string
-	startedAt    atomic.Int64 // unix nanos of the current start
+	startedAt    atomic.Int64 // the current start, in nanoseconds after epoch (monotonic)
+	epoch        time.Time
 	learnedStart atomic.Int64 // nanoseconds
 	learnedWake  atomic.Int64 // nanoseconds
 
@@ -179,7 +180,7 @@ func New(cfg Config, backend Backend, gate Gate, reg prometheus.Registerer, log 
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = 50 * time.Millisecond
 	}
-	s := &Supervisor{cfg: cfg, backend: backend, gate: gate, log: log, wake: make(chan struct{}, 1), restart: make(chan Backend, 1)}
+	s := &Supervisor{cfg: cfg, backend: backend, gate: gate, log: log, wake: make(chan struct{}, 1), restart: make(chan Backend, 1), epoch: time.Now()}
 	s.state.Store(Stopped)
 	s.learnedStart.Store(int64(cfg.ExpectedStart))
 	s.learnedWake.Store(int64(expectedWake))
@@ -227,6 +228,10 @@ func (s *Supervisor) Restart(b Backend) {
 // State names the engine's lifecycle state.
 func (s *Supervisor) State() string { return s.state.Load().(string) }
 
+// started is when the current start began, on the monotonic clock (a jump
+// of the wall clock does not change how long a start took).
+func (s *Supervisor) started() time.Time { return s.epoch.Add(time.Duration(s.startedAt.Load())) }
+
 // RemainingStart is how much longer the engine is expected to take to be
 // ready: 0 when ready, the learned start time when stopped.
 func (s *Supervisor) RemainingStart() time.Duration {
@@ -235,7 +240,7 @@ func (s *Supervisor) RemainingStart() time.Duration {
 	case Ready:
 		return 0
 	case Starting:
-		elapsed := time.Since(time.Unix(0, s.startedAt.Load()))
+		elapsed := time.Since(s.started())
 		// Past the expectation, assume a little more rather than none.
 		return max(learned-elapsed, learned/10)
 	case Sleeping:
@@ -286,7 +291,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 	}
 	start := func() {
 		now := time.Now()
-		s.startedAt.Store(now.UnixNano())
+		s.startedAt.Store(int64(now.Sub(s.epoch)))
 		set(Starting)
 		if s.cfg.BeforeStart != nil {
 			if err := s.cfg.BeforeStart(ctx); err != nil {
@@ -368,13 +373,13 @@ func (s *Supervisor) Run(ctx context.Context) {
 		case <-probeC:
 			if s.cfg.Probe(ctx) {
 				stopProbe()
-				took := time.Since(time.Unix(0, s.startedAt.Load()))
+				took := time.Since(s.started())
 				s.learn(took)
 				s.metrics.starts.WithLabelValues("ready").Inc()
 				s.metrics.startTime.Observe(took.Seconds())
 				s.log.Info("engine ready", "start_time", took)
 				s.noteInfo(func(i *Info) {
-					i.LastStart, i.LastStartSeconds = time.Unix(0, s.startedAt.Load()), took.Seconds()
+					i.LastStart, i.LastStartSeconds = s.started(), took.Seconds()
 				})
 				if s.cfg.OnReady != nil {
 					s.cfg.OnReady(ctx)
