@@ -61,6 +61,29 @@ func metricSum(t *testing.T, url, name string, match ...string) float64 {
 	return sum
 }
 
+// managedSimConfig is a configuration of llmlabd managing the simulator
+// (gtx1650 profile, a 1 s start, the model named "m", never stopped for
+// idleness) on a free port, with extra lines for [engine], [queue] and
+// [log].
+func managedSimConfig(t *testing.T, engine, queue, log string) string {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(freeAddr(t))
+	return fmt.Sprintf(`[gateway]
+listen = "127.0.0.1:0"
+[engine]
+url = "http://%s:%s"
+models = ["m"]
+command = [%q, "sim", "--profile", "gtx1650", "--startup-delay", "1s", "--served-model-name", "m", "--host", %q, "--port", %q]
+idle_timeout = "0s"
+%s[queue]
+%s[metrics]
+listen = "127.0.0.1:0"
+textfile = ""
+[log]
+format = "text"
+%s`, host, port, toolBinary, host, port, engine, queue, log)
+}
+
 // childPIDs lists a process's children.
 func childPIDs(t *testing.T, pid int) []int {
 	t.Helper()
@@ -86,26 +109,7 @@ func childPIDs(t *testing.T, pid int) []int {
 // requests are served by the new one, none refused. Slots are freed, and
 // the counters add up: every request sent is counted once.
 func TestEngineCrashMidStream(t *testing.T) {
-	engineAddr := freeAddr(t)
-	host, port, _ := net.SplitHostPort(engineAddr)
-	cfg := fmt.Sprintf(`[gateway]
-listen = "127.0.0.1:0"
-[engine]
-url = "http://%s"
-models = ["m"]
-command = [%q, "sim", "--profile", "gtx1650", "--startup-delay", "1s", "--served-model-name", "m", "--host", %q, "--port", %q]
-idle_timeout = "0s"
-max_cold_start_wait = "30s"
-[queue]
-max_inflight = 2
-max_queued = 8
-max_wait = "30s"
-[metrics]
-listen = "127.0.0.1:0"
-textfile = ""
-[log]
-format = "text"
-`, engineAddr, toolBinary, host, port)
+	cfg := managedSimConfig(t, "max_cold_start_wait = \"30s\"\n", "max_inflight = 2\nmax_queued = 8\nmax_wait = \"30s\"\n", "")
 	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
 	// Warm: the engine starts with the first request.
 	if resp, body := post(t, d.api+"/v1/completions", `{"prompt":"x","max_tokens":2}`); resp.StatusCode != 200 {

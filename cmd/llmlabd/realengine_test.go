@@ -226,14 +226,7 @@ func TestRealEngineOllama(t *testing.T) {
 		t.Errorf("%d answered and %d refused at twice the engine's capacity: want both", ok, refused)
 	}
 	// llmlabd counted every request it was sent: none lost.
-	var counted float64
-	for _, l := range strings.Split(grepLines(fetch(t, d.metrics+"/metrics"), `^llmlab_requests_total\{`), "\n") {
-		if f := strings.Fields(l); len(f) == 2 {
-			var v float64
-			fmt.Sscan(f[1], &v)
-			counted += v
-		}
-	}
+	counted := metricSum(t, d.metrics+"/metrics", "llmlab_requests_total")
 	if want := float64(len(answers) + 2 + int(calibration.Load())); math.Abs(counted-want) > 0 {
 		t.Errorf("llmlab_requests_total sums to %v, want the %v requests sent", counted, want)
 	}

@@ -4,10 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
-	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -55,24 +53,7 @@ type soakGauge struct {
 //
 //	go test ./cmd/llmlabd -run TestSoak -v -timeout 20m -args -soak 10m -soak-out results/soak.json
 func TestSoak(t *testing.T) {
-	engineAddr := freeAddr(t)
-	host, port, _ := net.SplitHostPort(engineAddr)
-	cfg := fmt.Sprintf(`[gateway]
-listen = "127.0.0.1:0"
-[engine]
-url = "http://%s"
-models = ["m"]
-command = [%q, "sim", "--profile", "gtx1650", "--startup-delay", "1s", "--served-model-name", "m", "--host", %q, "--port", %q]
-idle_timeout = "0s"
-[queue]
-max_inflight = 24
-[metrics]
-listen = "127.0.0.1:0"
-textfile = ""
-[log]
-format = "text"
-access_log = false
-`, engineAddr, toolBinary, host, port)
+	cfg := managedSimConfig(t, "", "max_inflight = 24\n", "access_log = false\n")
 	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
 	if resp, body := post(t, d.api+"/v1/completions", `{"prompt":"x","max_tokens":2}`); resp.StatusCode != 200 {
 		t.Fatalf("warm-up: %d %s", resp.StatusCode, body)
