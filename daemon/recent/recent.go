@@ -24,7 +24,9 @@ type Window struct {
 	mu      sync.Mutex
 	started time.Time
 	// seconds holds the outcome counts of each of the last Span's
-	// seconds, indexed by unix second modulo its length.
+	// seconds, indexed by the second since started (on the monotonic
+	// clock, so that a jump of the wall clock neither empties nor
+	// doubles the window) modulo its length.
 	seconds [60]second
 	samples [maxSamples]sample // ring of answered requests' latencies
 	next    int
@@ -32,7 +34,7 @@ type Window struct {
 }
 
 type second struct {
-	unix     int64
+	n        int64 // seconds since started
 	outcomes map[string]int
 }
 
@@ -49,10 +51,10 @@ func New(now time.Time) *Window { return &Window{started: now} }
 func (w *Window) Add(now time.Time, outcome string, latency time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	u := now.Unix()
+	u := w.second(now)
 	s := &w.seconds[u%int64(len(w.seconds))]
-	if s.unix != u || s.outcomes == nil {
-		s.unix, s.outcomes = u, map[string]int{}
+	if s.n != u || s.outcomes == nil {
+		s.n, s.outcomes = u, map[string]int{}
 	}
 	s.outcomes[outcome]++
 	if outcome == "ok" {
@@ -60,6 +62,12 @@ func (w *Window) Add(now time.Time, outcome string, latency time.Duration) {
 		w.next = (w.next + 1) % len(w.samples)
 		w.n = min(w.n+1, len(w.samples))
 	}
+}
+
+// second is now's second since the window started. now.Sub reads the
+// monotonic clock when both times carry it, as time.Now's do.
+func (w *Window) second(now time.Time) int64 {
+	return int64(max(now.Sub(w.started), 0) / time.Second)
 }
 
 // Summary is the window read at one moment.
@@ -90,8 +98,9 @@ func (w *Window) Summary(now time.Time, slo time.Duration) Summary {
 	sum := Summary{Outcomes: map[string]int{}}
 	sum.Seconds = min(now.Sub(w.started), Span).Seconds()
 	from := now.Add(-Span)
+	last := w.second(now)
 	for _, s := range w.seconds {
-		if s.unix <= from.Unix() || s.unix > now.Unix() {
+		if s.outcomes == nil || s.n <= last-int64(len(w.seconds)) || s.n > last {
 			continue
 		}
 		for o, c := range s.outcomes {
