@@ -158,9 +158,23 @@ type Queue struct {
 	// engineP95 the 95th percentile of the last len(recent) of those times.
 	engineTime time.Duration
 	engineP95  time.Duration
-	recent     [100]time.Duration
-	nRecent    int
-	scratch    [100]time.Duration
+	// fullTime is a moving average of the time a request holds its
+	// slots with the engine at the in-flight limit (nFull such requests
+	// seen): what a request that waits for a slot will take, since it
+	// runs with the engine full. Light load says little about it: the
+	// engine's steps grow with its batch.
+	fullTime time.Duration
+	nFull    int
+	// slotSeconds is the integral of the slots in use since New, from
+	// which a ticket's average occupancy over its hold is read.
+	slotSeconds float64
+	lastSlots   time.Time
+	// running holds the dispatched tickets, oldest first: the order in
+	// which, holding alike, they free their slots.
+	running list.List
+	recent  [100]time.Duration
+	nRecent int
+	scratch [100]time.Duration
 	// margin corrects the engine's tail time that admission adds to a
 	// predicted wait, learned from what became of the requests it let
 	// wait (see judgeLocked).
@@ -263,6 +277,8 @@ type Ticket struct {
 	released   bool
 	dispatched time.Time
 	arrived    time.Time
+	slotsAt    float64       // the queue's slotSeconds at dispatch
+	elem       *list.Element // in the queue's running list
 	// interactive tickets under an objective earn and spend the miss
 	// budget; onBudget ones were admitted on it; the outcome of judged
 	// ones teaches the margin.
@@ -417,7 +433,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		return nil, ref
 	}
 	if q.cfg.BatchWindow == 0 && q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class) {
-		q.window.account(now, q.inflight)
+		q.accountLocked(now)
 		q.inflight += r.Weight
 		q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
 		q.noteBlockedLocked(now)
@@ -426,7 +442,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		if q.obs != nil {
 			q.obs.Dispatched(1)
 		}
-		return &Ticket{q: q, weight: r.Weight, dispatched: now, arrived: now, interactive: r.Class == Interactive && q.cfg.SLO > 0}, nil
+		return q.runLocked(&Ticket{q: q, weight: r.Weight, dispatched: now, arrived: now, interactive: r.Class == Interactive && q.cfg.SLO > 0}), nil
 	}
 	why := "no_slot"
 	switch {
@@ -441,7 +457,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	}
 	wait := q.deadlineLocked(r.Class)
 	w := &waiter{req: r, ready: make(chan struct{}), onBudget: onBudget, arrived: now}
-	if r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 && !onBudget {
+	if r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && !onBudget {
 		w.judged = true
 	}
 	w.elem = q.waiters[r.Class].PushBack(w)
@@ -500,13 +516,13 @@ func (q *Queue) deadlineLocked(class int) time.Duration {
 		return q.cfg.MaxColdStartWait
 	}
 	wait := q.maxWaitLocked(class)
-	if class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 {
+	if class == Interactive && q.cfg.SLO > 0 && !q.notReady {
 		// Served later than this, it would miss the objective even with
-		// the engine's average time. Admission asked for the engine's
+		// the engine's average time when full. Admission asked for the engine's
 		// tail time (engineTailLocked) to fit: the difference is the
 		// slack that keeps a wait a little longer than predicted from
 		// turning into a late refusal.
-		wait = min(wait, max(q.cfg.SLO-q.engineTime, q.cfg.SLO/10))
+		wait = min(wait, max(q.cfg.SLO-q.holdLocked(), q.cfg.SLO/10))
 	}
 	return wait + q.remainingStart()
 }
@@ -558,8 +574,8 @@ func (q *Queue) admitLocked(r Request) (ref *Refusal, onBudget bool) {
 		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonOverloaded,
 			Message: fmt.Sprintf("the predicted wait of %s exceeds the %s limit; the server is overloaded", wait.Round(time.Millisecond), maxWait), RetryAfter: wait - maxWait}, false
 	}
-	if tail := q.engineTailLocked(); r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && q.engineTime > 0 && wait+tail > q.cfg.SLO {
-		if wait+q.engineTime <= q.cfg.SLO && q.budget >= 1 {
+	if tail := q.engineTailLocked(); r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && wait+tail > q.cfg.SLO {
+		if wait+q.holdLocked() <= q.cfg.SLO && q.budget >= 1 {
 			// Predicted past the tail, not past the mean: let it be one of
 			// the misses the objective allows.
 			q.budget--
@@ -573,6 +589,44 @@ func (q *Queue) admitLocked(r Request) (ref *Refusal, onBudget bool) {
 	return nil, false
 }
 
+// fullShare is the average occupancy, as a share of the in-flight limit,
+// at which a request's time counts as the engine's time when full.
+const fullShare = 0.9
+
+// accountLocked brings the slot integrals up to now, with q.inflight slots
+// in use since the last call.
+func (q *Queue) accountLocked(now time.Time) {
+	q.window.account(now, q.inflight)
+	if !q.lastSlots.IsZero() {
+		q.slotSeconds += float64(q.inflight) * now.Sub(q.lastSlots).Seconds()
+	}
+	q.lastSlots = now
+}
+
+// runLocked notes t, just dispatched, as running.
+func (q *Queue) runLocked(t *Ticket) *Ticket {
+	t.slotsAt = q.slotSeconds
+	t.elem = q.running.PushBack(t)
+	return t
+}
+
+// holdLocked is how long a request that waits for a slot can expect to
+// hold it. It will run with the engine at the in-flight limit, so this
+// is the engine's measured time when full (fullTime), or, before one has
+// been measured, the limit over the completion rate (Little's law: a
+// full engine completing rate requests a second holds each for
+// limit/rate), which the nominal rate gives before anything has run.
+// Never below the engine's recent mean. Without it, admission after a
+// spell of light load predicted from the light load's short times and
+// let requests wait that then took the full engine's longer ones.
+func (q *Queue) holdLocked() time.Duration {
+	hold := q.fullTime
+	if q.nFull == 0 {
+		hold = time.Duration(float64(q.capLocked()) / q.rate.rate() * float64(time.Second))
+	}
+	return max(hold, q.engineTime)
+}
+
 // engineTailLocked is the engine time that admission adds to a predicted
 // wait. It starts at the 95th percentile of the engine's recent times: the
 // objective is the 95th percentile of end-to-end latency, so admission asks
@@ -582,8 +636,8 @@ func (q *Queue) admitLocked(r Request) (ref *Refusal, onBudget bool) {
 // what became of the requests admitted to wait (judgeLocked); it never
 // goes below the mean.
 func (q *Queue) engineTailLocked() time.Duration {
-	tail := max(q.engineP95, q.engineTime)
-	return max(tail+q.margin, q.engineTime)
+	hold := q.holdLocked()
+	return max(max(q.engineP95, hold)+q.margin, hold)
 }
 
 // budgetCapLocked is the most of the miss budget kept: minBudgetCap, or
@@ -626,7 +680,8 @@ func (q *Queue) judgeLocked(miss bool) {
 	} else {
 		q.margin -= time.Duration(float64(step) * MissTarget / (1 - MissTarget))
 	}
-	lo := q.engineTime - max(q.engineP95, q.engineTime)
+	hold := q.holdLocked()
+	lo := hold - max(q.engineP95, hold)
 	q.margin = min(max(q.margin, lo), q.cfg.SLO/2)
 }
 
@@ -658,9 +713,31 @@ func (q *Queue) predictLocked(w, class int) time.Duration {
 	ahead := queued + w - (q.capForLocked(class) - q.inflight)
 	d := q.remainingStart()
 	if ahead > 0 {
-		d += time.Duration(float64(ahead) / q.rate.rate() * float64(time.Second))
+		d += max(time.Duration(float64(ahead)/q.rate.rate()*float64(time.Second)), q.freedLocked(ahead))
 	}
 	return d
+}
+
+// freedLocked estimates when n more slots will have been freed: when the
+// running request that frees the n-th of them, oldest first, will have
+// held its slots for holdLocked, and past the running ones at the
+// completion rate. The completion rate alone assumes completions spread
+// evenly; after a step in load the running requests started together and
+// will finish together, and nothing is freed before the oldest is done.
+func (q *Queue) freedLocked(n int) time.Duration {
+	now, hold := time.Now(), q.holdLocked()
+	var last time.Time
+	for e := q.running.Front(); e != nil; e = e.Next() {
+		t := e.Value.(*Ticket)
+		last = t.dispatched
+		if n -= t.weight; n <= 0 {
+			return max(t.dispatched.Add(hold).Sub(now), 0)
+		}
+	}
+	if last.IsZero() {
+		return 0
+	}
+	return max(last.Add(hold).Sub(now), 0) + time.Duration(float64(n)/q.rate.rate()*float64(time.Second))
 }
 
 // drainTimeLocked estimates how long the current queue takes to drain.
@@ -737,10 +814,10 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 		}
 		q.waiters[w.req.Class].Remove(w.elem)
 		q.queuedSlots[w.req.Class] -= w.req.Weight
-		q.window.account(now, q.inflight)
+		q.accountLocked(now)
 		q.inflight += w.req.Weight
-		w.ticket = &Ticket{q: q, weight: w.req.Weight, dispatched: now, arrived: w.arrived,
-			interactive: w.req.Class == Interactive && q.cfg.SLO > 0, onBudget: w.onBudget, judged: w.judged}
+		w.ticket = q.runLocked(&Ticket{q: q, weight: w.req.Weight, dispatched: now, arrived: w.arrived,
+			interactive: w.req.Class == Interactive && q.cfg.SLO > 0, onBudget: w.onBudget, judged: w.judged})
 		released = append(released, w)
 	}
 	q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
@@ -923,8 +1000,22 @@ func (t *Ticket) Release() {
 	}
 	t.released = true
 	now := time.Now()
+	if t.elem != nil {
+		q.running.Remove(t.elem)
+		t.elem = nil
+	}
 	if !t.dispatched.IsZero() {
 		held := now.Sub(t.dispatched)
+		q.accountLocked(now)
+		if held > 0 && (q.slotSeconds-t.slotsAt)/held.Seconds() >= fullShare*float64(q.capLocked()) {
+			// The engine was at the limit (on average) while this one ran.
+			if q.nFull == 0 {
+				q.fullTime = held
+			} else {
+				q.fullTime += (held - q.fullTime) / 20
+			}
+			q.nFull++
+		}
 		if len(q.window.EngineTimes) < 8192 {
 			q.window.EngineTimes = append(q.window.EngineTimes, held)
 		}
@@ -951,7 +1042,7 @@ func (t *Ticket) Release() {
 	q.rate.complete(now, t.weight, q.blockedLocked())
 	q.window.trackBlocked(now, q.blockedLocked())
 	q.window.Completed += t.weight
-	q.window.account(now, q.inflight)
+	q.accountLocked(now)
 	q.inflight -= t.weight
 	q.dispatchLocked(now, false)
 }

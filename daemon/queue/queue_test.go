@@ -710,7 +710,9 @@ func TestSLOAdmission(t *testing.T) {
 		time.Sleep(1500 * time.Millisecond)
 		a.Release()
 		a, _ = q.Acquire(ctx, Request{Weight: 1})
-		// At 4 completions/s: 0.25 s and 0.5 s of wait, plus 1.5 s: within 2 s.
+		// a frees its slot in 0.1 s; at 4 completions/s: 0.25 s and 0.5 s
+		// of wait, plus 1.5 s: within 2 s.
+		time.Sleep(1400 * time.Millisecond)
 		b := acquireAsync(q, ctx, Request{Weight: 1})
 		synctest.Wait()
 		cc := acquireAsync(q, ctx, Request{Weight: 1})
@@ -864,6 +866,7 @@ func TestMarginTracksMissRate(t *testing.T) {
 	c.SLO = 4 * time.Second
 	q := New(c, nil, nil)
 	q.engineTime, q.engineP95 = time.Second, 3*time.Second
+	q.fullTime, q.nFull = time.Second, 1 // measured with the engine full
 	run := func(n, every int) {
 		for i := range n {
 			q.judgeLocked(i%every == 0)
@@ -959,4 +962,52 @@ func longTail(base, tail time.Duration, every int) func(int) time.Duration {
 		}
 		return base
 	}
+}
+
+// A step into overload after light load (issue 15): the engine's times at
+// light load say little about the full engine's, and requests that
+// started together finish together. Admission must predict the wait from
+// the oldest running request and the time with the engine full, or it
+// lets requests wait that will be served past the objective.
+func TestStepIntoOverload(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 4, 20, 8, 4*time.Second, 1400*time.Millisecond
+		q := New(c, nil, nil)
+		ctx := context.Background()
+		// Before anything ran: the limit over the nominal rate (Little).
+		if got := q.EngineTail(); got != 500*time.Millisecond {
+			t.Fatalf("tail before any measurement = %s, want 4 slots / 8 per second = 500ms", got)
+		}
+		// Light load: one at a time, 1 s each.
+		serveOneByOne(q, 5, func(int) time.Duration { return time.Second })
+		// The step: four start together, and 0.5 s later one more comes.
+		// The rate (8/s) says its slot frees in 125 ms; but nothing frees
+		// before the oldest has run its second: 500 ms of wait, and with
+		// the engine's second, past the 1.4 s objective.
+		var running []*Ticket
+		for range 4 {
+			tk, _ := q.Acquire(ctx, Request{Weight: 1})
+			running = append(running, tk)
+		}
+		time.Sleep(500 * time.Millisecond)
+		_, err := q.Acquire(ctx, Request{Weight: 1})
+		if ref := refusal(t, err); ref.Reason != ReasonSLO || ref.RetryAfter != 100*time.Millisecond {
+			t.Fatalf("a request behind four that started together: %+v, want slo with 500ms + 1s - 1.4s", ref)
+		}
+		// The full engine takes 3 s a request.
+		time.Sleep(2500 * time.Millisecond)
+		for _, tk := range running {
+			tk.Release()
+		}
+		// Light load again, long enough that the last 100 times are all
+		// light ones: the time when full still bounds the tail.
+		serveOneByOne(q, 100, func(int) time.Duration { return time.Second })
+		if got := q.EngineTail(); got != 3*time.Second {
+			t.Fatalf("tail after light load = %s, want the full engine's 3s", got)
+		}
+		if got := q.EngineTime(); got > 1100*time.Millisecond {
+			t.Fatalf("engine time after light load = %s, want about 1s", got)
+		}
+	})
 }
