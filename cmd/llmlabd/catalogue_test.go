@@ -44,6 +44,8 @@ rate = 1000.0
 [metrics]
 listen = "127.0.0.1:0"
 textfile = ""
+[balancer]
+agent_listen = "127.0.0.1:0"
 [log]
 format = "text"
 `, engineAddr, toolBinary, host, port))

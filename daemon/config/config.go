@@ -28,22 +28,34 @@ const DefaultPath = "/etc/llmlab/llmlab.toml"
 // Config is the validated configuration of llmlabd.
 type Config struct {
 	// Path is the file the configuration was read from ("" for defaults).
-	Path    string
-	Gateway Gateway
-	Engine  Engine
-	Queue   Queue
-	Limits  Limits
-	Auth    Auth
-	Metrics Metrics
-	Log     Log
-	GPU     GPU
-	SLO     SLO
+	Path     string
+	Gateway  Gateway
+	Engine   Engine
+	Queue    Queue
+	Limits   Limits
+	Auth     Auth
+	Metrics  Metrics
+	Log      Log
+	GPU      GPU
+	SLO      SLO
+	Balancer Balancer
 	// Deprecated names the keys the file sets that are accepted but no
 	// longer do anything, each with why; the daemon logs them.
 	Deprecated []string
 	// Notes say where a value was adjusted to fit another (a minimum above
 	// its maximum); the daemon logs them and check-config prints them.
 	Notes []string
+}
+
+// Balancer configures what llmlabd tells a load balancer in front of a
+// fleet of llmlab hosts (docs/scaling.md).
+type Balancer struct {
+	// AgentListen is the address of HAProxy's agent check ("": off).
+	// llmlabd opens it itself, never through socket activation.
+	AgentListen string
+	// Balancers is the number of balancers (or backends) that ask the
+	// agent: the capacity it advertises is shared among them.
+	Balancers int
 }
 
 // SLO is the service-level objective admission works to.
@@ -266,6 +278,10 @@ type raw struct {
 	SLO struct {
 		Latency string `toml:"latency"`
 	} `toml:"slo"`
+	Balancer struct {
+		AgentListen string `toml:"agent_listen"`
+		Balancers   int    `toml:"balancers"`
+	} `toml:"balancer"`
 }
 
 func defaults() raw {
@@ -302,6 +318,7 @@ func defaults() raw {
 	r.Limits.MaxTokens = 1024
 	r.Limits.MaxN = 4
 	r.Metrics.Listen = "127.0.0.1:9180"
+	r.Balancer.Balancers = 1
 	r.Metrics.Textfile = "/var/lib/prometheus/node-exporter/llmlab.prom"
 	r.Log.Level = "info"
 	r.Log.Format = "auto"
@@ -551,6 +568,12 @@ func fromRaw(path string, r raw) (*Config, error) {
 	if t := r.Metrics.Textfile; t != "" && (!strings.HasSuffix(t, ".prom") || !filepath.IsAbs(t)) {
 		ck.fail("metrics.textfile", t, `want an absolute path ending in ".prom" (node_exporter reads only those)`)
 	}
+
+	ck.addr("balancer.agent_listen", r.Balancer.AgentListen, true)
+	if r.Balancer.Balancers < 1 {
+		ck.fail("balancer.balancers", r.Balancer.Balancers, "must be at least 1 (the balancers that ask the agent)")
+	}
+	c.Balancer = Balancer{AgentListen: r.Balancer.AgentListen, Balancers: r.Balancer.Balancers}
 
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, r.Log.Level) {
 		ck.fail("log.level", r.Log.Level, `want "debug", "info", "warn" or "error"`)

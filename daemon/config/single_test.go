@@ -85,6 +85,8 @@ func TestSingleKeyChangesLoad(t *testing.T) {
 		{"gpu", "enabled", "false"},
 		{"metrics", "listen", `""`},
 		{"metrics", "textfile", `""`},
+		{"balancer", "agent_listen", `"0.0.0.0:9182"`},
+		{"balancer", "balancers", "2"},
 	}
 	// Deliberate refusals of a one-key change: both keys say something
 	// the other contradicts, and guessing which one the operator meant

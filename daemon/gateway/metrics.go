@@ -114,7 +114,7 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Du
 			})),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_engine_seconds_per_request", Help: "Recent average time a request holds its engine slots."},
 			stat(func(s queue.Stats) float64 { return s.EngineSeconds })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_admission_tail_seconds", Help: "Engine time admission adds to a request's predicted wait before comparing it with the latency objective: the engine's recent 95th percentile, corrected by how many of the requests it let wait missed the objective."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_admission_tail_seconds", Help: "Engine time admission adds to a request's predicted wait before comparing it with the latency objective: the larger of the engine's time when full (at the in-flight limit) and its recent 95th percentile, corrected by how many of the requests it let wait missed the objective."},
 			stat(func(s queue.Stats) float64 { return s.AdmissionTailSeconds })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_admission_miss_budget", Help: "Requests admission may still let finish past the latency objective on purpose (the objective's miss budget: 3% of interactive requests, spent on those predicted past the engine's tail time but not its mean)."},
 			stat(func(s queue.Stats) float64 { return s.MissBudget })),

@@ -38,6 +38,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/llmlab/llmlab/daemon/agent"
 	"github.com/llmlab/llmlab/daemon/auth"
 	"github.com/llmlab/llmlab/daemon/config"
 	"github.com/llmlab/llmlab/daemon/connlimit"
@@ -386,6 +387,21 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 
+	var agentLn net.Listener
+	if cfg.Balancer.AgentListen != "" {
+		// Like /metrics, never socket-activated: a check must not start
+		// llmlabd, and must fail while it has exited (HAProxy then keeps
+		// the last answer).
+		agentLn, err = net.Listen("tcp", cfg.Balancer.AgentListen)
+		if err != nil {
+			closeAll(apiLns)
+			if metricsLn != nil {
+				metricsLn.Close()
+			}
+			return fmt.Errorf("balancer agent listener: %w", err)
+		}
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var (
@@ -518,6 +534,20 @@ func Run(ctx context.Context, o Options) error {
 	if lim != nil {
 		go lim.Run(bgCtx, gw, signals, engineReady)
 	}
+	if agentLn != nil {
+		ag := agent.New(func() agent.State {
+			c, qs := st.cfgNow(), gw.QueueStats()
+			return agent.Capacity(agent.Inputs{Engine: engine.State(), Limit: qs.Limit, Rate: qs.RateRPS,
+				Tail: time.Duration(qs.AdmissionTailSeconds * float64(time.Second)), SLO: c.SLO.Latency,
+				MaxWait: c.Queue.MaxWait, Balancers: c.Balancer.Balancers})
+		}, reg, log.With("component", "agent"))
+		// Answered until llmlabd returns: through a drain too.
+		go func() {
+			if err := ag.Serve(bgCtx, agentLn); err != nil {
+				log.Error("balancer agent stopped", "err", err)
+			}
+		}()
+	}
 	var tf *textfile.Writer
 	if cfg.Metrics.Textfile != "" {
 		tf = textfile.New(cfg.Metrics.Textfile, reg, learned.Counters)
@@ -616,7 +646,11 @@ func Run(ctx context.Context, o Options) error {
 	if metricsLn != nil {
 		metricsAddr = metricsLn.Addr().String()
 	}
-	log.Info("serving", "api", strings.Join(addrs, ","), "socket_activated", activated, "metrics", metricsAddr,
+	agentAddr := ""
+	if agentLn != nil {
+		agentAddr = agentLn.Addr().String()
+	}
+	log.Info("serving", "api", strings.Join(addrs, ","), "socket_activated", activated, "metrics", metricsAddr, "agent", agentAddr,
 		"engine", cfg.Engine.URL.String(), "config", cfg.Path, "api_keys", keys.Len())
 	notify.Ready(st.line())
 	started := time.Now()
@@ -789,7 +823,7 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 	old := st.cfgNow()
 	changes := config.Diff(old, cfg)
 	for _, c := range changes {
-		if strings.HasPrefix(c, "gateway.listen:") || strings.HasPrefix(c, "metrics.listen:") ||
+		if strings.HasPrefix(c, "gateway.listen:") || strings.HasPrefix(c, "metrics.listen:") || strings.HasPrefix(c, "balancer.agent_listen:") ||
 			strings.HasPrefix(c, "engine.url:") || strings.HasPrefix(c, "log.format:") || strings.HasPrefix(c, "log.level:") ||
 			strings.HasPrefix(c, "engine.metrics_interval:") || strings.HasPrefix(c, "queue.concurrency:") ||
 			strings.HasPrefix(c, "queue.min_inflight:") || strings.HasPrefix(c, "queue.target_latency:") || strings.HasPrefix(c, "gpu.") {
