@@ -124,12 +124,18 @@ type Inputs struct {
 	Balancers int
 }
 
+// queueShare is the share of the queue admission would keep that the
+// agent advertises (see Capacity).
+const queueShare = 0.5
+
 // Capacity is what the host can take at once:
-//   - warm: the in-flight limit plus the requests that may wait for a slot
-//     and still be answered within the objective, rate x (SLO - tail),
-//     the queue admission would keep (without an objective, rate x
-//     max_wait); past that, llmlabd would refuse, and HAProxy's "balance
-//     first" sends the next request to the next host instead;
+//   - warm: the in-flight limit plus half of the queue admission would
+//     keep, the requests that may wait for a slot and still be answered
+//     within the objective, rate x (SLO - tail) (without an objective,
+//     rate x max_wait); past that, HAProxy's "balance first" sends the
+//     next request to the next host. With the whole queue, a host held
+//     requests to the edge of the objective and refused some of them
+//     itself, later than another host would have served them;
 //   - cold: the in-flight limit, the requests that wait for the start
 //     and then fill the engine; a cold host gets requests only when the
 //     warm ones are full, and those requests wake it;
@@ -146,7 +152,7 @@ func Capacity(in Inputs) State {
 		if in.SLO > 0 {
 			room = max(in.SLO-in.Tail, 0)
 		}
-		n += int(in.Rate * room.Seconds())
+		n += int(queueShare * in.Rate * room.Seconds())
 	case "failed":
 		n = 1
 	}

@@ -22,15 +22,15 @@ func TestCapacity(t *testing.T) {
 		in   func(Inputs) Inputs
 		want int
 	}{
-		{"warm: the limit and a second of queue at 5/s", func(i Inputs) Inputs { return i }, 29},
-		{"external engines are warm", func(i Inputs) Inputs { i.Engine = "external"; return i }, 29},
-		{"sleeping is warm", func(i Inputs) Inputs { i.Engine = "sleeping"; return i }, 29},
+		{"warm: the limit and half of a second of queue at 5/s", func(i Inputs) Inputs { return i }, 26},
+		{"external engines are warm", func(i Inputs) Inputs { i.Engine = "external"; return i }, 26},
+		{"sleeping is warm", func(i Inputs) Inputs { i.Engine = "sleeping"; return i }, 26},
 		{"a tail past the objective leaves no queue", func(i Inputs) Inputs { i.Tail = 6 * time.Second; return i }, 24},
-		{"no objective: max_wait's queue", func(i Inputs) Inputs { i.SLO = 0; return i }, 44},
+		{"no objective: half of max_wait's queue", func(i Inputs) Inputs { i.SLO = 0; return i }, 34},
 		{"cold: the limit", func(i Inputs) Inputs { i.Engine = "stopped"; return i }, 24},
 		{"starting is cold", func(i Inputs) Inputs { i.Engine = "starting"; return i }, 24},
 		{"failed: one at a time", func(i Inputs) Inputs { i.Engine = "failed"; return i }, 1},
-		{"two balancers share it", func(i Inputs) Inputs { i.Balancers = 2; return i }, 14},
+		{"two balancers share it", func(i Inputs) Inputs { i.Balancers = 2; return i }, 13},
 		{"never 0, which HAProxy reads as no limit", func(i Inputs) Inputs { i.Engine = "failed"; i.Balancers = 3; return i }, 1},
 	} {
 		if got := Capacity(c.in(warm)).MaxConn; got != c.want {
