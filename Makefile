@@ -11,7 +11,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # go-nvml is cgo; its header marks many functions deprecated, which is noise.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all build demo deb test test-quick test-system test-engines lint fuzz vulncheck bench-overhead bench-engines clean
+.PHONY: all build demo deb test test-quick test-system test-engines test-fleet lint fuzz vulncheck bench-overhead bench-engines bench-fleet clean
 
 all: build
 
@@ -27,16 +27,24 @@ demo: build
 deb:
 	sh packaging/build-deb.sh
 
-## test: lint, every unit and integration test with the race detector (the alert rules and /metrics checked with Debian's promtool, fetched once by monitoring/promtool.sh), a short fuzz of each parser, llmlabd in front of a real engine (Ollama), and (as root) the real-systemd tests
+## test: lint, every unit and integration test with the race detector (the alert rules and /metrics checked with Debian's promtool, fetched once by monitoring/promtool.sh), a short fuzz of each parser, llmlabd in front of a real engine (Ollama), and (as root) the real-systemd tests and the fleet test
 test: lint
 	LLMLAB_PROMTOOL=$$(sh monitoring/promtool.sh) $(GO) test -race -count=1 ./...
 	$(MAKE) fuzz
 	$(MAKE) test-engines
-	@if [ "$$(id -u)" = 0 ]; then $(MAKE) test-system; else echo "make test: not root, so the real-systemd tests (make test-system) did not run"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) test-system test-fleet; else echo "make test: not root, so the real-systemd tests (make test-system) and the fleet test (make test-fleet) did not run"; fi
 
 ## test-system: boot a Debian rootfs with systemd-nspawn and test the units, socket activation and scale to zero in it (root; needs systemd-container and debootstrap)
 test-system:
 	$(GO) test -tags systemtest -count=1 -timeout 20m -v ./units/
+
+## test-fleet: two llmlab hosts in network namespaces behind Debian's HAProxy, each waking its own simulated engine (root; needs haproxy, iproute2, curl; about 2 minutes)
+test-fleet:
+	$(GO) test -tags fleettest -count=1 -timeout 10m -v -run TestFleet ./fleet/
+
+## bench-fleet: the fleet's measured version recorded in docs/scaling.md: each host's peak, twice that through HAProxy with the agent and with plain round-robin, a host killed (root; about 15 minutes)
+bench-fleet:
+	$(GO) test -tags fleettest -count=1 -timeout 40m -v -run TestFleet ./fleet/ -args -bench
 
 ## test-engines: llmlabd in front of Ollama, built once from the Go module proxy with a random-weight model (engines/ollama/build.sh: cached; needs g++, nlohmann-json3-dev, libstb-dev, curl)
 test-engines:
@@ -52,6 +60,7 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags realengine ./cmd/llmlabd/
+	$(GO) vet -tags fleettest ./fleet/
 	cd engines/ollama/mkmodel && $(GO) vet .
 	$(GO) run $(STATICCHECK) ./...
 

@@ -106,7 +106,8 @@ func TestDeb(t *testing.T) {
 			"./usr/share/man/man1/llmlab.1.gz", "./usr/share/man/man8/llmlabd.8.gz",
 			"./usr/share/bash-completion/completions/llmlab", "./usr/share/bash-completion/completions/llmlabd",
 			"./usr/share/doc/llmlab/copyright", "./usr/share/doc/llmlab/changelog.gz", "./usr/share/doc/llmlab/install.md",
-			"./usr/share/doc/llmlab/operations.md", "./usr/share/doc/llmlab/metrics.md", "./usr/share/llmlab/monitoring/llmlab-alerts.yml",
+			"./usr/share/doc/llmlab/operations.md", "./usr/share/doc/llmlab/metrics.md", "./usr/share/doc/llmlab/scaling.md",
+			"./usr/share/doc/llmlab/examples/haproxy.cfg", "./usr/share/doc/llmlab/examples/llmlab-503.http", "./usr/share/doc/llmlab/examples/nginx.conf", "./usr/share/llmlab/monitoring/llmlab-alerts.yml",
 			"./usr/share/llmlab/monitoring/llmlab-dashboard.json"} {
 			if !strings.Contains(string(list), " "+f+"\n") && !strings.Contains(string(list), " "+f+" -> ") {
 				t.Errorf("the package lacks %s", f)

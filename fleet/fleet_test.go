@@ -1,0 +1,590 @@
+//go:build fleettest
+
+package fleet
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// benchmark runs the measured version recorded in docs/scaling.md
+// (make bench-fleet): each host's own peak, then the fleet at twice one
+// host's peak through HAProxy's "balance first" with the agent and through
+// plain round-robin, side by side; the light load; a host killed.
+var benchmark = flag.Bool("bench", false, "run the measured version (docs/scaling.md) instead of the short one")
+
+// The fleet lives on 10.199.0.0/24 inside namespaces the test creates:
+// the balancer's (with the bridge) and one per host. Nothing is added to
+// the namespace the test runs in.
+const (
+	subnet   = "10.199.0"
+	lbAddr   = subnet + ".1"
+	slo      = 5 * time.Second
+	hostPort = "8080"
+)
+
+type fleet struct {
+	t       *testing.T
+	dir     string
+	llmlabd string
+	llmlab  string
+	lbNS    string
+	hosts   []*host
+	haproxy *exec.Cmd
+	hlog    *lockedWriter
+}
+
+type host struct {
+	ns   string
+	addr string
+	cmd  *exec.Cmd
+	logs *bytes.Buffer
+	mu   *sync.Mutex
+}
+
+func (h *host) api() string     { return "http://" + h.addr + ":" + hostPort }
+func (h *host) metrics() string { return "http://" + h.addr + ":9180/metrics" }
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// newFleet builds the binaries, creates the namespaces and the bridge,
+// starts n llmlabd hosts (each with a simulated engine it starts on
+// demand) and HAProxy with the shipped configuration. Everything is torn
+// down when the test ends.
+func newFleet(t *testing.T, n int) *fleet {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("the fleet test creates network namespaces: run it as root (make test-fleet)")
+	}
+	haproxy := lookPath(t, "haproxy", "haproxy")
+	f := &fleet{t: t, dir: t.TempDir()}
+	f.llmlabd, f.llmlab = filepath.Join(f.dir, "llmlabd"), filepath.Join(f.dir, "llmlab")
+	run(t, "go", "build", "-o", f.llmlabd, "../cmd/llmlabd")
+	run(t, "go", "build", "-o", f.llmlab, "../cmd/llmlab")
+
+	tag := fmt.Sprintf("llf%d", os.Getpid()%100000)
+	f.lbNS = tag + "lb"
+	var made []string
+	t.Cleanup(func() {
+		for _, ns := range made {
+			// Whatever still runs in a namespace (an orphaned engine of a
+			// killed host) goes with it.
+			if out, err := exec.Command("ip", "netns", "pids", ns).Output(); err == nil {
+				for _, p := range strings.Fields(string(out)) {
+					if pid, err := strconv.Atoi(p); err == nil {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+			}
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+	})
+	addNS := func(ns string) {
+		run(t, "ip", "netns", "add", ns)
+		made = append(made, ns)
+		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
+	}
+	addNS(f.lbNS)
+	run(t, "ip", "-n", f.lbNS, "link", "add", "br0", "type", "bridge")
+	run(t, "ip", "-n", f.lbNS, "addr", "add", lbAddr+"/24", "dev", "br0")
+	run(t, "ip", "-n", f.lbNS, "link", "set", "br0", "up")
+	for i := 1; i <= n; i++ {
+		h := &host{ns: fmt.Sprintf("%sh%d", tag, i), addr: fmt.Sprintf("%s.%d", subnet, 10+i), logs: &bytes.Buffer{}, mu: &sync.Mutex{}}
+		addNS(h.ns)
+		veth := fmt.Sprintf("v%d", i)
+		run(t, "ip", "-n", f.lbNS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", h.ns)
+		run(t, "ip", "-n", f.lbNS, "link", "set", veth, "master", "br0", "up")
+		run(t, "ip", "-n", h.ns, "addr", "add", h.addr+"/24", "dev", "eth0")
+		run(t, "ip", "-n", h.ns, "link", "set", "eth0", "up")
+		f.hosts = append(f.hosts, h)
+		f.startHost(h)
+	}
+
+	// The shipped haproxy.cfg, with this fleet's addresses; a second
+	// frontend beside it does plain round-robin over the same hosts (no
+	// agent, no retry of refusals), for the side-by-side measurement.
+	servers := ""
+	for i, h := range f.hosts {
+		servers += fmt.Sprintf("    server box%d %s:%s\n", i+1, h.addr, hostPort)
+	}
+	cfg := haproxyConfig(t, f.dir,
+		"bind :8080", "bind "+lbAddr+":8080",
+		"    server box1 192.0.2.11:8080\n    server box2 192.0.2.12:8080\n    server box3 192.0.2.13:8080\n", servers,
+	)
+	cfg += "\nfrontend roundrobin\n    bind " + lbAddr + ":8081\n    default_backend roundrobin\n\nbackend roundrobin\n    balance roundrobin\n    retry-on conn-failure\n" + servers
+	path := filepath.Join(f.dir, "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.haproxy = exec.Command("ip", "netns", "exec", f.lbNS, haproxy, "-db", "-f", path)
+	hlog := &lockedWriter{mu: &sync.Mutex{}, b: &bytes.Buffer{}}
+	f.hlog = hlog
+	f.haproxy.Stdout, f.haproxy.Stderr = hlog, hlog
+	if err := f.haproxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = f.haproxy.Process.Kill()
+		_ = f.haproxy.Wait()
+		if t.Failed() {
+			t.Logf("haproxy:\n%s", hlog.String())
+		}
+	})
+	// HAProxy has asked every agent once it reports their maxconn.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if st := f.serverStats(); len(st) == n && allAsked(st) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("HAProxy's servers never took their agents' maxconn: %v\n%s", f.serverStats(), hlog.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return f
+}
+
+func allAsked(st map[string]serverStat) bool {
+	for _, s := range st {
+		if !s.agentSeen {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *fleet) startHost(h *host) {
+	t := f.t
+	cfg := fmt.Sprintf(`[gateway]
+listen = "%[1]s:%[2]s"
+allow_public_without_keys = true
+shutdown_grace = "5s"
+[engine]
+url = "http://127.0.0.1:8000"
+command = [%[3]q, "sim", "--profile", "gtx1650", "--max-num-seqs", "16", "--startup-delay", "2s", "--port", "8000"]
+idle_timeout = "10s"
+expected_start_time = "2s"
+[queue]
+max_inflight = 16
+[metrics]
+listen = "%[1]s:9180"
+textfile = ""
+[balancer]
+agent_listen = "%[1]s:9182"
+[gpu]
+enabled = false
+[log]
+format = "text"
+access_log = false
+`, h.addr, hostPort, f.llmlab)
+	path := filepath.Join(f.dir, h.ns+".toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.cmd = exec.Command("ip", "netns", "exec", h.ns, f.llmlabd, "--config", path)
+	w := &lockedWriter{mu: h.mu, b: h.logs}
+	h.cmd.Stdout, h.cmd.Stderr = w, w
+	if err := h.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = h.cmd.Process.Kill()
+		_ = h.cmd.Wait()
+		if t.Failed() {
+			h.mu.Lock()
+			t.Logf("llmlabd %s:\n%s", h.addr, h.logs.String())
+			h.mu.Unlock()
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for f.inNS(h.ns, "curl", "-sf", "-o", "/dev/null", h.api()+"/healthz") != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("llmlabd on %s never served", h.addr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w *lockedWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// take returns what was written since the last take.
+func (w *lockedWriter) take() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.b.String()
+	w.b.Reset()
+	return s
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (f *fleet) inNS(ns string, name string, args ...string) error {
+	return exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...).Run()
+}
+
+// get fetches url from inside the balancer's namespace.
+func (f *fleet) get(url string) (string, error) {
+	out, err := exec.Command("ip", "netns", "exec", f.lbNS, "curl", "-sf", "--max-time", "5", url).Output()
+	return string(out), err
+}
+
+// metric sums the samples of name (whose labels contain match) in text.
+func metric(text, name string, match ...string) float64 {
+	sum := 0.0
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		ok := true
+		for _, m := range match {
+			ok = ok && strings.Contains(line, m)
+		}
+		if !ok {
+			continue
+		}
+		fields := strings.Fields(line)
+		if v, err := strconv.ParseFloat(fields[len(fields)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// engineStarts is how often h's engine became ready.
+func (f *fleet) engineStarts(h *host) float64 {
+	m, err := f.get(h.metrics())
+	if err != nil {
+		f.t.Fatalf("metrics of %s: %v", h.addr, err)
+	}
+	return metric(m, "llmlab_engine_starts_total", `result="ready"`)
+}
+
+type serverStat struct {
+	maxconn   int
+	agentSeen bool
+}
+
+// serverStats reads HAProxy's "show stat" for the llmlab backend's servers
+// from its admin socket: their maxconn (slim) and whether an agent check
+// has run (agent_status).
+func (f *fleet) serverStats() map[string]serverStat {
+	c, err := net.Dial("unix", filepath.Join(f.dir, "admin.sock"))
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("show stat\n")); err != nil {
+		return nil
+	}
+	out, err := io.ReadAll(c)
+	if err != nil {
+		return nil
+	}
+	lines := strings.Split(string(out), "\n")
+	if len(lines) == 0 {
+		return nil
+	}
+	head := strings.Split(strings.TrimPrefix(lines[0], "# "), ",")
+	col := map[string]int{}
+	for i, h := range head {
+		col[h] = i
+	}
+	st := map[string]serverStat{}
+	for _, l := range lines[1:] {
+		c := strings.Split(l, ",")
+		if len(c) < len(head) || c[0] != "llmlab" || !strings.HasPrefix(c[1], "box") {
+			continue
+		}
+		n, _ := strconv.Atoi(c[col["slim"]])
+		st[c[1]] = serverStat{maxconn: n, agentSeen: c[col["agent_status"]] != "" && c[col["agent_status"]] != "INI"}
+	}
+	return st
+}
+
+// result is what one `llmlab bench` phase ended with.
+type result struct {
+	Rate    float64 `json:"rate"`
+	Summary struct {
+		Requests int     `json:"requests"`
+		OK       int     `json:"ok"`
+		Refused  int     `json:"refused"`
+		Failed   int     `json:"failed"`
+		RPS      float64 `json:"rps"`
+		Goodput  float64 `json:"goodput"`
+		Latency  struct {
+			P95 time.Duration `json:"p95"`
+			Max time.Duration `json:"max"`
+		} `json:"latency"`
+		ByStatus map[string]int `json:"by_status"`
+		Pass     bool           `json:"pass"`
+	} `json:"summary"`
+	Samples []struct {
+		Start   time.Duration `json:"start"`
+		Latency time.Duration `json:"latency"`
+		Status  int           `json:"status"`
+		Error   string        `json:"error"`
+	} `json:"samples"`
+}
+
+// bench runs `llmlab bench` from the balancer's namespace against target
+// and returns its phases.
+func (f *fleet) bench(target string, args ...string) []result {
+	t := f.t
+	t.Helper()
+	dir, err := os.MkdirTemp(f.dir, "bench")
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := append([]string{"netns", "exec", f.lbNS, f.llmlab, "bench", "--target", target, "--results", dir, "--progress", "off",
+		"--slo-p95", slo.String(), "--timeout", "30s"}, args...)
+	out, err := exec.Command("ip", argv...).CombinedOutput()
+	t.Logf("llmlab bench --target %s %s\n%s", target, strings.Join(args, " "), out)
+	if err != nil && !bytes.Contains(out, []byte("results:")) {
+		t.Fatalf("llmlab bench: %v", err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Phases []result `json:"phases"`
+	}
+	if err := json.Unmarshal(data, &res); err != nil {
+		t.Fatal(err)
+	}
+	return res.Phases
+}
+
+// quiet waits until no host holds a request, so that one phase's backlog
+// does not spill into the next.
+func (f *fleet) quiet() {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		busy := 0.0
+		for _, h := range f.hosts {
+			if m, err := f.get(h.metrics()); err == nil {
+				busy += metric(m, "llmlab_inflight_sequences") + metric(m, "llmlab_queue_sequences")
+			}
+		}
+		if busy == 0 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	f.t.Fatal("the hosts still hold requests after 60 s")
+}
+
+// coldAll waits until every host's engine has stopped on idle.
+func (f *fleet) coldAll() {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		stopped := 0
+		for _, h := range f.hosts {
+			if m, err := f.get(h.metrics()); err == nil && metric(m, "llmlab_engine_state", `state="stopped"`) == 1 {
+				stopped++
+			}
+		}
+		if stopped == len(f.hosts) {
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	f.t.Fatal("the engines did not stop on idle within 60 s")
+}
+
+const (
+	first      = "http://" + lbAddr + ":8080"
+	roundrobin = "http://" + lbAddr + ":8081"
+)
+
+// oneHostPeak is one host's sustainable rate (requests per second within
+// the objective) assumed by the short version: the gtx1650 profile with 8
+// sequences, as the measured version finds it (docs/scaling.md).
+const oneHostPeak = 3.0
+
+// TestFleet: two llmlab hosts behind HAProxy, each with an engine it
+// starts on demand.
+func TestFleet(t *testing.T) {
+	f := newFleet(t, 2)
+	box1, box2 := f.hosts[0], f.hosts[1]
+	peak := oneHostPeak
+	dur, warm := "20s", "5s"
+	if *benchmark {
+		dur, warm = "40s", "10s"
+		// Each host's own peak, measured alone.
+		var peaks []float64
+		for _, h := range f.hosts {
+			best := 0.0
+			for _, p := range f.bench(h.api(), "--find-max", "--rate", "2", "--duration", "30s", "--warmup", "5s", "--precision", "0.05") {
+				if p.Summary.Pass && p.Rate > best {
+					best = p.Rate
+				}
+			}
+			t.Logf("MEASURED host %s peak %.2f req/s", h.addr, best)
+			peaks = append(peaks, best)
+			f.quiet()
+		}
+		peak = (peaks[0] + peaks[1]) / 2
+		t.Logf("MEASURED sum of the hosts' peaks %.2f req/s", peaks[0]+peaks[1])
+		f.coldAll()
+	}
+
+	// Half of one host's capacity: one engine serves it, the other host's
+	// engine never starts.
+	t.Run("light load warms one host", func(t *testing.T) {
+		starts2 := f.engineStarts(box2)
+		p := f.bench(first, "--rate", fmt.Sprint(peak/2), "--duration", dur, "--warmup", warm)[0]
+		if p.Summary.Failed > 0 || p.Summary.Refused > 0 {
+			t.Errorf("at half a host's capacity: %d failed, %d refused (%v)", p.Summary.Failed, p.Summary.Refused, p.Summary.ByStatus)
+		}
+		if f.engineStarts(box1) == 0 {
+			t.Error("box1's engine never started")
+		}
+		if got := f.engineStarts(box2); got != starts2 {
+			t.Errorf("box2's engine started (%v times) at half a host's capacity", got-starts2)
+		}
+		t.Logf("MEASURED light load %.2f req/s: ok/s %.2f, p95 %s, box2 engine starts %v", peak/2, p.Summary.RPS, p.Summary.Latency.P95, f.engineStarts(box2)-starts2)
+	})
+	f.quiet()
+
+	// Twice one host's capacity: both hosts serve, nothing fails, and
+	// (measured version) goodput near the sum of the peaks, side by side
+	// with plain round-robin.
+	t.Run("twice one host's load spreads", func(t *testing.T) {
+		f.balanced()
+		sides := []struct{ name, url string }{{"first+agent", first}, {"roundrobin", roundrobin}}
+		if *benchmark {
+			// The side measured first starts with box2's engine cold
+			// (stopped after the light load); measure it again after
+			// round-robin, with both warm.
+			sides = append(sides, sides[0])
+		}
+		for _, side := range sides {
+			before := []float64{served(f, box1), served(f, box2)}
+			p := f.bench(side.url, "--rate", fmt.Sprint(2*peak), "--duration", dur, "--warmup", warm)[0]
+			got := []float64{served(f, box1) - before[0], served(f, box2) - before[1]}
+			t.Logf("MEASURED %s at %.2f req/s: ok/s %.2f goodput %.2f p95 %s refused %d failed %d; answered by box1 %v, box2 %v; HAProxy: %v",
+				side.name, 2*peak, p.Summary.RPS, p.Summary.Goodput, p.Summary.Latency.P95, p.Summary.Refused, p.Summary.Failed, got[0], got[1], f.balanced())
+			if p.Summary.Failed > 0 {
+				t.Errorf("%s: %d requests failed (%v)", side.name, p.Summary.Failed, p.Summary.ByStatus)
+			}
+			if got[0] == 0 || got[1] == 0 {
+				t.Errorf("%s: a host answered nothing (box1 %v, box2 %v)", side.name, got[0], got[1])
+			}
+			if side.name == "first+agent" && p.Summary.Goodput < 1.2*peak {
+				t.Errorf("%s: goodput %.2f req/s, under 1.2 x one host's %.2f", side.name, p.Summary.Goodput, peak)
+			}
+			f.quiet()
+		}
+	})
+
+	// One host's llmlabd killed mid-run: no request to the other fails,
+	// the killed host's requests end at once (answered, refused or reset;
+	// none hangs), and every request is counted.
+	t.Run("a host killed mid-run", func(t *testing.T) {
+		f.balanced()
+		failed2 := metricOf(f, box2, "llmlab_requests_total", `outcome="engine_error"`)
+		done := make(chan []result, 1)
+		go func() { done <- f.bench(first, "--rate", fmt.Sprint(peak), "--duration", dur, "--warmup", "0s") }()
+		time.Sleep(8 * time.Second)
+		inflight := metricOf(f, box1, "llmlab_inflight_sequences") + metricOf(f, box1, "llmlab_queue_sequences")
+		_ = box1.cmd.Process.Signal(syscall.SIGKILL)
+		killedAt := time.Now()
+		p := (<-done)[0]
+		t.Logf("MEASURED box1 killed with %v requests in it at %.2f req/s: %d sent, ok %d, refused %d, failed %d (%v), longest %s",
+			inflight, peak, p.Summary.Requests, p.Summary.OK, p.Summary.Refused, p.Summary.Failed, p.Summary.ByStatus, p.Summary.Latency.Max)
+		if got := metricOf(f, box2, "llmlab_requests_total", `outcome="engine_error"`); got != failed2 {
+			t.Errorf("box2 failed %v requests", got-failed2)
+		}
+		if p.Summary.Failed > int(inflight) {
+			t.Errorf("%d requests failed; only the %v in box1 when it was killed may", p.Summary.Failed, inflight)
+		}
+		var errs []string
+		for _, s := range p.Samples {
+			if s.Latency >= 25*time.Second {
+				t.Errorf("a request took %s: it hung", s.Latency)
+			}
+			if s.Error != "" {
+				errs = append(errs, s.Error)
+			}
+		}
+		sort.Strings(errs)
+		t.Logf("errors: %q (killed %s ago); HAProxy: %v", errs, time.Since(killedAt).Round(time.Second), f.balanced())
+		if m, _ := f.get(box2.metrics()); metric(m, "llmlab_requests_total") == 0 {
+			t.Error("box2 answered nothing after box1 was killed")
+		}
+	})
+}
+
+// haproxyLine matches HAProxy's httplog: backend/server, the timers, the
+// status, the termination state and the retries.
+var haproxyLine = regexp.MustCompile(` (\S+)/(\S+) -?\d+/-?\d+/-?\d+/-?\d+/\+?-?\d+ (\d+) \S+ \S+ \S+ (\S{4}) \d+/\d+/\d+/\d+/\+?(\d+) `)
+
+// balanced counts HAProxy's log lines since the last call by where the
+// request ended (server, or <NOSRV>), its status, the first two letters
+// of its termination state (-- : normal; sQ: timed out in HAProxy's queue;
+// SH: the server closed before answering) and whether it was retried.
+func (f *fleet) balanced() map[string]int {
+	out := map[string]int{}
+	for _, l := range strings.Split(f.hlog.take(), "\n") {
+		m := haproxyLine.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		key := m[2] + " " + m[3] + " " + m[4][:2]
+		if m[5] != "0" {
+			key += " retried"
+		}
+		out[key]++
+	}
+	return out
+}
+
+// served is how many requests h answered.
+func served(f *fleet, h *host) float64 {
+	return metricOf(f, h, "llmlab_requests_total", `outcome="ok"`)
+}
+
+func metricOf(f *fleet, h *host, name string, match ...string) float64 {
+	m, err := f.get(h.metrics())
+	if err != nil {
+		return 0
+	}
+	return metric(m, name, match...)
+}
