@@ -23,6 +23,10 @@ type Profile struct {
 	StepFixed  time.Duration
 	PerToken   time.Duration
 	PerKVToken time.Duration
+	// HostPerStep is the part of StepFixed that is the engine's host side
+	// (scheduling, input preparation), where the GPU's part was measured
+	// apart from it (0: not separated).
+	HostPerStep time.Duration
 	// GPUMemory is the card's memory; Weights and Overhead (activations,
 	// CUDA graphs, allocator slack) come off the engine's share of it, and
 	// the rest is KV cache at KVBytesPerToken.
@@ -71,6 +75,21 @@ var Profiles = map[string]Profile{
 		MaxNumSeqs: 256, MaxNumBatchedTokens: 2048, MaxModelLen: 4096,
 		StartupDelay: 15 * time.Second, WakeTime: 200 * time.Millisecond,
 	},
+	"h200": {
+		Name:        "h200",
+		Description: "NVIDIA H200 (141 GB HBM3e) serving Qwen2.5-0.5B-Instruct; GPU measured, host estimated",
+		Source: "GPU measured: the model's architecture with random bf16 weights, each step captured in a CUDA graph " +
+			"(docs/calibration/measure.py on an H200, 2026-11-30; 50 steps, fit within 15% of each (14.8% at an 8192-token prefill, whose attention grows with its square), docs/calibration.md): " +
+			"3.51 ms fixed, 2.548 us per token, 6 ns per KV token; PyTorch's unfused kernels, not vLLM's. " +
+			"Host estimated, not measured: 0.5 ms of scheduling per step, from vLLM's own profile of Llama 3 8B on an H100 " +
+			"(blog.vllm.ai 2024-09-05: scheduling 29% and the GPU 38% of the time before v0.6, then overlapped and amortised); " +
+			"vLLM's defaults for a card of 70 GiB or more (vllm/engine/arg_utils.py): max_num_seqs 1024, max_num_batched_tokens 8192",
+		StepFixed: 4010745 * time.Nanosecond, PerToken: 2548 * time.Nanosecond, PerKVToken: 6 * time.Nanosecond,
+		HostPerStep: 500 * time.Microsecond,
+		GPUMemory:   140 * gib, Weights: qwenWeights, Overhead: 1 * gib, KVBytesPerToken: qwenKV,
+		MaxNumSeqs: 1024, MaxNumBatchedTokens: 8192, MaxModelLen: 32768,
+		StartupDelay: 40 * time.Second, WakeTime: 200 * time.Millisecond,
+	},
 	"instant": {
 		Name:        "instant",
 		Description: "no GPU cost at all: every step takes 50 us (for tests and proxy benchmarks)",
@@ -105,4 +124,65 @@ func (p Profile) KVBlocks(util float64) (int, error) {
 // StepTime is the cost model.
 func (p Profile) StepTime(tokens, kvTokens int) time.Duration {
 	return p.StepFixed + time.Duration(tokens)*p.PerToken + time.Duration(kvTokens)*p.PerKVToken
+}
+
+// Card is a GPU's datasheet figures that the cost model's terms scale by.
+type Card struct {
+	Name string
+	// Bandwidth is the memory bandwidth in bytes per second.
+	Bandwidth float64
+	// FLOPS is the dense 16-bit matmul rate the engine's kernels use.
+	FLOPS float64
+}
+
+// Datasheet figures (NVIDIA's product pages and datasheets).
+var (
+	// H200 SXM: 4.8 TB/s HBM3e; 989 TFLOPS dense BF16 tensor (1,979
+	// with sparsity).
+	H200 = Card{Name: "H200", Bandwidth: 4.8e12, FLOPS: 989e12}
+	// GeForce GTX 1650 (TU117, GDDR5 edition): 128 GB/s; no tensor
+	// cores, so FP16 at twice FP32's 2.98 TFLOPS. vLLM runs it in fp16
+	// (no bf16 before compute capability 8.0) with Triton attention
+	// (docs/engine-contract.md).
+	GTX1650 = Card{Name: "GeForce GTX 1650", Bandwidth: 128e9, FLOPS: 5.97e12}
+	// T4: 320 GB/s GDDR6; 65 TFLOPS FP16 tensor.
+	T4 = Card{Name: "T4", Bandwidth: 320e9, FLOPS: 65e12}
+)
+
+// Derive scales a profile measured on card from to card to: the fixed
+// term's weight reads (Weights over the bandwidth) by the bandwidth, the
+// rest of it (kernel launches and latencies, which a CUDA graph replays
+// alike) as it is; the per-token term (matmul FLOPs) by the FLOPS; the
+// per-KV-token term (reading K and V) by the bandwidth; the host's share
+// as it is. The memory, knobs and start times are the target's own (base).
+func Derive(measured Profile, from, to Card, base Profile) Profile {
+	readFrom := time.Duration(float64(measured.Weights) / from.Bandwidth * float64(time.Second))
+	readTo := time.Duration(float64(measured.Weights) / to.Bandwidth * float64(time.Second))
+	gpuFixed := measured.StepFixed - measured.HostPerStep
+	launches := max(gpuFixed-readFrom, 0)
+	p := base
+	p.HostPerStep = measured.HostPerStep
+	p.StepFixed = readTo + launches + measured.HostPerStep
+	p.PerToken = time.Duration(float64(measured.PerToken) * from.FLOPS / to.FLOPS)
+	p.PerKVToken = time.Duration(float64(measured.PerKVToken) * from.Bandwidth / to.Bandwidth)
+	p.Source = fmt.Sprintf("derived from the measured %s profile by datasheet ratios, not measured on this card: "+
+		"weight reads %s at %.0f GB/s plus %s of launches as measured plus %s host (estimated) = %s fixed; "+
+		"%s per token x %.0f/%.2f TFLOPS = %s; %s per KV token x %.0f/%.0f GB/s = %s",
+		measured.Name, readTo.Round(10*time.Microsecond), to.Bandwidth/1e9, launches.Round(10*time.Microsecond), measured.HostPerStep,
+		p.StepFixed.Round(10*time.Microsecond), measured.PerToken, from.FLOPS/1e12, to.FLOPS/1e12, p.PerToken.Round(time.Microsecond),
+		measured.PerKVToken, from.Bandwidth/1e9, to.Bandwidth/1e9, p.PerKVToken)
+	return p
+}
+
+func init() {
+	h := Profiles["h200"]
+	for _, d := range []struct {
+		name, base string
+		card       Card
+	}{{"gtx1650-derived", "gtx1650", GTX1650}, {"t4-derived", "t4", T4}} {
+		p := Derive(h, H200, d.card, Profiles[d.base])
+		p.Name = d.name
+		p.Description = Profiles[d.base].Description + "; derived from the H200 measurement"
+		Profiles[d.name] = p
+	}
 }
