@@ -517,6 +517,33 @@ func TestFleet(t *testing.T) {
 	// One host's llmlabd killed mid-run: no request to the other fails,
 	// the killed host's requests end at once (answered, refused or reset;
 	// none hangs), and every request is counted.
+	// The load falls back to half a host's: box1 serves it alone, and
+	// box2's engine stops on idle (engine.idle_timeout, 10 s here) while
+	// the load goes on.
+	t.Run("the fleet goes back to one host", func(t *testing.T) {
+		done := make(chan []result, 1)
+		go func() { done <- f.bench(first, "--rate", fmt.Sprint(peak/2), "--duration", "25s", "--warmup", "0s") }()
+		stoppedAt := time.Duration(0)
+		start := time.Now()
+		for time.Since(start) < 24*time.Second {
+			if m, err := f.get(box2.metrics()); err == nil && metric(m, "llmlab_engine_state", `state="stopped"`) == 1 {
+				stoppedAt = time.Since(start)
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		p := (<-done)[0]
+		if stoppedAt == 0 {
+			t.Error("box2's engine kept running at half a host's load")
+		}
+		if p.Summary.Failed > 0 || p.Summary.Refused > 0 {
+			t.Errorf("at half a host's load: %d failed, %d refused (%v)", p.Summary.Failed, p.Summary.Refused, p.Summary.ByStatus)
+		}
+		t.Logf("MEASURED back to half a host's load (%.2f req/s): box2's engine stopped %s after the load fell; ok/s %.2f, p95 %s",
+			peak/2, stoppedAt.Round(time.Second), p.Summary.RPS, p.Summary.Latency.P95)
+	})
+	f.quiet()
+
 	t.Run("a host killed mid-run", func(t *testing.T) {
 		f.balanced()
 		failed2 := metricOf(f, box2, "llmlab_requests_total", `outcome="engine_error"`)
