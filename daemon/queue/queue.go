@@ -437,12 +437,13 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		q.inflight += r.Weight
 		q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
 		q.noteBlockedLocked(now)
+		t := q.runLocked(&Ticket{q: q, weight: r.Weight, dispatched: now, arrived: now, interactive: r.Class == Interactive && q.cfg.SLO > 0})
 		q.mu.Unlock()
 		q.decided(r.Class, "dispatch", "slot_free")
 		if q.obs != nil {
 			q.obs.Dispatched(1)
 		}
-		return q.runLocked(&Ticket{q: q, weight: r.Weight, dispatched: now, arrived: now, interactive: r.Class == Interactive && q.cfg.SLO > 0}), nil
+		return t, nil
 	}
 	why := "no_slot"
 	switch {
