@@ -133,9 +133,11 @@ const queueShare = 0.5
 //     keep, the requests that may wait for a slot and still be answered
 //     within the objective, rate x (SLO - tail) (without an objective,
 //     rate x max_wait); past that, HAProxy's "balance first" sends the
-//     next request to the next host. With the whole queue, a host held
-//     requests to the edge of the objective and refused some of them
-//     itself, later than another host would have served them;
+//     next request to the next host. With the whole queue, a host would
+//     hold requests to the edge of the objective and refuse some of them
+//     itself; with none, every burst would wait in HAProxy's queue, which
+//     refuses only after its timeout (docs/scaling.md: a judgment, not a
+//     measured optimum);
 //   - cold: the in-flight limit, the requests that wait for the start
 //     and then fill the engine; a cold host gets requests only when the
 //     warm ones are full, and those requests wake it;
