@@ -536,9 +536,10 @@ func TestPackageLifecycle(t *testing.T) {
 	// and moves the API socket to a free port.
 	apiPort, enginePort, metricsPort := freePort(t), freePort(t), freePort(t)
 	c.must("sed", "-i", "-e", fmt.Sprintf(`s|^listen = "127.0.0.1:9180"|listen = "127.0.0.1:%d"|`, metricsPort),
-		"-e", fmt.Sprintf(`s|^url = "http://127.0.0.1:8000"|url = "http://127.0.0.1:%d"|`, enginePort), "/etc/llmlab/llmlab.toml")
+		"-e", fmt.Sprintf(`s|^url = "http://127.0.0.1:8000"|url = "http://127.0.0.1:%d"|`, enginePort),
+		"-e", `s|^max_num_seqs = 0|max_num_seqs = 16|`, "/etc/llmlab/llmlab.toml")
 	edited := c.must("cat", "/etc/llmlab/llmlab.toml")
-	if !strings.Contains(edited, fmt.Sprint(metricsPort)) || !strings.Contains(edited, fmt.Sprint(enginePort)) {
+	if !strings.Contains(edited, fmt.Sprint(metricsPort)) || !strings.Contains(edited, fmt.Sprint(enginePort)) || !strings.Contains(edited, "max_num_seqs = 16\n") {
 		t.Fatalf("the shipped llmlab.toml no longer has the lines this test edits:\n%s", edited)
 	}
 	c.write("/etc/systemd/system/llmlab.socket.d/test.conf", fmt.Sprintf("[Socket]\nListenStream=\nListenStream=127.0.0.1:%d\n", apiPort))
@@ -590,8 +591,8 @@ func TestPackageLifecycle(t *testing.T) {
 		c.must("test", "-f", "/var/lib/llmlab-vllm/"+f)
 	}
 	if args := c.must("cat", "/var/lib/llmlab-vllm/args"); !strings.Contains(args, `--override-generation-config {"max_new_tokens": 1024}`) ||
-		!strings.Contains(args, "serve Qwen/Qwen2.5-0.5B-Instruct") {
-		t.Fatalf("llmlab-engine ran vLLM with %q, want serve MODEL and the max_new_tokens cap from limits.max_tokens", args)
+		!strings.Contains(args, "serve Qwen/Qwen2.5-0.5B-Instruct") || !strings.Contains(args, "--max-num-seqs 16") || strings.Contains(args, "--max-model-len") {
+		t.Fatalf("llmlab-engine ran vLLM with %q, want serve MODEL, the max_new_tokens cap from limits.max_tokens and engine.max_num_seqs (and no --max-model-len: engine.max_model_len is 0)", args)
 	}
 
 	// journald: the access line carries the request id as a field.

@@ -16,9 +16,15 @@ func simFlags(fs *flag.FlagSet) runFunc {
 	host := fs.String("host", "127.0.0.1", "address to listen on (as vLLM's --host)")
 	port := fs.Int("port", 8000, "port to listen on (as vLLM's --port)")
 	model := fs.String("served-model-name", "Qwen/Qwen2.5-0.5B-Instruct", "model name the engine serves")
-	maxSeqs := fs.Int("max-num-seqs", 0, "most sequences running at once (0: the profile's)")
-	maxBatched := fs.Int("max-num-batched-tokens", 0, "token budget of one engine step (0: the profile's)")
-	maxLen := fs.Int("max-model-len", 0, "context length (0: the profile's)")
+	// llmlabd passes its engine.* knobs as these variables (llmlab-engine
+	// turns them into vLLM's flags); a flag given here wins.
+	envInt := func(name string) int {
+		n, _ := strconv.Atoi(os.Getenv(name))
+		return max(n, 0)
+	}
+	maxSeqs := fs.Int("max-num-seqs", envInt("LLMLAB_MAX_NUM_SEQS"), "most sequences running at once (0: the profile's; default $LLMLAB_MAX_NUM_SEQS)")
+	maxBatched := fs.Int("max-num-batched-tokens", envInt("LLMLAB_MAX_NUM_BATCHED_TOKENS"), "token budget of one engine step (0: the profile's; default $LLMLAB_MAX_NUM_BATCHED_TOKENS)")
+	maxLen := fs.Int("max-model-len", envInt("LLMLAB_MAX_MODEL_LEN"), "context length (0: the profile's; default $LLMLAB_MAX_MODEL_LEN)")
 	defUtil := 0.9
 	if v, err := strconv.ParseFloat(os.Getenv("LLMLAB_GPU_MEMORY_UTILIZATION"), 64); err == nil && v > 0 && v <= 1 {
 		defUtil = v // as llmlab-engine passes llmlabd's share to vLLM
@@ -90,12 +96,14 @@ func simFlags(fs *flag.FlagSet) runFunc {
 		if *blocks > 0 {
 			cfg.KVBlocks = *blocks
 		} else {
-			n, err := p.KVBlocks(*util)
+			// As vLLM at start: the memory plan, or the reason it
+			// cannot serve (exit 1, as vLLM's failed start).
+			plan, err := p.Plan(*util, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, cfg.MaxModelLen)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "llmlab sim:", err)
-				return 2
+				return 1
 			}
-			cfg.KVBlocks = n
+			cfg.KVBlocks = plan.KVBlocks
 		}
 		if cfg.KVBlocks*sim.BlockSize < cfg.MaxModelLen {
 			fmt.Fprintf(os.Stderr, "llmlab sim: %d KV blocks hold %d tokens, less than --max-model-len %d\n", cfg.KVBlocks, cfg.KVBlocks*sim.BlockSize, cfg.MaxModelLen)

@@ -826,6 +826,78 @@ format = "text"
 	waitState(t, d, "ready")
 }
 
+// vLLM's knobs are llmlabd's settings: the engine gets them (and its
+// memory share) at each start, and a reload that changes one restarts the
+// engine with the new values, which the engine then reports as vLLM does
+// (max_model_len in /v1/models, the share in vllm:cache_config_info).
+func TestReloadChangesEngineKnobs(t *testing.T) {
+	engineAddr := freeAddr(t)
+	host, port, _ := net.SplitHostPort(engineAddr)
+	envFile := filepath.Join(t.TempDir(), "engine.env")
+	conf := func(maxLen int, share float64) string {
+		return fmt.Sprintf(`[gateway]
+listen = "127.0.0.1:0"
+[engine]
+url = "http://%s"
+command = [%q, "sim", "--profile", "instant", "--startup-delay", "300ms", "--host", %q, "--port", %q]
+idle_timeout = "0s"
+runtime_env = %q
+max_num_seqs = 32
+max_num_batched_tokens = 4096
+max_model_len = %d
+[gpu]
+enabled = false
+memory_fraction = %g
+[metrics]
+listen = "127.0.0.1:0"
+textfile = ""
+[log]
+format = "text"
+`, engineAddr, toolBinary, host, port, envFile, maxLen, share)
+	}
+	engineSays := func(maxLen int, share float64) {
+		t.Helper()
+		req := `{"model":"Qwen/Qwen2.5-0.5B-Instruct","prompt":"x","max_tokens":2}`
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			resp, body := post(t, "http://"+engineAddr+"/v1/completions", req)
+			models := ""
+			if resp.StatusCode == 200 {
+				models = fetch(t, "http://"+engineAddr+"/v1/models") + fetch(t, "http://"+engineAddr+"/metrics")
+			}
+			if strings.Contains(models, fmt.Sprintf(`"max_model_len":%d`, maxLen)) && strings.Contains(models, fmt.Sprintf(`gpu_memory_utilization="%g"`, share)) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the engine never reported max_model_len %d and share %g (last answer %d %s):\n%s", maxLen, share, resp.StatusCode, body, models)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		env, err := os.ReadFile(envFile)
+		want := fmt.Sprintf("LLMLAB_GPU_MEMORY_UTILIZATION=%g\nLLMLAB_MAX_NEW_TOKENS=1024\nLLMLAB_MAX_NUM_SEQS=32\nLLMLAB_MAX_NUM_BATCHED_TOKENS=4096\nLLMLAB_MAX_MODEL_LEN=%d\n", share, maxLen)
+		if err != nil || !strings.HasSuffix(string(env), want) {
+			t.Fatalf("engine.runtime_env = %q (%v), want it to end with %q", env, err, want)
+		}
+	}
+	path := writeConfig(t, conf(2048, 0.5))
+	d := start(t, nil, nil, "--config", path)
+	if resp, body := post(t, d.api+"/v1/completions", `{"prompt":"x","max_tokens":2}`); resp.StatusCode != 200 {
+		t.Fatalf("%d %s\n%s", resp.StatusCode, body, d.logs.String())
+	}
+	engineSays(2048, 0.5)
+
+	os.WriteFile(path, []byte(conf(1024, 0.6)), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, d, "restarting the engine with its new settings")
+	if resp, body := post(t, d.api+"/v1/completions", `{"prompt":"x","max_tokens":2}`); resp.StatusCode != 200 {
+		t.Fatalf("%d %s\n%s", resp.StatusCode, body, d.logs.String())
+	}
+	engineSays(1024, 0.6)
+	if strings.Contains(d.logs.String(), "needs a restart") {
+		t.Fatalf("a knob or the share was logged as needing a restart of llmlabd:\n%s", d.logs.String())
+	}
+}
+
 // activated is llmlabd behind systemd-socket-activate, which listens first
 // and starts llmlabd on the first connection, as systemd does with
 // llmlab.socket.

@@ -135,6 +135,13 @@ type Engine struct {
 	// contain (for an engine that answers before its model is loaded).
 	ReadyPath  string
 	ReadyMatch string
+	// MaxNumSeqs, MaxNumBatchedTokens and MaxModelLen are vLLM's knobs of
+	// the same names, passed to the engine at each start (0: the engine's
+	// own default). They are llmlabd's so that a reload that changes one
+	// restarts the engine with it (llmlab tune-engine goes through this).
+	MaxNumSeqs          int
+	MaxNumBatchedTokens int
+	MaxModelLen         int
 }
 
 // Queue configures admission control and micro-batching.
@@ -212,21 +219,24 @@ type raw struct {
 		ClientTimeout          string `toml:"client_timeout"`
 	} `toml:"gateway"`
 	Engine struct {
-		URL               string   `toml:"url"`
-		Models            []string `toml:"models"`
-		Command           []string `toml:"command"`
-		Unit              string   `toml:"unit"`
-		ResponseTimeout   string   `toml:"response_timeout"`
-		IdleTimeout       string   `toml:"idle_timeout"`
-		StartTimeout      string   `toml:"start_timeout"`
-		ExpectedStartTime string   `toml:"expected_start_time"`
-		MaxColdStartWait  string   `toml:"max_cold_start_wait"`
-		StopGrace         string   `toml:"stop_grace"`
-		SleepAfter        string   `toml:"sleep_after"`
-		RuntimeEnv        string   `toml:"runtime_env"`
-		MetricsInterval   string   `toml:"metrics_interval"`
-		ReadyPath         string   `toml:"ready_path"`
-		ReadyMatch        string   `toml:"ready_match"`
+		URL                 string   `toml:"url"`
+		Models              []string `toml:"models"`
+		Command             []string `toml:"command"`
+		Unit                string   `toml:"unit"`
+		ResponseTimeout     string   `toml:"response_timeout"`
+		IdleTimeout         string   `toml:"idle_timeout"`
+		StartTimeout        string   `toml:"start_timeout"`
+		ExpectedStartTime   string   `toml:"expected_start_time"`
+		MaxColdStartWait    string   `toml:"max_cold_start_wait"`
+		StopGrace           string   `toml:"stop_grace"`
+		SleepAfter          string   `toml:"sleep_after"`
+		RuntimeEnv          string   `toml:"runtime_env"`
+		MetricsInterval     string   `toml:"metrics_interval"`
+		ReadyPath           string   `toml:"ready_path"`
+		ReadyMatch          string   `toml:"ready_match"`
+		MaxNumSeqs          int      `toml:"max_num_seqs"`
+		MaxNumBatchedTokens int      `toml:"max_num_batched_tokens"`
+		MaxModelLen         int      `toml:"max_model_len"`
 	} `toml:"engine"`
 	Queue struct {
 		MaxInflight   int     `toml:"max_inflight"`
@@ -460,17 +470,28 @@ func fromRaw(path string, r raw) (*Config, error) {
 		}
 	}
 	c.Engine = Engine{URL: u, Models: r.Engine.Models, Command: r.Engine.Command, Unit: r.Engine.Unit,
-		ResponseTimeout:   ck.duration("engine.response_timeout", r.Engine.ResponseTimeout, time.Second),
-		IdleTimeout:       ck.duration("engine.idle_timeout", r.Engine.IdleTimeout, 0),
-		StartTimeout:      ck.duration("engine.start_timeout", r.Engine.StartTimeout, time.Second),
-		ExpectedStartTime: ck.duration("engine.expected_start_time", r.Engine.ExpectedStartTime, 0),
-		MaxColdStartWait:  ck.duration("engine.max_cold_start_wait", r.Engine.MaxColdStartWait, time.Millisecond),
-		StopGrace:         ck.duration("engine.stop_grace", r.Engine.StopGrace, 0),
-		SleepAfter:        ck.duration("engine.sleep_after", r.Engine.SleepAfter, 0),
-		RuntimeEnv:        r.Engine.RuntimeEnv,
-		MetricsInterval:   ck.duration("engine.metrics_interval", r.Engine.MetricsInterval, 0),
-		ReadyPath:         r.Engine.ReadyPath,
-		ReadyMatch:        r.Engine.ReadyMatch,
+		ResponseTimeout:     ck.duration("engine.response_timeout", r.Engine.ResponseTimeout, time.Second),
+		IdleTimeout:         ck.duration("engine.idle_timeout", r.Engine.IdleTimeout, 0),
+		StartTimeout:        ck.duration("engine.start_timeout", r.Engine.StartTimeout, time.Second),
+		ExpectedStartTime:   ck.duration("engine.expected_start_time", r.Engine.ExpectedStartTime, 0),
+		MaxColdStartWait:    ck.duration("engine.max_cold_start_wait", r.Engine.MaxColdStartWait, time.Millisecond),
+		StopGrace:           ck.duration("engine.stop_grace", r.Engine.StopGrace, 0),
+		SleepAfter:          ck.duration("engine.sleep_after", r.Engine.SleepAfter, 0),
+		RuntimeEnv:          r.Engine.RuntimeEnv,
+		MetricsInterval:     ck.duration("engine.metrics_interval", r.Engine.MetricsInterval, 0),
+		ReadyPath:           r.Engine.ReadyPath,
+		ReadyMatch:          r.Engine.ReadyMatch,
+		MaxNumSeqs:          r.Engine.MaxNumSeqs,
+		MaxNumBatchedTokens: r.Engine.MaxNumBatchedTokens,
+		MaxModelLen:         r.Engine.MaxModelLen,
+	}
+	ck.atLeast("engine.max_num_seqs", r.Engine.MaxNumSeqs, 0)
+	ck.atLeast("engine.max_num_batched_tokens", r.Engine.MaxNumBatchedTokens, 0)
+	ck.atLeast("engine.max_model_len", r.Engine.MaxModelLen, 0)
+	// vLLM refuses to start with fewer batched tokens than sequences
+	// (vllm/config/scheduler.py, verify_max_model_len).
+	if n, s := r.Engine.MaxNumBatchedTokens, r.Engine.MaxNumSeqs; n > 0 && s > 0 && n < s {
+		ck.fail("engine.max_num_batched_tokens", n, "must be at least engine.max_num_seqs (%d): vLLM refuses to start otherwise", s)
 	}
 	if !strings.HasPrefix(r.Engine.ReadyPath, "/") {
 		ck.fail("engine.ready_path", r.Engine.ReadyPath, `want a path on the engine, e.g. "/health" (vLLM) or "/api/ps" (Ollama)`)

@@ -92,6 +92,13 @@ func (a *Admission) Instrument(reg prometheus.Registerer) {
 	}
 }
 
+// SetShare changes the engine's share for the starts to come (a reload).
+func (a *Admission) SetShare(budget uint64, fraction float64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.Budget, a.Fraction = budget, fraction
+}
+
 // Env is the engine's environment for the current start (for an engine run
 // as a child process).
 func (a *Admission) Env() []string {

@@ -178,6 +178,30 @@ func warnDeprecated(log *slog.Logger, cfg *config.Config) {
 	}
 }
 
+// engineKnobs is the engine's part of the environment that follows the
+// configuration: LLMLAB_MAX_NEW_TOKENS (limits.max_tokens), sleep mode,
+// and vLLM's knobs that engine.* sets (none for 0, the engine's default).
+func engineKnobs(c *config.Config) []string {
+	env := []string{fmt.Sprintf("LLMLAB_MAX_NEW_TOKENS=%d", c.Limits.MaxTokens)}
+	if c.Engine.SleepAfter > 0 {
+		env = append(env, "LLMLAB_ENABLE_SLEEP_MODE=1")
+	}
+	for _, k := range []struct {
+		name string
+		v    int
+	}{{"LLMLAB_MAX_NUM_SEQS", c.Engine.MaxNumSeqs}, {"LLMLAB_MAX_NUM_BATCHED_TOKENS", c.Engine.MaxNumBatchedTokens}, {"LLMLAB_MAX_MODEL_LEN", c.Engine.MaxModelLen}} {
+		if k.v > 0 {
+			env = append(env, fmt.Sprintf("%s=%d", k.name, k.v))
+		}
+	}
+	return env
+}
+
+// engineRestartKeys are the settings the engine reads only at its start: a
+// reload that changes one restarts the engine (drained first).
+var engineRestartKeys = []string{"engine.command:", "engine.unit:", "engine.max_num_seqs:", "engine.max_num_batched_tokens:",
+	"engine.max_model_len:", "gpu.memory_budget:", "gpu.memory_fraction:"}
+
 // writeEngineEnv writes the engine's runtime settings for the engine unit
 // (EnvironmentFile=-/run/llmlab/engine.env) before each start: the GPU
 // share, and LLMLAB_MAX_NEW_TOKENS (limits.max_tokens), which llmlab-engine
@@ -429,16 +453,17 @@ func Run(ctx context.Context, o Options) error {
 	// and engine are set once they exist, before anything serves.
 	st := &statusSource{gpu: mon, cfg: cfg, loadedAt: time.Now(), started: time.Now(), activated: activated}
 	engineEnv := func() []string {
+		c := st.cfgNow()
 		var env []string
 		if adm != nil {
 			env = adm.Env()
 		}
-		c := st.cfgNow()
-		env = append(env, fmt.Sprintf("LLMLAB_MAX_NEW_TOKENS=%d", c.Limits.MaxTokens))
-		if c.Engine.SleepAfter > 0 {
-			env = append(env, "LLMLAB_ENABLE_SLEEP_MODE=1")
+		if len(env) == 0 && c.GPU.MemoryBudget == 0 {
+			// No GPU readings to turn a budget into a share: the
+			// configured fraction, as the engine would be told with them.
+			env = append(env, fmt.Sprintf("LLMLAB_GPU_MEMORY_UTILIZATION=%g", c.GPU.MemoryFraction))
 		}
-		return env
+		return append(env, engineKnobs(c)...)
 	}
 	if backend := engineBackend(cfg, log, o.Stderr, engineEnv); backend != nil {
 		sc := supervisorConfig(cfg)
@@ -682,7 +707,7 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		case <-o.Reload:
 			notify.Reloading()
-			reload(log, o, st, gw, sup, engineEnv)
+			reload(log, o, st, gw, sup, adm, engineEnv)
 			notify.Ready(st.line())
 		case <-watchdog:
 			notify.Watchdog()
@@ -812,7 +837,7 @@ func (t *connTracker) busy(now time.Time) int {
 
 // reload re-reads the configuration; a bad one is refused and the running
 // one kept.
-func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, sup *supervisor.Supervisor, engineEnv func() []string) {
+func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, sup *supervisor.Supervisor, adm *gpu.Admission, engineEnv func() []string) {
 	o.Explicit = true
 	cfg, keys, err := LoadConfig(o)
 	if err != nil {
@@ -826,15 +851,24 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 		if strings.HasPrefix(c, "gateway.listen:") || strings.HasPrefix(c, "metrics.listen:") || strings.HasPrefix(c, "balancer.agent_listen:") ||
 			strings.HasPrefix(c, "engine.url:") || strings.HasPrefix(c, "log.format:") || strings.HasPrefix(c, "log.level:") ||
 			strings.HasPrefix(c, "engine.metrics_interval:") || strings.HasPrefix(c, "queue.concurrency:") ||
-			strings.HasPrefix(c, "queue.min_inflight:") || strings.HasPrefix(c, "queue.target_latency:") || strings.HasPrefix(c, "gpu.") {
+			strings.HasPrefix(c, "queue.min_inflight:") || strings.HasPrefix(c, "queue.target_latency:") ||
+			(strings.HasPrefix(c, "gpu.") && !strings.HasPrefix(c, "gpu.memory_budget:") && !strings.HasPrefix(c, "gpu.memory_fraction:")) {
 			log.Warn("setting needs a restart to take effect", "change", c)
 		}
 	}
 	engineChanged := false
 	for _, c := range changes {
-		if strings.HasPrefix(c, "engine.command:") || strings.HasPrefix(c, "engine.unit:") {
-			engineChanged = true
+		for _, k := range engineRestartKeys {
+			if strings.HasPrefix(c, k) {
+				engineChanged = true
+			}
 		}
+	}
+	// The engine's environment is read from the running configuration at
+	// its next start: swap it in before that start is asked for.
+	st.setCfg(cfg)
+	if adm != nil {
+		adm.SetShare(cfg.GPU.MemoryBudget, cfg.GPU.MemoryFraction)
 	}
 	if engineChanged {
 		switch b := engineBackend(cfg, log, o.Stderr, engineEnv); {
@@ -845,7 +879,6 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 		}
 	}
 	gw.Reload(gatewayConfig(cfg), keys)
-	st.setCfg(cfg)
 	log.Info("reloaded", "changes", strings.Join(changes, "; "), "api_keys", keys.Len())
 }
 

@@ -111,14 +111,11 @@ func ProfileNames() string {
 }
 
 // KVBlocks is the number of 16-token KV blocks that fit the engine's share
-// of the card (vLLM's --gpu-memory-utilization).
+// of the card (vLLM's --gpu-memory-utilization) at the profile's default
+// knobs.
 func (p Profile) KVBlocks(util float64) (int, error) {
-	budget := int64(float64(p.GPUMemory)*util) - p.Weights - p.Overhead
-	if budget < 16*p.KVBytesPerToken {
-		return 0, fmt.Errorf("--gpu-memory-utilization %.2f of %.1f GiB leaves no room for the KV cache after %.2f GiB of weights and %.2f GiB of overhead",
-			util, float64(p.GPUMemory)/gib, float64(p.Weights)/gib, float64(p.Overhead)/gib)
-	}
-	return int(budget / (BlockSize * p.KVBytesPerToken)), nil
+	m, err := p.Plan(util, 0, 0, 0)
+	return m.KVBlocks, err
 }
 
 // StepTime is the cost model.
