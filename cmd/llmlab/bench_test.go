@@ -100,16 +100,3 @@ func TestBenchSides(t *testing.T) {
 		t.Error("a side without a URL was accepted")
 	}
 }
-
-// --find-max brackets and bisects to a rate near the engine's capacity.
-func TestFindMax(t *testing.T) {
-	f := benchFlags{o: bench.Options{Rate: 1}, maxRate: 1000, precision: 0.05}
-	var tried []float64
-	got := findMax(f, func(r float64) bool { tried = append(tried, r); return r <= 37 })
-	if got > 37 || got < 37*0.95 {
-		t.Fatalf("findMax = %.2f (tried %v), want within 5%% below 37", got, tried)
-	}
-	if got := findMax(benchFlags{o: bench.Options{Rate: 1}, maxRate: 10, precision: 0.05}, func(float64) bool { return true }); got != 8 {
-		t.Fatalf("findMax capped at 10 = %v, want 8 (the last rate tried below the cap)", got)
-	}
-}

@@ -203,7 +203,7 @@ func runBench(ctx context.Context, f benchFlags, out io.Writer) int {
 	code := 0
 	switch {
 	case f.findMax:
-		best := findMax(f, func(rate float64) bool {
+		best := bench.FindMax(f.o.Rate, f.maxRate, f.precision, func(rate float64) bool {
 			o := f.o
 			o.Rate = rate
 			p := phase("target", f.o.Target, f.targetMetrics, o)
@@ -246,30 +246,6 @@ func runBench(ctx context.Context, f benchFlags, out io.Writer) int {
 		return 1
 	}
 	return code
-}
-
-// findMax brackets the highest passing rate by doubling, then bisects.
-func findMax(f benchFlags, pass func(float64) bool) float64 {
-	lo, hi := 0.0, 0.0
-	for r := f.o.Rate; hi == 0; r *= 2 {
-		if r > f.maxRate {
-			return lo
-		}
-		if pass(r) {
-			lo = r
-		} else {
-			hi = r
-		}
-	}
-	for i := 0; i < 8 && (hi-lo)/hi > f.precision; i++ {
-		mid := (lo + hi) / 2
-		if pass(mid) {
-			lo = mid
-		} else {
-			hi = mid
-		}
-	}
-	return lo
 }
 
 func printPhase(out io.Writer, p bench.Phase) {

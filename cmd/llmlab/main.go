@@ -43,6 +43,7 @@ func commands() []command {
 		{"overhead", "", "measure llmlabd's overhead against nginx, a bare Go reverse proxy and direct access", overheadFlags},
 		{"reverse-proxy", "", "serve a bare httputil.ReverseProxy (the overhead benchmark's Go reference)", reverseProxyFlags},
 		{"tune", "", "sweep fixed in-flight limits against the adaptive one (or compare priority classes) on the simulator", tuneFlags},
+		{"tune-engine", "", "sweep vLLM's knobs (max_num_seqs, max_num_batched_tokens, max_model_len, gpu_memory_utilization) with llmlab's through llmlabd: find-max per point, the best, the frontier, --apply", tuneEngineFlags},
 		{"gpu", "[-- COMMAND...]", "show what llmlabd reads from NVML; with a command, run it as the engine (admission, share, release wait)", gpuFlagSet},
 		{"man", "DIR", "write the manual pages llmlab.1 and llmlabd.8 into DIR",
 			func(*flag.FlagSet) runFunc { return manCmd }},

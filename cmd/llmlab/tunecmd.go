@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 	"github.com/llmlab/llmlab/cmd/llmlab/tune"
 )
 
@@ -53,4 +54,111 @@ func tuneFlags(fs *flag.FlagSet) runFunc {
 		}
 		return 0
 	}
+}
+
+func tuneEngineFlags(fs *flag.FlagSet) runFunc {
+	o := tune.EngineOptions{Out: os.Stdout, Progress: os.Stderr, SLO: bench.SLO{MaxErrorRate: 0.001}}
+	fs.StringVar(&o.Llmlabd, "llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
+	fs.StringVar(&o.Profile, "profile", "gtx1650", "the card's memory model for the KV-cache arithmetic, and, without --config, the simulated engine: "+sim.ProfileNames())
+	fs.Float64Var(&o.GPUMemoryGiB, "gpu-memory-gib", 0, "the card's memory in GiB (0: the profile's)")
+	simArgs := fs.String("sim-args", "", "more flags for the simulator, space-separated")
+	fs.DurationVar(&o.StartupDelay, "startup-delay", 3*time.Second, "the simulator's start time")
+	fs.StringVar(&o.Config, "config", "", "tune the engine that this llmlabd configuration manages (engine.command or engine.unit) instead of the simulator; stop llmlab.socket, llmlab.service and the engine first")
+	seqs := fs.String("max-num-seqs", "16,32,64,128,256", "vLLM's --max-num-seqs values")
+	batched := fs.String("max-num-batched-tokens", "2048", "vLLM's --max-num-batched-tokens values")
+	mlen := fs.String("max-model-len", "2048", "vLLM's --max-model-len values")
+	util := fs.String("gpu-memory-utilization", "0.9", "vLLM's --gpu-memory-utilization values (llmlabd's gpu.memory_fraction)")
+	inflight := fs.String("inflight", "seqs", `llmlabd's in-flight limit: "seqs" (= max_num_seqs), "adaptive", or numbers`)
+	windows := fs.String("batch-window", "0s", "llmlabd's queue.batch_window values")
+	fs.DurationVar(&o.Warmup, "warmup", 10*time.Second, "warm-up of each find-max probe, excluded")
+	fs.DurationVar(&o.Duration, "duration", 20*time.Second, "measurement of each find-max probe")
+	fs.Float64Var(&o.StartRate, "start-rate", 1, "the first point's first probe rate (later points start near the previous point's result)")
+	fs.Float64Var(&o.MaxRate, "max-rate", 2000, "never offer more than this")
+	fs.Float64Var(&o.Precision, "precision", 0.1, "find-max stops when its bracket is this narrow (relative)")
+	fs.DurationVar(&o.SLO.Latency, "slo-p95", 5*time.Second, "SLO latency (llmlabd's slo.latency, and the bound on p95)")
+	fs.Float64Var(&o.SLO.MaxErrorRate, "max-error-rate", 0.001, "SLO error rate")
+	fs.DurationVar(&o.MaxTime, "max-time", 2*time.Hour, "refuse a sweep estimated longer than this, and stop one that runs longer (resumable); 0: no bound")
+	fs.StringVar(&o.Results, "results", "", "results folder; a sweep run again on it skips the points already measured (default: results/tune-engine-<profile or config name>)")
+	fs.BoolVar(&o.Apply, "apply", false, "write the best point into llmlab.toml (--apply-config) and take the tuned flags out of --engine-env's LLMLAB_VLLM_ARGS, keeping backups")
+	fs.StringVar(&o.ApplyConfig, "apply-config", "", "the llmlab.toml --apply writes (default: --config)")
+	fs.StringVar(&o.EngineEnv, "engine-env", "/etc/llmlab/engine.env", "the engine's environment file --apply cleans (\"\": none)")
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	return func(ctx context.Context, _ []string) int {
+		self, _ := os.Executable()
+		if o.Llmlabd == "" {
+			o.Llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
+		}
+		o.Tool = self
+		if *quiet {
+			o.Progress = nil
+		}
+		if o.ApplyConfig == "" {
+			o.ApplyConfig = o.Config
+		}
+		if o.Results == "" {
+			name := o.Profile
+			if o.Config != "" {
+				name = strings.TrimSuffix(filepath.Base(o.Config), ".toml")
+			}
+			o.Results = filepath.Join("results", "tune-engine-"+name)
+		}
+		o.SimArgs = strings.Fields(*simArgs)
+		var err error
+		g := &o.Grid
+		if g.MaxNumSeqs, err = intList("max-num-seqs", *seqs); err == nil {
+			if g.MaxNumBatchedTokens, err = intList("max-num-batched-tokens", *batched); err == nil {
+				if g.MaxModelLen, err = intList("max-model-len", *mlen); err == nil {
+					if g.GPUMemoryUtilization, err = floatList("gpu-memory-utilization", *util); err == nil {
+						g.BatchWindow, err = durationList("batch-window", *windows)
+					}
+				}
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "llmlab tune-engine:", err)
+			return 2
+		}
+		g.Inflight = strings.Split(strings.ReplaceAll(*inflight, " ", ""), ",")
+		if _, err := tune.RunEngine(ctx, o); err != nil {
+			fmt.Fprintln(os.Stderr, "\nllmlab tune-engine:", err)
+			return 1
+		}
+		return 0
+	}
+}
+
+func intList(flag, s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("--%s %q: want positive integers separated by commas", flag, s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func floatList(flag, s string) ([]float64, error) {
+	var out []float64
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v <= 0 || v > 1 {
+			return nil, fmt.Errorf("--%s %q: want fractions in (0, 1] separated by commas", flag, s)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func durationList(flag, s string) ([]time.Duration, error) {
+	var out []time.Duration
+	for _, f := range strings.Split(s, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(f))
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("--%s %q: want durations such as 0s,10ms separated by commas", flag, s)
+		}
+		out = append(out, d)
+	}
+	return out, nil
 }

@@ -870,6 +870,7 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 	if adm != nil {
 		adm.SetShare(cfg.GPU.MemoryBudget, cfg.GPU.MemoryFraction)
 	}
+	gw.Reload(gatewayConfig(cfg), keys)
 	if engineChanged {
 		switch b := engineBackend(cfg, log, o.Stderr, engineEnv); {
 		case sup != nil && b != nil:
@@ -878,7 +879,6 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 			log.Warn("switching between a managed and an external engine needs a restart")
 		}
 	}
-	gw.Reload(gatewayConfig(cfg), keys)
 	log.Info("reloaded", "changes", strings.Join(changes, "; "), "api_keys", keys.Len())
 }
 

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"strings"
@@ -50,5 +51,24 @@ func TestExecKillsGroupAfterGrace(t *testing.T) {
 func TestExecNoCommand(t *testing.T) {
 	if _, err := (&Exec{}).Start(context.Background()); err == nil {
 		t.Fatal("Start with no command: want an error")
+	}
+}
+
+// An engine that exits on its own says how, and its last line of output
+// says why (vLLM's last line is its error).
+func TestExecReportsExit(t *testing.T) {
+	var out bytes.Buffer
+	e := &Exec{Argv: []string{"sh", "-c", `echo starting; echo "ValueError: not enough KV cache" >&2; printf "\n"; exit 3`}, Grace: time.Second, Output: &out}
+	p, err := e.Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	status, last := p.(exitReporter).Exit()
+	if status != "exit status 3" || last != "ValueError: not enough KV cache" {
+		t.Fatalf("Exit() = %q, %q; want exit status 3 and the last line written", status, last)
+	}
+	if !strings.Contains(out.String(), "starting") {
+		t.Fatalf("the engine's output did not reach Output: %q", out.String())
 	}
 }

@@ -66,6 +66,12 @@ type Process interface {
 	Stop(ctx context.Context) error
 }
 
+// exitReporter is a process that can say how it exited (the exec
+// backend's).
+type exitReporter interface {
+	Exit() (status, lastOutput string)
+}
+
 // Gate is the queue's side: it holds requests while the engine is not
 // ready and fails them when it cannot start.
 type Gate interface {
@@ -397,7 +403,17 @@ func (s *Supervisor) Run(ctx context.Context) {
 				})
 			}
 		case <-exited:
-			s.log.Error("engine exited", "state", state)
+			how := "the engine stopped unexpectedly"
+			if e, ok := proc.(exitReporter); ok {
+				status, last := e.Exit()
+				// Its last words go to the log only: /status is served
+				// on the API listener, and an engine's output is the
+				// operator's to read.
+				s.log.Error("engine exited", "state", state, "exit", status, "last_output", last)
+				how += " (" + status + "; its last output is in llmlabd's log)"
+			} else {
+				s.log.Error("engine exited", "state", state)
+			}
 			stopProbe()
 			proc, exited = nil, nil
 			s.gate.SetEngineReady(false)
@@ -410,14 +426,14 @@ func (s *Supervisor) Run(ctx context.Context) {
 				// requests and backs off like a failed start.
 				lastCrash = time.Now()
 				s.noteInfo(func(i *Info) {
-					i.LastFailure, i.LastFailureAt = "the engine stopped unexpectedly; restarted at once", lastCrash
+					i.LastFailure, i.LastFailureAt = how+"; restarted at once", lastCrash
 				})
 				s.log.Warn("restarting the engine after its crash; waiting requests keep waiting")
 				start()
 				continue
 			}
 			lastCrash = time.Now()
-			s.fail(set, &retryAt, &backoff, "the engine stopped unexpectedly")
+			s.fail(set, &retryAt, &backoff, how)
 		case now := <-housekeeper.C:
 			busy := s.gate.Busy()
 			if busy > 0 {

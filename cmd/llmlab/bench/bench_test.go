@@ -149,3 +149,18 @@ func TestBodiesVaryThePrompt(t *testing.T) {
 		}
 	}
 }
+
+// --find-max brackets and bisects to a rate near the engine's capacity.
+func TestFindMax(t *testing.T) {
+	var tried []float64
+	got := FindMax(1, 1000, 0.05, func(r float64) bool { tried = append(tried, r); return r <= 37 })
+	if got > 37 || got < 37*0.95 {
+		t.Fatalf("FindMax = %.2f (tried %v), want within 5%% below 37", got, tried)
+	}
+	if got := FindMax(1, 10, 0.05, func(float64) bool { return true }); got != 8 {
+		t.Fatalf("FindMax capped at 10 = %v, want 8 (the last rate tried below the cap)", got)
+	}
+	if got := FindMax(4, 100, 0.05, func(float64) bool { return false }); got != 0 {
+		t.Fatalf("FindMax where nothing passes = %v, want 0", got)
+	}
+}

@@ -1,14 +1,17 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"html"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -322,5 +325,56 @@ func PlotDistribution(phases []Phase) string {
 	}
 	s.panel(0, "latency distribution (CDF), last phases", "latency (s)", "share of answered requests", xmax, 1, ss, 0)
 	s.legend(ss)
+	return s.String()
+}
+
+// PlotPoint is one point of a scatter plot; Frontier marks the points on
+// the frontier, which are joined by a line and labelled.
+type PlotPoint struct {
+	X, Y     float64
+	Label    string
+	Frontier bool
+}
+
+// PlotFrontier draws points (hollow grey) and the frontier among them
+// (filled, joined in order of X, labelled), with a note under the title.
+func PlotFrontier(title, note, xlabel, ylabel string, points []PlotPoint) string {
+	s := newSVG(640, 420)
+	w, h := 640, 390
+	xmax, ymax := 0.0, 0.0
+	for _, p := range points {
+		xmax, ymax = max(xmax, p.X), max(ymax, p.Y)
+	}
+	xmax, ymax = max(xmax*1.1, 1e-9), max(ymax*1.15, 1e-9)
+	px := func(v float64) float64 { return float64(plotPad) + v/xmax*float64(w-2*plotPad) }
+	py := func(v float64) float64 { return float64(h-plotPad) - v/ymax*float64(h-2*plotPad) }
+	fmt.Fprintf(&s.b, `<text x="%d" y="20" font-size="13">%s</text>`+"\n", plotPad, title)
+	fmt.Fprintf(&s.b, `<text x="%d" y="36" fill="#555">%s</text>`+"\n", plotPad, note)
+	fmt.Fprintf(&s.b, `<path d="M%d %d V%d H%d" fill="none" stroke="black"/>`+"\n", plotPad, plotPad, h-plotPad, w-plotPad)
+	for i := 0; i <= 4; i++ {
+		yv, xv := ymax*float64(i)/4, xmax*float64(i)/4
+		fmt.Fprintf(&s.b, `<text x="%d" y="%.0f" text-anchor="end">%.3g</text>`+"\n", plotPad-4, py(yv)+4, yv)
+		fmt.Fprintf(&s.b, `<text x="%.0f" y="%d" text-anchor="middle">%.3g</text>`+"\n", px(xv), h-plotPad+14, xv)
+	}
+	fmt.Fprintf(&s.b, `<text x="%d" y="%d" text-anchor="middle">%s</text>`+"\n", w/2, h-plotPad+30, xlabel)
+	fmt.Fprintf(&s.b, `<text x="14" y="%d" transform="rotate(-90 14 %d)" text-anchor="middle">%s</text>`+"\n", h/2, h/2, ylabel)
+	var front []PlotPoint
+	for _, p := range points {
+		if p.Frontier {
+			front = append(front, p)
+			continue
+		}
+		fmt.Fprintf(&s.b, `<circle cx="%.1f" cy="%.1f" r="4" fill="none" stroke="#999"/>`+"\n", px(p.X), py(p.Y))
+	}
+	slices.SortFunc(front, func(a, b PlotPoint) int { return cmp.Compare(a.X, b.X) })
+	var pts []string
+	for _, p := range front {
+		pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(p.X), py(p.Y)))
+	}
+	fmt.Fprintf(&s.b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", palette[1], strings.Join(pts, " "))
+	for _, p := range front {
+		fmt.Fprintf(&s.b, `<circle cx="%.1f" cy="%.1f" r="4" fill="%s"/>`+"\n", px(p.X), py(p.Y), palette[1])
+		fmt.Fprintf(&s.b, `<text x="%.1f" y="%.1f" font-size="10">%s</text>`+"\n", px(p.X)+6, py(p.Y)-6, html.EscapeString(p.Label))
+	}
 	return s.String()
 }

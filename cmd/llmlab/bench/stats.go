@@ -115,3 +115,30 @@ func Summarize(samples []Sample, window time.Duration, slo SLO) Summary {
 }
 
 func sortDurations(v []time.Duration) { slices.Sort(v) }
+
+// FindMax is the highest rate at which pass holds, found by doubling from
+// start until one fails, then bisecting (at most 8 times) until the bracket
+// is narrower than precision, relative; never above maxRate. 0: pass held
+// at no rate tried.
+func FindMax(start, maxRate, precision float64, pass func(float64) bool) float64 {
+	lo, hi := 0.0, 0.0
+	for r := start; hi == 0; r *= 2 {
+		if r > maxRate {
+			return lo
+		}
+		if pass(r) {
+			lo = r
+		} else {
+			hi = r
+		}
+	}
+	for i := 0; i < 8 && (hi-lo)/hi > precision; i++ {
+		mid := (lo + hi) / 2
+		if pass(mid) {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
