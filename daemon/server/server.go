@@ -657,9 +657,14 @@ func Run(ctx context.Context, o Options) error {
 		apiLns[i] = connlimit.New(l, func() int64 { return int64(st.cfgNow().Gateway.MaxConnections) }, connMetrics)
 	}
 	errc := make(chan error, len(apiLns)+1)
+	// accepting is done when every API listener's Serve has returned: no
+	// connection is then between its accept and its first ConnState.
+	var serving sync.WaitGroup
+	accepting := make(chan struct{})
 	for _, l := range apiLns {
-		go func() { errc <- serve(apiSrv, l) }()
+		serving.Go(func() { errc <- serve(apiSrv, l) })
 	}
+	go func() { serving.Wait(); close(accepting) }()
 	if metricsLn != nil {
 		go func() { errc <- serve(metricsSrv, metricsLn) }()
 	}
@@ -695,7 +700,7 @@ func Run(ctx context.Context, o Options) error {
 		select {
 		case <-ctx.Done():
 			notify.Stopping("draining")
-			err := drain(log, gw, apiSrv, metricsSrv, apiLns, conns, st.cfgNow().Gateway.ShutdownGrace)
+			err := drain(log, gw, apiSrv, metricsSrv, apiLns, accepting, conns, st.cfgNow().Gateway.ShutdownGrace)
 			stopSup() // stop the engine once nothing uses it
 			<-supDone
 			saveLearned()
@@ -717,7 +722,7 @@ func Run(ctx context.Context, o Options) error {
 			if activated && idleLongEnough(now, started, gw, engine, st.cfgNow().Gateway.ExitIdleTimeout) {
 				log.Info("exiting on idle; the socket stays with systemd", "exit_idle_timeout", st.cfgNow().Gateway.ExitIdleTimeout)
 				notify.Stopping("exiting on idle")
-				err := drain(log, gw, apiSrv, metricsSrv, apiLns, conns, st.cfgNow().Gateway.ShutdownGrace)
+				err := drain(log, gw, apiSrv, metricsSrv, apiLns, accepting, conns, st.cfgNow().Gateway.ShutdownGrace)
 				stopSup()
 				<-supDone
 				saveLearned()
@@ -756,6 +761,15 @@ func serve(srv *http.Server, l net.Listener) error {
 	return nil
 }
 
+// drainer is the gateway as a drain sees it.
+type drainer interface {
+	QueueStats() queue.Stats
+	// Drain answers the queued requests 503 and refuses new ones.
+	Drain()
+	// CloseIdle closes the idle connections to the engine.
+	CloseIdle()
+}
+
 // drain implements the shutdown sequence of the package doc.
 //
 // It does not start with http.Server.Shutdown: a server shutting down
@@ -764,8 +778,12 @@ func serve(srv *http.Server, l net.Listener) error {
 // systemd's socket while llmlabd held it) would get nothing back. So the
 // listeners close first, keep-alive ends, and the requests on connections
 // already accepted are served (or refused with 503 if they would queue)
-// before Shutdown closes what is left idle.
-func drain(log *slog.Logger, gw *gateway.Gateway, apiSrv, metricsSrv *http.Server, apiLns []net.Listener, conns *connTracker, grace time.Duration) error {
+// before Shutdown closes what is left idle. A connection accepted just
+// before the listeners closed is tracked only once its Serve loop has
+// called the ConnState hook, so the wait for busy connections begins when
+// every Serve has returned (accepting closed): otherwise Shutdown could
+// begin before that connection is seen, and close it unanswered.
+func drain(log *slog.Logger, gw drainer, apiSrv, metricsSrv *http.Server, apiLns []net.Listener, accepting <-chan struct{}, conns *connTracker, grace time.Duration) error {
 	s := gw.QueueStats()
 	log.Info("draining", "queued", s.Queued, "inflight_sequences", s.Inflight, "grace", grace)
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
@@ -775,6 +793,10 @@ func drain(log *slog.Logger, gw *gateway.Gateway, apiSrv, metricsSrv *http.Serve
 		_ = l.Close()
 	}
 	gw.Drain()
+	select {
+	case <-accepting:
+	case <-ctx.Done():
+	}
 	for conns.busy(time.Now()) > 0 && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
