@@ -4,15 +4,20 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 	"github.com/llmlab/llmlab/cmd/llmlab/tune"
+	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/daemon/gpu"
 )
 
 func tuneFlags(fs *flag.FlagSet) runFunc {
@@ -72,6 +77,7 @@ func tuneEngineFlags(fs *flag.FlagSet) runFunc {
 	windows := fs.String("batch-window", "0s", "llmlabd's queue.batch_window values")
 	fs.DurationVar(&o.Warmup, "warmup", 10*time.Second, "warm-up of each find-max probe, excluded")
 	fs.DurationVar(&o.Duration, "duration", 20*time.Second, "measurement of each find-max probe")
+	fs.IntVar(&o.MinRequests, "min-requests", 0, "lengthen a probe at a low rate until it holds this many requests (0: --duration only)")
 	fs.Float64Var(&o.StartRate, "start-rate", 1, "the first point's first probe rate (later points start near the previous point's result)")
 	fs.Float64Var(&o.MaxRate, "max-rate", 2000, "never offer more than this")
 	fs.Float64Var(&o.Precision, "precision", 0.1, "find-max stops when its bracket is this narrow (relative)")
@@ -82,6 +88,7 @@ func tuneEngineFlags(fs *flag.FlagSet) runFunc {
 	fs.BoolVar(&o.Apply, "apply", false, "write the best point into llmlab.toml (--apply-config) and take the tuned flags out of --engine-env's LLMLAB_VLLM_ARGS, keeping backups")
 	fs.StringVar(&o.ApplyConfig, "apply-config", "", "the llmlab.toml --apply writes (default: --config)")
 	fs.StringVar(&o.EngineEnv, "engine-env", "/etc/llmlab/engine.env", "the engine's environment file --apply cleans (\"\": none)")
+	fs.BoolVar(&o.Report, "report", false, "print the table, best point and frontier of every point in --results measured on this engine (several sweeps' grids together), and measure nothing")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	return func(ctx context.Context, _ []string) int {
 		self, _ := os.Executable()
@@ -103,6 +110,14 @@ func tuneEngineFlags(fs *flag.FlagSet) runFunc {
 			o.Results = filepath.Join("results", "tune-engine-"+name)
 		}
 		o.SimArgs = strings.Fields(*simArgs)
+		if o.Config != "" && o.GPUMemoryGiB == 0 {
+			// The memory plan's card: this box's, as NVML reads it.
+			if gib, err := cardMemoryGiB(ctx, o.Config); err != nil {
+				fmt.Fprintf(os.Stderr, "llmlab tune-engine: cannot read the card's memory (%v); the memory plan assumes the %s profile's card (set --gpu-memory-gib)\n", err, o.Profile)
+			} else {
+				o.GPUMemoryGiB = gib
+			}
+		}
 		var err error
 		g := &o.Grid
 		if g.MaxNumSeqs, err = intList("max-num-seqs", *seqs); err == nil {
@@ -161,4 +176,25 @@ func durationList(flag, s string) ([]time.Duration, error) {
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// cardMemoryGiB reads, through NVML, the memory of the GPU that the
+// configuration's engine runs on (gpu.device).
+func cardMemoryGiB(ctx context.Context, path string) (float64, error) {
+	cfg, err := config.Load(path, true)
+	if err != nil {
+		return 0, err
+	}
+	mon := gpu.New(nvml.New(), time.Second, slog.New(slog.DiscardHandler))
+	mctx, stop := context.WithTimeout(ctx, 10*time.Second)
+	defer stop()
+	done := make(chan struct{})
+	go func() { mon.Run(mctx); close(done) }()
+	defer func() { stop(); <-done }()
+	s := mon.Fresh(mctx)
+	d, ok := s.Device(cfg.GPU.Device)
+	if !s.Available || !ok || d.MemoryTotal == 0 {
+		return 0, fmt.Errorf("no GPU %d: %s", cfg.GPU.Device, s.Reason)
+	}
+	return float64(d.MemoryTotal) / (1 << 30), nil
 }

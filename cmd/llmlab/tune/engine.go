@@ -3,6 +3,7 @@ package tune
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -50,8 +51,11 @@ type EngineOptions struct {
 	Config string
 	Grid   Grid
 	// Warmup and Duration are each find-max probe's; StartRate the first
-	// probe's rate, Precision find-max's.
+	// probe's rate, Precision find-max's. MinRequests lengthens a probe
+	// at a low rate until it holds that many requests: the SLO is a 95th
+	// percentile and an error rate, and forty requests judge neither.
 	Warmup, Duration time.Duration
+	MinRequests      int
 	StartRate        float64
 	MaxRate          float64
 	Precision        float64
@@ -68,9 +72,14 @@ type EngineOptions struct {
 	Apply       bool
 	ApplyConfig string
 	EngineEnv   string
-	Out         io.Writer
+	// Report prints the table of every point recorded in Results for
+	// this engine (several sweeps' grids together), measuring nothing.
+	Report bool
+	Out    io.Writer
 	// Progress gets the progress bar (nil: none).
 	Progress io.Writer
+
+	budget uint64 // the tuned configuration's gpu.memory_budget
 }
 
 // Grid is the sweep's values; every combination is a point.
@@ -126,12 +135,14 @@ const (
 
 // Probe is one find-max step.
 type Probe struct {
-	Rate    float64       `json:"rate"`
-	Pass    bool          `json:"pass"`
-	Goodput float64       `json:"goodput"`
-	P95     time.Duration `json:"p95_ns"`
-	Errors  float64       `json:"error_rate"`
-	Invalid bool          `json:"invalid,omitempty"` // the simulator lagged
+	Rate     float64       `json:"rate"`
+	Seconds  float64       `json:"seconds"`
+	Requests int           `json:"requests"`
+	Pass     bool          `json:"pass"`
+	Goodput  float64       `json:"goodput"`
+	P95      time.Duration `json:"p95_ns"`
+	Errors   float64       `json:"error_rate"`
+	Invalid  bool          `json:"invalid,omitempty"` // the simulator lagged
 }
 
 // Result is a point's outcome.
@@ -191,6 +202,19 @@ func RunEngine(ctx context.Context, o EngineOptions) ([]Result, error) {
 	if o.GPUMemoryGiB > 0 {
 		prof.GPUMemory = int64(o.GPUMemoryGiB * (1 << 30))
 	}
+	if o.Config != "" {
+		cfg, err := config.Load(o.Config, true)
+		if err != nil {
+			return nil, err
+		}
+		if b := cfg.GPU.MemoryBudget; b > 0 {
+			// The engine's share is a budget, whatever the card: the
+			// points' utilisation is of the budget, and the plan's card
+			// is the budget.
+			o.budget, prof.GPUMemory = b, int64(b)
+			fmt.Fprintf(o.Out, "%s sets gpu.memory_budget %.2f GiB: each point's gpu_memory_utilization is a share of that budget\n", o.Config, float64(b)/(1<<30))
+		}
+	}
 	for _, v := range o.Grid.Inflight {
 		if n, err := strconv.Atoi(v); v != "seqs" && v != "adaptive" && (err != nil || n < 1) {
 			return nil, fmt.Errorf("--inflight %q: want seqs, adaptive or a positive number", v)
@@ -209,7 +233,27 @@ func RunEngine(ctx context.Context, o EngineOptions) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	appendFile(filepath.Join(o.Results, "command.txt"), strings.Join(os.Args, " ")+"\n")
+	if o.Report {
+		var all []Result
+		for _, r := range done {
+			if r.Engine == engineName {
+				all = append(all, r)
+			}
+		}
+		slices.SortFunc(all, func(a, b Result) int {
+			return cmp.Or(cmp.Compare(a.MaxNumSeqs, b.MaxNumSeqs), cmp.Compare(a.MaxNumBatchedTokens, b.MaxNumBatchedTokens),
+				cmp.Compare(a.MaxModelLen, b.MaxModelLen), cmp.Compare(a.GPUMemoryUtilization, b.GPUMemoryUtilization),
+				cmp.Compare(a.Inflight, b.Inflight), cmp.Compare(a.BatchWindow, b.BatchWindow))
+		})
+		if len(all) == 0 {
+			return nil, fmt.Errorf("--report: %s holds no point measured on %s", resultsPath, engineName)
+		}
+		o.report(all, prof)
+		return all, nil
+	}
+	if err := appendFile(filepath.Join(o.Results, "command.txt"), strings.Join(os.Args, " ")+"\n"); err != nil {
+		return nil, err
+	}
 
 	// The memory plan first: points that cannot fit are refused, never
 	// started.
@@ -235,7 +279,7 @@ func RunEngine(ctx context.Context, o EngineOptions) ([]Result, error) {
 	estimate := time.Duration(len(todo)) * perPoint
 	fmt.Fprintf(o.Out, "%d points: %d resumed from %s, %d refused by the memory plan, %d to measure; estimated %s (%s each: engine start, about %d find-max probes of %s + %s)\n",
 		len(points), resumed, resultsPath, len(points)-resumed-len(todo), len(todo), estimate.Round(time.Second), perPoint.Round(time.Second),
-		probesEstimate, o.Warmup, o.Duration)
+		probesEstimate, o.Warmup, o.probeDuration(o.StartRate).Round(time.Second))
 	if o.MaxTime > 0 && estimate > o.MaxTime {
 		fits := int(o.MaxTime / perPoint)
 		return nil, fmt.Errorf("the sweep is estimated at %s, more than --max-time %s (about %d of its %d points fit): narrow the grid, shorten --duration, or raise --max-time",
@@ -268,7 +312,7 @@ func (o EngineOptions) pointEstimate(prof sim.Profile) time.Duration {
 	if o.Config == "" {
 		start = o.StartupDelay
 	}
-	return start + 5*time.Second + probesEstimate*(o.Warmup+o.Duration+3*time.Second)
+	return start + 5*time.Second + probesEstimate*(o.Warmup+o.probeDuration(o.StartRate)+3*time.Second)
 }
 
 func collect(points []Point, done map[string]Result) []Result {
@@ -301,7 +345,7 @@ func (o EngineOptions) measure(ctx context.Context, prof sim.Profile, engineName
 		metricsAddr = freeAddr()
 	}
 	render := func(p Point, listen string) (string, error) {
-		return renderConfig(base, p, listen, filepath.Join(dir, "state"), metricsAddr, o.SLO.Latency)
+		return renderConfig(base, p, listen, filepath.Join(dir, "state"), metricsAddr, o.SLO.Latency, o.budget)
 	}
 	var listen string
 	proc, err := daemonproc.Run(ctx, o.Llmlabd, filepath.Join(dir, "llmlabd"), func(l string) string {
@@ -468,7 +512,7 @@ func (o EngineOptions) findMax(ctx context.Context, client *http.Client, gw, eng
 		}
 		progress(fmt.Sprintf("probe at %.2f req/s", rate))
 		opt := bench.Options{Target: gw, Model: model, Stream: true, PromptTokens: 200, MaxTokens: 200, Rate: rate, Poisson: true,
-			Seed: uint64(len(r.Probes) + 1), Warmup: o.Warmup, Duration: o.Duration, Timeout: 60 * time.Second}
+			Seed: uint64(len(r.Probes) + 1), Warmup: o.Warmup, Duration: o.probeDuration(rate), Timeout: 60 * time.Second}
 		stopMem := make(chan float64)
 		memCtx, stopPoll := context.WithCancel(ctx)
 		go func() { stopMem <- pollMemory(memCtx, metricsAddr) }()
@@ -478,7 +522,7 @@ func (o EngineOptions) findMax(ctx context.Context, client *http.Client, gw, eng
 		stopPoll()
 		peak = max(peak, <-stopMem)
 		s := bench.Summarize(samples, opt.Duration, o.SLO)
-		probe := Probe{Rate: rate, Goodput: s.Goodput, P95: s.Latency.P95, Errors: s.ErrorRate}
+		probe := Probe{Rate: rate, Seconds: opt.Duration.Seconds(), Requests: s.Requests, Goodput: s.Goodput, P95: s.Latency.P95, Errors: s.ErrorRate}
 		probe.Pass = s.Pass
 		if lagOK {
 			if lag := bench.CheckLag(steps0, onTime0, steps1, onTime1); lag.Checked && !lag.Valid {
@@ -496,6 +540,16 @@ func (o EngineOptions) findMax(ctx context.Context, client *http.Client, gw, eng
 	if peak > 0 {
 		r.EngineMemory, r.MemorySource = int64(peak), "nvml"
 	}
+}
+
+// probeDuration is a probe's measurement at rate: Duration, or longer
+// where MinRequests need it.
+func (o EngineOptions) probeDuration(rate float64) time.Duration {
+	d := o.Duration
+	if o.MinRequests > 0 && rate > 0 {
+		d = max(d, time.Duration(float64(o.MinRequests)/rate*float64(time.Second)))
+	}
+	return d
 }
 
 // pollMemory is the highest GPU memory in use that llmlabd's NVML readings
@@ -672,7 +726,7 @@ func (o EngineOptions) baseConfig(dir string, prof sim.Profile) (map[string]any,
 // renderConfig is base with the point's settings and tune's own: its
 // listener, a state folder, no exit or stop on idle, no textfile, agent
 // or access log.
-func renderConfig(base map[string]any, p Point, listen, stateDir, metricsAddr string, slo time.Duration) (string, error) {
+func renderConfig(base map[string]any, p Point, listen, stateDir, metricsAddr string, slo time.Duration, budget uint64) (string, error) {
 	c := deepCopy(base)
 	gw := section(c, "gateway")
 	gw["listen"], gw["state_dir"], gw["exit_idle_timeout"] = listen, stateDir, "0s"
@@ -681,6 +735,9 @@ func renderConfig(base map[string]any, p Point, listen, stateDir, metricsAddr st
 	eng["max_num_seqs"], eng["max_num_batched_tokens"], eng["max_model_len"] = p.MaxNumSeqs, p.MaxNumBatchedTokens, p.MaxModelLen
 	g := section(c, "gpu")
 	g["memory_fraction"], g["memory_budget"] = p.GPUMemoryUtilization, ""
+	if budget > 0 {
+		g["memory_budget"] = strconv.FormatUint(uint64(p.GPUMemoryUtilization*float64(budget)), 10)
+	}
 	q := section(c, "queue")
 	conc, limit := p.limit()
 	q["concurrency"], q["max_inflight"], q["batch_window"] = conc, limit, p.BatchWindow.String()
@@ -891,28 +948,32 @@ func (o EngineOptions) report(results []Result, prof sim.Profile) {
 	svg := bench.PlotFrontier("sustainable req/s within the SLO against the engine's memory", note, "engine memory (GiB)", "req/s", pts)
 	_ = os.WriteFile(filepath.Join(o.Results, "frontier.svg"), []byte(svg), 0o644)
 	if haveBest {
-		_ = os.WriteFile(filepath.Join(o.Results, "best.toml"), []byte(bestSnippet(best)), 0o644)
+		_ = os.WriteFile(filepath.Join(o.Results, "best.toml"), []byte(bestSnippet(best, o.budget)), 0o644)
 	}
 	fmt.Fprintf(o.Out, "\nresults: %s (points.jsonl, table.md, frontier.svg, best.toml)\n", o.Results)
 }
 
 // settings are the llmlab.toml keys a point sets, by section.
-func settings(p Point) map[string][][2]string {
+func settings(p Point, budget uint64) map[string][][2]string {
 	conc, limit := p.limit()
+	gpu := [][2]string{{"memory_fraction", strconv.FormatFloat(p.GPUMemoryUtilization, 'g', -1, 64)}, {"memory_budget", `""`}}
+	if budget > 0 {
+		gpu = [][2]string{{"memory_budget", strconv.Quote(strconv.FormatUint(uint64(p.GPUMemoryUtilization*float64(budget)), 10))}}
+	}
 	return map[string][][2]string{
 		"engine": {{"max_num_seqs", strconv.Itoa(p.MaxNumSeqs)}, {"max_num_batched_tokens", strconv.Itoa(p.MaxNumBatchedTokens)},
 			{"max_model_len", strconv.Itoa(p.MaxModelLen)}},
 		"queue": {{"concurrency", strconv.Quote(conc)}, {"max_inflight", strconv.Itoa(limit)}, {"batch_window", strconv.Quote(p.BatchWindow.String())}},
-		"gpu":   {{"memory_fraction", strconv.FormatFloat(p.GPUMemoryUtilization, 'g', -1, 64)}, {"memory_budget", `""`}},
+		"gpu":   gpu,
 	}
 }
 
 var sectionOrder = []string{"engine", "queue", "gpu"}
 
-func bestSnippet(r Result) string {
+func bestSnippet(r Result, budget uint64) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# llmlab tune-engine's best point: %.2f req/s within the SLO on %s.\n", r.Sustainable, r.Engine)
-	s := settings(r.Point)
+	s := settings(r.Point, budget)
 	for _, sec := range sectionOrder {
 		fmt.Fprintf(&b, "[%s]\n", sec)
 		for _, kv := range s[sec] {
@@ -936,7 +997,7 @@ func (o EngineOptions) apply(best Result) error {
 	if err != nil {
 		return fmt.Errorf("--apply: %w", err)
 	}
-	updated := SetKeys(string(old), settings(best.Point), sectionOrder)
+	updated := SetKeys(string(old), settings(best.Point, o.budget), sectionOrder)
 	if _, err := config.Parse(path, []byte(updated)); err != nil {
 		return fmt.Errorf("--apply: the updated %s would not load, left unchanged: %w", path, err)
 	}

@@ -186,6 +186,41 @@ func TestEngineSweepOnTheSimulator(t *testing.T) {
 	}
 }
 
+// An operator's configuration is tuned in place of the simulator's: its
+// own engine (here the simulator again, as engine.command), its own
+// settings, each point through llmlabd as before.
+func TestEngineSweepOfAConfiguration(t *testing.T) {
+	tool, daemon := binaries(t)
+	dir := t.TempDir()
+	engine := freeAddr()
+	host, port, _ := strings.Cut(engine, ":")
+	conf := filepath.Join(dir, "box.toml")
+	os.WriteFile(conf, []byte(`# the operator's file
+[engine]
+url = "http://`+engine+`"
+command = ["`+tool+`", "sim", "--profile", "instant", "--step-fixed", "2ms", "--startup-delay", "300ms", "--host", "`+host+`", "--port", "`+port+`"]
+[gpu]
+enabled = false
+[metrics]
+listen = ""
+`), 0o644)
+	cmd := exec.Command(tool, "tune-engine", "--llmlabd", daemon, "--config", conf, "--profile", "instant", "--max-num-seqs", "4",
+		"--max-model-len", "1024", "--slo-p95", "1s", "--warmup", "1s", "--duration", "3s", "--precision", "0.5", "--start-rate", "4",
+		"--results", filepath.Join(dir, "results"), "--quiet")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	rows := readJSONL(t, filepath.Join(dir, "results", "points.jsonl"))
+	if len(rows) != 1 || rows[0].Status != StatusOK || rows[0].Engine != conf || rows[0].EngineMaxModelLen != 1024 || rows[0].Sustainable <= 0 {
+		t.Fatalf("results %+v\n%s", rows, out)
+	}
+	if !strings.Contains(string(out), "Engine: the engine of "+conf) {
+		t.Fatalf("the table does not name the configuration tuned:\n%s", out)
+	}
+}
+
 func readJSONL(t *testing.T, path string) []Result {
 	t.Helper()
 	data, err := os.ReadFile(path)
