@@ -231,9 +231,8 @@ type Window struct {
 	// queued.
 	Refused int
 
-	area       float64   // slot-seconds in use so far
-	last       time.Time // when area was last brought up to date
-	blocked    bool      // requests wait for a slot since lastB
+	slotsAt    float64 // the queue's slotSeconds when the window started
+	blocked    bool    // requests wait for a slot since lastB
 	lastB      time.Time
 	blockedSum time.Duration
 }
@@ -244,15 +243,6 @@ func (w *Window) trackBlocked(now time.Time, blocked bool) {
 		w.blockedSum += now.Sub(w.lastB)
 	}
 	w.lastB, w.blocked = now, blocked
-}
-
-// account brings the in-use area up to now, with inflight slots in use
-// since the last call.
-func (w *Window) account(now time.Time, inflight int) {
-	if !w.last.IsZero() {
-		w.area += float64(inflight) * now.Sub(w.last).Seconds()
-	}
-	w.last = now
 }
 
 type waiter struct {
@@ -304,7 +294,7 @@ func (g *Group) Index(t *Ticket) int {
 func New(cfg Config, warmup Warmup, obs Observer) *Queue {
 	q := &Queue{cfg: cfg, warmup: warmup, obs: obs, budget: minBudgetCap}
 	now := time.Now()
-	q.window.Start, q.window.last, q.window.lastB = now, now, now
+	q.window.Start, q.window.lastB, q.lastSlots = now, now, now
 	q.rate.nominal = cfg.NominalRPS
 	return q
 }
@@ -384,16 +374,16 @@ func (q *Queue) TakeWindow() Window {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	now := time.Now()
+	q.accountLocked(now)
 	w := q.window
-	w.account(now, q.inflight)
 	w.End = now
 	if d := w.End.Sub(w.Start).Seconds(); !w.Start.IsZero() && d > 0 {
-		w.AvgInflight = w.area / d
+		w.AvgInflight = (q.slotSeconds - w.slotsAt) / d
 	}
 	blocked := q.blockedLocked()
 	w.trackBlocked(now, blocked)
 	w.BlockedFor = w.blockedSum
-	q.window = Window{MaxInflight: q.inflight, Blocked: blocked, Start: now, last: now, blocked: blocked, lastB: now}
+	q.window = Window{MaxInflight: q.inflight, Blocked: blocked, Start: now, slotsAt: q.slotSeconds, blocked: blocked, lastB: now}
 	return w
 }
 
@@ -594,13 +584,11 @@ func (q *Queue) admitLocked(r Request) (ref *Refusal, onBudget bool) {
 // at which a request's time counts as the engine's time when full.
 const fullShare = 0.9
 
-// accountLocked brings the slot integrals up to now, with q.inflight slots
-// in use since the last call.
+// accountLocked brings the integral of slots in use up to now, with
+// q.inflight slots in use since the last call. A window's average and a
+// ticket's occupancy are differences of it.
 func (q *Queue) accountLocked(now time.Time) {
-	q.window.account(now, q.inflight)
-	if !q.lastSlots.IsZero() {
-		q.slotSeconds += float64(q.inflight) * now.Sub(q.lastSlots).Seconds()
-	}
+	q.slotSeconds += float64(q.inflight) * now.Sub(q.lastSlots).Seconds()
 	q.lastSlots = now
 }
 
