@@ -53,8 +53,6 @@ type host struct {
 	ns   string
 	addr string
 	cmd  *exec.Cmd
-	logs *bytes.Buffer
-	mu   *sync.Mutex
 }
 
 func (h *host) api() string     { return "http://" + h.addr + ":" + hostPort }
@@ -111,7 +109,7 @@ func newFleet(t *testing.T, n int) *fleet {
 	run(t, "ip", "-n", f.lbNS, "addr", "add", lbAddr+"/24", "dev", "br0")
 	run(t, "ip", "-n", f.lbNS, "link", "set", "br0", "up")
 	for i := 1; i <= n; i++ {
-		h := &host{ns: fmt.Sprintf("%sh%d", tag, i), addr: fmt.Sprintf("%s.%d", subnet, 10+i), logs: &bytes.Buffer{}, mu: &sync.Mutex{}}
+		h := &host{ns: fmt.Sprintf("%sh%d", tag, i), addr: fmt.Sprintf("%s.%d", subnet, 10+i)}
 		addNS(h.ns)
 		veth := fmt.Sprintf("v%d", i)
 		run(t, "ip", "-n", f.lbNS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", h.ns)
@@ -139,19 +137,8 @@ func newFleet(t *testing.T, n int) *fleet {
 		t.Fatal(err)
 	}
 	f.haproxy = exec.Command("ip", "netns", "exec", f.lbNS, haproxy, "-db", "-f", path)
-	hlog := &lockedWriter{mu: &sync.Mutex{}, b: &bytes.Buffer{}}
-	f.hlog = hlog
-	f.haproxy.Stdout, f.haproxy.Stderr = hlog, hlog
-	if err := f.haproxy.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = f.haproxy.Process.Kill()
-		_ = f.haproxy.Wait()
-		if t.Failed() {
-			t.Logf("haproxy:\n%s", hlog.String())
-		}
-	})
+	f.hlog = startLogged(t, "haproxy", f.haproxy)
+	hlog := f.hlog
 	// HAProxy has asked every agent once it reports their maxconn.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -204,20 +191,7 @@ access_log = false
 		t.Fatal(err)
 	}
 	h.cmd = exec.Command("ip", "netns", "exec", h.ns, f.llmlabd, "--config", path)
-	w := &lockedWriter{mu: h.mu, b: h.logs}
-	h.cmd.Stdout, h.cmd.Stderr = w, w
-	if err := h.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = h.cmd.Process.Kill()
-		_ = h.cmd.Wait()
-		if t.Failed() {
-			h.mu.Lock()
-			t.Logf("llmlabd %s:\n%s", h.addr, h.logs.String())
-			h.mu.Unlock()
-		}
-	})
+	startLogged(t, "llmlabd "+h.addr, h.cmd)
 	deadline := time.Now().Add(20 * time.Second)
 	for f.inNS(h.ns, "curl", "-sf", "-o", "/dev/null", h.api()+"/healthz") != nil {
 		if time.Now().After(deadline) {
@@ -225,6 +199,25 @@ access_log = false
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// startLogged starts cmd with its output kept, and kills it when the test
+// ends, showing the output if the test failed.
+func startLogged(t *testing.T, name string, cmd *exec.Cmd) *lockedWriter {
+	t.Helper()
+	w := &lockedWriter{mu: &sync.Mutex{}, b: &bytes.Buffer{}}
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s:\n%s", name, w.String())
+		}
+	})
+	return w
 }
 
 type lockedWriter struct {
@@ -287,11 +280,7 @@ func metric(text, name string, match ...string) float64 {
 
 // engineStarts is how often h's engine became ready.
 func (f *fleet) engineStarts(h *host) float64 {
-	m, err := f.get(h.metrics())
-	if err != nil {
-		f.t.Fatalf("metrics of %s: %v", h.addr, err)
-	}
-	return metric(m, "llmlab_engine_starts_total", `result="ready"`)
+	return metricOf(f, h, "llmlab_engine_starts_total", `result="ready"`)
 }
 
 type serverStat struct {
@@ -611,6 +600,7 @@ func served(f *fleet, h *host) float64 {
 func metricOf(f *fleet, h *host, name string, match ...string) float64 {
 	m, err := f.get(h.metrics())
 	if err != nil {
+		f.t.Errorf("metrics of %s: %v", h.addr, err)
 		return 0
 	}
 	return metric(m, name, match...)
