@@ -107,7 +107,7 @@ func TestDeb(t *testing.T) {
 			"./usr/share/bash-completion/completions/llmlab", "./usr/share/bash-completion/completions/llmlabd",
 			"./usr/share/doc/llmlab/copyright", "./usr/share/doc/llmlab/changelog.gz", "./usr/share/doc/llmlab/install.md",
 			"./usr/share/doc/llmlab/operations.md", "./usr/share/doc/llmlab/metrics.md", "./usr/share/doc/llmlab/scaling.md",
-			"./usr/share/doc/llmlab/examples/haproxy.cfg", "./usr/share/doc/llmlab/examples/llmlab-503.http", "./usr/share/doc/llmlab/examples/nginx.conf", "./usr/share/llmlab/monitoring/llmlab-alerts.yml",
+			"./usr/share/doc/llmlab/examples/haproxy.cfg", "./usr/share/doc/llmlab/examples/llmlab-503.http", "./usr/share/doc/llmlab/examples/nginx.conf", "./usr/share/doc/llmlab/examples/tuning-gtx1650.toml", "./usr/share/doc/llmlab/tuning.md", "./usr/share/llmlab/monitoring/llmlab-alerts.yml",
 			"./usr/share/llmlab/monitoring/llmlab-dashboard.json"} {
 			if !strings.Contains(string(list), " "+f+"\n") && !strings.Contains(string(list), " "+f+" -> ") {
 				t.Errorf("the package lacks %s", f)

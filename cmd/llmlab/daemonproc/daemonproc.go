@@ -25,6 +25,7 @@ type Proc struct {
 	Log  string
 	cmd  *exec.Cmd
 	logf *os.File
+	done chan struct{} // closed when llmlabd has exited
 }
 
 // Start writes config(listen) to dir/llmlab.toml, where listen is a free
@@ -61,6 +62,8 @@ func Run(ctx context.Context, bin, dir string, config func(listen string) string
 		p.logf.Close()
 		return nil, fmt.Errorf("starting llmlabd: %w", err)
 	}
+	p.done = make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
 	p.URL = "http://" + p.Listen
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -87,9 +90,19 @@ func (p *Proc) Reload(config string) error {
 	return p.cmd.Process.Signal(syscall.SIGHUP)
 }
 
+// Running says whether llmlabd has not exited.
+func (p *Proc) Running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
 // Stop interrupts llmlabd and waits for it to exit.
 func (p *Proc) Stop() {
 	_ = p.cmd.Process.Signal(os.Interrupt)
-	_ = p.cmd.Wait()
+	<-p.done
 	p.logf.Close()
 }

@@ -487,8 +487,19 @@ func (o EngineOptions) switchTo(ctx context.Context, proc *daemonproc.Proc, conf
 			resp.Body.Close()
 		}
 	}()
+	// llmlabd fails a start that takes longer than engine.start_timeout
+	// (at most 10 minutes by default); this bound only catches an
+	// llmlabd that stopped answering.
+	deadline := time.Now().Add(15 * time.Minute)
 	for ctx.Err() == nil {
-		st := readStatus(proc.URL)
+		st, err := fetchStatus(proc.URL)
+		if err != nil && !proc.Running() {
+			log, _ := os.ReadFile(proc.Log)
+			return 0, "", fmt.Errorf("llmlabd exited during the sweep:\n%s", tail(log, 2000))
+		}
+		if time.Now().After(deadline) {
+			return 0, "", errors.New("the engine neither started nor failed within 15 minutes, and llmlabd says nothing of it")
+		}
 		lc := st.Engine.Lifecycle
 		if lc.LastFailure != "" && lc.LastFailureAt.After(since) {
 			return 0, lc.LastFailure, nil
@@ -663,14 +674,18 @@ type daemonStatus struct {
 }
 
 func readStatus(gw string) daemonStatus {
+	st, _ := fetchStatus(gw)
+	return st
+}
+
+func fetchStatus(gw string) (daemonStatus, error) {
 	var st daemonStatus
 	resp, err := http.Get(gw + "/status")
 	if err != nil {
-		return st
+		return st, err
 	}
 	defer resp.Body.Close()
-	_ = json.NewDecoder(resp.Body).Decode(&st)
-	return st
+	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
 // lastFailureSince is the engine's failure after t, if any.
