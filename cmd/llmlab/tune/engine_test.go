@@ -263,3 +263,21 @@ func TestDropEngineFlags(t *testing.T) {
 		}
 	}
 }
+
+// The starting configuration shipped for a 4 GB card loads as llmlabd's,
+// sets every engine knob the sweep tunes, and keeps the in-flight limit
+// within the engine's sequences.
+func TestShippedStartingConfiguration(t *testing.T) {
+	data, err := os.ReadFile("../../../etc/tuning/gtx1650.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse("etc/tuning/gtx1650.toml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := cfg.Engine
+	if e.MaxNumSeqs == 0 || e.MaxNumBatchedTokens == 0 || e.MaxModelLen == 0 || cfg.Queue.MaxInflight > e.MaxNumSeqs {
+		t.Fatalf("engine %+v, queue.max_inflight %d", e, cfg.Queue.MaxInflight)
+	}
+}
