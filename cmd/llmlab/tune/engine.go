@@ -114,6 +114,17 @@ func (p Point) engineKey() string {
 	return fmt.Sprintf("%d/%d/%d/%g", p.MaxNumSeqs, p.MaxNumBatchedTokens, p.MaxModelLen, p.GPUMemoryUtilization)
 }
 
+// modeKey is what of the point llmlabd reads only when it starts: the
+// in-flight limit's mode (queue.concurrency, and with "adaptive" its
+// floor).
+func (p Point) modeKey() string {
+	conc, limit := p.limit()
+	if conc == "adaptive" {
+		return fmt.Sprintf("adaptive/%d", min(4, limit))
+	}
+	return conc
+}
+
 // limit is the point's queue settings.
 func (p Point) limit() (concurrency string, maxInflight int) {
 	switch p.Inflight {
@@ -166,10 +177,14 @@ type Result struct {
 	// EngineKVTokens and EngineMaxModelLen are what the engine reported
 	// once started: vllm:cache_config_info's num_gpu_blocks x block_size,
 	// and /v1/models' max_model_len (0: not reported).
-	EngineKVTokens    int64   `json:"engine_kv_tokens,omitempty"`
-	EngineMaxModelLen int     `json:"engine_max_model_len,omitempty"`
-	StartSeconds      float64 `json:"start_seconds,omitempty"`
-	Seconds           float64 `json:"seconds"`
+	EngineKVTokens    int64 `json:"engine_kv_tokens,omitempty"`
+	EngineMaxModelLen int   `json:"engine_max_model_len,omitempty"`
+	// Concurrency and FinalLimit are llmlabd's in-flight mode and limit
+	// at the end of the point, from its /status.
+	Concurrency  string  `json:"concurrency,omitempty"`
+	FinalLimit   int     `json:"final_limit,omitempty"`
+	StartSeconds float64 `json:"start_seconds,omitempty"`
+	Seconds      float64 `json:"seconds"`
 }
 
 // Points expands the grid, the engine's knobs outermost so that
@@ -348,15 +363,22 @@ func (o EngineOptions) measure(ctx context.Context, prof sim.Profile, engineName
 		return renderConfig(base, p, listen, filepath.Join(dir, "state"), metricsAddr, o.SLO.Latency, o.budget)
 	}
 	var listen string
-	proc, err := daemonproc.Run(ctx, o.Llmlabd, filepath.Join(dir, "llmlabd"), func(l string) string {
-		listen = l
-		c, _ := render(todo[0], l)
-		return c
-	})
+	start := func(p Point) (*daemonproc.Proc, error) {
+		return daemonproc.Run(ctx, o.Llmlabd, filepath.Join(dir, "llmlabd"), func(l string) string {
+			listen = l
+			c, _ := render(p, l)
+			return c
+		})
+	}
+	proc, err := start(todo[0])
 	if err != nil {
 		return err
 	}
-	defer proc.Stop()
+	defer func() {
+		if proc != nil {
+			proc.Stop()
+		}
+	}()
 	client := bench.NewClient(2048)
 	began := time.Now()
 	prevEngine, prevFailure := "", ""
@@ -393,8 +415,18 @@ func (o EngineOptions) measure(ctx context.Context, prof sim.Profile, engineName
 		case p.engineKey() == prevEngine && prevFailure != "":
 			r.Status, r.Reason = StatusCrashed, prevFailure
 		default:
-			restart := i == 0 || p.engineKey() != prevEngine
-			startSecs, failure, err := o.switchTo(ctx, proc, conf, i == 0, restart)
+			fresh := i == 0
+			if i > 0 && p.modeKey() != todo[i-1].modeKey() {
+				// The limit's mode is read at llmlabd's start only (a
+				// reload keeps it): a new llmlabd, and so a new engine.
+				proc.Stop()
+				if proc, err = start(p); err != nil {
+					return err
+				}
+				fresh = true
+			}
+			restart := fresh || p.engineKey() != prevEngine
+			startSecs, failure, err := o.switchTo(ctx, proc, conf, fresh, restart)
 			if err != nil {
 				return err
 			}
@@ -410,6 +442,8 @@ func (o EngineOptions) measure(ctx context.Context, prof sim.Profile, engineName
 			r.Status = StatusOK
 			r.EngineKVTokens, r.EngineMaxModelLen = engineReports(engineURL)
 			o.findMax(ctx, client, proc.URL, engineURL, metricsAddr, &r, lastRate, progress)
+			st := readStatus(proc.URL)
+			r.Concurrency, r.FinalLimit = st.Limits.Concurrency, st.Queue.Limit
 			if f := lastFailureSince(proc.URL, t0); f != "" {
 				f += engineLastWords(proc.Log)
 				r.Status, r.Reason = StatusCrashed, "during the measurement: "+f
@@ -547,7 +581,9 @@ func (o EngineOptions) findMax(ctx context.Context, client *http.Client, gw, eng
 		bench.Drain(ctx, engineURL+"/metrics", 2*time.Minute)
 		return probe.Pass
 	}
-	r.Sustainable = bench.FindMax(max(start*0.7, 0.05), o.MaxRate, o.Precision, pass)
+	// Half the previous point's result: a first probe that fails leaves
+	// only the bisection below it, so it had better pass.
+	r.Sustainable = bench.FindMax(max(start*0.5, 0.05), o.MaxRate, o.Precision, pass)
 	if peak > 0 {
 		r.EngineMemory, r.MemorySource = int64(peak), "nvml"
 	}
@@ -662,6 +698,12 @@ type daemonStatus struct {
 	Config struct {
 		LoadedAt time.Time `json:"loaded_at"`
 	} `json:"config"`
+	Limits struct {
+		Concurrency string `json:"concurrency"`
+	} `json:"limits"`
+	Queue struct {
+		Limit int `json:"inflight_limit"`
+	} `json:"queue"`
 	Engine struct {
 		Lifecycle struct {
 			State            string    `json:"state"`
@@ -902,8 +944,12 @@ func (o EngineOptions) report(results []Result, prof sim.Profile) {
 	if o.Config == "" {
 		engine = fmt.Sprintf("the simulator, profile %s (%s): the cost model's output, not a measurement of a GPU", prof.Name, prof.Description)
 	}
+	probes := o.Duration.String()
+	if o.MinRequests > 0 {
+		probes = fmt.Sprintf("%s (longer where needed to hold %d requests)", o.Duration, o.MinRequests)
+	}
 	fmt.Fprintf(&b, "Engine: %s. Workload: 200 prompt + 200 output tokens, streamed, Poisson arrivals; SLO p95 <= %s, errors <= %g; find-max probes of %s after %s of warm-up.\n\n",
-		engine, o.SLO.Latency, o.SLO.MaxErrorRate, o.Duration, o.Warmup)
+		engine, o.SLO.Latency, o.SLO.MaxErrorRate, probes, o.Warmup)
 	fmt.Fprintf(&b, "| max_num_seqs | max_num_batched_tokens | max_model_len | gpu_memory_utilization | in-flight | batch window | status | sustainable req/s | goodput | p95 | TTFT p95 | engine memory | KV tokens | |\n")
 	fmt.Fprintf(&b, "|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|\n")
 	front := Frontier(results)

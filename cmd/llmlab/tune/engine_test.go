@@ -205,7 +205,7 @@ enabled = false
 listen = ""
 `), 0o644)
 	cmd := exec.Command(tool, "tune-engine", "--llmlabd", daemon, "--config", conf, "--profile", "instant", "--max-num-seqs", "4",
-		"--max-model-len", "1024", "--slo-p95", "1s", "--warmup", "1s", "--duration", "3s", "--precision", "0.5", "--start-rate", "4",
+		"--max-model-len", "1024", "--inflight", "seqs,adaptive", "--slo-p95", "1s", "--warmup", "1s", "--duration", "3s", "--precision", "0.5", "--start-rate", "4",
 		"--results", filepath.Join(dir, "results"), "--quiet")
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
@@ -213,8 +213,16 @@ listen = ""
 		t.Fatalf("%v\n%s", err, out)
 	}
 	rows := readJSONL(t, filepath.Join(dir, "results", "points.jsonl"))
-	if len(rows) != 1 || rows[0].Status != StatusOK || rows[0].Engine != conf || rows[0].EngineMaxModelLen != 1024 || rows[0].Sustainable <= 0 {
-		t.Fatalf("results %+v\n%s", rows, out)
+	if len(rows) != 2 {
+		t.Fatalf("%d results, want 2\n%s", len(rows), out)
+	}
+	for _, r := range rows {
+		// llmlabd reads queue.concurrency only when it starts: the
+		// adaptive point must have run on a new llmlabd in that mode.
+		want := map[string]string{"seqs": "fixed", "adaptive": "adaptive"}[r.Inflight]
+		if r.Status != StatusOK || r.Engine != conf || r.EngineMaxModelLen != 1024 || r.Sustainable <= 0 || r.Concurrency != want {
+			t.Fatalf("result %+v, want it measured with llmlabd in %s mode\n%s", r, want, out)
+		}
 	}
 	if !strings.Contains(string(out), "Engine: the engine of "+conf) {
 		t.Fatalf("the table does not name the configuration tuned:\n%s", out)
