@@ -565,8 +565,16 @@ func (q *Queue) admitLocked(r Request) (ref *Refusal, onBudget bool) {
 		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonOverloaded,
 			Message: fmt.Sprintf("the predicted wait of %s exceeds the %s limit; the server is overloaded", wait.Round(time.Millisecond), maxWait), RetryAfter: wait - maxWait}, false
 	}
-	if tail := q.engineTailLocked(); r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && wait+tail > q.cfg.SLO {
-		if wait+q.holdLocked() <= q.cfg.SLO && q.budget >= 1 {
+	// A request that waits only for a batch window (slots free for it and
+	// for every one ahead) runs with the engine as it is now, not full:
+	// its engine time is the recent one's, not the full engine's hold.
+	hold, tail := q.holdLocked(), q.engineTailLocked()
+	if q.shortLocked(r.Weight, r.Class) <= 0 && !q.hold {
+		hold = q.engineTime
+		tail = max(q.engineP95+q.margin, hold)
+	}
+	if r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && wait+tail > q.cfg.SLO {
+		if wait+hold <= q.cfg.SLO && q.budget >= 1 {
 			// Predicted past the tail, not past the mean: let it be one of
 			// the misses the objective allows.
 			q.budget--
@@ -695,16 +703,23 @@ func (q *Queue) displaceNewestBatchLocked() {
 // predictLocked estimates the queue wait of a new request of weight w and
 // class.
 func (q *Queue) predictLocked(w, class int) time.Duration {
-	queued := q.queuedSlots[Interactive]
-	if class == Batch {
-		queued += q.queuedSlots[Batch]
-	}
-	ahead := queued + w - (q.capForLocked(class) - q.inflight)
+	ahead := q.shortLocked(w, class)
 	d := q.remainingStart()
 	if ahead > 0 {
 		d += max(time.Duration(float64(ahead)/q.rate.rate()*float64(time.Second)), q.freedLocked(ahead))
 	}
 	return d
+}
+
+// shortLocked is how many slots a request of weight w and class lacks
+// once the requests queued ahead of it are dispatched (0 or less: it waits
+// for none to be freed).
+func (q *Queue) shortLocked(w, class int) int {
+	queued := q.queuedSlots[Interactive]
+	if class == Batch {
+		queued += q.queuedSlots[Batch]
+	}
+	return queued + w - (q.capForLocked(class) - q.inflight)
 }
 
 // freedLocked estimates when n more slots will have been freed: when the
