@@ -1066,6 +1066,7 @@ listen = "127.0.0.1:0"
 textfile = ""
 [log]
 format = "text"
+level = "debug"
 access_log = false
 [gpu]
 enabled = false

@@ -18,14 +18,19 @@
 //     the limit exceeds what the engine can run; cut it to 90% at once;
 //   - the engine's readings are stale: hold (the queue stops dispatching
 //     meanwhile, for a bounded time);
-//   - after a change, windows whose requests started before it are skipped
-//     (settle);
+//   - after a change, windows that began before its requests had left
+//     the engine are skipped (settle), and so is the first window in
+//     which demand exceeds capacity: a probe is based on, and judged by,
+//     windows in which nothing but the limit changed;
 //   - a change under test (a probe) is judged: its throughput elasticity,
 //     e = ln(X2/X1) / ln(L2/L1) with X from Little's law (average in
-//     flight / mean engine time) and L the average in flight, both over a
-//     window in which the limit bound. A rise with e below KneeElasticity
-//     brought (almost) no throughput, only latency: the engine's knee is
-//     at the old limit; go back and hold there. A cut with e below it cost
+//     flight / mean engine time) and L the average in flight, each over
+//     the latest windows at its limit in which demand exceeded capacity
+//     (judgeSamples completions or judgeWindows windows at least). A rise
+//     with e below KneeElasticity brought (almost) no throughput, only
+//     latency: the engine's knee is at the old limit. Seen once, the law
+//     goes back and probes again; seen twice in a row (or where the last
+//     knee was), it goes back and holds there. A cut with e below it cost
 //     (almost) no throughput: keep it and probe lower again;
 //   - with r = Target / (90th percentile of the time requests held their
 //     slots): above the target (r < 0.97) the limit is multiplied by
@@ -99,6 +104,15 @@ const (
 	// minProbeStep is the smallest relative change worth judging (smaller
 	// ones drown in the noise of one window).
 	minProbeStep = 0.1
+	// A probe is based on, and judged by, at least judgeSamples
+	// completions or judgeWindows windows at one limit: one window's
+	// throughput is off by a few percent either way, as much as a probe
+	// of 10-25% moves it on an engine whose elasticity is near the knee's.
+	judgeSamples = 4 * MinSamples
+	judgeWindows = 3
+	// steadyWindows is how many of the latest windows at one limit a base
+	// or a judgement reads at most.
+	steadyWindows = 4
 )
 
 // probe is a change of the limit under test.
@@ -113,12 +127,15 @@ type Law struct {
 	cfg   Config
 	limit float64
 
-	probe       *probe
-	settleUntil time.Time // windows ending before this are skipped
-	knee        float64   // a limit past which throughput did not grow (0: none)
-	kneeLeft    int       // updates before the knee may be probed again
-	sinceDown   int       // updates held since the last probe below
-	downEvery   int       // updates held between probes below
+	probe         *probe
+	settleUntil   time.Time      // windows starting before this are skipped
+	lastSaturated bool           // demand exceeded capacity in the last window
+	steady        []queue.Window // the latest saturated windows at this limit, after it settled
+	suspect       float64        // a limit a probe above found to be a knee once (0: none)
+	knee          float64        // a limit past which throughput did not grow (0: none)
+	kneeLeft      int            // updates before the knee may be probed again
+	sinceDown     int            // updates held since the last probe below
+	downEvery     int            // updates held between probes below
 }
 
 // New returns the control law at its initial limit.
@@ -171,8 +188,12 @@ func throughput(w queue.Window) float64 {
 
 // Update folds one window into the limit and says why it moved.
 func (a *Law) Update(w queue.Window, s Signals) (int, string) {
+	before := a.limit
 	reason := a.update(w, s)
 	a.limit = math.Min(math.Max(a.limit, float64(a.cfg.Min)), float64(a.cfg.Max))
+	if a.limit != before {
+		a.steady = nil
+	}
 	if a.kneeLeft > 0 {
 		a.kneeLeft--
 	}
@@ -182,6 +203,8 @@ func (a *Law) Update(w queue.Window, s Signals) (int, string) {
 func (a *Law) update(w queue.Window, s Signals) string {
 	p90, n := percentile(w.EngineTimes, 0.9)
 	ours := w.MaxInflight > 0 || n > 0
+	wasSaturated := a.lastSaturated
+	a.lastSaturated = n > 0 && saturated(w, a.limit)
 	// The objective is a 95th percentile: judge the engine's time by its
 	// own once a window holds enough requests to read one (an engine
 	// whose slowest requests are much slower than most, Ollama's with
@@ -208,9 +231,13 @@ func (a *Law) update(w queue.Window, s Signals) string {
 			return "no_samples"
 		}
 		return "steady"
-	case !w.End.IsZero() && w.End.Before(a.settleUntil):
+	case !w.End.IsZero() && w.End.Before(a.settleUntil), !w.Start.IsZero() && w.Start.Before(a.settleUntil):
 		// Requests of this window started before the last change: they
-		// say nothing about the new limit.
+		// say nothing about the new limit. A window that began before
+		// the change had settled is skipped whole: its first completions
+		// took the old limit's times while its average in flight is the
+		// new limit's, so Little's law would read a throughput the
+		// engine never gave.
 		return "settle"
 	}
 	// The limit binds when requests waited for a slot and the engine held
@@ -222,18 +249,62 @@ func (a *Law) update(w queue.Window, s Signals) string {
 	if !saturated(w, a.limit) {
 		x = 0
 	}
+	if x > 0 && !wasSaturated {
+		// Demand has just risen past capacity: like a change of the
+		// limit, this starts a transition. Requests that finish in this
+		// window and the next ran beside fewer than the average in
+		// flight now, so Little's law would overstate the throughput,
+		// and a probe based on it would find a knee that is not there.
+		a.settleUntil = w.End.Add(p90)
+		a.steady = nil
+		return "settle"
+	}
+	// The steady windows at this limit: a probe's base and judgement.
+	if x > 0 {
+		a.steady = append(a.steady, w)
+		if len(a.steady) > steadyWindows {
+			a.steady = a.steady[1:]
+		}
+	} else {
+		a.steady = nil
+	}
+	var base queue.Window
+	for _, sw := range a.steady {
+		base = merge(base, sw)
+	}
+	enough := len(base.EngineTimes) >= judgeSamples || len(a.steady) >= judgeWindows
+	xb := 0.0
+	if x > 0 {
+		xb = throughput(base)
+	}
+	r := 0.0
+	if a.cfg.Target > 0 {
+		r = float64(a.cfg.Target) / float64(max(tail, time.Millisecond))
+	}
 
 	if p := a.probe; p != nil {
+		if x > 0 && !enough && (a.cfg.Target == 0 || r >= 0.97) {
+			// Judge on enough: wait for more windows at this limit.
+			return "settle"
+		}
 		a.probe = nil
-		if x > 0 && p.x > 0 && w.AvgInflight > 0 && math.Abs(math.Log(w.AvgInflight/p.l)) >= math.Log1p(minProbeStep)/2 {
-			e := math.Log(x/p.x) / math.Log(w.AvgInflight/p.l)
+		if xb > 0 && p.x > 0 && base.AvgInflight > 0 && math.Abs(math.Log(base.AvgInflight/p.l)) >= math.Log1p(minProbeStep)/2 {
+			e := math.Log(xb/p.x) / math.Log(base.AvgInflight/p.l)
 			switch {
+			case !p.down && e < KneeElasticity && a.suspect != p.from && a.knee != p.from:
+				// More in the engine, no more out of it, seen once (and
+				// not the knee found last time): that can be noise. Go
+				// back and probe again before calling it a knee.
+				a.limit, a.suspect = p.from, p.from
+				a.settleUntil = w.End.Add(p90)
+				return "steady"
 			case !p.down && e < KneeElasticity:
-				// More in the engine, no more out of it: the knee is at
-				// the old limit.
-				a.limit, a.knee, a.kneeLeft, a.sinceDown = p.from, p.from, kneeHold, 0
+				// Seen twice: the knee is at the old limit.
+				a.limit, a.knee, a.kneeLeft, a.sinceDown, a.suspect = p.from, p.from, kneeHold, 0, 0
 				a.settleUntil = w.End.Add(p90)
 				return "knee"
+			case !p.down:
+				a.suspect = 0
 			case p.down && e < KneeElasticity:
 				// Less in the engine, as much out of it: the knee is
 				// lower; keep going down.
@@ -250,9 +321,7 @@ func (a *Law) update(w queue.Window, s Signals) string {
 		}
 	}
 
-	r := 0.0
 	if a.cfg.Target > 0 {
-		r = float64(a.cfg.Target) / float64(max(tail, time.Millisecond))
 		if r < 0.97 {
 			a.limit *= math.Max(1+(r-1)/2, 0.8)
 			return "latency"
@@ -266,9 +335,9 @@ func (a *Law) update(w queue.Window, s Signals) string {
 		// Held at a knee or at the target: now and then, see whether less
 		// does as well (a limit past the knee only adds latency).
 		a.sinceDown++
-		if a.sinceDown >= a.downEvery && x > 0 && a.limit > float64(a.cfg.Min) {
+		if a.sinceDown >= a.downEvery && xb > 0 && enough && a.limit > float64(a.cfg.Min) {
 			a.sinceDown = 0
-			a.startProbe(w, x, math.Min(a.limit*0.8, a.limit-1), true)
+			a.startProbe(base, xb, math.Min(a.limit*0.8, a.limit-1), true)
 			return "probe"
 		}
 		if atKnee {
@@ -291,8 +360,12 @@ func (a *Law) update(w queue.Window, s Signals) string {
 		next = math.Min(next, a.knee)
 	}
 	next = math.Min(next, float64(a.cfg.Max))
-	if x > 0 && next >= a.limit*(1+minProbeStep) {
-		a.startProbe(w, x, next, false)
+	if xb > 0 && next >= a.limit*(1+minProbeStep) {
+		if !enough {
+			// Base the probe on enough: wait for more windows here.
+			return "steady"
+		}
+		a.startProbe(base, xb, next, false)
 	} else {
 		a.limit = next
 		a.settleUntil = w.End.Add(p90)

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -129,6 +130,101 @@ func TestSettlesAfterAChange(t *testing.T) {
 	if n, why := a.Update(w, Signals{}); n != 15 || why != "settle" {
 		t.Fatalf("a window of requests from before the change: %d %s, want 15 settle", n, why)
 	}
+	// A window that ends after the change settled but began before it
+	// holds early completions at the old limit's times: skipped too.
+	w.Start, w.End = at.Add(3500*time.Millisecond), at.Add(4500*time.Millisecond)
+	if n, why := a.Update(w, Signals{}); n != 15 || why != "settle" {
+		t.Fatalf("a window that began before the change settled: %d %s, want 15 settle", n, why)
+	}
+	w.Start, w.End = w.End, w.End.Add(time.Second)
+	if _, why := a.Update(w, Signals{}); why == "settle" {
+		t.Fatalf("a window wholly after the change settled: %s, want a decision", why)
+	}
+}
+
+// The window in which demand rises past capacity is no base for a probe:
+// its completions ran beside fewer requests than its average in flight,
+// so Little's law overstates its throughput, and a probe judged against it
+// finds a knee on an engine whose throughput still grows. The figures are
+// the simulator's in TestAdaptiveConcurrencyRisingLoad (cmd/llmlabd), where
+// 160 clients arriving left the limit at 8 with the engine at 0.53 s of an
+// 0.8 s target.
+func TestNoKneeFromTheRiseOfDemand(t *testing.T) {
+	// The engine's time per request by requests in flight, as measured:
+	// from 8 to 11, throughput grows by half the rise (elasticity 0.5).
+	measured := map[int]time.Duration{6: 450, 7: 490, 8: 530, 9: 570, 10: 600, 11: 620, 12: 640, 13: 660, 14: 680}
+	e := func(l int) time.Duration {
+		if d, ok := measured[l]; ok {
+			return d * time.Millisecond
+		}
+		return (680 + 20*time.Duration(l-14)) * time.Millisecond
+	}
+	a := New(Config{Min: 2, Max: 256, Initial: 8, Target: 800 * time.Millisecond})
+	at := time.Unix(1e9, 0)
+	var reasons []string
+	window := func(w queue.Window) {
+		w.Start, w.End = at, at.Add(time.Second)
+		at = w.End
+		_, why := a.Update(w, Signals{})
+		reasons = append(reasons, why)
+	}
+	// Six clients, no wait for a slot.
+	for range 3 {
+		window(queue.Window{AvgInflight: 6, EngineTimes: times(e(6), 13)})
+	}
+	// 160 clients arrive: admission refuses thousands, the engine fills
+	// during the window, and what finished had run beside five others.
+	window(queue.Window{Blocked: true, BlockedFor: 600 * time.Millisecond, Refused: 8000, AvgInflight: 7.17,
+		EngineTimes: append(times(e(6), 6), times(410*time.Millisecond, 8)...)})
+	// In the next window, half of what finishes had started before.
+	l := a.Limit()
+	window(queue.Window{Blocked: true, BlockedFor: time.Second, Refused: 8000, AvgInflight: float64(l),
+		EngineTimes: append(times(e(6), 8), times(e(l), 8)...)})
+	for range 12 {
+		l := a.Limit()
+		window(queue.Window{Blocked: true, BlockedFor: time.Second, Refused: 8000, AvgInflight: float64(l), EngineTimes: times(e(l), 16)})
+	}
+	// This engine's elasticity stays above 0.4 to beyond the target (20 in
+	// flight): no knee.
+	if slices.Contains(reasons, "knee") || a.Limit() <= 10 {
+		t.Fatalf("limit %d after the rise (reasons %v): want above 10 and no knee, throughput grows by half the rise from 8 to 11", a.Limit(), reasons)
+	}
+}
+
+// One probe's windows can come out slow by chance (a busy host, a burst of
+// long prompts): a knee is called only when a second probe agrees.
+func TestOneSlowProbeIsNoKnee(t *testing.T) {
+	// The engine of TestNoKneeFromTheRiseOfDemand: elasticity 0.45 from
+	// 8 to 10.
+	measured := map[int]time.Duration{8: 530, 9: 570, 10: 600, 11: 620, 12: 640, 13: 660, 14: 680}
+	e := func(l int) time.Duration {
+		if d, ok := measured[l]; ok {
+			return d * time.Millisecond
+		}
+		return (680 + 20*time.Duration(l-14)) * time.Millisecond
+	}
+	a := New(Config{Min: 2, Max: 256, Initial: 8, Target: 800 * time.Millisecond})
+	at := time.Unix(1e9, 0)
+	var reasons []string
+	probes, last := 0, 8
+	for range 30 {
+		l := a.Limit()
+		if l > 8 && last == 8 {
+			probes++
+		}
+		last = l
+		d := e(l)
+		if l > 8 && probes == 1 {
+			d = d * 108 / 100 // the first probe's windows, 8% slow
+		}
+		_, why := a.Update(queue.Window{Blocked: true, BlockedFor: time.Second, AvgInflight: float64(l),
+			Start: at, End: at.Add(time.Second), EngineTimes: times(d, 16)}, Signals{})
+		at = at.Add(time.Second)
+		reasons = append(reasons, why)
+	}
+	if slices.Contains(reasons, "knee") || a.Limit() <= 10 {
+		t.Fatalf("limit %d (reasons %v): want above 10 and no knee from one slow probe", a.Limit(), reasons)
+	}
 }
 
 // A fixed-slot engine: past its slots nothing is gained. The limit finds
@@ -177,7 +273,10 @@ func TestConvergesOnABatchingEngine(t *testing.T) {
 			away++ // a probe below
 		}
 	}
-	if away > len(seen[40:])/8 {
+	// A probe below lasts the engine's time (3 s) to settle plus two
+	// windows to judge, four windows in all, once per ten held: below 9 a
+	// quarter of the time at most.
+	if away > len(seen[40:])/4 {
 		t.Fatalf("limit below 9 in %d of %d windows (all: %v): probes below should be brief", away, len(seen[40:]), seen)
 	}
 	// A larger target meets throughput that no longer grows: 200 steps of
