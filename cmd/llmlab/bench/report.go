@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -63,16 +64,24 @@ const lagThreshold = "0.02"
 // maxLateShare is the share of late steps that invalidates a run.
 const maxLateShare = 0.01
 
+// Scrape reads the Prometheus text exposition at url, by metric family.
+func Scrape(url string) (map[string]*dto.MetricFamily, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	return parser.TextToMetricFamilies(resp.Body)
+}
+
 // LagSnapshot reads a simulator's step-lag histogram from metricsURL. ok is
 // false when the URL is not a simulator's.
 func LagSnapshot(metricsURL string) (steps, onTime float64, ok bool) {
-	resp, err := http.Get(metricsURL)
-	if err != nil {
-		return 0, 0, false
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
+	fams, err := Scrape(metricsURL)
 	if err != nil {
 		return 0, 0, false
 	}
@@ -111,13 +120,7 @@ var busyGauges = []string{"vllm:num_requests_running", "vllm:num_requests_waitin
 func Drain(ctx context.Context, metricsURL string, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		resp, err := http.Get(metricsURL)
-		if err != nil {
-			return
-		}
-		parser := expfmt.NewTextParser(model.UTF8Validation)
-		fams, err := parser.TextToMetricFamilies(resp.Body)
-		resp.Body.Close()
+		fams, err := Scrape(metricsURL)
 		if err != nil {
 			return
 		}

@@ -1,7 +1,6 @@
 package tune
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -19,8 +18,6 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
-	"github.com/prometheus/common/expfmt"
-	promodel "github.com/prometheus/common/model"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/cmd/llmlab/daemonproc"
@@ -618,26 +615,17 @@ func pollMemory(ctx context.Context, metricsAddr string) float64 {
 	}
 }
 
-func metricValue(url, name string) (float64, bool) {
-	resp, err := http.Get(url)
-	if err != nil {
+// metricValue sums the series of the gauge, counter or untyped metric
+// name that url serves; ok is false when it serves none.
+func metricValue(url, name string) (sum float64, ok bool) {
+	fams, err := bench.Scrape(url)
+	if err != nil || fams[name] == nil {
 		return 0, false
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	sum, found := 0.0, false
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		f := strings.Fields(line)
-		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
-			sum, found = sum+v, true
-		}
+	for _, m := range fams[name].Metric {
+		sum += m.GetGauge().GetValue() + m.GetCounter().GetValue() + m.GetUntyped().GetValue()
 	}
-	return sum, found
+	return sum, len(fams[name].Metric) > 0
 }
 
 // engineReports reads what a started engine says of itself, as vLLM
@@ -645,11 +633,8 @@ func metricValue(url, name string) (float64, bool) {
 // block_size labels: vllm/config/cache.py, metrics_info) and its context
 // length (/v1/models' max_model_len).
 func engineReports(engineURL string) (kvTokens int64, maxModelLen int) {
-	if resp, err := http.Get(engineURL + "/metrics"); err == nil {
-		parser := expfmt.NewTextParser(promodel.UTF8Validation)
-		fams, err := parser.TextToMetricFamilies(resp.Body)
-		resp.Body.Close()
-		if f := fams["vllm:cache_config_info"]; err == nil && f != nil && len(f.Metric) > 0 {
+	if fams, err := bench.Scrape(engineURL + "/metrics"); err == nil {
+		if f := fams["vllm:cache_config_info"]; f != nil && len(f.Metric) > 0 {
 			labels := map[string]string{}
 			for _, l := range f.Metric[0].Label {
 				labels[l.GetName()] = l.GetValue()

@@ -3,6 +3,9 @@ package tune
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -287,5 +290,23 @@ func TestShippedStartingConfiguration(t *testing.T) {
 	e := cfg.Engine
 	if e.MaxNumSeqs == 0 || e.MaxNumBatchedTokens == 0 || e.MaxModelLen == 0 || cfg.Queue.MaxInflight > e.MaxNumSeqs {
 		t.Fatalf("engine %+v, queue.max_inflight %d", e, cfg.Queue.MaxInflight)
+	}
+}
+
+// The peak GPU memory comes from llmlabd's NVML gauge, one series per GPU
+// (summed), as Prometheus' parser reads it; no such series is no reading.
+func TestMetricValue(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "# TYPE llmlab_gpu_memory_used_bytes gauge\n"+
+			"llmlab_gpu_memory_used_bytes{gpu=\"0\"} 1.5e+09\n"+
+			"llmlab_gpu_memory_used_bytes{gpu=\"1\"} 5e+08 1764556800000\n"+
+			"# TYPE llmlab_gpu_memory_used_bytes_other gauge\nllmlab_gpu_memory_used_bytes_other 7\n")
+	}))
+	defer srv.Close()
+	if v, ok := metricValue(srv.URL, "llmlab_gpu_memory_used_bytes"); !ok || v != 2e9 {
+		t.Errorf("llmlab_gpu_memory_used_bytes: %v %v, want 2e9 (two GPUs, one with a timestamp)", v, ok)
+	}
+	if v, ok := metricValue(srv.URL, "llmlab_gpu_utilization"); ok {
+		t.Errorf("an absent metric read as %v", v)
 	}
 }
