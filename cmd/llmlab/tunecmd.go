@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -118,18 +119,14 @@ func tuneEngineFlags(fs *flag.FlagSet) runFunc {
 				o.GPUMemoryGiB = gib
 			}
 		}
-		var err error
 		g := &o.Grid
-		if g.MaxNumSeqs, err = intList("max-num-seqs", *seqs); err == nil {
-			if g.MaxNumBatchedTokens, err = intList("max-num-batched-tokens", *batched); err == nil {
-				if g.MaxModelLen, err = intList("max-model-len", *mlen); err == nil {
-					if g.GPUMemoryUtilization, err = floatList("gpu-memory-utilization", *util); err == nil {
-						g.BatchWindow, err = durationList("batch-window", *windows)
-					}
-				}
-			}
-		}
-		if err != nil {
+		var errs [5]error
+		g.MaxNumSeqs, errs[0] = list("max-num-seqs", *seqs, "positive integers", positiveInt)
+		g.MaxNumBatchedTokens, errs[1] = list("max-num-batched-tokens", *batched, "positive integers", positiveInt)
+		g.MaxModelLen, errs[2] = list("max-model-len", *mlen, "positive integers", positiveInt)
+		g.GPUMemoryUtilization, errs[3] = list("gpu-memory-utilization", *util, "fractions in (0, 1]", fraction)
+		g.BatchWindow, errs[4] = list("batch-window", *windows, "durations such as 0s,10ms", duration)
+		if err := errors.Join(errs[:]...); err != nil {
 			fmt.Fprintln(os.Stderr, "llmlab tune-engine:", err)
 			return 2
 		}
@@ -142,40 +139,33 @@ func tuneEngineFlags(fs *flag.FlagSet) runFunc {
 	}
 }
 
-func intList(flag, s string) ([]int, error) {
-	var out []int
+// list parses a flag's values separated by commas; parse rejects a value
+// by returning false, and want says what the flag takes.
+func list[T any](flag, s, want string, parse func(string) (T, bool)) ([]T, error) {
+	var out []T
 	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("--%s %q: want positive integers separated by commas", flag, s)
-		}
-		out = append(out, n)
-	}
-	return out, nil
-}
-
-func floatList(flag, s string) ([]float64, error) {
-	var out []float64
-	for _, f := range strings.Split(s, ",") {
-		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
-		if err != nil || v <= 0 || v > 1 {
-			return nil, fmt.Errorf("--%s %q: want fractions in (0, 1] separated by commas", flag, s)
+		v, ok := parse(strings.TrimSpace(f))
+		if !ok {
+			return nil, fmt.Errorf("--%s %q: want %s separated by commas", flag, s, want)
 		}
 		out = append(out, v)
 	}
 	return out, nil
 }
 
-func durationList(flag, s string) ([]time.Duration, error) {
-	var out []time.Duration
-	for _, f := range strings.Split(s, ",") {
-		d, err := time.ParseDuration(strings.TrimSpace(f))
-		if err != nil || d < 0 {
-			return nil, fmt.Errorf("--%s %q: want durations such as 0s,10ms separated by commas", flag, s)
-		}
-		out = append(out, d)
-	}
-	return out, nil
+func positiveInt(f string) (int, bool) {
+	n, err := strconv.Atoi(f)
+	return n, err == nil && n >= 1
+}
+
+func fraction(f string) (float64, bool) {
+	v, err := strconv.ParseFloat(f, 64)
+	return v, err == nil && v > 0 && v <= 1
+}
+
+func duration(f string) (time.Duration, bool) {
+	d, err := time.ParseDuration(f)
+	return d, err == nil && d >= 0
 }
 
 // cardMemoryGiB reads, through NVML, the memory of the GPU that the
