@@ -439,8 +439,9 @@ func (o EngineOptions) measure(ctx context.Context, prof sim.Profile, engineName
 			r.Status = StatusOK
 			r.EngineKVTokens, r.EngineMaxModelLen = engineReports(engineURL)
 			o.findMax(ctx, client, proc.URL, engineURL, metricsAddr, &r, lastRate, progress)
-			st := readStatus(proc.URL)
-			r.Concurrency, r.FinalLimit = st.Limits.Concurrency, st.Queue.Limit
+			if st, err := fetchStatus(proc.URL); err == nil {
+				r.Concurrency, r.FinalLimit = st.Limits.Concurrency, st.Queue.Limit
+			}
 			if f := lastFailureSince(proc.URL, t0); f != "" {
 				f += engineLastWords(proc.Log)
 				r.Status, r.Reason = StatusCrashed, "during the measurement: "+f
@@ -489,13 +490,21 @@ func summaryLine(r Result) string {
 // is (re)started, it waits for the start to end and returns how long it
 // took, or why it failed.
 func (o EngineOptions) switchTo(ctx context.Context, proc *daemonproc.Proc, conf string, first, restart bool) (float64, string, error) {
-	before := readStatus(proc.URL)
+	st, err := fetchStatus(proc.URL)
+	if err != nil {
+		return 0, "", fmt.Errorf("llmlabd's /status: %w", err)
+	}
 	if !first {
 		if err := proc.Reload(conf); err != nil {
 			return 0, "", err
 		}
 		deadline := time.Now().Add(30 * time.Second)
-		for readStatus(proc.URL).Config.LoadedAt.Equal(before.Config.LoadedAt) {
+		for before := st.Config.LoadedAt; ; {
+			// A /status that does not answer for a moment is no sign
+			// that the new configuration is in.
+			if st, err = fetchStatus(proc.URL); err == nil && !st.Config.LoadedAt.Equal(before) {
+				break
+			}
 			if time.Now().After(deadline) {
 				log, _ := os.ReadFile(proc.Log)
 				return 0, "", fmt.Errorf("llmlabd did not take the point's configuration within 30s:\n%s", tail(log, 2000))
@@ -506,7 +515,7 @@ func (o EngineOptions) switchTo(ctx context.Context, proc *daemonproc.Proc, conf
 	if !restart {
 		return 0, "", nil
 	}
-	since := readStatus(proc.URL).Config.LoadedAt
+	since := st.Config.LoadedAt
 	// A request asks for the engine (the first point's is not started
 	// yet); it waits through the start as any arrival does.
 	go func() {
@@ -700,11 +709,6 @@ type daemonStatus struct {
 	} `json:"engine"`
 }
 
-func readStatus(gw string) daemonStatus {
-	st, _ := fetchStatus(gw)
-	return st
-}
-
 func fetchStatus(gw string) (daemonStatus, error) {
 	var st daemonStatus
 	resp, err := http.Get(gw + "/status")
@@ -712,13 +716,20 @@ func fetchStatus(gw string) (daemonStatus, error) {
 		return st, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("GET %s/status: %s", gw, resp.Status)
+	}
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-// lastFailureSince is the engine's failure after t, if any.
+// lastFailureSince is the engine's failure after t, if any. An llmlabd
+// that does not answer says none; the next point's switch finds it gone.
 func lastFailureSince(gw string, t time.Time) string {
-	lc := readStatus(gw).Engine.Lifecycle
-	if lc.LastFailure != "" && lc.LastFailureAt.After(t) {
+	st, err := fetchStatus(gw)
+	if err != nil {
+		return ""
+	}
+	if lc := st.Engine.Lifecycle; lc.LastFailure != "" && lc.LastFailureAt.After(t) {
 		return lc.LastFailure
 	}
 	return ""
