@@ -510,7 +510,7 @@ func (q *Queue) deadlineLocked(class int) time.Duration {
 	if class == Interactive && q.cfg.SLO > 0 && !q.notReady {
 		// Served later than this, it would miss the objective even with
 		// the engine's average time when full. Admission asked for the engine's
-		// tail time (engineTailLocked) to fit: the difference is the
+		// tail time (engineTimesLocked) to fit: the difference is the
 		// slack that keeps a wait a little longer than predicted from
 		// turning into a late refusal.
 		wait = min(wait, max(q.cfg.SLO-q.holdLocked(), q.cfg.SLO/10))
@@ -565,14 +565,7 @@ func (q *Queue) admitLocked(r Request) (ref *Refusal, onBudget bool) {
 		return &Refusal{Status: http.StatusServiceUnavailable, Reason: ReasonOverloaded,
 			Message: fmt.Sprintf("the predicted wait of %s exceeds the %s limit; the server is overloaded", wait.Round(time.Millisecond), maxWait), RetryAfter: wait - maxWait}, false
 	}
-	// A request that waits only for a batch window (slots free for it and
-	// for every one ahead) runs with the engine as it is now, not full:
-	// its engine time is the recent one's, not the full engine's hold.
-	hold, tail := q.holdLocked(), q.engineTailLocked()
-	if q.shortLocked(r.Weight, r.Class) <= 0 && !q.hold {
-		hold = q.engineTime
-		tail = max(q.engineP95+q.margin, hold)
-	}
+	hold, tail := q.engineTimesLocked(q.shortLocked(r.Weight, r.Class) > 0 || q.hold)
 	if r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady && wait+tail > q.cfg.SLO {
 		if wait+hold <= q.cfg.SLO && q.budget >= 1 {
 			// Predicted past the tail, not past the mean: let it be one of
@@ -624,17 +617,25 @@ func (q *Queue) holdLocked() time.Duration {
 	return max(hold, q.engineTime)
 }
 
-// engineTailLocked is the engine time that admission adds to a predicted
-// wait. It starts at the 95th percentile of the engine's recent times: the
-// objective is the 95th percentile of end-to-end latency, so admission asks
-// that the predicted wait plus this tail, not the mean, fit in it, whatever
-// the shape of the engine's times (an engine that queues inside, as Ollama
-// does past its slots, has a long tail). The margin then corrects it by
-// what became of the requests admitted to wait (judgeLocked); it never
-// goes below the mean.
-func (q *Queue) engineTailLocked() time.Duration {
-	hold := q.holdLocked()
-	return max(max(q.engineP95, hold)+q.margin, hold)
+// engineTimesLocked is the engine time admission expects of a request:
+// hold, its mean, and tail, what admission adds to its predicted wait. A
+// request that waits for a slot (full) runs with the engine at the limit,
+// so its hold is holdLocked; one that waits at most for a batch window
+// (slots free for it and for every one ahead) runs with the engine as it
+// is now, so its hold is the recent mean. The tail starts at the 95th
+// percentile of the engine's recent times: the objective is the 95th
+// percentile of end-to-end latency, so admission asks that the predicted
+// wait plus this tail, not the mean, fit in it, whatever the shape of the
+// engine's times (an engine that queues inside, as Ollama does past its
+// slots, has a long tail). The margin then corrects it by what became of
+// the requests admitted to wait (judgeLocked); it never goes below the
+// hold.
+func (q *Queue) engineTimesLocked(full bool) (hold, tail time.Duration) {
+	hold = q.engineTime
+	if full {
+		hold = q.holdLocked()
+	}
+	return hold, max(max(q.engineP95, hold)+q.margin, hold)
 }
 
 // budgetCapLocked is the most of the miss budget kept: minBudgetCap, or
@@ -682,11 +683,13 @@ func (q *Queue) judgeLocked(miss bool) {
 	q.margin = min(max(q.margin, lo), q.cfg.SLO/2)
 }
 
-// EngineTail is the engine's tail time per request (see engineTailLocked).
+// EngineTail is the engine's tail time per request for a request that
+// waits for a slot (see engineTimesLocked).
 func (q *Queue) EngineTail() time.Duration {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.engineTailLocked()
+	_, tail := q.engineTimesLocked(true)
+	return tail
 }
 
 // displaceNewestBatchLocked refuses the newest queued batch request.
@@ -967,6 +970,7 @@ type Stats struct {
 func (q *Queue) Stats() Stats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	_, tail := q.engineTimesLocked(true)
 	return Stats{
 		Queued:        q.queuedLocked(),
 		QueuedBatch:   q.waiters[Batch].Len(),
@@ -980,7 +984,7 @@ func (q *Queue) Stats() Stats {
 		RateLearned:   q.rate.learned(),
 		EngineSeconds: q.engineTime.Seconds(),
 
-		AdmissionTailSeconds: q.engineTailLocked().Seconds(),
+		AdmissionTailSeconds: tail.Seconds(),
 		MissBudget:           q.budget,
 	}
 }
