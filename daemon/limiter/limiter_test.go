@@ -142,6 +142,18 @@ func TestSettlesAfterAChange(t *testing.T) {
 	}
 }
 
+// risingLoadSim is the simulator of TestAdaptiveConcurrencyRisingLoad
+// (cmd/llmlabd): its time per request by requests in flight, as measured
+// there; from 8 to 11 in flight, throughput grows by half the rise
+// (elasticity 0.5).
+func risingLoadSim(l int) time.Duration {
+	measured := map[int]time.Duration{6: 450, 7: 490, 8: 530, 9: 570, 10: 600, 11: 620, 12: 640, 13: 660, 14: 680}
+	if d, ok := measured[l]; ok {
+		return d * time.Millisecond
+	}
+	return (680 + 20*time.Duration(l-14)) * time.Millisecond
+}
+
 // The window in which demand rises past capacity is no base for a probe:
 // its completions ran beside fewer requests than its average in flight,
 // so Little's law overstates its throughput, and a probe judged against it
@@ -150,15 +162,7 @@ func TestSettlesAfterAChange(t *testing.T) {
 // 160 clients arriving left the limit at 8 with the engine at 0.53 s of an
 // 0.8 s target.
 func TestNoKneeFromTheRiseOfDemand(t *testing.T) {
-	// The engine's time per request by requests in flight, as measured:
-	// from 8 to 11, throughput grows by half the rise (elasticity 0.5).
-	measured := map[int]time.Duration{6: 450, 7: 490, 8: 530, 9: 570, 10: 600, 11: 620, 12: 640, 13: 660, 14: 680}
-	e := func(l int) time.Duration {
-		if d, ok := measured[l]; ok {
-			return d * time.Millisecond
-		}
-		return (680 + 20*time.Duration(l-14)) * time.Millisecond
-	}
+	e := risingLoadSim
 	a := New(Config{Min: 2, Max: 256, Initial: 8, Target: 800 * time.Millisecond})
 	at := time.Unix(1e9, 0)
 	var reasons []string
@@ -194,15 +198,7 @@ func TestNoKneeFromTheRiseOfDemand(t *testing.T) {
 // One probe's windows can come out slow by chance (a busy host, a burst of
 // long prompts): a knee is called only when a second probe agrees.
 func TestOneSlowProbeIsNoKnee(t *testing.T) {
-	// The engine of TestNoKneeFromTheRiseOfDemand: elasticity 0.45 from
-	// 8 to 10.
-	measured := map[int]time.Duration{8: 530, 9: 570, 10: 600, 11: 620, 12: 640, 13: 660, 14: 680}
-	e := func(l int) time.Duration {
-		if d, ok := measured[l]; ok {
-			return d * time.Millisecond
-		}
-		return (680 + 20*time.Duration(l-14)) * time.Millisecond
-	}
+	e := risingLoadSim // elasticity 0.45 from 8 to 10
 	a := New(Config{Min: 2, Max: 256, Initial: 8, Target: 800 * time.Millisecond})
 	at := time.Unix(1e9, 0)
 	var reasons []string
