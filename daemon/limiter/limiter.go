@@ -203,8 +203,9 @@ func (a *Law) Update(w queue.Window, s Signals) (int, string) {
 func (a *Law) update(w queue.Window, s Signals) string {
 	p90, n := percentile(w.EngineTimes, 0.9)
 	ours := w.MaxInflight > 0 || n > 0
+	sat := n > 0 && saturated(w, a.limit)
 	wasSaturated := a.lastSaturated
-	a.lastSaturated = n > 0 && saturated(w, a.limit)
+	a.lastSaturated = sat
 	// The objective is a 95th percentile: judge the engine's time by its
 	// own once a window holds enough requests to read one (an engine
 	// whose slowest requests are much slower than most, Ollama's with
@@ -246,7 +247,7 @@ func (a *Law) update(w queue.Window, s Signals) string {
 	// nearly all the time: below that, it measures the demand.
 	binding := w.Blocked && (w.AvgInflight == 0 || w.AvgInflight >= 0.85*math.Floor(a.limit))
 	x := throughput(w)
-	if !saturated(w, a.limit) {
+	if !sat {
 		x = 0
 	}
 	if x > 0 && !wasSaturated {
