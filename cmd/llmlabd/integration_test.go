@@ -216,7 +216,7 @@ func TestProxiesStreamedAndNonStreamed(t *testing.T) {
 	r, _ := http.Get(d.api + "/status")
 	json.NewDecoder(r.Body).Decode(&st)
 	r.Body.Close()
-	if st.Engine.State == "" || st.Queue.MaxInflight != 64 {
+	if st.Engine.State == "" || st.Queue.MaxInflight != 256 {
 		t.Errorf("/status = %+v", st)
 	}
 	// Access log line with the request id.

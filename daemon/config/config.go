@@ -158,9 +158,11 @@ type Queue struct {
 	// Coalesce merges compatible non-streamed completions of one dispatch
 	// into a single upstream request with a list of prompts.
 	Coalesce bool
-	// Concurrency "adaptive" finds the in-flight limit at run time, between
-	// MinInflight and MaxInflight, aiming at TargetLatency per request in
-	// the engine; "fixed" keeps MaxInflight.
+	// Concurrency "model" chooses the in-flight limit from the engine
+	// model (daemon/enginemodel), between MinInflight and MaxInflight (and
+	// engine.max_num_seqs where set), so that the typical request's tail
+	// time stays within TargetLatency; "adaptive" finds it by probing
+	// throughput and latency (daemon/limiter); "fixed" keeps MaxInflight.
 	Concurrency   string
 	MinInflight   int
 	TargetLatency time.Duration
@@ -169,8 +171,13 @@ type Queue struct {
 	BatchShare   float64
 }
 
-// Adaptive reports whether the in-flight limit is found at run time.
+// Adaptive reports whether the in-flight limit is found at run time by
+// the adaptive law.
 func (q Queue) Adaptive() bool { return q.Concurrency == "adaptive" }
+
+// FromModel reports whether the in-flight limit is chosen from the
+// engine model.
+func (q Queue) FromModel() bool { return q.Concurrency == "model" }
 
 // Limits bounds what one request may ask for and how often clients may ask.
 type Limits struct {
@@ -311,13 +318,13 @@ func defaults() raw {
 	r.Engine.StopGrace = "10s"
 	r.Engine.SleepAfter = "0s"
 	r.Engine.ReadyPath = "/health"
-	r.Queue.MaxInflight = 64
+	r.Queue.MaxInflight = 256
 	r.Queue.MaxQueued = 256
 	r.Queue.MaxWait = "4s"
 	r.Queue.NominalRPS = 8
 	r.Queue.BatchWindow = "0s"
 	r.Queue.MaxBatch = 0
-	r.Queue.Concurrency = "fixed"
+	r.Queue.Concurrency = "model"
 	r.Queue.MinInflight = 4
 	r.Queue.TargetLatency = "0s"
 	r.Queue.BatchMaxWait = "30s"
@@ -540,15 +547,15 @@ func fromRaw(path string, r raw) (*Config, error) {
 	}
 	c.Queue.Concurrency = q.Concurrency
 	switch q.Concurrency {
-	case "fixed", "adaptive":
+	case "fixed", "adaptive", "model":
 	default:
-		ck.fail("queue.concurrency", q.Concurrency, `want "fixed" (queue.max_inflight) or "adaptive" (found at run time, at most queue.max_inflight)`)
+		ck.fail("queue.concurrency", q.Concurrency, `want "model" (chosen from the engine model, at most queue.max_inflight), "fixed" (queue.max_inflight) or "adaptive" (found by probing, at most queue.max_inflight)`)
 	}
 	ck.atLeast("queue.min_inflight", q.MinInflight, 1)
 	c.Queue.MinInflight = q.MinInflight
 	if q.MaxInflight >= 1 && q.MinInflight > q.MaxInflight {
-		if c.Queue.Adaptive() {
-			c.Notes = append(c.Notes, fmt.Sprintf("queue.min_inflight = %d is above queue.max_inflight = %d: the adaptive limit stays at %d", q.MinInflight, q.MaxInflight, q.MaxInflight))
+		if c.Queue.Adaptive() || c.Queue.FromModel() {
+			c.Notes = append(c.Notes, fmt.Sprintf("queue.min_inflight = %d is above queue.max_inflight = %d: the limit stays at %d", q.MinInflight, q.MaxInflight, q.MaxInflight))
 		}
 		c.Queue.MinInflight = q.MaxInflight
 	}

@@ -164,7 +164,7 @@ func TestShow(t *testing.T) {
 		got[x.Key] = x
 	}
 	for key, want := range map[string]Setting{
-		"queue.max_inflight": {Key: "queue.max_inflight", Value: "4", FromFile: true, Default: "64"},
+		"queue.max_inflight": {Key: "queue.max_inflight", Value: "4", FromFile: true, Default: "256"},
 		"queue.max_queued":   {Key: "queue.max_queued", Value: "256", Default: "256"},
 		"queue.max_batch":    {Key: "queue.max_batch", Value: "0", Default: "0", Derived: "the in-flight limit"},
 		"limits.burst":       {Key: "limits.burst", Value: "0", Default: "0", Derived: "3"},

@@ -23,7 +23,7 @@ func BenchmarkProxy(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			cfg := testConfig()
 			cfg.MaxBodyBytes = 1 << 20
-			cfg.Queue.MaxInflight, cfg.Queue.MaxQueued, cfg.Queue.NominalRPS = 256, 4096, 1e4
+			cfg.Queue.MaxInflight, cfg.Queue.MaxQueued = 256, 4096
 			cfg.Queue.MaxWait = time.Minute
 			cfg.AccessLog = false
 			f := newFixture(&testing.T{}, cfg, nil, &enginetest.Engine{})

@@ -118,7 +118,11 @@ func (c *coalescer) run(cl *call) {
 	defer close(cl.done)
 	defer cl.cancel()
 	defer func() {
-		for _, t := range cl.group.Members {
+		for i, t := range cl.group.Members {
+			if i < len(cl.results) && cl.results[i].errMsg == "" && cl.results[i].status == http.StatusOK {
+				r := cl.results[i]
+				t.Complete(queue.Report{PromptTokens: r.usage.PromptTokens, OutputTokens: r.usage.CompletionTokens})
+			}
 			t.Release()
 		}
 	}()

@@ -45,6 +45,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmlab/llmlab/daemon/auth"
+	"github.com/llmlab/llmlab/daemon/enginemodel"
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/ratelimit"
 	"github.com/llmlab/llmlab/daemon/recent"
@@ -190,7 +191,7 @@ func (g *Gateway) MaxModelLen() int { return int(g.maxModelLen.Load()) }
 
 // FailWaiting answers every queued request with 503.
 func (g *Gateway) FailWaiting(reason, message string, retryAfter time.Duration) {
-	g.queue.FailWaiting(reason, message, retryAfter)
+	g.queue.FailWaiting(queue.Reason(reason), message, retryAfter)
 }
 
 // Busy is the number of requests queued plus sequences in flight.
@@ -199,12 +200,12 @@ func (g *Gateway) Busy() int { return g.queue.Busy() }
 // Inflight is the number of sequences in the engine.
 func (g *Gateway) Inflight() int { return g.queue.Inflight() }
 
-// LearnedRate and SeedRate give access to the queue's learned completion
-// rate, for keeping it across restarts.
-func (g *Gateway) LearnedRate() float64 { return g.queue.LearnedRate() }
+// Model is the engine model admission judges with.
+func (g *Gateway) Model() *enginemodel.Model { return g.queue.Model() }
 
-// SeedRate restores a completion rate learned in an earlier run.
-func (g *Gateway) SeedRate(rate float64) { g.queue.SeedRate(rate) }
+// Level is the quantile of the engine model's spread admission predicts
+// at.
+func (g *Gateway) Level() float64 { return g.queue.Level() }
 
 // LastWork is when the latest work request arrived (zero if none yet).
 func (g *Gateway) LastWork() time.Time {
@@ -218,7 +219,7 @@ func (g *Gateway) LastWork() time.Time {
 // priority; "interactive" (the default) cannot raise a batch key's.
 const PriorityHeader = "X-Llmlab-Priority"
 
-// SetLimit sets the queue's adaptive in-flight limit.
+// SetLimit sets the queue's in-flight limit.
 func (g *Gateway) SetLimit(n int) { g.queue.SetLimit(n) }
 
 // SetHold holds (true) or resumes dispatching to a saturated engine.
@@ -229,9 +230,6 @@ func (g *Gateway) TakeWindow() queue.Window { return g.queue.TakeWindow() }
 
 // EngineTime is the recent average time a request holds its slots.
 func (g *Gateway) EngineTime() time.Duration { return g.queue.EngineTime() }
-
-// SeedEngineTime restores an engine time learned in an earlier run.
-func (g *Gateway) SeedEngineTime(d time.Duration) { g.queue.SeedEngineTime(d) }
 
 // QueueStats returns a snapshot of the queue.
 func (g *Gateway) QueueStats() queue.Stats { return g.queue.Stats() }
@@ -255,7 +253,7 @@ func (g *Gateway) Handler() http.Handler {
 type reqState struct {
 	id       string
 	client   string
-	class    int
+	class    queue.Class
 	route    string
 	start    time.Time
 	body     []byte
@@ -268,6 +266,8 @@ type reqState struct {
 	ttft     time.Duration
 	prompt   int
 	complete int
+	// ticket is the request's hold on the engine while it is proxied.
+	ticket *queue.Ticket
 }
 
 type stateKey struct{}
@@ -375,19 +375,21 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	st.body, st.stream, st.model = p.Body, p.Stream, p.Model
 
 	ctx := r.Context()
-	ticket, err := g.queue.Acquire(ctx, queue.Request{Weight: p.Weight, Key: p.CoalesceKey, Class: st.class})
+	ticket, err := g.queue.Acquire(ctx, queue.Request{Weight: p.Weight, Key: p.CoalesceKey, Class: st.class,
+		Shape: enginemodel.Shape{PromptBytes: p.PromptBytes, MaxTokens: p.MaxTokens}})
 	if err != nil {
 		var ref *queue.Refusal
 		if errors.As(err, &ref) {
-			st.reason = ref.Reason
-			errType, retry := typeUnavailable, ref.RetryAfterSeconds()
-			switch ref.Status {
-			case http.StatusTooManyRequests:
-				errType = typeRateLimit
-			case http.StatusBadRequest:
-				errType, retry = typeInvalid, 0
+			reason := string(ref.Reason)
+			st.reason = reason
+			status, errType, retry := http.StatusServiceUnavailable, typeUnavailable, ref.RetryAfterSeconds()
+			switch ref.Reason {
+			case queue.ReasonQueueFull:
+				status, errType = http.StatusTooManyRequests, typeRateLimit
+			case queue.ReasonTooManySequences:
+				status, errType, retry = http.StatusBadRequest, typeInvalid, 0
 			}
-			g.fail(rec, st, ref.Status, errType, ref.Reason, "", ref.Message, retry, ref.Reason)
+			g.fail(rec, st, status, errType, reason, "", ref.Message, retry, reason)
 			return
 		}
 		st.outcome, st.status = "cancelled", 499
@@ -405,6 +407,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 		return
 	}
 	defer ticket.Release()
+	st.ticket = ticket
 	g.metrics.upstream.WithLabelValues("proxied").Inc()
 	g.proxy.ServeHTTP(rec, r.WithContext(context.WithValue(ctx, stateKey{}, st)))
 }

@@ -40,7 +40,7 @@ func testConfig() Config {
 	return Config{
 		Limits:       testLimits,
 		MaxBodyBytes: 4096,
-		Queue:        queue.Config{MaxInflight: 4, MaxQueued: 8, MaxWait: 5 * time.Second, NominalRPS: 10, MaxBatch: 4},
+		Queue:        queue.Config{MaxInflight: 4, MaxQueued: 8, MaxWait: 5 * time.Second, MaxBatch: 4},
 		AccessLog:    true,
 	}
 }

@@ -114,13 +114,13 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Du
 			})),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_engine_seconds_per_request", Help: "Recent average time a request holds its engine slots."},
 			stat(func(s queue.Stats) float64 { return s.EngineSeconds })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_admission_tail_seconds", Help: "Engine time admission adds to a request's predicted wait before comparing it with the latency objective: the larger of the engine's time when full (at the in-flight limit) and its recent 95th percentile, corrected by how many of the requests it let wait missed the objective."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_admission_tail_seconds", Help: "The engine model's time for the recent typical request at the in-flight limit, 95 times in 100: what admission expects of a request that waits for a slot."},
 			stat(func(s queue.Stats) float64 { return s.AdmissionTailSeconds })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_admission_miss_budget", Help: "Requests admission may still let finish past the latency objective on purpose (the objective's miss budget: 3% of interactive requests, spent on those predicted past the engine's tail time but not its mean)."},
-			stat(func(s queue.Stats) float64 { return s.MissBudget })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_engine_model_measured_ratio", Help: "Share of the engine model's fit that is measured from requests rather than assumed from its prior (0 to 1)."},
+			stat(func(s queue.Stats) float64 { return s.Model.Measured })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_limit", Help: "Most sequences allowed to wait in the queue."},
 			stat(func(s queue.Stats) float64 { return float64(s.MaxQueued) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_completion_rate", Help: "Sequences per second the engine completes, as admission predicts waits with (nominal until learned)."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_completion_rate", Help: "Sequences per second the engine completes at the in-flight limit, as the engine model predicts it."},
 			stat(func(s queue.Stats) float64 { return s.RateRPS })),
 	)
 	return m
@@ -130,7 +130,7 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Du
 func (m *metrics) Dispatched(n int) { m.batchSize.Observe(float64(n)) }
 
 // Decided implements queue.Observer.
-func (m *metrics) Decided(class int, decision, reason string) {
+func (m *metrics) Decided(class queue.Class, decision, reason string) {
 	m.decisions.WithLabelValues(queue.ClassName(class), decision, reason).Inc()
 }
 

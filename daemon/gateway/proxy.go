@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/valyala/fastjson"
 )
 
@@ -37,7 +38,7 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 func (g *Gateway) modifyResponse(resp *http.Response) error {
 	st := resp.Request.Context().Value(stateKey{}).(*reqState)
 	sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
-	resp.Body = &tap{rc: resp.Body, st: st, sse: sse, ctx: resp.Request.Context()}
+	resp.Body = &tap{rc: resp.Body, st: st, sse: sse, ctx: resp.Request.Context(), ok: resp.StatusCode == http.StatusOK}
 	return nil
 }
 
@@ -85,7 +86,14 @@ type tap struct {
 	ctx  context.Context
 	// pending is an error event still to be delivered.
 	pending []byte
+	// ok says the engine answered 200; eof that the answer was read to
+	// its end; firstByte when its first byte came.
+	ok, eof   bool
+	firstByte time.Time
 }
+
+// dataEvent starts an SSE event that carries a chunk of the answer.
+var dataEvent = []byte("data: {")
 
 // sseError ends a stream whose engine failed midway: clients read an
 // OpenAI-shaped error event instead of a cut connection.
@@ -111,9 +119,20 @@ func (t *tap) Read(p []byte) (int, error) {
 		}
 		err = nil
 	}
+	if err == io.EOF {
+		t.eof = true
+	}
 	if n > 0 {
 		if t.st.ttft == 0 {
-			t.st.ttft = time.Since(t.st.start)
+			t.firstByte = time.Now()
+			t.st.ttft = t.firstByte.Sub(t.st.start)
+		}
+		if t.sse && t.st.ticket != nil {
+			// Each event carries a token or a few: the running request's
+			// progress, from which admission predicts when it ends.
+			if k := bytes.Count(p[:n], dataEvent); k > 0 {
+				t.st.ticket.Progress(k)
+			}
 		}
 		t.tail = append(t.tail, p[:n]...)
 		if len(t.tail) > 2*tailSize {
@@ -126,6 +145,14 @@ func (t *tap) Read(p []byte) (int, error) {
 func (t *tap) Close() error {
 	if u, ok := findUsage(t.tail); ok {
 		t.st.prompt, t.st.complete = u.PromptTokens, u.CompletionTokens
+	}
+	if t.ok && t.eof && t.st.outcome == "" && t.st.ticket != nil {
+		// Answered in full: what it took teaches the engine model.
+		r := queue.Report{PromptTokens: t.st.prompt, OutputTokens: t.st.complete}
+		if t.sse {
+			r.FirstByte = t.firstByte
+		}
+		t.st.ticket.Complete(r)
 	}
 	return t.rc.Close()
 }

@@ -56,6 +56,10 @@ type parsed struct {
 	Fields map[string]json.RawMessage
 	// CoalesceKey groups requests with identical parameters.
 	CoalesceKey string
+	// PromptBytes is the size of the prompt (or the messages) and
+	// MaxTokens the output cap the engine will apply (the request's, or
+	// the engine's default): what the engine model reads of the request.
+	PromptBytes, MaxTokens int
 }
 
 // invalid is a validation failure as the client sees it.
@@ -158,6 +162,11 @@ func validate(route string, body []byte, lim Limits, coalesce bool) (*parsed, *i
 		}
 	}
 	prompts := 1
+	if f.prompt != nil {
+		p.PromptBytes = len(f.prompt.MarshalTo(nil))
+	} else if f.messages != nil {
+		p.PromptBytes = len(f.messages.MarshalTo(nil))
+	}
 	switch route {
 	case routeCompletions:
 		if f.messages != nil {
@@ -209,7 +218,13 @@ func validate(route string, body []byte, lim Limits, coalesce bool) (*parsed, *i
 			return nil, bad(param, "This model's maximum context length is %d tokens, so %s must be less than %d, got %d",
 				lim.MaxModelLen, param, lim.MaxModelLen, m)
 		}
-	} else if route == routeCompletions && lim.MaxTokens < defaultCompletionTokens {
+		p.MaxTokens = m
+	} else if route == routeCompletions {
+		p.MaxTokens = min(defaultCompletionTokens, lim.MaxTokens)
+	} else {
+		p.MaxTokens = lim.MaxTokens
+	}
+	if maxTok == nil && route == routeCompletions && lim.MaxTokens < defaultCompletionTokens {
 		// The engine's default for completions is above the cap: name the
 		// cap, replacing every copy (a null among them) of max_tokens.
 		var inv *invalid

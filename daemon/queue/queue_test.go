@@ -3,16 +3,31 @@ package queue
 import (
 	"context"
 	"errors"
-	"net/http"
 	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/llmlab/llmlab/daemon/enginemodel"
 )
 
 func cfg() Config {
-	return Config{MaxInflight: 2, MaxQueued: 4, MaxWait: 4 * time.Second, NominalRPS: 1, MaxBatch: 2}
+	return Config{MaxInflight: 2, MaxQueued: 4, MaxWait: 4 * time.Second, MaxBatch: 2}
+}
+
+// perRequest is an engine model in which every request takes d, whatever
+// else runs.
+func perRequest(d time.Duration) *enginemodel.Model {
+	return enginemodel.New(enginemodel.Seed{StepFixed: d})
+}
+
+// newQueue is New with an engine that completes rate sequences a second
+// at c's MaxInflight: each request takes MaxInflight/rate.
+func newQueue(c Config, w Warmup, o Observer, rate float64) *Queue {
+	q := New(c, w, o)
+	q.SetModel(perRequest(time.Duration(float64(c.MaxInflight) / rate * float64(time.Second))))
+	return q
 }
 
 // result is what an Acquire in a goroutine ended with.
@@ -41,7 +56,7 @@ func refusal(t *testing.T, err error) *Refusal {
 
 func TestAdmitsUpToMaxInflightThenQueuesFIFO(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		q := New(cfg(), nil, nil)
+		q := newQueue(cfg(), nil, nil, 1)
 		ctx := context.Background()
 		a, _ := q.Acquire(ctx, Request{Weight: 1})
 		b, _ := q.Acquire(ctx, Request{Weight: 1})
@@ -83,7 +98,7 @@ func TestQueueFullIs429WithRetryAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
 		c.MaxWait = time.Hour // only the size limit applies
-		q := New(c, nil, nil)
+		q := newQueue(c, nil, nil, 1)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		for range 2 {
@@ -97,10 +112,10 @@ func TestQueueFullIs429WithRetryAfter(t *testing.T) {
 		synctest.Wait()
 		_, err := q.Acquire(ctx, Request{Weight: 1})
 		r := refusal(t, err)
-		if r.Status != http.StatusTooManyRequests || r.Reason != ReasonQueueFull {
+		if r.Reason != ReasonQueueFull {
 			t.Fatalf("refusal = %+v, want 429 queue_full", r)
 		}
-		// 4 sequences queued at the nominal 1/s drain in 4 s.
+		// 4 sequences queued at 1/s drain in 4 s.
 		if got := r.RetryAfterSeconds(); got != 4 {
 			t.Errorf("RetryAfterSeconds() = %d, want 4", got)
 		}
@@ -111,8 +126,8 @@ func TestPredictedWaitBeyondMaxWaitIs503(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
 		c.MaxQueued = 100
-		c.MaxWait = 2500 * time.Millisecond // nominal 1/s: the third in line would wait 3 s
-		q := New(c, nil, nil)
+		c.MaxWait = 2500 * time.Millisecond // each request 2 s: the third in line waits 4 s
+		q := newQueue(c, nil, nil, 1)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		q.Acquire(ctx, Request{Weight: 1})
@@ -123,7 +138,7 @@ func TestPredictedWaitBeyondMaxWaitIs503(t *testing.T) {
 		start := time.Now()
 		_, err := q.Acquire(ctx, Request{Weight: 1})
 		r := refusal(t, err)
-		if r.Status != http.StatusServiceUnavailable || r.Reason != ReasonOverloaded {
+		if r.Reason != ReasonOverloaded {
 			t.Fatalf("refusal = %+v, want 503 overloaded", r)
 		}
 		if time.Since(start) != 0 {
@@ -138,15 +153,14 @@ func TestPredictedWaitBeyondMaxWaitIs503(t *testing.T) {
 func TestDeadlineInQueueIs503(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
-		c.NominalRPS = 100 // admission predicts a short wait...
-		q := New(c, nil, nil)
+		q := newQueue(c, nil, nil, 100) // admission predicts a short wait...
 		ctx := context.Background()
 		q.Acquire(ctx, Request{Weight: 1})
 		q.Acquire(ctx, Request{Weight: 1})
 		start := time.Now()
 		_, err := q.Acquire(ctx, Request{Weight: 1}) // ...but nothing completes
 		r := refusal(t, err)
-		if r.Reason != ReasonQueueTimeout || r.Status != http.StatusServiceUnavailable {
+		if r.Reason != ReasonQueueTimeout {
 			t.Fatalf("refusal = %+v, want 503 queue_timeout", r)
 		}
 		if got := time.Since(start); got != c.MaxWait {
@@ -160,7 +174,7 @@ func TestDeadlineInQueueIs503(t *testing.T) {
 
 func TestCancelledWaiterLeavesQueueAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		q := New(cfg(), nil, nil)
+		q := newQueue(cfg(), nil, nil, 1)
 		bg := context.Background()
 		a, _ := q.Acquire(bg, Request{Weight: 1})
 		q.Acquire(bg, Request{Weight: 1})
@@ -187,7 +201,7 @@ func TestWeightCountsSequences(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
 		c.MaxInflight = 4
-		q := New(c, nil, nil)
+		q := newQueue(c, nil, nil, 1)
 		bg := context.Background()
 		a, _ := q.Acquire(bg, Request{Weight: 3})
 		ch := acquireAsync(q, bg, Request{Weight: 2}) // 3+2 > 4: waits
@@ -202,7 +216,7 @@ func TestWeightCountsSequences(t *testing.T) {
 			t.Fatalf("Acquire = %v, %v", r.t, r.err)
 		}
 		_, err := q.Acquire(bg, Request{Weight: 5})
-		if ref := refusal(t, err); ref.Status != http.StatusBadRequest {
+		if ref := refusal(t, err); ref.Reason != ReasonTooManySequences {
 			t.Fatalf("weight above max_inflight: %+v, want 400", ref)
 		}
 	})
@@ -215,7 +229,7 @@ func TestBatchWindowReleasesTogether(t *testing.T) {
 		c.MaxBatch = 4
 		c.BatchWindow = 20 * time.Millisecond
 		rec := &recordingObserver{}
-		q := New(c, nil, rec)
+		q := newQueue(c, nil, rec, 1)
 		bg := context.Background()
 		start := time.Now()
 		var chans []<-chan result
@@ -256,7 +270,7 @@ func TestBatchWindowAdmitsAtLightLoad(t *testing.T) {
 		c.BatchWindow = 20 * time.Millisecond
 		c.SLO = 5 * time.Second // 64 slots / 1 per second: 64 s when full
 		q := New(c, nil, nil)
-		q.SeedEngineTime(time.Second)
+		q.SetModel(perRequest(time.Second)) // 1 s a request, whatever runs
 		bg := context.Background()
 		var chans []<-chan result
 		for range 3 {
@@ -280,7 +294,7 @@ func TestBatchFullReleasesBeforeWindow(t *testing.T) {
 		c.MaxBatch = 2
 		c.BatchWindow = time.Second
 		rec := &recordingObserver{}
-		q := New(c, nil, rec)
+		q := newQueue(c, nil, rec, 1)
 		bg := context.Background()
 		start := time.Now()
 		a := acquireAsync(q, bg, Request{Weight: 1})
@@ -308,7 +322,7 @@ func TestBatchFollowsInflightLimit(t *testing.T) {
 			c.MaxBatch = mb
 			c.BatchWindow = time.Second
 			rec := &recordingObserver{}
-			q := New(c, nil, rec)
+			q := newQueue(c, nil, rec, 1)
 			bg := context.Background()
 			start := time.Now()
 			var chans []<-chan result
@@ -332,14 +346,14 @@ func TestBatchFollowsInflightLimit(t *testing.T) {
 
 func TestDrainRefusesQueuedAndWaiting(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		q := New(cfg(), nil, nil)
+		q := newQueue(cfg(), nil, nil, 1)
 		bg := context.Background()
 		a, _ := q.Acquire(bg, Request{Weight: 1})
 		q.Acquire(bg, Request{Weight: 1})
 		ch := acquireAsync(q, bg, Request{Weight: 1})
 		synctest.Wait()
 		q.Drain()
-		if ref := refusal(t, (<-ch).err); ref.Reason != ReasonDraining || ref.Status != 503 {
+		if ref := refusal(t, (<-ch).err); ref.Reason != ReasonDraining {
 			t.Fatalf("queued request on drain: %+v, want 503 draining", ref)
 		}
 		_, err := q.Acquire(bg, Request{Weight: 1})
@@ -371,7 +385,7 @@ func TestColdStartAddsExpectedStartTime(t *testing.T) {
 		c.MaxQueued = 100
 		// The engine needs 10 s more to start: a request that would wait
 		// 10 s + its queue position is still admitted, not refused.
-		q := New(c, fixedWarmup(10*time.Second), nil)
+		q := newQueue(c, fixedWarmup(10*time.Second), nil, 1)
 		bg, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		q.Acquire(bg, Request{Weight: 1})
@@ -389,41 +403,6 @@ func TestColdStartAddsExpectedStartTime(t *testing.T) {
 	})
 }
 
-func TestLearnsCompletionRate(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		c := cfg()
-		c.MaxInflight = 1
-		c.MaxQueued = 1000
-		c.MaxWait = time.Hour
-		c.NominalRPS = 1
-		q := New(c, nil, nil)
-		bg := context.Background()
-		// The engine completes one sequence every 100 ms while others wait.
-		first, _ := q.Acquire(bg, Request{Weight: 1})
-		var chans []<-chan result
-		for range 30 {
-			chans = append(chans, acquireAsync(q, bg, Request{Weight: 1}))
-			synctest.Wait() // queue in a known order
-		}
-		cur := first
-		for _, ch := range chans {
-			time.Sleep(100 * time.Millisecond)
-			cur.Release()
-			cur = (<-ch).t
-		}
-		cur.Release()
-		s := q.Stats()
-		if !s.RateLearned || s.RateRPS < 9 || s.RateRPS > 11 {
-			t.Fatalf("learned rate = %.2f/s (learned=%v), want about 10/s", s.RateRPS, s.RateLearned)
-		}
-		// Idle time does not erase what was learned.
-		time.Sleep(5 * time.Minute)
-		if s := q.Stats(); s.RateRPS < 9 || s.RateRPS > 11 {
-			t.Fatalf("rate after idle = %.2f/s, want about 10/s", s.RateRPS)
-		}
-	})
-}
-
 type recordingObserver struct {
 	mu        sync.Mutex
 	sizes     []int
@@ -436,7 +415,7 @@ func (r *recordingObserver) Dispatched(n int) {
 	r.sizes = append(r.sizes, n)
 }
 
-func (r *recordingObserver) Decided(class int, decision, reason string) {
+func (r *recordingObserver) Decided(class Class, decision, reason string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.decisions = append(r.decisions, ClassName(class)+" "+decision+" "+reason)
@@ -466,7 +445,7 @@ func TestGateHoldsRequestsDuringColdStart(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
 		c.MaxInflight, c.MaxQueued, c.MaxColdStartWait = 2, 10, 20*time.Second
-		q := New(c, fixedWarmup(5*time.Second), nil)
+		q := newQueue(c, fixedWarmup(5*time.Second), nil, 1)
 		q.SetEngineReady(false)
 		bg := context.Background()
 		var chans []<-chan result
@@ -507,7 +486,7 @@ func TestColdStartDeadlineAndFailWaiting(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
 		c.MaxColdStartWait = 2 * time.Second
-		q := New(c, fixedWarmup(time.Minute), nil)
+		q := newQueue(c, fixedWarmup(time.Minute), nil, 1)
 		q.SetEngineReady(false)
 		start := time.Now()
 		_, err := q.Acquire(context.Background(), Request{Weight: 1})
@@ -518,7 +497,7 @@ func TestColdStartDeadlineAndFailWaiting(t *testing.T) {
 		synctest.Wait()
 		q.FailWaiting("engine_unavailable", "the engine stopped unexpectedly", 3*time.Second)
 		ref := refusal(t, (<-ch).err)
-		if ref.Status != 503 || ref.Reason != "engine_unavailable" || ref.RetryAfterSeconds() != 3 {
+		if ref.Reason != "engine_unavailable" || ref.RetryAfterSeconds() != 3 {
 			t.Fatalf("FailWaiting: %+v", ref)
 		}
 	})
@@ -532,7 +511,7 @@ func TestInteractiveBeforeBatch(t *testing.T) {
 		c.MaxInflight = 1
 		c.BatchMaxWait = time.Minute
 		rec := &recordingObserver{}
-		q := New(c, nil, rec)
+		q := newQueue(c, nil, rec, 1)
 		ctx := context.Background()
 		first, _ := q.Acquire(ctx, Request{Weight: 1, Class: Batch})
 		b1 := acquireAsync(q, ctx, Request{Weight: 1, Class: Batch})
@@ -573,9 +552,9 @@ func TestInteractiveBeforeBatch(t *testing.T) {
 func TestInteractiveDisplacesBatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
-		c.MaxInflight, c.MaxQueued, c.NominalRPS = 1, 2, 100
+		c.MaxInflight, c.MaxQueued = 1, 2
 		c.BatchMaxWait = time.Minute
-		q := New(c, nil, &recordingObserver{})
+		q := newQueue(c, nil, &recordingObserver{}, 100)
 		ctx := context.Background()
 		hold, _ := q.Acquire(ctx, Request{Weight: 1, Class: Batch})
 		older := acquireAsync(q, ctx, Request{Weight: 1, Class: Batch})
@@ -588,7 +567,7 @@ func TestInteractiveDisplacesBatch(t *testing.T) {
 		inter := acquireAsync(q, ctx, Request{Weight: 1})
 		synctest.Wait()
 		r := <-newer
-		if ref := refusal(t, r.err); ref.Reason != ReasonDisplaced || ref.Status != http.StatusServiceUnavailable {
+		if ref := refusal(t, r.err); ref.Reason != ReasonDisplaced {
 			t.Fatalf("the newest batch request: %+v", ref)
 		}
 		hold.Release()
@@ -613,7 +592,7 @@ func TestBatchShare(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
 		c.MaxInflight, c.BatchShare, c.BatchMaxWait = 4, 0.5, time.Minute
-		q := New(c, nil, nil)
+		q := newQueue(c, nil, nil, 1)
 		ctx := context.Background()
 		var batch, inter []*Ticket
 		for range 2 {
@@ -660,8 +639,8 @@ func TestBatchShare(t *testing.T) {
 func TestSetLimitAndWindow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
-		c.MaxInflight, c.NominalRPS = 4, 10
-		q := New(c, nil, nil)
+		c.MaxInflight = 4
+		q := newQueue(c, nil, nil, 10)
 		q.SetLimit(1)
 		ctx := context.Background()
 		a, _ := q.Acquire(ctx, Request{Weight: 1})
@@ -700,7 +679,7 @@ func TestHold(t *testing.T) {
 		c := cfg()
 		c.MaxInflight = 4
 		rec := &recordingObserver{}
-		q := New(c, nil, rec)
+		q := newQueue(c, nil, rec, 1)
 		q.SetHold(true)
 		ctx := context.Background()
 		a, err := q.Acquire(ctx, Request{Weight: 1})
@@ -727,39 +706,39 @@ func TestHold(t *testing.T) {
 }
 
 // With a latency objective, a request that would be served too late is
-// refused at once (reason slo), and a queued one waits no longer than the
-// objective minus the engine's time.
+// refused at once (reason slo), with the time after which it would fit in
+// Retry-After, and a queued one waits no longer than the objective minus
+// the engine's time.
 func TestSLOAdmission(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
-		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 1, 10, 4, 10*time.Second, 2*time.Second
+		c.MaxInflight, c.MaxQueued, c.MaxWait, c.SLO = 1, 10, 10*time.Second, 4*time.Second
 		q := New(c, nil, nil)
+		// 1 s a request; its tail is 1.2 s (the spread before any is
+		// measured).
+		q.SetModel(perRequest(time.Second))
 		ctx := context.Background()
-		// The engine takes 1.5 s per request.
 		a, _ := q.Acquire(ctx, Request{Weight: 1})
-		time.Sleep(1500 * time.Millisecond)
-		a.Release()
-		a, _ = q.Acquire(ctx, Request{Weight: 1})
-		// a frees its slot in 0.1 s; at 4 completions/s: 0.25 s and 0.5 s
-		// of wait, plus 1.5 s: within 2 s.
-		time.Sleep(1400 * time.Millisecond)
+		// a ends in 1 s; b waits 1 s, cc 2 s: 1 s + 1.2 s and 2 s + 1.2 s
+		// fit 4 s.
 		b := acquireAsync(q, ctx, Request{Weight: 1})
 		synctest.Wait()
 		cc := acquireAsync(q, ctx, Request{Weight: 1})
 		synctest.Wait()
-		// 0.75 s + 1.5 s > 2 s: refused at once.
+		// 3 s + 1.2 s > 4 s: refused at once, to retry in 0.2 s.
 		_, err := q.Acquire(ctx, Request{Weight: 1})
-		if ref := refusal(t, err); ref.Reason != ReasonSLO || ref.Status != http.StatusServiceUnavailable {
-			t.Fatalf("a request that would miss the SLO: %+v", ref)
+		ref := refusal(t, err)
+		if ref.Reason != ReasonSLO || ref.RetryAfter != 200*time.Millisecond {
+			t.Fatalf("a request that would miss the SLO: %+v, want slo with Retry-After 200ms", ref)
 		}
 		// Batch work has no latency objective: it queues.
 		bb := acquireAsync(q, ctx, Request{Weight: 1, Class: Batch})
 		synctest.Wait()
-		// Queued requests wait at most 2 s - 1.5 s: their deadline passes.
+		// a never ends: queued requests wait at most 4 s - 1 s.
 		start := time.Now()
 		for _, ch := range []<-chan result{b, cc} {
 			r := <-ch
-			if ref := refusal(t, r.err); ref.Reason != ReasonQueueTimeout || time.Since(start) != 500*time.Millisecond {
+			if ref := refusal(t, r.err); ref.Reason != ReasonQueueTimeout || time.Since(start) != 3*time.Second {
 				t.Fatalf("queued past the objective: %+v after %s", ref, time.Since(start))
 			}
 		}
@@ -773,13 +752,121 @@ func TestSLOAdmission(t *testing.T) {
 	})
 }
 
+// Every request is judged, those that find a free slot too: with 64 slots
+// on an engine whose time grows with its batch, requests are refused once
+// the batch they would join makes them late, though slots are free.
+func TestEveryRequestJudged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.MaxQueued, c.SLO = 64, 64, 5*time.Second
+		rec := &recordingObserver{}
+		q := New(c, nil, rec)
+		// 0.1 s + 0.1 s per request in flight; a tail of 1.2 times that:
+		// within 5 s up to 40 in flight.
+		q.SetModel(enginemodel.New(enginemodel.Seed{StepFixed: 100 * time.Millisecond, PerSequence: 100 * time.Millisecond}))
+		ctx := context.Background()
+		var held []*Ticket
+		var refused []*Refusal
+		for range 64 {
+			tk, err := q.Acquire(ctx, Request{Weight: 1})
+			if err != nil {
+				refused = append(refused, refusal(t, err))
+				continue
+			}
+			held = append(held, tk)
+		}
+		if len(held) != 40 || len(refused) != 24 || refused[0].Reason != ReasonSLO {
+			t.Fatalf("admitted %d and refused %d (first: %+v), want 40 admitted and 24 refused for the objective", len(held), len(refused), refused[0])
+		}
+		if s := q.Stats(); s.Queued != 0 || s.Inflight != 40 {
+			t.Fatalf("Stats = %+v, want 40 in flight and none queued", s)
+		}
+		for _, tk := range held {
+			tk.Release()
+		}
+		// 1 s + 3 s per request in flight: one alone fits (4.8 s at the
+		// tail), a second beside it does not; a long answer that could not
+		// fit even alone is served without the objective.
+		q.SetModel(enginemodel.New(enginemodel.Seed{StepFixed: time.Second, PerSequence: 3 * time.Second}))
+		tk, err := q.Acquire(ctx, Request{Weight: 1})
+		if err != nil {
+			t.Fatalf("a request that fits alone: %v", err)
+		}
+		if _, err := q.Acquire(ctx, Request{Weight: 1}); refusal(t, err).Reason != ReasonSLO {
+			t.Fatalf("a second request, predicted 8.4 s: %v, want slo", err)
+		}
+		long, err := q.Acquire(ctx, Request{Weight: 1, Shape: enginemodel.Shape{MaxTokens: 100}})
+		if err != nil {
+			t.Fatalf("a request that cannot meet the objective even alone: %v, want it served", err)
+		}
+		tk.Release()
+		long.Release()
+	})
+}
+
+// The wait for a slot is read from the running requests' progress: the
+// one nearest its end frees the next slot.
+func TestWaitFromProgress(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.MaxQueued, c.MaxWait = 2, 10, 50*time.Millisecond
+		q := New(c, nil, nil)
+		// 10 ms a token: 100 tokens take 1 s.
+		q.SetModel(perRequest(10 * time.Millisecond))
+		ctx := context.Background()
+		shape := enginemodel.Shape{MaxTokens: 100}
+		a, _ := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		b, _ := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		a.Progress(10)
+		b.Progress(90)
+		// b has 10 tokens left: 100 ms; past the 50 ms limit by 50 ms.
+		_, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		if ref := refusal(t, err); ref.Reason != ReasonOverloaded || ref.RetryAfter != 50*time.Millisecond {
+			t.Fatalf("a request waiting for b's last 10 tokens: %+v, want overloaded, Retry-After 50ms", ref)
+		}
+		b.Progress(8)
+		ch := acquireAsync(q, ctx, Request{Weight: 1, Shape: shape})
+		synctest.Wait()
+		b.Release()
+		synctest.Wait()
+		r := <-ch
+		if r.err != nil {
+			t.Fatalf("a request waiting for b's last 2 tokens: %v", r.err)
+		}
+		a.Release()
+		r.t.Release()
+	})
+}
+
+// A request answered in full teaches the model what it took, at the
+// concurrency it ran with; one released without an answer teaches nothing.
+func TestReleaseTeachesTheModel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		q := newQueue(c, nil, nil, 1)
+		ctx := context.Background()
+		shape := enginemodel.Shape{PromptBytes: 1000, MaxTokens: 100}
+		a, _ := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		b, _ := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		time.Sleep(time.Second)
+		b.Release() // an error, or a client that left
+		time.Sleep(time.Second)
+		a.Complete(Report{PromptTokens: 200, OutputTokens: 100, FirstByte: time.Now().Add(-1900 * time.Millisecond)})
+		a.Release()
+		st := q.Model().Status()
+		if st.Observed != 1 || st.ConcurrencyRange != [2]float64{1.5, 1.5} {
+			t.Fatalf("model status %+v, want one request learned, run at 1.5 in flight on average", st)
+		}
+	})
+}
+
 // A window says how many finished and how many were in flight on average,
 // which the adaptive limit turns into throughput (Little's law).
 func TestWindowAveragesInflight(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := cfg()
 		c.MaxInflight = 4
-		q := New(c, nil, nil)
+		q := newQueue(c, nil, nil, 1)
 		q.TakeWindow()
 		bg := context.Background()
 		a, _ := q.Acquire(bg, Request{Weight: 1})
@@ -794,250 +881,6 @@ func TestWindowAveragesInflight(t *testing.T) {
 		}
 		if w.AvgInflight != 1.5 || w.End.Sub(w.Start) != 2*time.Second {
 			t.Fatalf("average in flight %v over %v, want 1.5 over 2s", w.AvgInflight, w.End.Sub(w.Start))
-		}
-	})
-}
-
-// Admission asks the engine's tail time (its 95th percentile), not its
-// average, to fit in the objective with the predicted wait: with nine
-// requests of 1 s for each of 3 s, one predicted to wait 0.25 s is refused
-// under a 2.5 s objective (0.25 s + a tail of 3 s), though the average
-// (1.2 s) would have let it in to be answered late one time in ten. (The
-// miss budget cannot let it in either: the engine's own 3 s answers, one
-// in ten, have spent it.)
-func TestSLOAdmissionFitsTheTail(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		c := cfg()
-		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 1, 10, 4, 10*time.Second, 2500*time.Millisecond
-		q := New(c, nil, nil)
-		ctx := context.Background()
-		serveOneByOne(q, 1000, longTail(time.Second, 3*time.Second, 10))
-		if m, tail := q.EngineTime(), q.EngineTail(); m < time.Second || m > 1500*time.Millisecond || tail < 2500*time.Millisecond || tail > 3100*time.Millisecond {
-			t.Fatalf("engine time %s, tail %s; want about 1.2 s and 3 s", m, tail)
-		}
-		a, _ := q.Acquire(ctx, Request{Weight: 1})
-		_, err := q.Acquire(ctx, Request{Weight: 1}) // waits 0.25 s at 4/s
-		if ref := refusal(t, err); ref.Reason != ReasonSLO {
-			t.Fatalf("0.25 s of wait plus the tail past 2.5 s: %+v, want refused (slo)", ref)
-		}
-		a.Release()
-	})
-}
-
-// The tail that admission adds to a predicted wait is corrected by what
-// became of the requests it let wait: while they all finish well inside
-// the objective it loosens toward the engine's mean time (a long-tailed
-// engine's 95th percentile refused requests that would have been served
-// in time), and when they miss, or time out in the queue, it tightens past
-// the 95th percentile.
-func TestAdmissionMarginLearnsFromOutcomes(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		c := cfg()
-		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 1, 10, 1, 20*time.Second, 5*time.Second
-		q := New(c, nil, nil)
-		ctx := context.Background()
-		// The engine: 1 s, one in ten 3 s; nothing waits yet.
-		serveOneByOne(q, 100, longTail(time.Second, 3*time.Second, 10))
-		p95 := q.EngineTail()
-		if p95 != 3*time.Second {
-			t.Fatalf("tail before any request waited: %s, want the engine's 95th percentile, 3s", p95)
-		}
-		// Requests that wait behind one and finish in 2 or 4 s, all inside
-		// the 5 s objective; the engine's times keep their long tail.
-		for i := range 600 {
-			a, _ := q.Acquire(ctx, Request{Weight: 1})
-			b := acquireAsync(q, ctx, Request{Weight: 1})
-			d := time.Second
-			if i%10 == 9 {
-				d = 3 * time.Second
-			}
-			time.Sleep(d)
-			a.Release()
-			r := <-b
-			if r.err != nil {
-				t.Fatalf("a request waiting 1 s under a 5 s objective: %v", r.err)
-			}
-			time.Sleep(time.Second)
-			r.t.Release()
-		}
-		if tail, mean := q.EngineTail(), q.EngineTime(); tail != mean || q.engineP95 != 3*time.Second {
-			t.Fatalf("after 600 waiting requests inside the objective: tail %s (95th percentile %s), want the engine's mean %s", tail, q.engineP95, mean)
-		}
-		// Now the engine hangs 10 s: a request waiting behind it reaches
-		// its queue deadline and is refused late, and after a few of
-		// those admission refuses at arrival.
-		late, m0 := 0, q.margin
-		for {
-			a, _ := q.Acquire(ctx, Request{Weight: 1})
-			b := acquireAsync(q, ctx, Request{Weight: 1})
-			time.Sleep(10 * time.Second)
-			a.Release()
-			r := <-b
-			if r.err == nil {
-				t.Fatal("a request behind a 10 s one under a 5 s objective was served")
-			}
-			if refusal(t, r.err).Reason == ReasonSLO {
-				break
-			}
-			late++
-		}
-		if want := m0 + time.Duration(late)*c.SLO/40; late == 0 || late > 10 || q.margin < want {
-			t.Fatalf("%d late refusals moved the margin from %s to %s; want a few, each adding at least 1/40 of the objective (%s)", late, m0, q.margin, want)
-		}
-	})
-}
-
-// The margin settles where MissTarget of the judged requests miss: it
-// climbs to its ceiling (half the objective) when more miss, sinks to its
-// floor (the engine's mean time) when fewer do, and each miss or hit moves
-// it by the step the doc states.
-func TestMarginTracksMissRate(t *testing.T) {
-	c := cfg()
-	c.SLO = 4 * time.Second
-	q := New(c, nil, nil)
-	q.engineTime, q.engineP95 = time.Second, 3*time.Second
-	q.fullTime, q.nFull = time.Second, 1 // measured with the engine full
-	run := func(n, every int) {
-		for i := range n {
-			q.judgeLocked(i%every == 0)
-		}
-	}
-	q.judgeLocked(true)
-	if q.margin != 100*time.Millisecond {
-		t.Fatalf("one miss: margin %s, want 1/40 of the objective", q.margin)
-	}
-	run(1000, 10) // 10% miss
-	if q.margin < 1950*time.Millisecond {
-		t.Fatalf("10%% missing: margin %s, want the ceiling, 2s", q.margin)
-	}
-	run(3000, 100) // 1% miss
-	if _, tail := q.engineTimesLocked(true); q.margin > -1900*time.Millisecond || tail > 1100*time.Millisecond {
-		t.Fatalf("1%% missing: margin %s, tail %s; want the floor, the tail at the mean (1s)", q.margin, tail)
-	}
-	q.margin = 0
-	m := q.margin
-	run(3300, 33) // 3.03%: it stays near where it is (100 misses move it 2.5 s)
-	if d := q.margin - m; d < -150*time.Millisecond || d > 150*time.Millisecond {
-		t.Fatalf("3%% missing moved the margin from %s to %s; want it to stay near", m, q.margin)
-	}
-}
-
-// The objective's miss budget: with the engine's tail (3 s) far above its
-// mean, requests predicted past the tail but not past the mean are still
-// admitted while the budget lasts (4 at first), then refused; those that
-// finish in time give their share back.
-func TestMissBudget(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		c := cfg()
-		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 1, 20, 4, 10*time.Second, 4*time.Second
-		q := New(c, nil, nil)
-		ctx := context.Background()
-		serveOneByOne(q, 100, func(i int) time.Duration {
-			if i < 6 {
-				return 3 * time.Second
-			}
-			return 200 * time.Millisecond
-		})
-		if q.EngineTail() != 3*time.Second || q.budget != minBudgetCap {
-			t.Fatalf("tail %s, budget %v; want 3s and a full budget (%d)", q.EngineTail(), q.budget, minBudgetCap)
-		}
-		a, _ := q.Acquire(ctx, Request{Weight: 1})
-		// At 4/s, the k-th waiting request is predicted to wait k/4 s: up to
-		// the 4th, wait + tail fits in 4 s; the 5th to 8th spend the budget;
-		// the 9th finds it spent.
-		var waiting []<-chan result
-		for k := 1; k <= 8; k++ {
-			waiting = append(waiting, acquireAsync(q, ctx, Request{Weight: 1}))
-			synctest.Wait()
-			if want := float64(minBudgetCap - max(0, k-4)); q.budget != want {
-				t.Fatalf("after the %d-th waiting request: budget %v, want %v", k, q.budget, want)
-			}
-		}
-		_, err := q.Acquire(ctx, Request{Weight: 1})
-		if ref := refusal(t, err); ref.Reason != ReasonSLO {
-			t.Fatalf("the 9th, with the budget spent: %+v, want refused (slo)", ref)
-		}
-		// All served quickly: in time, so the four give their share back.
-		time.Sleep(100 * time.Millisecond)
-		a.Release()
-		for _, ch := range waiting {
-			r := <-ch
-			if r.err != nil {
-				t.Fatal(r.err)
-			}
-			time.Sleep(100 * time.Millisecond)
-			r.t.Release()
-		}
-		if q.budget != minBudgetCap {
-			t.Fatalf("after they all finished in time: budget %v, want it back to %d", q.budget, minBudgetCap)
-		}
-	})
-}
-
-// serveOneByOne runs n requests through q one after another, nothing
-// waiting, the i-th holding its slot for hold(i): an engine's history.
-func serveOneByOne(q *Queue, n int, hold func(i int) time.Duration) {
-	for i := range n {
-		a, _ := q.Acquire(context.Background(), Request{Weight: 1})
-		time.Sleep(hold(i))
-		a.Release()
-	}
-}
-
-// longTail is an engine that takes base, and tail one time in every.
-func longTail(base, tail time.Duration, every int) func(int) time.Duration {
-	return func(i int) time.Duration {
-		if i%every == every-1 {
-			return tail
-		}
-		return base
-	}
-}
-
-// A step into overload after light load (issue 15): the engine's times at
-// light load say little about the full engine's, and requests that
-// started together finish together. Admission must predict the wait from
-// the oldest running request and the time with the engine full, or it
-// lets requests wait that will be served past the objective.
-func TestStepIntoOverload(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		c := cfg()
-		c.MaxInflight, c.MaxQueued, c.NominalRPS, c.MaxWait, c.SLO = 4, 20, 8, 4*time.Second, 1400*time.Millisecond
-		q := New(c, nil, nil)
-		ctx := context.Background()
-		// Before anything ran: the limit over the nominal rate (Little).
-		if got := q.EngineTail(); got != 500*time.Millisecond {
-			t.Fatalf("tail before any measurement = %s, want 4 slots / 8 per second = 500ms", got)
-		}
-		// Light load: one at a time, 1 s each.
-		serveOneByOne(q, 5, func(int) time.Duration { return time.Second })
-		// The step: four start together, and 0.5 s later one more comes.
-		// The rate (8/s) says its slot frees in 125 ms; but nothing frees
-		// before the oldest has run its second: 500 ms of wait, and with
-		// the engine's second, past the 1.4 s objective.
-		var running []*Ticket
-		for range 4 {
-			tk, _ := q.Acquire(ctx, Request{Weight: 1})
-			running = append(running, tk)
-		}
-		time.Sleep(500 * time.Millisecond)
-		_, err := q.Acquire(ctx, Request{Weight: 1})
-		if ref := refusal(t, err); ref.Reason != ReasonSLO || ref.RetryAfter != 100*time.Millisecond {
-			t.Fatalf("a request behind four that started together: %+v, want slo with 500ms + 1s - 1.4s", ref)
-		}
-		// The full engine takes 3 s a request.
-		time.Sleep(2500 * time.Millisecond)
-		for _, tk := range running {
-			tk.Release()
-		}
-		// Light load again, long enough that the last 100 times are all
-		// light ones: the time when full still bounds the tail.
-		serveOneByOne(q, 100, func(int) time.Duration { return time.Second })
-		if got := q.EngineTail(); got != 3*time.Second {
-			t.Fatalf("tail after light load = %s, want the full engine's 3s", got)
-		}
-		if got := q.EngineTime(); got > 1100*time.Millisecond {
-			t.Fatalf("engine time after light load = %s, want about 1s", got)
 		}
 	})
 }

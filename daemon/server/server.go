@@ -123,7 +123,6 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 			MaxInflight: cfg.Queue.MaxInflight,
 			MaxQueued:   cfg.Queue.MaxQueued,
 			MaxWait:     cfg.Queue.MaxWait,
-			NominalRPS:  cfg.Queue.NominalRPS,
 			BatchWindow: cfg.Queue.BatchWindow,
 			MaxBatch:    cfg.Queue.MaxBatch,
 
@@ -340,16 +339,20 @@ func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supe
 		log.Warn("ignoring learned state", "err", err)
 		return statefile.State{}
 	}
-	gw.SeedRate(s.CompletionRate)
-	gw.SeedEngineTime(time.Duration(s.EngineSeconds * float64(time.Second)))
+	if s.EngineModel != nil {
+		if err := gw.Model().Restore(*s.EngineModel); err != nil {
+			log.Warn("ignoring the learned engine model", "dir", dir, "err", err)
+		}
+	}
 	if sup != nil {
 		sup.SetLearnedStart(time.Duration(s.EngineStartSeconds * float64(time.Second)))
 	}
 	if lim != nil {
 		lim.Seed(s.AdaptiveLimit)
 	}
-	if s.CompletionRate > 0 || s.EngineStartSeconds > 0 || s.AdaptiveLimit > 0 {
-		log.Info("restored learned state", "dir", dir, "completion_rate", s.CompletionRate, "engine_start_seconds", s.EngineStartSeconds,
+	if s.EngineModel != nil || s.EngineStartSeconds > 0 || s.AdaptiveLimit > 0 {
+		ms := gw.Model().Status()
+		log.Info("restored learned state", "dir", dir, "engine_model_observed", ms.Observed, "engine_start_seconds", s.EngineStartSeconds,
 			"adaptive_limit", s.AdaptiveLimit)
 	}
 	now := currentLearned(gw, sup, lim)
@@ -358,7 +361,10 @@ func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supe
 }
 
 func currentLearned(gw *gateway.Gateway, sup *supervisor.Supervisor, lim *limiter.Limiter) statefile.State {
-	s := statefile.State{CompletionRate: gw.LearnedRate(), EngineSeconds: gw.EngineTime().Seconds()}
+	var s statefile.State
+	if m := gw.Model().State(); m.Observed > 0 {
+		s.EngineModel = &m
+	}
 	if lim != nil {
 		s.AdaptiveLimit = lim.Limit()
 	}
@@ -366,6 +372,14 @@ func currentLearned(gw *gateway.Gateway, sup *supervisor.Supervisor, lim *limite
 		s.EngineStartSeconds = sup.LearnedStart().Seconds()
 	}
 	return s
+}
+
+// observedRequests is how many requests the learned engine model has seen.
+func observedRequests(s statefile.State) int {
+	if s.EngineModel == nil {
+		return 0
+	}
+	return s.EngineModel.Observed
 }
 
 // externalEngine is an engine managed outside llmlab: always on.
@@ -559,6 +573,9 @@ func Run(ctx context.Context, o Options) error {
 	if lim != nil {
 		go lim.Run(bgCtx, gw, signals, engineReady)
 	}
+	if cfg.Queue.FromModel() {
+		go limitFromModel(bgCtx, log.With("component", "limit"), gw, st.cfgNow, time.Second)
+	}
 	if agentLn != nil {
 		ag := agent.New(func() agent.State {
 			c, qs := st.cfgNow(), gw.QueueStats()
@@ -595,8 +612,8 @@ func Run(ctx context.Context, o Options) error {
 			return
 		}
 		now := currentLearned(gw, sup, lim)
-		if now.CompletionRate == learned.CompletionRate && now.EngineStartSeconds == learned.EngineStartSeconds &&
-			now.AdaptiveLimit == learned.AdaptiveLimit && now.EngineSeconds == learned.EngineSeconds {
+		if observedRequests(now) == observedRequests(learned) && now.EngineStartSeconds == learned.EngineStartSeconds &&
+			now.AdaptiveLimit == learned.AdaptiveLimit {
 			return
 		}
 		now.Counters = learned.Counters

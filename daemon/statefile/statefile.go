@@ -1,5 +1,5 @@
 // Package statefile keeps what llmlabd learns (the engine's start time and
-// completion rate) in its state directory, so that an exit on idle or a
+// the engine model) in its state directory, so that an exit on idle or a
 // restart does not make it forget. The file is JSON, written atomically
 // (a temporary file renamed over the old one).
 package statefile
@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/llmlab/llmlab/daemon/enginemodel"
 )
 
 // Name is the file's name inside the state directory.
@@ -20,13 +22,10 @@ const Name = "learned.json"
 type State struct {
 	// EngineStartSeconds is the learned engine start time (0: none yet).
 	EngineStartSeconds float64 `json:"engine_start_seconds,omitempty"`
-	// CompletionRate is the learned completion rate in sequences per
-	// second (0: none yet).
-	CompletionRate float64 `json:"completion_rate,omitempty"`
 	// AdaptiveLimit is the adaptive in-flight limit (0: none yet).
 	AdaptiveLimit int `json:"adaptive_limit,omitempty"`
-	// EngineSeconds is the learned time a request holds its engine slots.
-	EngineSeconds float64 `json:"engine_seconds_per_request,omitempty"`
+	// EngineModel is what the engine model learned (nil: nothing yet).
+	EngineModel *enginemodel.State `json:"engine_model,omitempty"`
 	// Counters are the totals of the textfile's counters at the last exit,
 	// by series ("name{label=value,...}").
 	Counters map[string]float64 `json:"counters,omitempty"`
@@ -46,7 +45,7 @@ func Load(dir string) (State, error) {
 	if err := json.Unmarshal(data, &s); err != nil {
 		return State{}, fmt.Errorf("learned state %s: %w", filepath.Join(dir, Name), err)
 	}
-	if s.EngineStartSeconds < 0 || s.CompletionRate < 0 {
+	if s.EngineStartSeconds < 0 || s.AdaptiveLimit < 0 {
 		return State{}, fmt.Errorf("learned state %s: negative values", filepath.Join(dir, Name))
 	}
 	return s, nil

@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/llmlab/llmlab/daemon/enginemodel"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -11,11 +13,13 @@ func TestRoundTrip(t *testing.T) {
 	if s, err := Load(dir); err != nil || s.EngineStartSeconds != 0 {
 		t.Fatalf("Load(empty dir) = %+v, %v; want an empty state", s, err)
 	}
-	if err := Save(dir, State{EngineStartSeconds: 12.5, CompletionRate: 27}); err != nil {
+	model := &enginemodel.State{Observed: 3, Spread: 1.5, Ratios: []float64{1, 1.5}}
+	if err := Save(dir, State{EngineStartSeconds: 12.5, EngineModel: model}); err != nil {
 		t.Fatal(err)
 	}
 	s, err := Load(dir)
-	if err != nil || s.EngineStartSeconds != 12.5 || s.CompletionRate != 27 || s.Saved.IsZero() {
+	if err != nil || s.EngineStartSeconds != 12.5 || s.EngineModel == nil || s.EngineModel.Observed != 3 ||
+		s.EngineModel.Spread != 1.5 || len(s.EngineModel.Ratios) != 2 || s.Saved.IsZero() {
 		t.Fatalf("Load = %+v, %v", s, err)
 	}
 	entries, _ := os.ReadDir(dir)

@@ -1,0 +1,418 @@
+// Package enginemodel learns, from the requests llmlabd proxies, how long
+// the engine takes to answer a request as a function of how many it runs
+// at once, and predicts from that how long a request admitted now will
+// take. Admission (daemon/queue) judges every request with it, and the
+// in-flight limit is chosen from it.
+//
+// The model follows what an engine's latency is made of (vLLM's
+// continuous batching, vllm/v1/core/sched/scheduler.py: every step runs
+// every running sequence once, plus prompt chunks within
+// max_num_batched_tokens):
+//
+//	time = TTFT(n, prompt) + (output tokens - 1) x TPOT(n)
+//	TPOT(n)         = a + b·n            (a step's fixed cost, and its growth per sequence)
+//	TTFT(n, prompt) = c + d·n + e·prompt (the prefill, and any wait inside the engine)
+//
+// where n is the number of sequences in flight while the request ran (the
+// average over its life, from the queue's slot integral). A slot engine
+// (Ollama, llama.cpp's server) fits the same form: past its slots a
+// request waits inside the engine, which shows as TTFT growing with n
+// while TPOT stops growing, and as throughput n / time(n) that no longer
+// rises; the limit stops there (Limit).
+//
+// Both lines are least-squares fits of the requests seen, the old ones
+// fading (the last few hundred count), pulled toward a prior (Seed) where
+// nothing was seen: before the first request, and at concurrencies never
+// run. Streamed requests give TTFT and TPOT apart (the first token's time,
+// then the rest over the tokens counted); a non-streamed one gives only its
+// total, from which the fitted TTFT is taken. The output length a request
+// will have is its max_tokens times the share of it that requests have
+// used, and its prompt tokens are its prompt's bytes times the tokens per
+// byte the engine's usage reports showed.
+//
+// The spread is measured, not assumed: the distribution of each finished
+// request's time over what the model predicted for it, from the last 256.
+// A prediction's tail at level q is its mean times that distribution's
+// q-quantile (admission chooses q: daemon/queue).
+package enginemodel
+
+import (
+	"math"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Shape is what admission knows of a request before it runs.
+type Shape struct {
+	// PromptBytes is the size of its prompt (or messages) in bytes.
+	PromptBytes int
+	// MaxTokens is its output cap (the engine's default where it names
+	// none).
+	MaxTokens int
+}
+
+// Observation is one finished request as the gateway saw it.
+type Observation struct {
+	Shape
+	// Concurrency is the average number of sequences in flight while it
+	// held its slots.
+	Concurrency float64
+	// PromptTokens and OutputTokens are the engine's usage report (0: none).
+	PromptTokens, OutputTokens int
+	// Chunks is the number of streamed events that carried tokens (0: not
+	// streamed).
+	Chunks int
+	// TTFT is dispatch to the first byte of a streamed answer (0: not
+	// streamed); Total is dispatch to the last byte.
+	TTFT, Total time.Duration
+}
+
+// Seed is the prior: the engine the model assumes before it has seen one.
+type Seed struct {
+	// StepFixed and PerSequence give TPOT(n) = StepFixed + PerSequence·n.
+	StepFixed, PerSequence time.Duration
+	// PerPromptToken is the prefill's cost per prompt token.
+	PerPromptToken time.Duration
+	// TokensPerByte converts a prompt's bytes to tokens.
+	TokensPerByte float64
+}
+
+// DefaultSeed is the target card's engine: Qwen2.5-0.5B on a GeForce GTX
+// 1650, from the simulator's gtx1650-derived profile (11.3 ms a step and
+// 0.42 ms a token: cmd/llmlab/sim/profile.go, docs/calibration.md). A
+// faster engine is learned within a few requests; a slower prior would
+// refuse more while it learns, a faster one admit more.
+var DefaultSeed = Seed{StepFixed: 11300 * time.Microsecond, PerSequence: 422 * time.Microsecond,
+	PerPromptToken: 422 * time.Microsecond, TokensPerByte: 0.2}
+
+const (
+	// decay fades old observations: about the last 1/(1-decay) count.
+	decay = 0.995
+	// priorWeight is the prior's strength, in requests.
+	priorWeight = 1.0
+	// nScale and pScale put concurrency and prompt tokens on the scale
+	// of the intercept in the fits.
+	nScale = 16.0
+	pScale = 100.0
+	// spreadSamples is how many finished requests the spread is read from.
+	spreadSamples = 256
+	// minSpreadSamples is how many it takes before the spread is measured;
+	// before, defaultSpread.
+	minSpreadSamples = 20
+	// queueShare: past a knee at which each further sequence adds at
+	// least this share of a request's time per slot to the time to first
+	// token, requests wait inside the engine.
+	queueShare = 0.25
+)
+
+// Model is safe for concurrent use.
+type Model struct {
+	mu     sync.Mutex
+	decode fit // TPOT (seconds) on [1, n/nScale]
+	ttft   fit // TTFT (seconds) on [1, n/nScale, prompt/pScale]
+	// cached solutions
+	dec, pre [3]float64
+	// outShare is the share of max_tokens requests produce; tokensPerByte
+	// converts prompt bytes to tokens; both moving averages.
+	outShare, tokensPerByte float64
+	// typical is the recent average request admission was asked about
+	// (typSeen of them), for choosing a limit.
+	typPrompt, typMax float64
+	typSeen           int
+	ratios            [spreadSamples]float64
+	nRatios           int
+	sorted            []float64 // the ratios, sorted
+	observed          int
+	nLo, nHi          float64
+	knees             bins
+}
+
+// New returns a model seeded with s.
+func New(s Seed) *Model {
+	m := &Model{
+		decode:        newFit(2, decay, []float64{s.StepFixed.Seconds(), s.PerSequence.Seconds() * nScale}, []float64{priorWeight, priorWeight}),
+		ttft:          newFit(3, decay, []float64{s.StepFixed.Seconds(), s.PerSequence.Seconds() * nScale, s.PerPromptToken.Seconds() * pScale}, []float64{priorWeight, priorWeight, priorWeight}),
+		outShare:      1,
+		tokensPerByte: s.TokensPerByte,
+	}
+	if m.tokensPerByte <= 0 {
+		m.tokensPerByte = DefaultSeed.TokensPerByte
+	}
+	m.solveLocked()
+	return m
+}
+
+func (m *Model) solveLocked() {
+	m.dec = m.decode.solve()
+	m.pre = m.ttft.solve()
+}
+
+func (m *Model) promptTokensLocked(s Shape) float64 {
+	return float64(s.PromptBytes) * m.tokensPerByte
+}
+
+func (m *Model) outTokensLocked(s Shape) float64 {
+	return max(1, m.outShare*float64(max(s.MaxTokens, 1)))
+}
+
+// tpotLocked and ttftLocked are the fitted lines, never below zero.
+func (m *Model) tpotLocked(n float64) float64 {
+	return max(m.dec[0]+m.dec[1]*n/nScale, 0)
+}
+
+func (m *Model) ttftLocked(n, prompt float64) float64 {
+	return max(m.pre[0]+m.pre[1]*n/nScale+m.pre[2]*prompt/pScale, 0)
+}
+
+func (m *Model) meanLocked(n, prompt, out float64) float64 {
+	return m.ttftLocked(n, prompt) + (out-1)*m.tpotLocked(n)
+}
+
+// Observe learns from one finished request.
+func (m *Model) Observe(o Observation) {
+	if o.Total <= 0 || o.Concurrency <= 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := o.Concurrency
+	if o.PromptTokens > 0 && o.PromptBytes > 0 {
+		m.tokensPerByte += (float64(o.PromptTokens)/float64(o.PromptBytes) - m.tokensPerByte) / 20
+	}
+	prompt := float64(o.PromptTokens)
+	if prompt == 0 {
+		prompt = m.promptTokensLocked(o.Shape)
+	}
+	// The spread compares the finished request with what admission would
+	// have predicted for it: its output length unknown, as at admission.
+	if pred := m.meanLocked(n, m.promptTokensLocked(o.Shape), m.outTokensLocked(o.Shape)); pred > 0 {
+		m.ratios[m.nRatios%spreadSamples] = o.Total.Seconds() / pred
+		m.nRatios++
+		if m.nRatios >= minSpreadSamples && (m.nRatios < spreadSamples || m.nRatios%8 == 0) {
+			m.sortRatiosLocked()
+		}
+	}
+	out := float64(o.OutputTokens)
+	if out == 0 {
+		out = float64(o.Chunks)
+	}
+	if o.OutputTokens > 0 && o.MaxTokens > 0 {
+		m.outShare += (min(float64(o.OutputTokens)/float64(o.MaxTokens), 1) - m.outShare) / 20
+	}
+	if out == 0 {
+		out = m.outTokensLocked(o.Shape)
+	}
+	total := o.Total.Seconds()
+	ttft := o.TTFT.Seconds()
+	if o.TTFT > 0 && o.TTFT <= o.Total {
+		m.ttft.add([]float64{1, n / nScale, prompt / pScale}, ttft)
+		m.knees.add(n, ttft)
+	} else {
+		ttft = min(m.ttftLocked(n, prompt), total)
+		if out <= 1 {
+			m.ttft.add([]float64{1, n / nScale, prompt / pScale}, total)
+		}
+	}
+	if out > 1 {
+		m.decode.add([]float64{1, n / nScale}, (total-ttft)/(out-1))
+	}
+	if m.observed == 0 || n < m.nLo {
+		m.nLo = n
+	}
+	m.nHi = max(m.nHi, n)
+	m.observed++
+	m.solveLocked()
+}
+
+func (m *Model) sortRatiosLocked() {
+	m.sorted = append(m.sorted[:0], m.ratios[:min(m.nRatios, spreadSamples)]...)
+	slices.Sort(m.sorted)
+}
+
+// spreadLocked is the q-quantile of finished requests' times over their
+// predictions; before minSpreadSamples, a guess of 1 at the median rising
+// to 1.2 at the 95th percentile.
+func (m *Model) spreadLocked(q float64) float64 {
+	q = min(max(q, 0), 1)
+	if len(m.sorted) < minSpreadSamples {
+		return 1 + 0.2*max(q-0.5, 0)/0.45
+	}
+	return min(max(m.sorted[min(int(q*float64(len(m.sorted))), len(m.sorted)-1)], 0.25), 4)
+}
+
+// Prediction is what the model expects of a request.
+type Prediction struct {
+	// Mean is its expected time in the engine; Tail the time it stays
+	// within at the level asked (the measured spread's quantile).
+	Mean, Tail time.Duration
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// Predict is what a request of shape s takes in the engine with n
+// sequences in flight while it runs; its tail at level q (0.95: 95 times
+// in 100).
+func (m *Model) Predict(n float64, s Shape, q float64) Prediction {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mean := m.meanLocked(max(n, 1), m.promptTokensLocked(s), m.outTokensLocked(s))
+	return Prediction{Mean: seconds(mean), Tail: seconds(mean * m.spreadLocked(q))}
+}
+
+// Remaining is how much longer a running request of shape s, dispatched
+// elapsed ago with tokens of its answer streamed so far (0: unknown), is
+// expected to hold its slots with n in flight.
+func (m *Model) Remaining(n float64, s Shape, elapsed time.Duration, tokens int) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n = max(n, 1)
+	tpot := m.tpotLocked(n)
+	out := m.outTokensLocked(s)
+	var left float64
+	if tokens > 0 {
+		left = (out - float64(tokens)) * tpot
+	} else {
+		left = m.meanLocked(n, m.promptTokensLocked(s), out) - elapsed.Seconds()
+	}
+	// Past its expected length it is about to end: a step or so.
+	return seconds(max(left, tpot))
+}
+
+// Limit is the in-flight limit the model chooses, within [lo, hi]: the
+// largest concurrency at which the recent typical request's tail time
+// stays within target (0: no target), but, where requests were seen to
+// wait inside the engine past some concurrency (Knee), no more than a
+// quarter and one beyond it: a request or two ready beyond the slots
+// keeps a slot engine busy through the turnaround between one answer and
+// the next dispatch, and more would only wait inside the engine, where
+// llmlab can neither order nor refuse them.
+func (m *Model) Limit(target time.Duration, lo, hi int, q float64) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	lo, hi = max(lo, 1), max(hi, 1)
+	if lo > hi {
+		lo = hi
+	}
+	prompt, out := m.typicalLocked()
+	limit := hi
+	if target > 0 {
+		t := target.Seconds()
+		spread := m.spreadLocked(q)
+		limit = 0
+		for n := 1; n <= hi; n++ {
+			if m.meanLocked(float64(n), prompt, out)*spread > t {
+				break
+			}
+			limit = n
+		}
+	}
+	if k, ok := m.kneeLocked(); ok {
+		limit = min(limit, int(math.Ceil(float64(k)*1.25))+1)
+	}
+	return min(max(limit, lo), hi)
+}
+
+// Knee is the concurrency past which requests were seen to wait inside
+// the engine: ok is false when none was.
+func (m *Model) Knee() (int, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.kneeLocked()
+}
+
+// kneeLocked finds where the time to first token turns from flat (or a
+// step's growth per sequence, as a continuous batch adds) to rising by at
+// least queueShare of a request's time over the slots for each sequence
+// more: the signature of requests queued inside the engine.
+func (m *Model) kneeLocked() (int, bool) {
+	s, _, d, ok := m.knees.knee()
+	if !ok || s < 1 {
+		return 0, false
+	}
+	prompt, out := m.typicalLocked()
+	if d < queueShare*m.meanLocked(float64(s), prompt, out)/float64(s) {
+		return 0, false
+	}
+	return s, true
+}
+
+// Seen notes a request admission was asked about: the recent average of
+// them is the typical request the limit is chosen for.
+func (m *Model) Seen(s Shape) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.typSeen++
+	k := float64(min(m.typSeen, 100))
+	m.typPrompt += (m.promptTokensLocked(s) - m.typPrompt) / k
+	m.typMax += (float64(s.MaxTokens) - m.typMax) / k
+}
+
+// typicalLocked is the recent typical request's prompt and output tokens;
+// before any was seen, the project's workload (200 and 200).
+func (m *Model) typicalLocked() (prompt, out float64) {
+	if m.typSeen == 0 {
+		return 200, 200
+	}
+	return m.typPrompt, max(1, m.outShare*m.typMax)
+}
+
+// Rate is the engine's completion rate in sequences per second with n in
+// flight, for the recent typical request (Little's law).
+func (m *Model) Rate(n int) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	prompt, out := m.typicalLocked()
+	t := m.meanLocked(float64(max(n, 1)), prompt, out)
+	if t <= 0 {
+		return 0
+	}
+	return float64(max(n, 1)) / t
+}
+
+// Status is the model as /status shows it.
+type Status struct {
+	// Observed is the number of requests learned from; Measured the share
+	// of the fits' weight that is observation rather than prior (0 to 1).
+	Observed int     `json:"observed_requests"`
+	Measured float64 `json:"measured_share"`
+	// TPOT at one sequence, and its growth per further sequence.
+	TPOTSeconds      float64    `json:"tpot_seconds"`
+	TPOTPerSequence  float64    `json:"tpot_seconds_per_sequence"`
+	TTFTSeconds      float64    `json:"ttft_seconds"`
+	TTFTPerSequence  float64    `json:"ttft_seconds_per_sequence"`
+	PrefillPerToken  float64    `json:"prefill_seconds_per_prompt_token"`
+	Spread           float64    `json:"spread_p95"`
+	OutputShare      float64    `json:"output_share_of_max_tokens"`
+	TokensPerByte    float64    `json:"prompt_tokens_per_byte"`
+	ConcurrencyRange [2]float64 `json:"concurrency_seen"`
+	// Knee is the concurrency past which requests wait inside the engine
+	// (0: none seen).
+	Knee int `json:"knee"`
+}
+
+// Status returns the model's parameters and how much of it is measured.
+func (m *Model) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := Status{
+		Observed: m.observed, Measured: m.decode.n / (m.decode.n + priorWeight),
+		TPOTSeconds: m.dec[0], TPOTPerSequence: m.dec[1] / nScale,
+		TTFTSeconds: m.pre[0], TTFTPerSequence: m.pre[1] / nScale, PrefillPerToken: m.pre[2] / pScale,
+		Spread: m.spreadLocked(0.95), OutputShare: m.outShare, TokensPerByte: m.tokensPerByte,
+		ConcurrencyRange: [2]float64{m.nLo, m.nHi},
+	}
+	if k, ok := m.kneeLocked(); ok {
+		st.Knee = k
+	}
+	return st
+}
+
+// TypicalTail is the tail time at level q of the recent typical request
+// with n in flight.
+func (m *Model) TypicalTail(n int, q float64) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	prompt, out := m.typicalLocked()
+	return seconds(m.meanLocked(float64(max(n, 1)), prompt, out) * m.spreadLocked(q))
+}

@@ -1,0 +1,319 @@
+package queue
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+)
+
+// Reason says why a request was refused; the gateway maps it to an HTTP
+// status and an OpenAI error type.
+type Reason string
+
+// Refusal reasons.
+const (
+	ReasonQueueFull    Reason = "queue_full"
+	ReasonOverloaded   Reason = "overloaded"
+	ReasonQueueTimeout Reason = "queue_timeout"
+	ReasonDraining     Reason = "draining"
+	// ReasonTooManySequences: the request asks for more sequences than the
+	// engine runs at once (a client error).
+	ReasonTooManySequences Reason = "too_many_sequences"
+	ReasonSLO              Reason = "slo"
+	ReasonDisplaced        Reason = "displaced"
+)
+
+// Refusal is returned when a request is not admitted or times out in the
+// queue. It carries what the client is told.
+type Refusal struct {
+	Reason  Reason
+	Message string
+	// RetryAfter is when the request would be admitted, as predicted.
+	RetryAfter time.Duration
+}
+
+func (r *Refusal) Error() string { return string(r.Reason) + ": " + r.Message }
+
+// RetryAfterSeconds is the Retry-After header value: RetryAfter rounded
+// up to whole seconds, at least 1.
+func (r *Refusal) RetryAfterSeconds() int {
+	return max(1, int(math.Ceil(r.RetryAfter.Seconds())))
+}
+
+// Acquire admits r, waiting in the FIFO if needed. It returns a *Refusal
+// when the request is refused or times out in the queue, and ctx's error
+// when the caller gives up first.
+func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
+	now := time.Now()
+	if r.Class != Batch {
+		r.Class = Interactive
+	}
+	q.mu.Lock()
+	q.accountLocked(now)
+	ref, hold, judged := q.admitLocked(now, r)
+	if ref != nil {
+		switch ref.Reason {
+		case ReasonQueueFull, ReasonOverloaded, ReasonSLO:
+			q.window.Refused++
+		}
+		q.mu.Unlock()
+		q.decided(r.Class, "refuse", string(ref.Reason))
+		return nil, ref
+	}
+	if q.cfg.BatchWindow == 0 && q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class) {
+		t := q.startLocked(now, r, now, judged)
+		q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
+		q.noteBlockedLocked(now)
+		q.mu.Unlock()
+		q.decided(r.Class, "dispatch", "slot_free")
+		if q.obs != nil {
+			q.obs.Dispatched(1)
+		}
+		return t, nil
+	}
+	why := "no_slot"
+	switch {
+	case q.notReady:
+		why = "engine_not_ready"
+	case q.hold && q.inflight > 0:
+		why = "engine_saturated"
+	case q.cfg.BatchWindow > 0:
+		why = "batch_window"
+	}
+	wait := q.deadlineLocked(r.Class, hold)
+	w := &waiter{req: r, ready: make(chan struct{}), arrived: now, judged: judged && !q.notReady}
+	w.elem = q.waiters[r.Class].PushBack(w)
+	q.queuedSlots[r.Class] += r.Weight
+	q.window.Blocked = q.window.Blocked || q.blockedLocked()
+	q.dispatchLocked(now, false)
+	q.mu.Unlock()
+	q.decided(r.Class, "queue", why)
+
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-w.ready:
+	case <-ctx.Done():
+	case <-timer.C:
+	}
+
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	select {
+	case <-w.ready:
+		// Dispatched or refused, possibly while the caller was leaving: the
+		// caller still owns the ticket and must release it.
+		if w.refusal != nil {
+			return nil, w.refusal
+		}
+		w.ticket.waited = time.Since(now)
+		return w.ticket, nil
+	default:
+	}
+	q.removeLocked(w)
+	q.noteBlockedLocked(time.Now())
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	q.window.Refused++
+	if w.judged && r.Class == Interactive && q.cfg.SLO > 0 {
+		// Admitted, then refused late: the worst miss.
+		q.late.answered(true)
+	}
+	q.decided(r.Class, "refuse", string(ReasonQueueTimeout))
+	return nil, &Refusal{
+		Reason:     ReasonQueueTimeout,
+		Message:    fmt.Sprintf("the request waited %s in the queue without reaching the engine; the server is overloaded", fmtDur(wait)),
+		RetryAfter: q.drainTimeLocked(),
+	}
+}
+
+// admitLocked applies the admission rules of the package doc. It returns
+// the refusal, or nil, the engine time the model expects of the request
+// (its mean) and whether it was judged against the objective.
+func (q *Queue) admitLocked(now time.Time, r Request) (*Refusal, time.Duration, bool) {
+	if r.Weight > q.cfg.MaxInflight {
+		return &Refusal{Reason: ReasonTooManySequences,
+			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}, 0, false
+	}
+	free := q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class)
+	if q.draining && !free {
+		// A request that finds a free slot is served even while draining:
+		// it reached a connection accepted before the listeners closed.
+		return &Refusal{Reason: ReasonDraining, Message: "the server is shutting down", RetryAfter: time.Second}, 0, false
+	}
+	if !free {
+		if r.Class == Interactive {
+			// Batch work makes room for interactive work, newest first.
+			for q.queuedSlotsLocked()+r.Weight > q.cfg.MaxQueued && q.waiters[Batch].Len() > 0 {
+				q.displaceNewestBatchLocked()
+			}
+		}
+		if q.queuedSlotsLocked()+r.Weight > q.cfg.MaxQueued {
+			return &Refusal{Reason: ReasonQueueFull,
+				Message:    fmt.Sprintf("the queue is full (%d sequences waiting); retry later", q.queuedSlotsLocked()),
+				RetryAfter: q.drainTimeLocked()}, 0, false
+		}
+	}
+	// The concurrency it will run with: one that waits for a slot runs
+	// with the engine at the limit; one that waits for none (a free slot,
+	// or room for it and for everyone ahead of it, waiting only for a
+	// batch window) with what is in flight, its own and those queued ahead
+	// of it added, or the recent average if that is more (a request finds
+	// the engine as load left it, not as it will be).
+	n := float64(q.capLocked())
+	wait := q.remainingStart()
+	if q.notReady || q.shortLocked(r.Weight, r.Class) > 0 {
+		wait += q.waitLocked(now, r)
+	} else {
+		n = min(n, max(float64(q.inflight+r.Weight+q.queuedSlotsLocked()), q.avgInflight))
+		if !free {
+			wait += q.cfg.BatchWindow
+		}
+	}
+	q.model.Seen(r.Shape)
+	pred := q.model.Predict(n, r.Shape, q.late.level)
+	if !free {
+		if maxWait := q.maxWaitLocked(r.Class); wait > maxWait+q.remainingStart() {
+			return &Refusal{Reason: ReasonOverloaded,
+				Message:    fmt.Sprintf("the predicted wait of %s exceeds the %s limit; the server is overloaded", fmtDur(wait), maxWait),
+				RetryAfter: wait - maxWait}, 0, false
+		}
+	}
+	// Judged against the objective: every interactive request, a free
+	// slot or not, unless the engine is starting (the cold start's own
+	// rules apply), or has nothing of ours (an idle engine is how the model
+	// learns; refusing there would teach it nothing), or the request could
+	// not meet the objective even alone in the engine (a long answer: no
+	// admission decision can make it meet it, so it is served without one,
+	// as batch work is; its load still counts against everyone else's).
+	judged := r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady &&
+		q.model.Predict(1, r.Shape, q.late.level).Tail <= q.cfg.SLO
+	idle := q.inflight == 0 && q.queuedLocked() == 0
+	if judged && !idle && wait+pred.Tail > q.cfg.SLO {
+		return &Refusal{Reason: ReasonSLO,
+			Message: fmt.Sprintf("the predicted wait of %s plus the engine's %s for this request exceeds the %s latency objective; the server is overloaded",
+				fmtDur(wait), fmtDur(pred.Tail), q.cfg.SLO),
+			RetryAfter: wait + pred.Tail - q.cfg.SLO}, 0, false
+	}
+	return nil, pred.Mean, judged
+}
+
+// waitLocked predicts how long a request that finds no free slot waits
+// for one: the running requests free their slots when the model says they
+// will end, from their progress (tokens streamed so far, or time run); each
+// slot freed goes to the next request queued ahead, which then holds it
+// for the model's time at the limit; the request gets the slot freed when
+// enough have been.
+func (q *Queue) waitLocked(now time.Time, r Request) time.Duration {
+	need := max(q.shortLocked(r.Weight, r.Class), 1)
+	n := float64(q.capLocked())
+	var frees freeTimes
+	for e := q.running.Front(); e != nil; e = e.Next() {
+		t := e.Value.(*Ticket)
+		rem := q.model.Remaining(float64(max(q.inflight, 1)), t.shape, now.Sub(t.dispatched), int(t.tokens.Load()))
+		for range t.weight {
+			frees = append(frees, rem)
+		}
+	}
+	if len(frees) == 0 {
+		// Nothing runs (the engine is held): one turn of the engine.
+		return q.model.Predict(n, r.Shape, 0.5).Mean
+	}
+	slices.Sort(frees)
+	if need <= len(frees) {
+		return frees[need-1]
+	}
+	// Past the running ones, those queued ahead take the freed slots in
+	// turn, each for the engine's time at the limit.
+	hold := q.model.Predict(n, r.Shape, 0.5).Mean
+	heap.Init(&frees)
+	var t time.Duration
+	for range need {
+		t = heap.Pop(&frees).(time.Duration)
+		heap.Push(&frees, t+hold)
+	}
+	return t
+}
+
+// freeTimes is a min-heap of the times at which slots are freed.
+type freeTimes []time.Duration
+
+func (f freeTimes) Len() int           { return len(f) }
+func (f freeTimes) Less(i, j int) bool { return f[i] < f[j] }
+func (f freeTimes) Swap(i, j int)      { f[i], f[j] = f[j], f[i] }
+func (f *freeTimes) Push(x any)        { *f = append(*f, x.(time.Duration)) }
+func (f *freeTimes) Pop() any {
+	old := *f
+	x := old[len(old)-1]
+	*f = old[:len(old)-1]
+	return x
+}
+
+// deadlineLocked is how long a request of class, expected to take hold
+// in the engine, may wait in the queue.
+func (q *Queue) deadlineLocked(class Class, hold time.Duration) time.Duration {
+	if q.notReady && q.cfg.MaxColdStartWait > 0 {
+		return q.cfg.MaxColdStartWait
+	}
+	wait := q.maxWaitLocked(class)
+	if class == Interactive && q.cfg.SLO > 0 && !q.notReady {
+		// Served later than this, it would miss the objective even with
+		// the engine's mean time. Admission asked for the tail time to fit:
+		// the difference is the slack that keeps a wait a little longer than
+		// predicted from turning into a late refusal.
+		wait = min(wait, max(q.cfg.SLO-hold, q.cfg.SLO/10))
+	}
+	return wait + q.remainingStart()
+}
+
+func (q *Queue) maxWaitLocked(class Class) time.Duration {
+	if class == Batch && q.cfg.BatchMaxWait > 0 {
+		return q.cfg.BatchMaxWait
+	}
+	return q.cfg.MaxWait
+}
+
+// aheadLocked is the number of queued requests a new one of class waits
+// behind.
+func (q *Queue) aheadLocked(class Class) int {
+	if class == Batch {
+		return q.queuedLocked()
+	}
+	return q.waiters[Interactive].Len()
+}
+
+// shortLocked is how many slots a request of weight w and class lacks
+// once the requests queued ahead of it are dispatched (0 or less: it waits
+// for none to be freed).
+func (q *Queue) shortLocked(w int, class Class) int {
+	queued := q.queuedSlots[Interactive]
+	if class == Batch {
+		queued += q.queuedSlots[Batch]
+	}
+	return queued + w - (q.capForLocked(class) - q.inflight)
+}
+
+// drainTimeLocked estimates how long the current queue takes to drain, at
+// the engine's rate at the limit as the model predicts it.
+func (q *Queue) drainTimeLocked() time.Duration {
+	d := q.remainingStart()
+	if rate := q.model.Rate(q.capLocked()); rate > 0 {
+		d += time.Duration(float64(q.queuedSlotsLocked()) / rate * float64(time.Second))
+	}
+	return d
+}
+
+// displaceNewestBatchLocked refuses the newest queued batch request.
+func (q *Queue) displaceNewestBatchLocked() {
+	e := q.waiters[Batch].Back()
+	w := q.waiters[Batch].Remove(e).(*waiter)
+	q.queuedSlots[Batch] -= w.req.Weight
+	w.refusal = &Refusal{Reason: ReasonDisplaced,
+		Message: "the batch request was displaced from a full queue by interactive work; retry later", RetryAfter: q.drainTimeLocked()}
+	close(w.ready)
+	q.decided(Batch, "refuse", string(ReasonDisplaced))
+}

@@ -1,0 +1,151 @@
+package queue
+
+import (
+	"time"
+)
+
+// capLocked is the in-flight limit now.
+func (q *Queue) capLocked() int {
+	if q.limit > 0 && q.limit < q.cfg.MaxInflight {
+		return q.limit
+	}
+	return q.cfg.MaxInflight
+}
+
+// capForLocked is the in-flight limit for class.
+func (q *Queue) capForLocked(class Class) int {
+	c := q.capLocked()
+	if class == Batch && q.cfg.BatchShare > 0 && q.cfg.BatchShare < 1 {
+		c = max(1, int(float64(c)*q.cfg.BatchShare))
+	}
+	return c
+}
+
+// fitsLocked reports whether a request of weight w and class may enter
+// the engine now.
+func (q *Queue) fitsLocked(w int, class Class) bool {
+	if q.notReady || (q.hold && q.inflight > 0) {
+		return false
+	}
+	return q.inflight+w <= q.capForLocked(class) || (q.inflight == 0 && w <= q.cfg.MaxInflight)
+}
+
+// startLocked dispatches r, which arrived at arrived, at now; judged says
+// its answer moves admission's level (it was admitted by the model, not
+// held through a cold start).
+func (q *Queue) startLocked(now time.Time, r Request, arrived time.Time, judged bool) *Ticket {
+	q.accountLocked(now)
+	q.inflight += r.Weight
+	t := &Ticket{q: q, weight: r.Weight, shape: r.Shape, dispatched: now, arrived: arrived, slotsAt: q.slotSeconds,
+		judged: judged}
+	t.elem = q.running.PushBack(t)
+	return t
+}
+
+func (q *Queue) removeLocked(w *waiter) {
+	q.waiters[w.req.Class].Remove(w.elem)
+	q.queuedSlots[w.req.Class] -= w.req.Weight
+	// The head may have changed: a smaller request behind may now fit.
+	q.dispatchLocked(time.Now(), false)
+}
+
+// noteBlockedLocked brings the window's account of time blocked on slots
+// up to now.
+func (q *Queue) noteBlockedLocked(now time.Time) {
+	q.window.trackBlocked(now, q.blockedLocked())
+}
+
+// blockedLocked reports whether requests wait for slots (as opposed to
+// waiting for a batch window).
+func (q *Queue) blockedLocked() bool {
+	w := q.frontLocked()
+	return w != nil && !q.notReady && q.inflight+w.req.Weight > q.capForLocked(w.req.Class)
+}
+
+// frontLocked is the next request to dispatch: interactive first.
+func (q *Queue) frontLocked() *waiter {
+	for _, c := range []Class{Interactive, Batch} {
+		if e := q.waiters[c].Front(); e != nil {
+			return e.Value.(*waiter)
+		}
+	}
+	return nil
+}
+
+// dispatchLocked releases waiters to the engine. Without a batch window it
+// releases the FIFO head while it fits. With one, it releases up to
+// a batch (MaxBatch, at most the in-flight limit) when the window closes
+// (timerFired) or as soon as a batch waits, and otherwise makes sure a window is running.
+func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
+	defer q.noteBlockedLocked(now)
+	if q.queuedLocked() == 0 || q.notReady {
+		return
+	}
+	limit := q.queuedLocked()
+	if q.cfg.BatchWindow > 0 {
+		// A batch is at most the in-flight limit (MaxBatch 0: exactly it).
+		batch := q.capLocked()
+		if q.cfg.MaxBatch > 0 {
+			batch = min(batch, q.cfg.MaxBatch)
+		}
+		if !timerFired && q.queuedLocked() < batch {
+			q.armLocked()
+			return
+		}
+		limit = batch
+	}
+	var released []*waiter
+	for len(released) < limit {
+		w := q.frontLocked()
+		if w == nil || !q.fitsLocked(w.req.Weight, w.req.Class) {
+			break
+		}
+		q.waiters[w.req.Class].Remove(w.elem)
+		q.queuedSlots[w.req.Class] -= w.req.Weight
+		w.ticket = q.startLocked(now, w.req, w.arrived, w.judged)
+		released = append(released, w)
+	}
+	q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
+	q.window.Blocked = q.window.Blocked || q.blockedLocked()
+	if len(released) == 0 {
+		if q.cfg.BatchWindow > 0 && q.queuedLocked() > 0 && !q.blockedLocked() {
+			q.armLocked()
+		}
+		return
+	}
+	groups := map[string]*Group{}
+	for _, w := range released {
+		if w.req.Key == "" {
+			continue
+		}
+		g := groups[w.req.Key]
+		if g == nil {
+			g = &Group{}
+			groups[w.req.Key] = g
+		}
+		g.Members = append(g.Members, w.ticket)
+		w.ticket.group = g
+	}
+	for _, w := range released {
+		close(w.ready)
+	}
+	if q.obs != nil {
+		q.obs.Dispatched(len(released))
+	}
+	if q.cfg.BatchWindow > 0 && q.queuedLocked() > 0 && !q.blockedLocked() {
+		q.armLocked()
+	}
+}
+
+// armLocked starts the batch window unless one is running.
+func (q *Queue) armLocked() {
+	if q.timer != nil {
+		return
+	}
+	q.timer = time.AfterFunc(q.cfg.BatchWindow, func() {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		q.timer = nil
+		q.dispatchLocked(time.Now(), true)
+	})
+}

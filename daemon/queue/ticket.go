@@ -1,0 +1,120 @@
+package queue
+
+import (
+	"container/list"
+	"sync/atomic"
+	"time"
+
+	"github.com/llmlab/llmlab/daemon/enginemodel"
+)
+
+// Ticket is an admitted request's hold on engine slots. The gateway tells
+// it how the answer goes (Progress, Report); Release frees its slots and
+// teaches the engine model what the request took.
+type Ticket struct {
+	q          *Queue
+	weight     int
+	shape      enginemodel.Shape
+	waited     time.Duration
+	group      *Group
+	released   bool
+	dispatched time.Time
+	arrived    time.Time
+	slotsAt    float64       // the queue's slotSeconds at dispatch
+	elem       *list.Element // in the queue's running list
+	// tokens counts the streamed events carrying tokens so far.
+	tokens atomic.Int64
+	report *Report
+	// judged: an interactive request under an objective, whose answer
+	// moves admission's level (lateness).
+	judged bool
+}
+
+// Group is the set of tickets with the same Key dispatched together.
+type Group struct {
+	Members []*Ticket
+}
+
+// Index returns t's position in g, or -1.
+func (g *Group) Index(t *Ticket) int {
+	for i, m := range g.Members {
+		if m == t {
+			return i
+		}
+	}
+	return -1
+}
+
+// Waited is how long the request spent in the queue.
+func (t *Ticket) Waited() time.Duration { return t.waited }
+
+// Weight is the number of slots the ticket holds.
+func (t *Ticket) Weight() int { return t.weight }
+
+// Group returns the coalescing group the ticket was dispatched in, or nil.
+func (t *Ticket) Group() *Group { return t.group }
+
+// Progress adds n streamed events carrying tokens: the running request's
+// progress, from which admission predicts when it ends. Safe to call
+// without the queue's lock, from the goroutine proxying the answer.
+func (t *Ticket) Progress(n int) { t.tokens.Add(int64(n)) }
+
+// Report is how a request's answer went, as the gateway saw it.
+type Report struct {
+	// PromptTokens and OutputTokens are the engine's usage report (0: none).
+	PromptTokens, OutputTokens int
+	// FirstByte is when the first byte of a streamed answer came (zero: not
+	// streamed).
+	FirstByte time.Time
+}
+
+// Complete says the engine answered the request in full, as r tells; a
+// ticket released without it (an error, a client that left) teaches the
+// model nothing. Call it before Release.
+func (t *Ticket) Complete(r Report) {
+	t.q.mu.Lock()
+	defer t.q.mu.Unlock()
+	t.report = &r
+}
+
+// Release returns the ticket's slots; it is safe to call more than once.
+func (t *Ticket) Release() {
+	q := t.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if t.released {
+		return
+	}
+	t.released = true
+	now := time.Now()
+	if t.elem != nil {
+		q.running.Remove(t.elem)
+		t.elem = nil
+	}
+	q.accountLocked(now)
+	if held := now.Sub(t.dispatched); !t.dispatched.IsZero() && held > 0 {
+		if len(q.window.EngineTimes) < 8192 {
+			q.window.EngineTimes = append(q.window.EngineTimes, held)
+		}
+		if q.engineTime == 0 {
+			q.engineTime = held
+		} else {
+			q.engineTime += (held - q.engineTime) / 20
+		}
+		if r := t.report; r != nil {
+			o := enginemodel.Observation{Shape: t.shape, Concurrency: (q.slotSeconds - t.slotsAt) / held.Seconds(),
+				PromptTokens: r.PromptTokens, OutputTokens: r.OutputTokens / t.weight, Chunks: int(t.tokens.Load()) / t.weight, Total: held}
+			if !r.FirstByte.IsZero() && r.FirstByte.After(t.dispatched) {
+				o.TTFT = r.FirstByte.Sub(t.dispatched)
+			}
+			q.model.Observe(o)
+			if t.judged {
+				q.late.answered(now.Sub(t.arrived) > q.cfg.SLO)
+			}
+		}
+	}
+	q.window.trackBlocked(now, q.blockedLocked())
+	q.window.Completed += t.weight
+	q.inflight -= t.weight
+	q.dispatchLocked(now, false)
+}

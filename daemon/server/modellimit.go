@@ -1,0 +1,59 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/daemon/enginemodel"
+)
+
+// limitSetter is what the model's limit loop drives.
+type limitSetter interface {
+	Model() *enginemodel.Model
+	Level() float64
+	SetLimit(n int)
+}
+
+// modelLimit is the in-flight limit chosen from the engine model under
+// cfg (queue.concurrency = "model"), predicting at admission's level: the
+// largest concurrency whose typical request's tail time stays within the
+// target (queue.target_latency, or the objective itself: admission judges
+// every request, so a limit below what the objective allows would only
+// make requests wait that the engine could run; none without an
+// objective), never past the engine's knee, between queue.min_inflight and
+// queue.max_inflight, and never above engine.max_num_seqs, what vLLM runs
+// at once, where it is set.
+func modelLimit(m *enginemodel.Model, cfg *config.Config, level float64) int {
+	target := cfg.Queue.TargetLatency
+	if target == 0 {
+		target = cfg.SLO.Latency
+	}
+	hi := cfg.Queue.MaxInflight
+	if s := cfg.Engine.MaxNumSeqs; s > 0 && s < hi {
+		hi = s
+	}
+	return m.Limit(target, cfg.Queue.MinInflight, hi, level)
+}
+
+// limitFromModel sets the in-flight limit from the engine model every
+// interval, as the model learns, until ctx ends.
+func limitFromModel(ctx context.Context, log *slog.Logger, gw limitSetter, cfg func() *config.Config, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	last := 0
+	for {
+		n := modelLimit(gw.Model(), cfg(), gw.Level())
+		if n != last {
+			gw.SetLimit(n)
+			log.Debug("in-flight limit from the engine model", "limit", n, "was", last)
+			last = n
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
