@@ -110,7 +110,9 @@ func childPIDs(t *testing.T, pid int) []int {
 // requests are served by the new one, none refused. Slots are freed, and
 // the counters add up: every request sent is counted once.
 func TestEngineCrashMidStream(t *testing.T) {
-	cfg := managedSimConfig(t, "max_cold_start_wait = \"30s\"\n", "max_inflight = 2\nmax_queued = 8\nmax_wait = \"30s\"\n", "")
+	// An objective of 30 s: the three waiting requests are not refused for
+	// it (each waits for a 400-token answer, about 5 s on this profile).
+	cfg := managedSimConfig(t, "max_cold_start_wait = \"30s\"\n", "max_inflight = 2\nmax_queued = 8\nmax_wait = \"30s\"\n[slo]\nlatency = \"30s\"\n", "")
 	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
 	// Warm: the engine starts with the first request.
 	if resp, body := post(t, d.api+"/v1/completions", `{"prompt":"x","max_tokens":2}`); resp.StatusCode != 200 {

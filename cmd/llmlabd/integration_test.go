@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/daemon/enginemodel"
 	"github.com/llmlab/llmlab/daemon/enginetest"
 )
 
@@ -1019,8 +1020,9 @@ memory_fraction = 0.55
 
 type limitStatus struct {
 	Queue struct {
-		Limit         int     `json:"inflight_limit"`
-		EngineSeconds float64 `json:"engine_seconds_per_request"`
+		Limit         int                `json:"inflight_limit"`
+		EngineSeconds float64            `json:"engine_seconds_per_request"`
+		Model         enginemodel.Status `json:"engine_model"`
 	} `json:"queue"`
 }
 
@@ -1034,6 +1036,87 @@ func readLimit(t *testing.T, d *daemon) limitStatus {
 	var s limitStatus
 	json.NewDecoder(resp.Body).Decode(&s)
 	return s
+}
+
+// The shipped defaults (the limit chosen from the engine model) in front
+// of the simulator, at a load far past what fits the objective: every
+// request is answered or refused with Retry-After, none is lost, the limit
+// stays within what the engine runs (engine.max_num_seqs), the model learns
+// from the answers, and what it learned survives a restart. Ratios against
+// other settings are the benchmark's (llmlab tune-admission), not this
+// test's.
+func TestModelAdmissionOverload(t *testing.T) {
+	engineAddr := startSim(t, "--step-fixed", "10ms", "--per-token", "1ms", "--max-num-seqs", "32")
+	stateDir := t.TempDir()
+	cfg := fmt.Sprintf(`[gateway]
+listen = "127.0.0.1:0"
+state_dir = %q
+[engine]
+url = "http://%s"
+max_num_seqs = 32
+[slo]
+latency = "2s"
+[metrics]
+listen = "127.0.0.1:0"
+textfile = ""
+[log]
+format = "text"
+level = "debug"
+access_log = false
+[gpu]
+enabled = false
+`, stateDir, engineAddr)
+	cfgPath := writeConfig(t, cfg)
+	d := start(t, nil, nil, "--config", cfgPath)
+	client := bench.NewClient(512)
+	o := bench.Options{Target: d.api, Model: "Qwen/Qwen2.5-0.5B-Instruct", PromptTokens: 50, MaxTokens: 50, Stream: true,
+		Rate: 400, Poisson: true, Seed: 3, Duration: 10 * time.Second, Timeout: 30 * time.Second}
+	samples, err := bench.Run(context.Background(), client, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, refused := 0, 0
+	for _, s := range samples {
+		switch {
+		case s.Status == 200 && s.Error == "":
+			ok++
+		case s.Status == 429 || s.Status == 503:
+			refused++
+		default:
+			t.Errorf("a request ended with status %d: %s", s.Status, s.Error)
+		}
+	}
+	st := readLimit(t, d)
+	t.Logf("%d answered, %d refused; limit %d; engine model %+v", ok, refused, st.Queue.Limit, st.Queue.Model)
+	if ok == 0 || refused == 0 {
+		t.Errorf("%d answered and %d refused at 400 req/s: want both", ok, refused)
+	}
+	if st.Queue.Limit < 4 || st.Queue.Limit > 32 {
+		t.Errorf("limit %d, want within [min_inflight 4, engine.max_num_seqs 32]", st.Queue.Limit)
+	}
+	if st.Queue.Model.Observed < ok/2 {
+		t.Errorf("the engine model learned from %d requests of %d answered", st.Queue.Model.Observed, ok)
+	}
+	m := fetch(t, d.metrics+"/metrics")
+	if counted := metricSum(t, d.metrics+"/metrics", "llmlab_requests_total"); int(counted) != len(samples) {
+		t.Errorf("llmlab_requests_total sums to %v, want the %d requests sent", counted, len(samples))
+	}
+	if !strings.Contains(m, `llmlab_admission_decisions_total{class="interactive",decision="refuse",reason="slo"}`) {
+		t.Errorf("/metrics lacks the objective's refusals:\n%s", grepLines(m, "llmlab_admission_decisions_total"))
+	}
+	// What the model learned is kept: a restarted daemon starts with it.
+	kept := st.Queue.Model.Observed
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	<-d.exited
+	d.exited <- nil
+	data, err := os.ReadFile(filepath.Join(stateDir, "learned.json"))
+	if err != nil || !strings.Contains(string(data), `"engine_model"`) {
+		t.Fatalf("the state file: %v\n%s", err, data)
+	}
+	again := start(t, nil, nil, "--config", cfgPath)
+	if got := readLimit(t, again).Queue.Model.Observed; got < kept {
+		t.Fatalf("after a restart the model has seen %d requests, want the kept %d", got, kept)
+	}
 }
 
 // Adaptive concurrency against the simulator under rising load: with a

@@ -134,10 +134,11 @@ func ask(client *http.Client, api string, i, maxTokens int, stream bool) answer 
 // no /metrics to read) and is answered; under a load of twice what the
 // engine serves (measured first, on this machine as it is now), every request is answered in full or refused with
 // Retry-After and an OpenAI error, none is lost (llmlabd counts as many as
-// were sent), and the adaptive limit stays near what the 4-slot engine can
-// run rather than wandering up to max_inflight.
+// were sent), and the limit llmlabd's defaults choose from the engine model
+// stays near what the 4-slot engine can run rather than wandering up to
+// max_inflight. The queue's keys are the shipped defaults.
 func TestRealEngineOllama(t *testing.T) {
-	d := ollamaDaemon(t, "concurrency = \"adaptive\"\nmax_inflight = 64\nmin_inflight = 1\nnominal_rps = 8")
+	d := ollamaDaemon(t, "")
 	client := &http.Client{Timeout: 60 * time.Second}
 	if a := ask(client, d.api, 0, 20, false); a.err != nil || a.status != 200 || a.tokens != 20 {
 		t.Fatalf("the first request (cold start): %+v", a)
@@ -221,7 +222,7 @@ func TestRealEngineOllama(t *testing.T) {
 			t.Errorf("status %d (%s)", a.status, a.errType)
 		}
 	}
-	t.Logf("%d answered, %d refused; adaptive limit every 250 ms: %v", ok, refused, limits)
+	t.Logf("%d answered, %d refused; the limit every 250 ms: %v", ok, refused, limits)
 	if ok == 0 || refused == 0 {
 		t.Errorf("%d answered and %d refused at twice the engine's capacity: want both", ok, refused)
 	}
@@ -231,15 +232,14 @@ func TestRealEngineOllama(t *testing.T) {
 		t.Errorf("llmlab_requests_total sums to %v, want the %v requests sent", counted, want)
 	}
 	// The limit stays near what the engine turns into throughput, far
-	// from max_inflight's 64. On this engine that is 4 to about 13 in
-	// flight (its 4 slots, and requests waiting inside it that overlap
-	// their parsing with the slots' work: fixed 12 beat fixed 4 at its
-	// peak in docs/benchmarks.md, and probes past 13 were undone as knees
-	// here); past about 32 the law would be following latency alone.
+	// from max_inflight's 256: its 4 slots and a request or two ready
+	// beyond them once the model has seen requests wait inside it (the
+	// knee), or, before, what the objective allows; past 32 the limit
+	// would be filling the engine's own queue.
 	for _, l := range limits {
 		if l > 32 {
-			t.Fatalf("adaptive limit %d on a 4-slot engine (all: %v)", l, limits)
+			t.Fatalf("limit %d on a 4-slot engine (all: %v)", l, limits)
 		}
 	}
-	t.Logf("knee decisions: %s", grepLines(fetch(t, d.metrics+"/metrics"), `reason="knee"`))
+	t.Logf("the engine model: %+v", readLimit(t, d).Queue.Model)
 }

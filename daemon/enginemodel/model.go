@@ -100,6 +100,9 @@ const (
 	// minSpreadSamples is how many it takes before the spread is measured;
 	// before, defaultSpread.
 	minSpreadSamples = 20
+	// minMeasured is the weight of observations in the fit, in requests,
+	// before the spread is read from what it predicts.
+	minMeasured = 8
 	// queueShare: past a knee at which each further sequence adds at
 	// least this share of a request's time per slot to the time to first
 	// token, requests wait inside the engine.
@@ -186,7 +189,10 @@ func (m *Model) Observe(o Observation) {
 	}
 	// The spread compares the finished request with what admission would
 	// have predicted for it: its output length unknown, as at admission.
-	if pred := m.meanLocked(n, m.promptTokensLocked(o.Shape), m.outTokensLocked(o.Shape)); pred > 0 {
+	// Not while the fit is mostly prior: those ratios measure the prior's
+	// error, not the engine's spread, and would stay among the last 256 long
+	// after the model has learned.
+	if pred := m.meanLocked(n, m.promptTokensLocked(o.Shape), m.outTokensLocked(o.Shape)); pred > 0 && m.decode.n >= minMeasured {
 		m.ratios[m.nRatios%spreadSamples] = o.Total.Seconds() / pred
 		m.nRatios++
 		if m.nRatios >= minSpreadSamples && (m.nRatios < spreadSamples || m.nRatios%8 == 0) {

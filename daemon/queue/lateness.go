@@ -5,14 +5,16 @@ package queue
 // allows, so that noise and the engine's own slow spells still fit.
 const LateTarget = 0.04
 
-// Bounds of the level admission predicts at: never below the 75th
-// percentile (a level that low would let a burst admit many late ones
-// before the level rose again), never above the 99th.
+// Bounds of the level admission predicts at: never below the median (a
+// request more likely late than not is refused whatever the budget), never
+// above the 95th percentile (higher quantiles of a few hundred answers are
+// their few slowest, and one bad spell there made admission refuse nearly
+// everything for minutes while the level came down again).
 const (
-	minLevel = 0.75
-	maxLevel = 0.99
+	minLevel = 0.5
+	maxLevel = 0.95
 	// levelStep is how far one late answer moves the level.
-	levelStep = 0.02
+	levelStep = 0.03
 )
 
 // lateness chooses the level (a quantile of the engine model's measured
@@ -29,7 +31,7 @@ type lateness struct {
 	level float64
 }
 
-func newLateness() lateness { return lateness{level: 0.95} }
+func newLateness() lateness { return lateness{level: 0.9} }
 
 // answered moves the level by one interactive answer's outcome.
 func (l *lateness) answered(late bool) {

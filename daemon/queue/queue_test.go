@@ -714,22 +714,23 @@ func TestSLOAdmission(t *testing.T) {
 		c := cfg()
 		c.MaxInflight, c.MaxQueued, c.MaxWait, c.SLO = 1, 10, 10*time.Second, 4*time.Second
 		q := New(c, nil, nil)
-		// 1 s a request; its tail is 1.2 s (the spread before any is
-		// measured).
+		// 1 s a request; its tail, before any spread is measured, about
+		// 1.18 s at the starting level.
 		q.SetModel(perRequest(time.Second))
+		tail := q.Model().Predict(1, enginemodel.Shape{}, q.Level()).Tail
 		ctx := context.Background()
 		a, _ := q.Acquire(ctx, Request{Weight: 1})
-		// a ends in 1 s; b waits 1 s, cc 2 s: 1 s + 1.2 s and 2 s + 1.2 s
-		// fit 4 s.
+		// a ends in 1 s; b waits 1 s, cc 2 s: plus the tail, both fit 4 s.
 		b := acquireAsync(q, ctx, Request{Weight: 1})
 		synctest.Wait()
 		cc := acquireAsync(q, ctx, Request{Weight: 1})
 		synctest.Wait()
-		// 3 s + 1.2 s > 4 s: refused at once, to retry in 0.2 s.
+		// 3 s + the tail > 4 s: refused at once, to retry when it would
+		// fit.
 		_, err := q.Acquire(ctx, Request{Weight: 1})
 		ref := refusal(t, err)
-		if ref.Reason != ReasonSLO || ref.RetryAfter != 200*time.Millisecond {
-			t.Fatalf("a request that would miss the SLO: %+v, want slo with Retry-After 200ms", ref)
+		if want := 3*time.Second + tail - 4*time.Second; ref.Reason != ReasonSLO || ref.RetryAfter != want || ref.RetryAfterSeconds() != 1 {
+			t.Fatalf("a request that would miss the SLO: %+v, want slo with Retry-After %v (1 s)", ref, want)
 		}
 		// Batch work has no latency objective: it queues.
 		bb := acquireAsync(q, ctx, Request{Weight: 1, Class: Batch})
@@ -761,9 +762,16 @@ func TestEveryRequestJudged(t *testing.T) {
 		c.MaxInflight, c.MaxQueued, c.SLO = 64, 64, 5*time.Second
 		rec := &recordingObserver{}
 		q := New(c, nil, rec)
-		// 0.1 s + 0.1 s per request in flight; a tail of 1.2 times that:
-		// within 5 s up to 40 in flight.
+		// 0.1 s + 0.1 s per request in flight; a tail of about 1.18 times
+		// that at the starting level: within 5 s up to 41 in flight.
 		q.SetModel(enginemodel.New(enginemodel.Seed{StepFixed: 100 * time.Millisecond, PerSequence: 100 * time.Millisecond}))
+		fits := 0
+		for n := 1; q.Model().Predict(float64(n), enginemodel.Shape{}, q.Level()).Tail <= c.SLO; n++ {
+			fits = n
+		}
+		if fits < 30 || fits > 50 {
+			t.Fatalf("the model fits %d in flight within 5 s, want about 41", fits)
+		}
 		ctx := context.Background()
 		var held []*Ticket
 		var refused []*Refusal
@@ -775,11 +783,11 @@ func TestEveryRequestJudged(t *testing.T) {
 			}
 			held = append(held, tk)
 		}
-		if len(held) != 40 || len(refused) != 24 || refused[0].Reason != ReasonSLO {
-			t.Fatalf("admitted %d and refused %d (first: %+v), want 40 admitted and 24 refused for the objective", len(held), len(refused), refused[0])
+		if len(held) != fits || len(refused) != 64-fits || refused[0].Reason != ReasonSLO {
+			t.Fatalf("admitted %d and refused %d (first: %+v), want %d admitted and the rest refused for the objective", len(held), len(refused), refused[0], fits)
 		}
-		if s := q.Stats(); s.Queued != 0 || s.Inflight != 40 {
-			t.Fatalf("Stats = %+v, want 40 in flight and none queued", s)
+		if s := q.Stats(); s.Queued != 0 || s.Inflight != fits {
+			t.Fatalf("Stats = %+v, want %d in flight and none queued", s, fits)
 		}
 		for _, tk := range held {
 			tk.Release()

@@ -43,12 +43,18 @@ func limitFromModel(ctx context.Context, log *slog.Logger, gw limitSetter, cfg f
 	t := time.NewTicker(every)
 	defer t.Stop()
 	last := 0
-	for {
+	for tick := 0; ; tick++ {
 		n := modelLimit(gw.Model(), cfg(), gw.Level())
 		if n != last {
 			gw.SetLimit(n)
 			log.Debug("in-flight limit from the engine model", "limit", n, "was", last)
 			last = n
+		}
+		if tick%10 == 0 && log.Enabled(ctx, slog.LevelDebug) {
+			st := gw.Model().Status()
+			log.Debug("engine model", "limit", n, "level", gw.Level(), "observed", st.Observed, "tpot", st.TPOTSeconds,
+				"tpot_per_sequence", st.TPOTPerSequence, "ttft", st.TTFTSeconds, "ttft_per_sequence", st.TTFTPerSequence,
+				"spread_p95", st.Spread, "knee", st.Knee)
 		}
 		select {
 		case <-ctx.Done():

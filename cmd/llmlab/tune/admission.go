@@ -32,6 +32,12 @@ type AdmissionOptions struct {
 	Profile string
 	Engine  string
 	Model   string
+	// GPUMemoryGiB replaces the profile's card size (0: the profile's):
+	// the H200 profile on a 4 GiB budget.
+	GPUMemoryGiB float64
+	// MaxNumSeqs and MaxNumBatchedTokens replace the profile's defaults
+	// for the simulated vLLM (0: the profile's).
+	MaxNumSeqs, MaxNumBatchedTokens int
 	// Fixed are llmlabd's fixed in-flight limits, Proxy the bare proxy's.
 	Fixed, Proxy []int
 	Loads        []float64
@@ -92,12 +98,22 @@ func RunAdmission(ctx context.Context, o AdmissionOptions) (AdmissionResult, err
 		if !ok {
 			return res, fmt.Errorf("unknown profile %q (have %s)", o.Profile, sim.ProfileNames())
 		}
-		blocks, err := prof.KVBlocks(0.9)
+		if o.GPUMemoryGiB > 0 {
+			prof.GPUMemory = int64(o.GPUMemoryGiB * (1 << 30))
+		}
+		seqs, batched := prof.MaxNumSeqs, prof.MaxNumBatchedTokens
+		if o.MaxNumSeqs > 0 {
+			seqs = o.MaxNumSeqs
+		}
+		if o.MaxNumBatchedTokens > 0 {
+			batched = o.MaxNumBatchedTokens
+		}
+		m, err := prof.Plan(0.9, seqs, batched, prof.MaxModelLen)
 		if err != nil {
 			return res, err
 		}
-		cfg := sim.Config{Profile: prof, MaxNumSeqs: prof.MaxNumSeqs, MaxNumBatchedTokens: prof.MaxNumBatchedTokens,
-			MaxModelLen: prof.MaxModelLen, KVBlocks: blocks}
+		cfg := sim.Config{Profile: prof, MaxNumSeqs: seqs, MaxNumBatchedTokens: batched,
+			MaxModelLen: prof.MaxModelLen, KVBlocks: m.KVBlocks}
 		sctx, stopSim := context.WithCancel(ctx)
 		defer stopSim()
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -106,7 +122,7 @@ func RunAdmission(ctx context.Context, o AdmissionOptions) (AdmissionResult, err
 		}
 		engine = "http://" + l.Addr().String()
 		go sim.NewServer(sim.Options{Engine: cfg, Model: o.Model}).Serve(sctx, l)
-		res.Engine = "simulator " + o.Profile
+		res.Engine = fmt.Sprintf("simulator %s (%d sequences, %d batched tokens, %d KV blocks)", o.Profile, seqs, batched, m.KVBlocks)
 	} else {
 		res.Engine = engine
 	}
@@ -179,6 +195,7 @@ func RunAdmission(ctx context.Context, o AdmissionOptions) (AdmissionResult, err
 				}
 			}
 			stop()
+			keepLog(o.Results, d, fmt.Sprintf("%.0fx-%d", load, si))
 			res.Rows = append(res.Rows, row)
 			if ctx.Err() != nil {
 				return res, ctx.Err()
@@ -255,10 +272,23 @@ listen = %q
 textfile = ""
 [log]
 format = "text"
+level = "debug"
 access_log = false
 %s`, listen, dir, engine, modelName, slo.String(), metrics, extra)
 	})
 	return url, "http://" + metrics, stop, err
+}
+
+// keepLog copies the llmlabd log in dir, if any, into results as
+// llmlabd-<name>.log.
+func keepLog(results, dir, name string) {
+	data, err := os.ReadFile(filepath.Join(dir, "llmlabd.log"))
+	if results == "" || err != nil {
+		return
+	}
+	if os.MkdirAll(results, 0o755) == nil {
+		_ = os.WriteFile(filepath.Join(results, "llmlabd-"+name+".log"), data, 0o644)
+	}
 }
 
 // refusalReasons reads llmlabd's refusals by reason from its metrics
