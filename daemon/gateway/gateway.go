@@ -207,6 +207,9 @@ func (g *Gateway) Model() *enginemodel.Model { return g.queue.Model() }
 // at.
 func (g *Gateway) Level() float64 { return g.queue.Level() }
 
+// RestoreLevel sets a level learned in an earlier run.
+func (g *Gateway) RestoreLevel(level float64) { g.queue.RestoreLevel(level) }
+
 // LastWork is when the latest work request arrived (zero if none yet).
 func (g *Gateway) LastWork() time.Time {
 	if n := g.lastWork.Load(); n != 0 {

@@ -31,7 +31,19 @@ type lateness struct {
 	level float64
 }
 
-func newLateness() lateness { return lateness{level: 0.9} }
+// newLateness starts at the median: a late answer costs the objective
+// little (5% may be), a refusal much (0.1% may be), so admission starts by
+// refusing only what is more likely late than not, and late answers raise
+// the level from there.
+func newLateness() lateness { return lateness{level: minLevel} }
+
+// restore sets a level learned in an earlier run, within the bounds (0:
+// none learned).
+func (l *lateness) restore(level float64) {
+	if level > 0 {
+		l.level = min(max(level, minLevel), maxLevel)
+	}
+}
 
 // answered moves the level by one interactive answer's outcome.
 func (l *lateness) answered(late bool) {

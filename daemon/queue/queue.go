@@ -286,6 +286,13 @@ func (q *Queue) Level() float64 {
 	return q.late.level
 }
 
+// RestoreLevel sets a level learned in an earlier run.
+func (q *Queue) RestoreLevel(level float64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.late.restore(level)
+}
+
 // EngineTime is the recent average time a request holds its slots.
 func (q *Queue) EngineTime() time.Duration {
 	q.mu.Lock()

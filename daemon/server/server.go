@@ -339,6 +339,7 @@ func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supe
 		log.Warn("ignoring learned state", "err", err)
 		return statefile.State{}
 	}
+	gw.RestoreLevel(s.AdmissionLevel)
 	if s.EngineModel != nil {
 		if err := gw.Model().Restore(*s.EngineModel); err != nil {
 			log.Warn("ignoring the learned engine model", "dir", dir, "err", err)
@@ -364,6 +365,7 @@ func currentLearned(gw *gateway.Gateway, sup *supervisor.Supervisor, lim *limite
 	var s statefile.State
 	if m := gw.Model().State(); m.Observed > 0 {
 		s.EngineModel = &m
+		s.AdmissionLevel = gw.Level()
 	}
 	if lim != nil {
 		s.AdaptiveLimit = lim.Limit()

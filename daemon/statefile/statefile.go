@@ -26,6 +26,8 @@ type State struct {
 	AdaptiveLimit int `json:"adaptive_limit,omitempty"`
 	// EngineModel is what the engine model learned (nil: nothing yet).
 	EngineModel *enginemodel.State `json:"engine_model,omitempty"`
+	// AdmissionLevel is the quantile admission predicts at (0: none yet).
+	AdmissionLevel float64 `json:"admission_level,omitempty"`
 	// Counters are the totals of the textfile's counters at the last exit,
 	// by series ("name{label=value,...}").
 	Counters map[string]float64 `json:"counters,omitempty"`
@@ -45,7 +47,7 @@ func Load(dir string) (State, error) {
 	if err := json.Unmarshal(data, &s); err != nil {
 		return State{}, fmt.Errorf("learned state %s: %w", filepath.Join(dir, Name), err)
 	}
-	if s.EngineStartSeconds < 0 || s.AdaptiveLimit < 0 {
+	if s.EngineStartSeconds < 0 || s.AdaptiveLimit < 0 || s.AdmissionLevel < 0 || s.AdmissionLevel > 1 {
 		return State{}, fmt.Errorf("learned state %s: negative values", filepath.Join(dir, Name))
 	}
 	return s, nil
