@@ -6,25 +6,32 @@ import "math"
 // it requests share the last bin.
 const maxBins = 512
 
+// binDecay fades a concurrency's old observations as that concurrency is
+// seen again: about its last 50 count.
+const binDecay = 0.98
+
 // bins keeps, per concurrency (rounded), the fading sums of the time to
 // first token: where a request waits inside the engine (a slot engine past
 // its slots, vLLM past max_num_seqs) that time rises by a share of a whole
 // request's time per sequence added, where a continuous batch adds only a
 // step's growth.
+//
+// A bin fades only as its own concurrency is seen again, not as others
+// are: once the limit stops short of a knee, nothing runs past it, and
+// evidence that faded with time alone would vanish, the knee with it, and
+// the limit would climb back into the engine's queue to find it again
+// (measured in front of Ollama: a limit swinging between 6 and 101 on 4
+// slots). Evidence past the knee is replaced, not forgotten: the limit
+// runs a little past the knee, so an engine that gained slots shows it.
 type bins struct {
 	w, y, yy [maxBins + 1]float64
-	at       [maxBins + 1]int // the observation count at the bin's last update
-	count    int
 }
 
 func (b *bins) add(n, ttft float64) {
 	i := min(max(int(math.Round(n)), 1), maxBins)
-	f := math.Pow(decay, float64(b.count-b.at[i]))
-	b.w[i] = b.w[i]*f + 1
-	b.y[i] = b.y[i]*f + ttft
-	b.yy[i] = b.yy[i]*f + ttft*ttft
-	b.at[i] = b.count
-	b.count++
+	b.w[i] = b.w[i]*binDecay + 1
+	b.y[i] = b.y[i]*binDecay + ttft
+	b.yy[i] = b.yy[i]*binDecay + ttft*ttft
 }
 
 // knee fits TTFT(n) = c for n <= s and c + d(n - s) beyond, for every s
@@ -37,12 +44,8 @@ func (b *bins) knee() (s int, c, d float64, ok bool) {
 		if b.w[i] == 0 {
 			continue
 		}
-		f := math.Pow(decay, float64(b.count-1-b.at[i]))
-		if b.w[i]*f < 0.5 {
-			continue
-		}
 		idx = append(idx, i)
-		w, y, yy = append(w, b.w[i]*f), append(y, b.y[i]*f), append(yy, b.yy[i]*f)
+		w, y, yy = append(w, b.w[i]), append(y, b.y[i]), append(yy, b.yy[i])
 	}
 	if len(idx) < 3 {
 		return 0, 0, 0, false

@@ -287,9 +287,10 @@ func (m *Model) Remaining(n float64, s Shape, elapsed time.Duration, tokens int)
 
 // Limit is the in-flight limit the model chooses, within [lo, hi]: the
 // largest concurrency at which the recent typical request's tail time
-// stays within target (0: no target), but, where requests were seen to
-// wait inside the engine past some concurrency (Knee), no more than a
-// quarter and one beyond it: a request or two ready beyond the slots
+// stays within target (0: no target), no more than a quarter and one past
+// the highest concurrency answers have been seen at, and, where requests
+// were seen to wait inside the engine past some concurrency (Knee), no
+// more than a quarter and one beyond it: a request or two ready beyond the slots
 // keeps a slot engine busy through the turnaround between one answer and
 // the next dispatch, and more would only wait inside the engine, where
 // llmlab can neither order nor refuse them.
@@ -316,6 +317,13 @@ func (m *Model) Limit(target time.Duration, lo, hi int, q float64) int {
 	if k, ok := m.kneeLocked(); ok {
 		limit = min(limit, int(math.Ceil(float64(k)*1.25))+1)
 	}
+	// Never far past what has been seen: a quarter and one beyond the
+	// highest concurrency answers came back at (lo before any). A limit
+	// read off the line far past the data sent a 4-slot Ollama 101
+	// requests at once, most of them into its own queue, before the knee
+	// could be seen; growing by a quarter per turn of the engine lets
+	// the knee show at the first concurrency past it.
+	limit = min(limit, max(lo, int(math.Ceil(1.25*m.nHi))+1))
 	return min(max(limit, lo), hi)
 }
 

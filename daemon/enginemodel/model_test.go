@@ -246,3 +246,38 @@ func TestStateRoundTrip(t *testing.T) {
 		t.Error("Restore accepted a NaN spread")
 	}
 }
+
+// A knee, once seen, stays while nothing runs past it: admission keeps the
+// engine below its slots, and evidence that faded with time alone would
+// send the limit back into the engine's queue to find it again (measured
+// in front of Ollama: a limit swinging between 6 and 101 on 4 slots).
+func TestKneeStaysWhileNothingRunsPastIt(t *testing.T) {
+	e := slots(4, time.Millisecond)
+	m := New(DefaultSeed)
+	r := rand.New(rand.NewPCG(13, 14))
+	feed(m, e, r, 300, 1, 12, 0.05)
+	if k, ok := m.Knee(); !ok || k < 3 || k > 5 {
+		t.Fatalf("Knee() = %d, %v after running 1-12 on 4 slots, want about 4", k, ok)
+	}
+	feed(m, e, r, 3000, 1, 4, 0.05)
+	if k, ok := m.Knee(); !ok || k < 3 || k > 5 {
+		t.Fatalf("Knee() = %d, %v after 3000 requests below the slots, want it kept at about 4", k, ok)
+	}
+	if l := m.Limit(time.Minute, 1, 256, 0.95); l > 8 {
+		t.Errorf("Limit = %d, want at most a quarter and one past the knee", l)
+	}
+}
+
+// The limit grows only as answers come back at it: a quarter and one past
+// the highest concurrency seen, min_inflight before any.
+func TestLimitGrowsWithWhatWasSeen(t *testing.T) {
+	e := batching(2*time.Millisecond, 80*time.Microsecond, 80*time.Microsecond)
+	m := New(DefaultSeed)
+	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 4 {
+		t.Errorf("a fresh model's Limit = %d, want min_inflight 4", got)
+	}
+	feed(m, e, rand.New(rand.NewPCG(15, 16)), 50, 8, 8, 0)
+	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 11 {
+		t.Errorf("Limit after answers at 8 = %d, want 11", got)
+	}
+}

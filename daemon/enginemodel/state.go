@@ -60,8 +60,7 @@ func (m *Model) State() State {
 		if m.knees.w[i] == 0 {
 			continue
 		}
-		f := math.Pow(decay, float64(m.knees.count-m.knees.at[i]))
-		s.Bins = append(s.Bins, BinState{N: i, W: m.knees.w[i] * f, Sum: m.knees.y[i] * f, SumSq: m.knees.yy[i] * f})
+		s.Bins = append(s.Bins, BinState{N: i, W: m.knees.w[i], Sum: m.knees.y[i], SumSq: m.knees.yy[i]})
 	}
 	k := min(m.nRatios, spreadSamples)
 	for i := m.nRatios - k; i < m.nRatios; i++ {

@@ -15,6 +15,10 @@ func TestModelLimit(t *testing.T) {
 	// sequence; at the 95th percentile before any spread is measured
 	// (1.2x), 5 s fits 10 in flight and 2.5 s fits none.
 	m := enginemodel.New(enginemodel.Seed{StepFixed: 10 * time.Millisecond, PerSequence: time.Millisecond})
+	// One answer at 256 in flight, on the prior's line: the limit may go
+	// that far.
+	m.Observe(enginemodel.Observation{Concurrency: 256, Total: 200 * (10*time.Millisecond + 256*time.Millisecond),
+		Shape: enginemodel.Shape{MaxTokens: 200}, OutputTokens: 200})
 	for _, tc := range []struct {
 		name                  string
 		slo, target           time.Duration
