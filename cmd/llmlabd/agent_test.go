@@ -36,7 +36,9 @@ func askAgent(t *testing.T, addr string) int {
 // (the queue the objective allows) once it is warm. Checks start nothing.
 func TestBalancerAgent(t *testing.T) {
 	agentAddr := freeAddr(t)
-	cfg := writeConfig(t, managedSimConfig(t, "", "max_inflight = 8\n", "[balancer]\nagent_listen = \""+agentAddr+"\"\n"))
+	// A fixed limit: the agent's answer is the limit in force, and with the
+	// default (the engine model's) a fresh llmlabd starts at min_inflight.
+	cfg := writeConfig(t, managedSimConfig(t, "", "concurrency = \"fixed\"\nmax_inflight = 8\n", "[balancer]\nagent_listen = \""+agentAddr+"\"\n"))
 	d := start(t, nil, nil, "--config", cfg)
 	for range 3 {
 		if n := askAgent(t, agentAddr); n != 8 {
