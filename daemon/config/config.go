@@ -1,6 +1,10 @@
 // Package config owns llmlab's configuration file: its schema, defaults,
 // validation and the error messages an operator reads when a file is wrong.
 //
+// It is one idea in one file, longer than most: the file's schema, its
+// defaults and its checks are one table read three ways, and a key's
+// three places stay side by side so that none is forgotten.
+//
 // The file is TOML (see etc/llmlab.toml for every key with its comment).
 // Unknown keys, malformed durations and impossible combinations are errors
 // that name the file, the key and the value; all problems are reported at

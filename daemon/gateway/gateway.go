@@ -231,9 +231,6 @@ func (g *Gateway) SetHold(hold bool) { g.queue.SetHold(hold) }
 // TakeWindow returns the queue's window for the adaptive limit.
 func (g *Gateway) TakeWindow() queue.Window { return g.queue.TakeWindow() }
 
-// EngineTime is the recent average time a request holds its slots.
-func (g *Gateway) EngineTime() time.Duration { return g.queue.EngineTime() }
-
 // QueueStats returns a snapshot of the queue.
 func (g *Gateway) QueueStats() queue.Stats { return g.queue.Stats() }
 

@@ -3,6 +3,12 @@
 // the gateway, serves the API and metrics, keeps systemd informed, reloads
 // on request and drains on shutdown.
 //
+// This file is longer than the house's files: Run is one lifecycle whose
+// parts (wiring, learned state, reload, drain) share state through
+// closures, and splitting the file before Run becomes a daemon type would
+// only spread those closures over files; issue 24 makes that type and
+// splits it.
+//
 // Shutdown (ctx cancelled, e.g. by SIGTERM):
 //
 //  1. STOPPING=1; the listeners close, so no new connection is accepted

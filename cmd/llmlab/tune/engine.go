@@ -1,3 +1,8 @@
+// This file is llmlab tune-engine, one command: its types, the sweep, the
+// probes, the generated configurations, the results store and the report
+// are the steps of one run and share its types. It is longer than the
+// house's files; issue 24 splits it by step.
+
 package tune
 
 import (
