@@ -26,7 +26,7 @@ func tuneAdmissionFlags(fs *flag.FlagSet) runFunc {
 	fs.StringVar(&o.Model, "model", "", "the model's name (default: Qwen/Qwen2.5-0.5B-Instruct)")
 	fixed := fs.String("fixed", "8,16,32,64", "llmlabd's fixed in-flight limits to compare")
 	proxy := fs.String("proxy", "8,16,32", "the bare proxy's limits to compare (429 past N in flight)")
-	loads := fs.String("loads", "1,2,3", "offered loads, as multiples of the engine's sustainable rate")
+	loads := fs.String("loads", "1,2,3", "offered loads, as multiples of the engine's sustainable rate (\"\": none, only the capacity, the step and find-max)")
 	fs.IntVar(&o.PromptTokens, "prompt-tokens", 200, "prompt tokens")
 	fs.IntVar(&o.MaxTokens, "max-tokens", 200, "output tokens")
 	fs.BoolVar(&o.Stream, "stream", true, "stream the answers")
@@ -54,11 +54,13 @@ func tuneAdmissionFlags(fs *flag.FlagSet) runFunc {
 			o.Proxy, err = list("proxy", *proxy, "positive integers", positiveInt)
 			errs = append(errs, err)
 		}
-		o.Loads, err = list("loads", *loads, "positive numbers", func(f string) (float64, bool) {
-			v, err := strconv.ParseFloat(f, 64)
-			return v, err == nil && v > 0
-		})
-		errs = append(errs, err)
+		if *loads != "" {
+			o.Loads, err = list("loads", *loads, "positive numbers", func(f string) (float64, bool) {
+				v, err := strconv.ParseFloat(f, 64)
+				return v, err == nil && v > 0
+			})
+			errs = append(errs, err)
+		}
 		if err := errors.Join(errs...); err != nil {
 			fmt.Fprintln(os.Stderr, "llmlab tune-admission:", err)
 			return 2

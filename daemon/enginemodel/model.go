@@ -231,6 +231,18 @@ func (m *Model) Observe(o Observation) {
 	m.solveLocked()
 }
 
+// Ran notes that the engine started answering a request dispatched with
+// n in flight (its first streamed token came back): the limit may grow a
+// quarter past it. A first token comes back within a step or a prefill
+// where the engine runs what it is sent, and only once a slot frees where
+// it queues them, so the limit grows as fast as the engine shows it can
+// take more, not a whole answer's time per turn.
+func (m *Model) Ran(n float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.nHi = max(m.nHi, n)
+}
+
 func (m *Model) sortRatiosLocked() {
 	m.sorted = append(m.sorted[:0], m.ratios[:min(m.nRatios, spreadSamples)]...)
 	slices.Sort(m.sorted)
@@ -288,7 +300,7 @@ func (m *Model) Remaining(n float64, s Shape, elapsed time.Duration, tokens int)
 // Limit is the in-flight limit the model chooses, within [lo, hi]: the
 // largest concurrency at which the recent typical request's tail time
 // stays within target (0: no target), no more than a quarter and one past
-// the highest concurrency answers have been seen at, and, where requests
+// the highest concurrency the engine was seen to run (Ran), and, where requests
 // were seen to wait inside the engine past some concurrency (Knee), no
 // more than a quarter and one beyond it: a request or two ready beyond the slots
 // keeps a slot engine busy through the turnaround between one answer and
@@ -318,11 +330,12 @@ func (m *Model) Limit(target time.Duration, lo, hi int, q float64) int {
 		limit = min(limit, int(math.Ceil(float64(k)*1.25))+1)
 	}
 	// Never far past what has been seen: a quarter and one beyond the
-	// highest concurrency answers came back at (lo before any). A limit
-	// read off the line far past the data sent a 4-slot Ollama 101
+	// highest concurrency the engine was seen to run (Ran; lo before any).
+	// A limit read off the line far past the data sent a 4-slot Ollama 101
 	// requests at once, most of them into its own queue, before the knee
-	// could be seen; growing by a quarter per turn of the engine lets
-	// the knee show at the first concurrency past it.
+	// could be seen; growing by a quarter each time the engine starts a
+	// request at a new high lets the knee show at the first concurrency
+	// past it.
 	limit = min(limit, max(lo, int(math.Ceil(1.25*m.nHi))+1))
 	return min(max(limit, lo), hi)
 }

@@ -281,3 +281,18 @@ func TestLimitGrowsWithWhatWasSeen(t *testing.T) {
 		t.Errorf("Limit after answers at 8 = %d, want 11", got)
 	}
 }
+
+// The limit grows as soon as the engine starts a request at a new high,
+// before any answer at it has come back.
+func TestLimitGrowsWithWhatRan(t *testing.T) {
+	m := New(DefaultSeed)
+	m.Ran(4)
+	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 6 {
+		t.Errorf("Limit after a first token at 4 = %d, want 6", got)
+	}
+	m.Ran(6)
+	m.Ran(5)
+	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 9 {
+		t.Errorf("Limit after first tokens at 6 and 5 = %d, want 9", got)
+	}
+}

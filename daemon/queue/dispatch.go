@@ -37,7 +37,7 @@ func (q *Queue) startLocked(now time.Time, r Request, arrived time.Time, judged 
 	q.accountLocked(now)
 	q.inflight += r.Weight
 	t := &Ticket{q: q, weight: r.Weight, shape: r.Shape, dispatched: now, arrived: arrived, slotsAt: q.slotSeconds,
-		judged: judged}
+		judged: judged, model: q.model, inflightAt: q.inflight}
 	t.elem = q.running.PushBack(t)
 	return t
 }

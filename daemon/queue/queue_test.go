@@ -868,6 +868,36 @@ func TestReleaseTeachesTheModel(t *testing.T) {
 	})
 }
 
+// A running request's first streamed token tells the model how many the
+// engine ran when it started: the limit's growth reads it before any
+// answer ends.
+func TestFirstTokenTellsTheModelWhatRan(t *testing.T) {
+	c := cfg()
+	c.MaxInflight = 4
+	q := newQueue(c, nil, nil, 100)
+	ctx := context.Background()
+	var ts []*Ticket
+	for range 3 {
+		tk, err := q.Acquire(ctx, Request{Weight: 1, Shape: enginemodel.Shape{PromptBytes: 100, MaxTokens: 10}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts = append(ts, tk)
+	}
+	if st := q.Model().Status(); st.ConcurrencyRange[1] != 0 {
+		t.Fatalf("concurrency seen %v before any token", st.ConcurrencyRange)
+	}
+	ts[2].Progress(1)
+	ts[2].Progress(1)
+	ts[0].Progress(1)
+	if st := q.Model().Status(); st.ConcurrencyRange[1] != 3 {
+		t.Errorf("concurrency seen %v after the third request's first token, want up to 3", st.ConcurrencyRange)
+	}
+	for _, tk := range ts {
+		tk.Release()
+	}
+}
+
 // A window says how many finished and how many were in flight on average,
 // which the adaptive limit turns into throughput (Little's law).
 func TestWindowAveragesInflight(t *testing.T) {

@@ -22,6 +22,10 @@ type Ticket struct {
 	arrived    time.Time
 	slotsAt    float64       // the queue's slotSeconds at dispatch
 	elem       *list.Element // in the queue's running list
+	// model learns from the answer; inflightAt is the slots in flight just
+	// after the ticket was dispatched.
+	model      *enginemodel.Model
+	inflightAt int
 	// tokens counts the streamed events carrying tokens so far.
 	tokens atomic.Int64
 	report *Report
@@ -57,7 +61,16 @@ func (t *Ticket) Group() *Group { return t.group }
 // Progress adds n streamed events carrying tokens: the running request's
 // progress, from which admission predicts when it ends. Safe to call
 // without the queue's lock, from the goroutine proxying the answer.
-func (t *Ticket) Progress(n int) { t.tokens.Add(int64(n)) }
+//
+// The first event tells the model the engine ran a request dispatched
+// with inflightAt in flight (the limit's growth is bounded by what was
+// seen to run): an engine that queues a request internally sends nothing
+// of its answer until it runs.
+func (t *Ticket) Progress(n int) {
+	if n > 0 && t.tokens.Add(int64(n)) == int64(n) {
+		t.model.Ran(float64(t.inflightAt))
+	}
+}
 
 // Report is how a request's answer went, as the gateway saw it.
 type Report struct {

@@ -142,6 +142,18 @@ func (g *generation) finishReason(s *seq) string {
 	return "stop"
 }
 
+// roles appends the first event of each choice, carrying its role.
+func (g *generation) roles(buf []byte, object string) []byte {
+	for i := range g.seqs {
+		buf = append(buf, "data: "...)
+		buf = g.header(buf, object)
+		buf = append(buf, `,"choices":[{"index":`...)
+		buf = strconv.AppendInt(buf, int64(i), 10)
+		buf = append(buf, `,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}`+"\n\n"...)
+	}
+	return buf
+}
+
 // stream sends one event per choice per new token, as vLLM does each step.
 func (g *generation) stream(w http.ResponseWriter, ctx context.Context) {
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -152,20 +164,17 @@ func (g *generation) stream(w http.ResponseWriter, ctx context.Context) {
 	if g.chat {
 		object = "chat.completion.chunk"
 	}
+	// Headers go at once (Starlette's StreamingResponse sends them before
+	// the body); the first event waits for the engine's first output, as in
+	// vLLM (vllm/entrypoints/openai/chat_completion/serving.py: the role
+	// chunk is sent on the result generator's first iteration, which comes
+	// after the prefill step), so a request queued in the engine shows no
+	// byte of its answer until it runs.
+	fl.Flush()
 	sent := make([]int, len(g.seqs))
 	finished := 0
+	roleSent := !g.chat
 	buf := make([]byte, 0, 4096)
-	if g.chat {
-		for i := range g.seqs {
-			buf = append(buf, "data: "...)
-			buf = g.header(buf, object)
-			buf = append(buf, `,"choices":[{"index":`...)
-			buf = strconv.AppendInt(buf, int64(i), 10)
-			buf = append(buf, `,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}`+"\n\n"...)
-		}
-		w.Write(buf)
-		fl.Flush()
-	}
 	for finished < len(g.seqs) {
 		buf = buf[:0]
 		for i, s := range g.seqs {
@@ -174,6 +183,10 @@ func (g *generation) stream(w http.ResponseWriter, ctx context.Context) {
 			}
 			gen := int(s.generated.Load())
 			done := s.done.Load()
+			if !roleSent && (gen > sent[i] || done) {
+				roleSent = true
+				buf = g.roles(buf, object)
+			}
 			for t := sent[i]; t < gen; t++ {
 				buf = append(buf, "data: "...)
 				buf = g.header(buf, object)

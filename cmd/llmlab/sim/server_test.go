@@ -444,3 +444,41 @@ func TestTokenizeAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+// A request waiting in the engine (past max_num_seqs) shows no byte of its
+// answer until it runs: vLLM sends a stream's first event, the role chunk,
+// with the engine's first output, and admission reads a slot engine's queue
+// from that first byte's delay.
+func TestStreamFirstEventWaitsForTheEngine(t *testing.T) {
+	srv := newTestServer(t, func(o *Options) {
+		o.Engine.Profile.StepFixed = 2 * time.Millisecond
+		o.Engine.MaxNumSeqs = 1
+	})
+	body := `{"messages":[{"role":"user","content":"hi"}],"max_tokens":100,"ignore_eos":true,"stream":true}`
+	firstByte := func(start time.Time, done chan<- time.Duration) {
+		resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Error(err)
+			done <- 0
+			return
+		}
+		defer resp.Body.Close()
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(resp.Body, b); err != nil {
+			t.Error(err)
+		}
+		got := time.Since(start)
+		io.Copy(io.Discard, resp.Body)
+		done <- got
+	}
+	start := time.Now()
+	a, b := make(chan time.Duration, 1), make(chan time.Duration, 1)
+	go firstByte(start, a)
+	time.Sleep(20 * time.Millisecond) // a is running
+	go firstByte(start, b)
+	ta, tb := <-a, <-b
+	// a's 100 tokens take 100 steps of at least 2 ms; b runs only after.
+	if tb < ta+150*time.Millisecond {
+		t.Errorf("second request's first byte after %v, first's after %v: it should wait for the first's 100 steps", tb, ta)
+	}
+}
