@@ -360,8 +360,14 @@ func printAdmission(w io.Writer, o AdmissionOptions, r AdmissionResult) {
 				bestProxy, proxyLabel = g, row.Setting
 			}
 		}
-		fmt.Fprintf(w, "- %.0fx: shipped %.2f req/s = %.2fx the best fixed (%s, %.2f) and %.2fx the best bare proxy (%s, %.2f)\n",
-			load, shipped, ratio(shipped, bestFixed), fixedLabel, bestFixed, ratio(shipped, bestProxy), proxyLabel, bestProxy)
+		line := fmt.Sprintf("- %.0fx: shipped %.2f req/s", load, shipped)
+		if fixedLabel != "" {
+			line += fmt.Sprintf(" = %.2fx the best fixed (%s, %.2f)", ratio(shipped, bestFixed), fixedLabel, bestFixed)
+		}
+		if proxyLabel != "" {
+			line += fmt.Sprintf("; %.2fx the best bare proxy (%s, %.2f)", ratio(shipped, bestProxy), proxyLabel, bestProxy)
+		}
+		fmt.Fprintln(w, line)
 	}
 	late := 0.0
 	if r.StepAnswers > 0 {
