@@ -232,8 +232,8 @@ func (m *Model) Observe(o Observation) {
 }
 
 // Ran notes that the engine started answering a request dispatched with
-// n in flight (its first streamed token came back): the limit may grow a
-// quarter past it. A first token comes back within a step or a prefill
+// n in flight (its first streamed token came back): the limit may grow to
+// twice and one past it. A first token comes back within a step or a prefill
 // where the engine runs what it is sent, and only once a slot frees where
 // it queues them, so the limit grows as fast as the engine shows it can
 // take more, not a whole answer's time per turn.
@@ -299,8 +299,8 @@ func (m *Model) Remaining(n float64, s Shape, elapsed time.Duration, tokens int)
 
 // Limit is the in-flight limit the model chooses, within [lo, hi]: the
 // largest concurrency at which the recent typical request's tail time
-// stays within target (0: no target), no more than a quarter and one past
-// the highest concurrency the engine was seen to run (Ran), and, where requests
+// stays within target (0: no target), no more than twice and one the
+// highest concurrency the engine was seen to run (Ran), and, where requests
 // were seen to wait inside the engine past some concurrency (Knee), no
 // more than a quarter and one beyond it: a request or two ready beyond the slots
 // keeps a slot engine busy through the turnaround between one answer and
@@ -329,14 +329,16 @@ func (m *Model) Limit(target time.Duration, lo, hi int, q float64) int {
 	if k, ok := m.kneeLocked(); ok {
 		limit = min(limit, int(math.Ceil(float64(k)*1.25))+1)
 	}
-	// Never far past what has been seen: a quarter and one beyond the
-	// highest concurrency the engine was seen to run (Ran; lo before any).
-	// A limit read off the line far past the data sent a 4-slot Ollama 101
+	// Never far past what has been seen: twice and one the highest
+	// concurrency the engine was seen to run (Ran; lo before any). A limit
+	// read off the line far past the data sent a 4-slot Ollama 101
 	// requests at once, most of them into its own queue, before the knee
-	// could be seen; growing by a quarter each time the engine starts a
-	// request at a new high lets the knee show at the first concurrency
-	// past it.
-	limit = min(limit, max(lo, int(math.Ceil(1.25*m.nHi))+1))
+	// could be seen; doubling each time the engine starts a request at a
+	// new high sends a slot engine at most twice its slots before the knee
+	// shows, and lets a batching engine meet a burst within a first token
+	// or two (growing by a quarter refused requests in the bursts of a
+	// fresh llmlabd at the engine's own rate: docs/benchmarks.md).
+	limit = min(limit, max(lo, int(math.Ceil(2*m.nHi))+1))
 	return min(max(limit, lo), hi)
 }
 

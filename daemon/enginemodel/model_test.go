@@ -277,8 +277,8 @@ func TestLimitGrowsWithWhatWasSeen(t *testing.T) {
 		t.Errorf("a fresh model's Limit = %d, want min_inflight 4", got)
 	}
 	feed(m, e, rand.New(rand.NewPCG(15, 16)), 50, 8, 8, 0)
-	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 11 {
-		t.Errorf("Limit after answers at 8 = %d, want 11", got)
+	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 17 {
+		t.Errorf("Limit after answers at 8 = %d, want 17", got)
 	}
 }
 
@@ -287,12 +287,12 @@ func TestLimitGrowsWithWhatWasSeen(t *testing.T) {
 func TestLimitGrowsWithWhatRan(t *testing.T) {
 	m := New(DefaultSeed)
 	m.Ran(4)
-	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 6 {
-		t.Errorf("Limit after a first token at 4 = %d, want 6", got)
+	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 9 {
+		t.Errorf("Limit after a first token at 4 = %d, want 9", got)
 	}
 	m.Ran(6)
 	m.Ran(5)
-	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 9 {
-		t.Errorf("Limit after first tokens at 6 and 5 = %d, want 9", got)
+	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 13 {
+		t.Errorf("Limit after first tokens at 6 and 5 = %d, want 13", got)
 	}
 }

@@ -38,11 +38,14 @@ func modelLimit(m *enginemodel.Model, cfg *config.Config, level float64) int {
 }
 
 // limitFromModel sets the in-flight limit from the engine model every
-// interval, as the model learns, until ctx ends.
+// interval, as the model learns, until ctx ends; it logs the model at
+// debug level every 10 s. A short interval lets the limit follow the
+// first tokens of a burst (Model.Ran) while the burst lasts.
 func limitFromModel(ctx context.Context, log *slog.Logger, gw limitSetter, cfg func() *config.Config, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	last := 0
+	logEvery := max(int(10*time.Second/every), 1)
 	for tick := 0; ; tick++ {
 		n := modelLimit(gw.Model(), cfg(), gw.Level())
 		if n != last {
@@ -50,7 +53,7 @@ func limitFromModel(ctx context.Context, log *slog.Logger, gw limitSetter, cfg f
 			log.Debug("in-flight limit from the engine model", "limit", n, "was", last)
 			last = n
 		}
-		if tick%10 == 0 && log.Enabled(ctx, slog.LevelDebug) {
+		if tick%logEvery == 0 && log.Enabled(ctx, slog.LevelDebug) {
 			st := gw.Model().Status()
 			log.Debug("engine model", "limit", n, "level", gw.Level(), "observed", st.Observed, "tpot", st.TPOTSeconds,
 				"tpot_per_sequence", st.TPOTPerSequence, "ttft", st.TTFTSeconds, "ttft_per_sequence", st.TTFTPerSequence,

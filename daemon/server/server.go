@@ -582,7 +582,7 @@ func Run(ctx context.Context, o Options) error {
 		go lim.Run(bgCtx, gw, signals, engineReady)
 	}
 	if cfg.Queue.FromModel() {
-		go limitFromModel(bgCtx, log.With("component", "limit"), gw, st.cfgNow, time.Second)
+		go limitFromModel(bgCtx, log.With("component", "limit"), gw, st.cfgNow, 250*time.Millisecond)
 	}
 	if agentLn != nil {
 		ag := agent.New(func() agent.State {
