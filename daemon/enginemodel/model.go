@@ -56,8 +56,11 @@ type Shape struct {
 type Observation struct {
 	Shape
 	// Concurrency is the average number of sequences in flight while it
-	// held its slots.
+	// held its slots; AtDispatch the number in flight, itself included,
+	// when it was sent (0: Concurrency), which is what its time to first
+	// token depends on where the engine queues past its slots.
 	Concurrency float64
+	AtDispatch  int
 	// PromptTokens and OutputTokens are the engine's usage report (0: none).
 	PromptTokens, OutputTokens int
 	// Chunks is the number of streamed events that carried tokens (0: not
@@ -213,7 +216,11 @@ func (m *Model) Observe(o Observation) {
 	ttft := o.TTFT.Seconds()
 	if o.TTFT > 0 && o.TTFT <= o.Total {
 		m.ttft.add([]float64{1, n / nScale, prompt / pScale}, ttft)
-		m.knees.add(n, ttft)
+		at := float64(o.AtDispatch)
+		if at <= 0 {
+			at = n
+		}
+		m.knees.add(at, ttft)
 	} else {
 		ttft = min(m.ttftLocked(n, prompt), total)
 		if out <= 1 {

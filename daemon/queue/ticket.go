@@ -115,7 +115,7 @@ func (t *Ticket) Release() {
 			q.engineTime += (held - q.engineTime) / 20
 		}
 		if r := t.report; r != nil {
-			o := enginemodel.Observation{Shape: t.shape, Concurrency: (q.slotSeconds - t.slotsAt) / held.Seconds(),
+			o := enginemodel.Observation{Shape: t.shape, Concurrency: (q.slotSeconds - t.slotsAt) / held.Seconds(), AtDispatch: t.inflightAt,
 				PromptTokens: r.PromptTokens, OutputTokens: r.OutputTokens / t.weight, Chunks: int(t.tokens.Load()) / t.weight, Total: held}
 			if !r.FirstByte.IsZero() && r.FirstByte.After(t.dispatched) {
 				o.TTFT = r.FirstByte.Sub(t.dispatched)
