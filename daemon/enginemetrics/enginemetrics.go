@@ -1,8 +1,9 @@
 // Package enginemetrics reads the engine's own Prometheus metrics (vLLM's
 // /metrics) while it runs: how many requests it is running and keeping
-// waiting, and how full its KV cache is. The gateway's admission and the
-// adaptive concurrency limit use them: an engine that queues internally or
-// whose KV cache is full is saturated whatever llmlab's own counts say.
+// waiting, and how full its KV cache is. They hold the gateway's
+// dispatching (daemon/server's saturation hold): an engine that queues
+// internally with its KV cache full is saturated whatever llmlab's own
+// counts say.
 //
 // One goroutine (Scraper.Run) scrapes at a short interval while the engine
 // is ready; readings older than three intervals are stale, and a stale
@@ -35,6 +36,23 @@ type Reading struct {
 	KVUsage float64
 	// Preemptions is vLLM's running total of preempted sequences.
 	Preemptions float64
+}
+
+// Signals are the engine's own readings, as the saturation hold reads
+// them.
+type Signals struct {
+	// Known is false when the engine serves no metrics (nothing to act on).
+	Known bool
+	// Stale is true when readings stopped arriving from a ready engine.
+	Stale   bool
+	Waiting float64
+	KVUsage float64
+}
+
+// Saturated reports whether the engine cannot usefully take more work now:
+// it queues internally with its KV cache full, or its readings are stale.
+func (s Signals) Saturated() bool {
+	return s.Known && (s.Stale || (s.Waiting > 0 && s.KVUsage >= 0.95))
 }
 
 // Names of the series read; older vLLM releases call the KV gauge

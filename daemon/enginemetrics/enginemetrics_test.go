@@ -205,3 +205,22 @@ func TestScraperLeavesAnEngineWithoutMetrics(t *testing.T) {
 		t.Fatal("a reading from a 404")
 	}
 }
+
+func TestSaturated(t *testing.T) {
+	for _, tc := range []struct {
+		s    Signals
+		want bool
+	}{
+		{Signals{}, false}, // no metrics: nothing to act on
+		{Signals{Known: true, Waiting: 0, KVUsage: 0.99}, false},
+		{Signals{Known: true, Waiting: 3, KVUsage: 0.5}, false}, // between steps
+		{Signals{Known: true, Waiting: 1, KVUsage: 0.96}, true},
+		{Signals{Known: true, Waiting: 1, KVUsage: 0.95}, true}, // the threshold itself
+		{Signals{Known: true, Stale: true}, true},               // stale counts as saturated
+		{Signals{Stale: true, Waiting: 9, KVUsage: 1}, false},   // not known: nothing to act on
+	} {
+		if got := tc.s.Saturated(); got != tc.want {
+			t.Errorf("%+v: Saturated %v, want %v", tc.s, got, tc.want)
+		}
+	}
+}

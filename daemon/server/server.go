@@ -51,7 +51,6 @@ import (
 	"github.com/llmlab/llmlab/daemon/enginemetrics"
 	"github.com/llmlab/llmlab/daemon/gateway"
 	"github.com/llmlab/llmlab/daemon/gpu"
-	"github.com/llmlab/llmlab/daemon/limiter"
 	"github.com/llmlab/llmlab/daemon/logging"
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/ratelimit"
@@ -300,7 +299,7 @@ func supervisorConfig(cfg *config.Config) supervisor.Config {
 // holdWhileSaturated holds dispatching while the ready engine reports
 // itself saturated (its KV cache full with requests waiting inside it, or
 // its readings stale).
-func holdWhileSaturated(ctx context.Context, gw *gateway.Gateway, every time.Duration, signals func() limiter.Signals, ready func() bool) {
+func holdWhileSaturated(ctx context.Context, gw *gateway.Gateway, every time.Duration, signals func() enginemetrics.Signals, ready func() bool) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	held := false
@@ -336,7 +335,7 @@ func idleLongEnough(now, started time.Time, gw *gateway.Gateway, engine gateway.
 }
 
 // restoreLearned loads what an earlier run learned and applies it.
-func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supervisor.Supervisor, lim *limiter.Limiter) statefile.State {
+func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supervisor.Supervisor) statefile.State {
 	if dir == "" {
 		return statefile.State{}
 	}
@@ -354,27 +353,20 @@ func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supe
 	if sup != nil {
 		sup.SetLearnedStart(time.Duration(s.EngineStartSeconds * float64(time.Second)))
 	}
-	if lim != nil {
-		lim.Seed(s.AdaptiveLimit)
-	}
-	if s.EngineModel != nil || s.EngineStartSeconds > 0 || s.AdaptiveLimit > 0 {
+	if s.EngineModel != nil || s.EngineStartSeconds > 0 {
 		ms := gw.Model().Status()
-		log.Info("restored learned state", "dir", dir, "engine_model_observed", ms.Observed, "engine_start_seconds", s.EngineStartSeconds,
-			"adaptive_limit", s.AdaptiveLimit)
+		log.Info("restored learned state", "dir", dir, "engine_model_observed", ms.Observed, "engine_start_seconds", s.EngineStartSeconds)
 	}
-	now := currentLearned(gw, sup, lim)
+	now := currentLearned(gw, sup)
 	now.Counters = s.Counters
 	return now
 }
 
-func currentLearned(gw *gateway.Gateway, sup *supervisor.Supervisor, lim *limiter.Limiter) statefile.State {
+func currentLearned(gw *gateway.Gateway, sup *supervisor.Supervisor) statefile.State {
 	var s statefile.State
 	if m := gw.Model().State(); m.Observed > 0 {
 		s.EngineModel = &m
 		s.AdmissionLevel = gw.Level()
-	}
-	if lim != nil {
-		s.AdaptiveLimit = lim.Limit()
 	}
 	if sup != nil {
 		s.EngineStartSeconds = sup.LearnedStart().Seconds()
@@ -523,47 +515,31 @@ func Run(ctx context.Context, o Options) error {
 	} else {
 		close(supDone)
 	}
-	// The engine's own metrics, the saturation hold and the adaptive limit.
+	// The engine's own metrics and the saturation hold.
 	bgCtx, stopBg := context.WithCancel(context.Background())
 	defer stopBg()
 	engineReady := func() bool { s := engine.State(); return s == supervisor.Ready || s == "external" }
-	var lim *limiter.Limiter
-	if cfg.Queue.Adaptive() {
-		target := cfg.Queue.TargetLatency
-		if target == 0 {
-			// The objective is end to end: the engine's share leaves a
-			// fifth of it to the queue (docs/admission.md). No objective:
-			// no target, the engine's knee alone bounds the limit.
-			target = cfg.SLO.Latency * 8 / 10
-		}
-		// Until one is learned, start at half of what the nominal rate
-		// would keep in the engine at the target (Little's law).
-		initial := int(cfg.Queue.NominalRPS * target.Seconds() / 2)
-		lim = limiter.NewLimiter(limiter.Config{Min: cfg.Queue.MinInflight, Max: cfg.Queue.MaxInflight, Initial: initial,
-			Target: target, Interval: time.Second}, reg, log.With("component", "limiter"))
-	}
-	signals := func() limiter.Signals { return limiter.Signals{} }
 	if cfg.Engine.MetricsInterval > 0 {
 		scraper := enginemetrics.NewScraper(cfg.Engine.URL.JoinPath("/metrics").String(), cfg.Engine.MetricsInterval, log.With("component", "enginemetrics"))
 		reg.MustRegister(scraper)
 		go scraper.Run(bgCtx, engineReady)
-		signals = func() limiter.Signals {
+		signals := func() enginemetrics.Signals {
 			r := scraper.Latest()
 			switch {
 			case r.At.IsZero():
-				return limiter.Signals{} // no readings: an engine without metrics
+				return enginemetrics.Signals{} // no readings: an engine without metrics
 			case !engineReady():
-				return limiter.Signals{Known: true, Waiting: r.Waiting, KVUsage: r.KVUsage}
+				return enginemetrics.Signals{Known: true, Waiting: r.Waiting, KVUsage: r.KVUsage}
 			}
 			switch scraper.Freshness(r, time.Now()) {
 			case enginemetrics.Stale:
-				return limiter.Signals{Known: true, Stale: true}
+				return enginemetrics.Signals{Known: true, Stale: true}
 			case enginemetrics.Expired:
-				// Readings stopped long ago: hold no longer, act on
-				// latency alone (the scraper logs it once).
-				return limiter.Signals{}
+				// Readings stopped long ago: hold no longer (the
+				// scraper logs it once).
+				return enginemetrics.Signals{}
 			}
-			return limiter.Signals{Known: true, Waiting: r.Waiting, KVUsage: r.KVUsage}
+			return enginemetrics.Signals{Known: true, Waiting: r.Waiting, KVUsage: r.KVUsage}
 		}
 		go holdWhileSaturated(bgCtx, gw, cfg.Engine.MetricsInterval, signals, engineReady)
 	}
@@ -577,10 +553,7 @@ func Run(ctx context.Context, o Options) error {
 	if stateDir == "" {
 		stateDir = os.Getenv("STATE_DIRECTORY")
 	}
-	learned := restoreLearned(log, stateDir, gw, sup, lim)
-	if lim != nil {
-		go lim.Run(bgCtx, gw, signals, engineReady)
-	}
+	learned := restoreLearned(log, stateDir, gw, sup)
 	if cfg.Queue.FromModel() {
 		go limitFromModel(bgCtx, log.With("component", "limit"), gw, st.cfgNow, 250*time.Millisecond)
 	}
@@ -619,9 +592,8 @@ func Run(ctx context.Context, o Options) error {
 		if stateDir == "" {
 			return
 		}
-		now := currentLearned(gw, sup, lim)
-		if observedRequests(now) == observedRequests(learned) && now.EngineStartSeconds == learned.EngineStartSeconds &&
-			now.AdaptiveLimit == learned.AdaptiveLimit {
+		now := currentLearned(gw, sup)
+		if observedRequests(now) == observedRequests(learned) && now.EngineStartSeconds == learned.EngineStartSeconds {
 			return
 		}
 		now.Counters = learned.Counters
@@ -643,7 +615,7 @@ func Run(ctx context.Context, o Options) error {
 			totals, err := tf.Totals()
 			if err == nil {
 				learned.Counters = totals
-				now := currentLearned(gw, sup, lim)
+				now := currentLearned(gw, sup)
 				now.Counters = totals
 				noteWrite("state file", statefile.Save(stateDir, now), "state_dir", stateDir)
 			}
