@@ -228,9 +228,6 @@ func (g *Gateway) SetLimit(n int) { g.queue.SetLimit(n) }
 // SetHold holds (true) or resumes dispatching to a saturated engine.
 func (g *Gateway) SetHold(hold bool) { g.queue.SetHold(hold) }
 
-// TakeWindow returns the queue's window for the adaptive limit.
-func (g *Gateway) TakeWindow() queue.Window { return g.queue.TakeWindow() }
-
 // QueueStats returns a snapshot of the queue.
 func (g *Gateway) QueueStats() queue.Stats { return g.queue.Stats() }
 

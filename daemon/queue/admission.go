@@ -55,18 +55,12 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	q.accountLocked(now)
 	ref, hold, judged := q.admitLocked(now, r)
 	if ref != nil {
-		switch ref.Reason {
-		case ReasonQueueFull, ReasonOverloaded, ReasonSLO:
-			q.window.Refused++
-		}
 		q.mu.Unlock()
 		q.decided(r.Class, "refuse", string(ref.Reason))
 		return nil, ref
 	}
 	if q.cfg.BatchWindow == 0 && q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class) {
 		t := q.startLocked(now, r, now, judged)
-		q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
-		q.noteBlockedLocked(now)
 		q.mu.Unlock()
 		q.decided(r.Class, "dispatch", "slot_free")
 		if q.obs != nil {
@@ -87,7 +81,6 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	w := &waiter{req: r, ready: make(chan struct{}), arrived: now, judged: judged && !q.notReady}
 	w.elem = q.waiters[r.Class].PushBack(w)
 	q.queuedSlots[r.Class] += r.Weight
-	q.window.Blocked = q.window.Blocked || q.blockedLocked()
 	q.dispatchLocked(now, false)
 	q.mu.Unlock()
 	q.decided(r.Class, "queue", why)
@@ -114,11 +107,9 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	default:
 	}
 	q.removeLocked(w)
-	q.noteBlockedLocked(time.Now())
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	q.window.Refused++
 	if w.judged && r.Class == Interactive && q.cfg.SLO > 0 {
 		// Admitted, then refused late: the worst miss.
 		q.late.answered(true)

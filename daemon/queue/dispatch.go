@@ -49,12 +49,6 @@ func (q *Queue) removeLocked(w *waiter) {
 	q.dispatchLocked(time.Now(), false)
 }
 
-// noteBlockedLocked brings the window's account of time blocked on slots
-// up to now.
-func (q *Queue) noteBlockedLocked(now time.Time) {
-	q.window.trackBlocked(now, q.blockedLocked())
-}
-
 // blockedLocked reports whether requests wait for slots (as opposed to
 // waiting for a batch window).
 func (q *Queue) blockedLocked() bool {
@@ -77,7 +71,6 @@ func (q *Queue) frontLocked() *waiter {
 // a batch (MaxBatch, at most the in-flight limit) when the window closes
 // (timerFired) or as soon as a batch waits, and otherwise makes sure a window is running.
 func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
-	defer q.noteBlockedLocked(now)
 	if q.queuedLocked() == 0 || q.notReady {
 		return
 	}
@@ -105,8 +98,6 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 		w.ticket = q.startLocked(now, w.req, w.arrived, w.judged)
 		released = append(released, w)
 	}
-	q.window.MaxInflight = max(q.window.MaxInflight, q.inflight)
-	q.window.Blocked = q.window.Blocked || q.blockedLocked()
 	if len(released) == 0 {
 		if q.cfg.BatchWindow > 0 && q.queuedLocked() > 0 && !q.blockedLocked() {
 			q.armLocked()

@@ -134,52 +134,12 @@ type Queue struct {
 	lastSlots   time.Time
 	// running holds the dispatched tickets, oldest first.
 	running list.List
-	window  Window
 	// late chooses the level admission predicts at.
 	late lateness
 }
 
 // avgTau is the time constant of the recent average in flight.
 const avgTau = 5 * time.Second
-
-// Window is what happened since the last TakeWindow: the adaptive limit's
-// input.
-type Window struct {
-	// EngineTimes are the slot-holding times of the requests released.
-	EngineTimes []time.Duration
-	// Blocked says requests waited for a slot (demand beyond the limit).
-	Blocked bool
-	// MaxInflight is the most slots in use at once.
-	MaxInflight int
-	// Completed is the number of slots released (sequences finished).
-	Completed int
-	// Start and End bound the window; AvgInflight is the time-average of
-	// the slots in use over it.
-	Start, End  time.Time
-	AvgInflight float64
-	// BlockedFor is how long requests waited for a slot during the window:
-	// only while they do is the engine's throughput its capacity rather
-	// than the demand.
-	BlockedFor time.Duration
-	// Refused counts the requests refused for want of capacity (queue
-	// full, overloaded, the objective, a queue timeout): demand beyond
-	// what the engine serves, which admission turned away rather than
-	// queued.
-	Refused int
-
-	slotsAt    float64 // the queue's slotSeconds when the window started
-	blocked    bool    // requests wait for a slot since lastB
-	lastB      time.Time
-	blockedSum time.Duration
-}
-
-// trackBlocked notes at now whether requests wait for a slot from now on.
-func (w *Window) trackBlocked(now time.Time, blocked bool) {
-	if w.blocked && !w.lastB.IsZero() {
-		w.blockedSum += now.Sub(w.lastB)
-	}
-	w.lastB, w.blocked = now, blocked
-}
 
 type waiter struct {
 	req     Request
@@ -198,8 +158,7 @@ type waiter struct {
 // warmup and obs may be nil.
 func New(cfg Config, warmup Warmup, obs Observer) *Queue {
 	q := &Queue{cfg: cfg, warmup: warmup, obs: obs, model: enginemodel.New(enginemodel.DefaultSeed), late: newLateness()}
-	now := time.Now()
-	q.window.Start, q.window.lastB, q.lastSlots = now, now, now
+	q.lastSlots = time.Now()
 	return q
 }
 
@@ -258,25 +217,6 @@ func (q *Queue) queuedLocked() int { return q.waiters[Interactive].Len() + q.wai
 
 // queuedSlotsLocked is the number of slots queued, all classes.
 func (q *Queue) queuedSlotsLocked() int { return q.queuedSlots[Interactive] + q.queuedSlots[Batch] }
-
-// TakeWindow returns what happened since the last call and starts a new
-// window.
-func (q *Queue) TakeWindow() Window {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	now := time.Now()
-	q.accountLocked(now)
-	w := q.window
-	w.End = now
-	if d := w.End.Sub(w.Start).Seconds(); !w.Start.IsZero() && d > 0 {
-		w.AvgInflight = (q.slotSeconds - w.slotsAt) / d
-	}
-	blocked := q.blockedLocked()
-	w.trackBlocked(now, blocked)
-	w.BlockedFor = w.blockedSum
-	q.window = Window{MaxInflight: q.inflight, Blocked: blocked, Start: now, slotsAt: q.slotSeconds, blocked: blocked, lastB: now}
-	return w
-}
 
 // Level is the quantile of the engine model's spread at which admission
 // predicts (see lateness).

@@ -106,9 +106,6 @@ func (t *Ticket) Release() {
 	}
 	q.accountLocked(now)
 	if held := now.Sub(t.dispatched); !t.dispatched.IsZero() && held > 0 {
-		if len(q.window.EngineTimes) < 8192 {
-			q.window.EngineTimes = append(q.window.EngineTimes, held)
-		}
 		if q.engineTime == 0 {
 			q.engineTime = held
 		} else {
@@ -126,8 +123,6 @@ func (t *Ticket) Release() {
 			}
 		}
 	}
-	q.window.trackBlocked(now, q.blockedLocked())
-	q.window.Completed += t.weight
 	q.inflight -= t.weight
 	q.dispatchLocked(now, false)
 }
