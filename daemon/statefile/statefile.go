@@ -22,8 +22,6 @@ const Name = "learned.json"
 type State struct {
 	// EngineStartSeconds is the learned engine start time (0: none yet).
 	EngineStartSeconds float64 `json:"engine_start_seconds,omitempty"`
-	// AdaptiveLimit is the adaptive in-flight limit (0: none yet).
-	AdaptiveLimit int `json:"adaptive_limit,omitempty"`
 	// EngineModel is what the engine model learned (nil: nothing yet).
 	EngineModel *enginemodel.State `json:"engine_model,omitempty"`
 	// AdmissionLevel is the quantile admission predicts at (0: none yet).
@@ -47,7 +45,7 @@ func Load(dir string) (State, error) {
 	if err := json.Unmarshal(data, &s); err != nil {
 		return State{}, fmt.Errorf("learned state %s: %w", filepath.Join(dir, Name), err)
 	}
-	if s.EngineStartSeconds < 0 || s.AdaptiveLimit < 0 || s.AdmissionLevel < 0 || s.AdmissionLevel > 1 {
+	if s.EngineStartSeconds < 0 || s.AdmissionLevel < 0 || s.AdmissionLevel > 1 {
 		return State{}, fmt.Errorf("learned state %s: negative values", filepath.Join(dir, Name))
 	}
 	return s, nil

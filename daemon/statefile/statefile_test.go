@@ -35,3 +35,17 @@ func TestCorruptFileIsAnError(t *testing.T) {
 		t.Fatal("Load of a corrupt file: want an error naming it")
 	}
 }
+
+// A file written before the adaptive law was deleted still loads: its
+// adaptive_limit is ignored, what else it kept is read.
+func TestOldFileWithAdaptiveLimit(t *testing.T) {
+	dir := t.TempDir()
+	old := `{"engine_start_seconds": 7.5, "adaptive_limit": 24, "admission_level": 0.9, "saved": "2025-01-02T03:04:05Z"}`
+	if err := os.WriteFile(filepath.Join(dir, Name), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load(dir)
+	if err != nil || s.EngineStartSeconds != 7.5 || s.AdmissionLevel != 0.9 || s.Saved.IsZero() {
+		t.Fatalf("Load of a file with adaptive_limit = %+v, %v; want its other values", s, err)
+	}
+}
