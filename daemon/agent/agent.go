@@ -113,7 +113,8 @@ type Inputs struct {
 	// under a second) or "external" (not managed) count as warm; "failed"
 	// as failed; anything else (stopped, starting, stopping) as cold.
 	Engine string
-	// Limit is the in-flight limit (fixed or adaptive), in requests.
+	// Limit is the in-flight limit (chosen from the engine model, or
+	// queue.max_inflight), in requests.
 	Limit int
 	// Rate is the engine's completion rate, requests per second.
 	Rate float64

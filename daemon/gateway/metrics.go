@@ -103,7 +103,7 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Du
 			stat(func(s queue.Stats) float64 { return float64(s.QueuedSlots) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_inflight_sequences", Help: "Sequences in the engine."},
 			stat(func(s queue.Stats) float64 { return float64(s.Inflight) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_inflight_limit", Help: "Most sequences allowed in the engine at once now (the adaptive limit, or queue.max_inflight)."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_inflight_limit", Help: "Most sequences allowed in the engine at once now (the limit chosen from the engine model, or queue.max_inflight)."},
 			stat(func(s queue.Stats) float64 { return float64(s.Limit) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_engine_saturated", Help: "1 while the engine's own metrics say it is saturated and dispatching is held."},
 			stat(func(s queue.Stats) float64 {
