@@ -153,8 +153,6 @@ type Queue struct {
 	MaxInflight int
 	MaxQueued   int
 	MaxWait     time.Duration
-	// NominalRPS is the sequence completion rate assumed until one is measured.
-	NominalRPS  float64
 	BatchWindow time.Duration
 	// MaxBatch releases a batch as soon as this many wait (0: the in-flight
 	// limit).
@@ -165,8 +163,9 @@ type Queue struct {
 	// Concurrency "model" chooses the in-flight limit from the engine
 	// model (daemon/enginemodel), between MinInflight and MaxInflight (and
 	// engine.max_num_seqs where set), so that the typical request's tail
-	// time stays within TargetLatency; "adaptive" finds it by probing
-	// throughput and latency (daemon/limiter); "fixed" keeps MaxInflight.
+	// time stays within TargetLatency; "fixed" keeps MaxInflight. A file
+	// that still says "adaptive" (the deleted probing law) is read as
+	// "model", with a deprecation.
 	Concurrency   string
 	MinInflight   int
 	TargetLatency time.Duration
@@ -174,10 +173,6 @@ type Queue struct {
 	BatchMaxWait time.Duration
 	BatchShare   float64
 }
-
-// Adaptive reports whether the in-flight limit is found at run time by
-// the adaptive law.
-func (q Queue) Adaptive() bool { return q.Concurrency == "adaptive" }
 
 // FromModel reports whether the in-flight limit is chosen from the
 // engine model.
@@ -253,7 +248,6 @@ type raw struct {
 		MaxInflight   int     `toml:"max_inflight"`
 		MaxQueued     int     `toml:"max_queued"`
 		MaxWait       string  `toml:"max_wait"`
-		NominalRPS    float64 `toml:"nominal_rps"`
 		BatchWindow   string  `toml:"batch_window"`
 		MaxBatch      int     `toml:"max_batch"`
 		Coalesce      bool    `toml:"coalesce"`
@@ -262,6 +256,10 @@ type raw struct {
 		TargetLatency string  `toml:"target_latency"`
 		BatchMaxWait  string  `toml:"batch_max_wait"`
 		BatchShare    float64 `toml:"batch_share"`
+		// NominalRPS is obsolete: only the deleted adaptive law read it
+		// (its first limit). Kept so that files that set it (the shipped
+		// conffile did) still load.
+		NominalRPS *float64 `toml:"nominal_rps" deprecated:"true"`
 	} `toml:"queue"`
 	Limits struct {
 		MaxBodyBytes int64   `toml:"max_body_bytes"`
@@ -325,7 +323,6 @@ func defaults() raw {
 	r.Queue.MaxInflight = 256
 	r.Queue.MaxQueued = 256
 	r.Queue.MaxWait = "4s"
-	r.Queue.NominalRPS = 8
 	r.Queue.BatchWindow = "0s"
 	r.Queue.MaxBatch = 0
 	r.Queue.Concurrency = "model"
@@ -527,14 +524,10 @@ func fromRaw(path string, r raw) (*Config, error) {
 	ck.atLeast("queue.max_inflight", q.MaxInflight, 1)
 	ck.atLeast("queue.max_queued", q.MaxQueued, 0)
 	ck.atLeast("queue.max_batch", q.MaxBatch, 0)
-	if q.NominalRPS <= 0 {
-		ck.fail("queue.nominal_rps", q.NominalRPS, "must be above 0 (sequences completed per second before any is measured)")
-	}
 	c.Queue = Queue{
 		MaxInflight: q.MaxInflight,
 		MaxQueued:   q.MaxQueued,
 		MaxWait:     ck.duration("queue.max_wait", q.MaxWait, time.Millisecond),
-		NominalRPS:  q.NominalRPS,
 		BatchWindow: ck.duration("queue.batch_window", q.BatchWindow, 0),
 		MaxBatch:    q.MaxBatch,
 		Coalesce:    q.Coalesce,
@@ -544,21 +537,29 @@ func fromRaw(path string, r raw) (*Config, error) {
 	}
 	// A key's default must never make a key the user wrote invalid (the
 	// shipped file writes every key): a batch, like the minimum of the
-	// adaptive limit, is at most the in-flight limit, so a larger value is
+	// model's limit, is at most the in-flight limit, so a larger value is
 	// read as that limit (with a note when it matters) rather than refused.
 	if q.MaxBatch > q.MaxInflight && q.MaxInflight >= 1 && c.Queue.BatchWindow > 0 {
 		c.Notes = append(c.Notes, fmt.Sprintf("queue.max_batch = %d is above queue.max_inflight = %d: a batch is released at %d", q.MaxBatch, q.MaxInflight, q.MaxInflight))
 	}
 	c.Queue.Concurrency = q.Concurrency
 	switch q.Concurrency {
-	case "fixed", "adaptive", "model":
+	case "fixed", "model":
+	case "adaptive":
+		// The probing law was deleted; the model replaced it. A file
+		// written for it must not stop the daemon after an upgrade.
+		c.Queue.Concurrency = "model"
+		c.Deprecated = append(c.Deprecated, `queue.concurrency = "adaptive": read as "model"; the adaptive law was deleted and the limit is chosen from the engine model (docs/admission.md)`)
 	default:
-		ck.fail("queue.concurrency", q.Concurrency, `want "model" (chosen from the engine model, at most queue.max_inflight), "fixed" (queue.max_inflight) or "adaptive" (found by probing, at most queue.max_inflight)`)
+		ck.fail("queue.concurrency", q.Concurrency, `want "model" (chosen from the engine model, at most queue.max_inflight) or "fixed" (queue.max_inflight)`)
+	}
+	if q.NominalRPS != nil {
+		c.Deprecated = append(c.Deprecated, fmt.Sprintf("queue.nominal_rps = %g: obsolete, ignored; only the deleted adaptive law read it, and the engine model learns the engine's rate from its answers", *q.NominalRPS))
 	}
 	ck.atLeast("queue.min_inflight", q.MinInflight, 1)
 	c.Queue.MinInflight = q.MinInflight
 	if q.MaxInflight >= 1 && q.MinInflight > q.MaxInflight {
-		if c.Queue.Adaptive() || c.Queue.FromModel() {
+		if c.Queue.FromModel() {
 			c.Notes = append(c.Notes, fmt.Sprintf("queue.min_inflight = %d is above queue.max_inflight = %d: the limit stays at %d", q.MinInflight, q.MaxInflight, q.MaxInflight))
 		}
 		c.Queue.MinInflight = q.MaxInflight

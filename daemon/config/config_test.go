@@ -26,6 +26,9 @@ func render(c *Config, err error) string {
 	for _, d := range Diff(Default(), c) {
 		fmt.Fprintf(&b, "%s\n", d)
 	}
+	for _, d := range c.Deprecated {
+		fmt.Fprintf(&b, "deprecated: %s\n", d)
+	}
 	for _, n := range c.Notes {
 		fmt.Fprintf(&b, "note: %s\n", n)
 	}
@@ -120,7 +123,7 @@ func FuzzParse(f *testing.F) {
 		}
 		// Whatever loads must be usable.
 		if c.Queue.MaxInflight < 1 || c.Queue.MinInflight > c.Queue.MaxInflight || c.Engine.URL == nil ||
-			c.Queue.NominalRPS <= 0 || c.Limits.MaxBodyBytes < 1024 || len(c.Engine.Models) == 0 {
+			(c.Queue.Concurrency != "model" && c.Queue.Concurrency != "fixed") || c.Limits.MaxBodyBytes < 1024 || len(c.Engine.Models) == 0 {
 			t.Fatalf("Parse accepted an unusable config: %+v", c)
 		}
 	})
@@ -176,5 +179,31 @@ func TestDeprecatedMaxBestOf(t *testing.T) {
 	}
 	if c, _ := Parse("new.toml", []byte("[limits]\nmax_tokens = 512\n")); len(c.Deprecated) != 0 {
 		t.Fatalf("Deprecated = %q for a file without deprecated keys", c.Deprecated)
+	}
+}
+
+// A file written for the deleted adaptive law still loads after an
+// upgrade: "adaptive" is read as "model", and queue.nominal_rps, which
+// only that law read, is ignored; both are named as deprecated.
+func TestDeprecatedAdaptive(t *testing.T) {
+	c, err := Parse("old.toml", []byte("[queue]\nconcurrency = \"adaptive\"\nnominal_rps = 12.5\nmin_inflight = 8\n"))
+	if err != nil {
+		t.Fatalf("a file written for the adaptive law: %v, want it to load", err)
+	}
+	if !c.Queue.FromModel() || c.Queue.MinInflight != 8 {
+		t.Fatalf("concurrency %q, min_inflight %d; want \"model\" and 8", c.Queue.Concurrency, c.Queue.MinInflight)
+	}
+	if len(c.Deprecated) != 2 || !strings.Contains(c.Deprecated[0], `queue.concurrency = "adaptive"`) || !strings.Contains(c.Deprecated[0], `"model"`) ||
+		!strings.Contains(c.Deprecated[1], "queue.nominal_rps = 12.5") || !strings.Contains(c.Deprecated[1], "ignored") {
+		t.Fatalf("Deprecated = %q, want queue.concurrency read as model and queue.nominal_rps ignored", c.Deprecated)
+	}
+	if _, err := Parse("bad.toml", []byte("[queue]\nconcurrency = \"auto\"\n")); err == nil ||
+		!strings.Contains(err.Error(), `want "model"`) || strings.Contains(err.Error(), `"adaptive"`) {
+		t.Fatalf("an unknown mode: err = %v, want the modes listed without \"adaptive\"", err)
+	}
+	for _, mode := range []string{"model", "fixed"} {
+		if c, err := Parse("new.toml", []byte("[queue]\nconcurrency = \""+mode+"\"\n")); err != nil || len(c.Deprecated) != 0 {
+			t.Fatalf("concurrency = %q: %v, deprecated %q; want it loaded without any", mode, err, c.Deprecated)
+		}
 	}
 }

@@ -30,7 +30,7 @@ func Diff(a, b *Config) []string {
 }
 
 // snake turns a Go field name into its TOML key (MaxInflight: max_inflight,
-// NominalRPS: nominal_rps, URL: url).
+// MaxNumSeqs: max_num_seqs, URL: url).
 func snake(s string) string {
 	var b strings.Builder
 	r := []rune(s)

@@ -66,11 +66,11 @@ func derivedValues(c *Config) map[string]string {
 	if c.Queue.MaxBatch == 0 || c.Queue.MaxBatch > c.Queue.MaxInflight {
 		d["queue.max_batch"] = "the in-flight limit"
 	}
-	if c.Queue.Adaptive() && c.Queue.TargetLatency == 0 {
+	if c.Queue.FromModel() && c.Queue.TargetLatency == 0 {
 		if c.SLO.Latency > 0 {
-			d["queue.target_latency"] = "from slo.latency (docs/admission.md)"
+			d["queue.target_latency"] = "slo.latency (" + c.SLO.Latency.String() + "; docs/admission.md)"
 		} else {
-			d["queue.target_latency"] = "none: the limit follows the engine's throughput alone"
+			d["queue.target_latency"] = "none: the engine's knee and queue.max_inflight bound the limit"
 		}
 	}
 	if c.Limits.Rate > 0 {
@@ -79,7 +79,9 @@ func derivedValues(c *Config) map[string]string {
 	if c.Limits.GlobalRate > 0 {
 		d["limits.global_burst"] = strconv.Itoa(c.Limits.GlobalBurst)
 	}
-	if c.Queue.Adaptive() {
+	// A file that still says "adaptive" gets the model (Parse says why).
+	d["queue.concurrency"] = strconv.Quote(c.Queue.Concurrency)
+	if c.Queue.FromModel() {
 		d["queue.min_inflight"] = strconv.Itoa(c.Queue.MinInflight)
 	}
 	return d

@@ -56,8 +56,10 @@ func TestSingleKeyChangesLoad(t *testing.T) {
 		{"queue", "max_batch", "128"},
 		{"queue", "batch_window", `"20ms"`},
 		{"queue", "coalesce", "true"},
-		{"queue", "concurrency", `"adaptive"`},
+		{"queue", "concurrency", `"adaptive"`}, // read as "model", with a warning
 		{"queue", "concurrency", `"fixed"`},
+		{"queue", "concurrency", `"model"`},
+		{"queue", "nominal_rps", "0"}, // obsolete, ignored
 		{"queue", "min_inflight", "100"},
 		{"queue", "min_inflight", "1"},
 		{"queue", "target_latency", `"2s"`},
@@ -134,7 +136,7 @@ func TestSingleKeyChangesLoad(t *testing.T) {
 
 // Derived values follow the key they derive from.
 func TestDerivedValues(t *testing.T) {
-	c, err := Parse("x.toml", []byte("[queue]\nconcurrency = \"adaptive\"\nmax_inflight = 2\nmin_inflight = 4\n[limits]\nrate = 2.5\nglobal_rate = 40\nglobal_burst = 7\n"))
+	c, err := Parse("x.toml", []byte("[queue]\nconcurrency = \"model\"\nmax_inflight = 2\nmin_inflight = 4\n[limits]\nrate = 2.5\nglobal_rate = 40\nglobal_burst = 7\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,6 +179,25 @@ func TestShow(t *testing.T) {
 	}
 	if _, ok := got["limits.max_best_of"]; ok {
 		t.Error("a deprecated key the file does not set is listed")
+	}
+	if _, ok := got["queue.nominal_rps"]; ok {
+		t.Error("an obsolete key the file does not set is listed")
+	}
+	if d := got["queue.target_latency"].Derived; d != "slo.latency (5s; docs/admission.md)" {
+		t.Errorf("queue.target_latency in effect: %q, want the objective's", d)
+	}
+	// A file written for the deleted adaptive law shows the mode in effect.
+	s, err = Show("old.toml", []byte("[queue]\nconcurrency = \"adaptive\"\nnominal_rps = 8\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range s {
+		if x.Key == "queue.concurrency" && (x.Value != `"adaptive"` || x.Derived != `"model"`) {
+			t.Errorf("queue.concurrency: %+v, want \"adaptive\" written and \"model\" in effect", x)
+		}
+		if x.Key == "queue.nominal_rps" && x.Value != "8.0" {
+			t.Errorf("queue.nominal_rps: %+v, want listed as written", x)
+		}
 	}
 	if _, err := Show("bad.toml", []byte("[queue]\nmax_inflight = 0\n")); err == nil || !strings.Contains(err.Error(), "queue.max_inflight") {
 		t.Errorf("Show of a bad file: err = %v, want the key named", err)
