@@ -870,7 +870,6 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 		if strings.HasPrefix(c, "gateway.listen:") || strings.HasPrefix(c, "metrics.listen:") || strings.HasPrefix(c, "balancer.agent_listen:") ||
 			strings.HasPrefix(c, "engine.url:") || strings.HasPrefix(c, "log.format:") || strings.HasPrefix(c, "log.level:") ||
 			strings.HasPrefix(c, "engine.metrics_interval:") || strings.HasPrefix(c, "queue.concurrency:") ||
-			strings.HasPrefix(c, "queue.min_inflight:") || strings.HasPrefix(c, "queue.target_latency:") ||
 			(strings.HasPrefix(c, "gpu.") && !strings.HasPrefix(c, "gpu.memory_budget:") && !strings.HasPrefix(c, "gpu.memory_fraction:")) {
 			log.Warn("setting needs a restart to take effect", "change", c)
 		}
