@@ -69,7 +69,7 @@ func TestBenchSides(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a, b, c := startSim(t, ctx, 64), startSim(t, ctx, 64), startSim(t, ctx, 64)
-	sides, err := parseSides("engine="+a+",fixed="+b+",adaptive="+c, "fixed="+b+"/metrics")
+	sides, err := parseSides("engine="+a+",fixed="+b+",model="+c, "fixed="+b+"/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestBenchSides(t *testing.T) {
 			got = append(got, fs[0]+"@"+fs[1])
 		}
 	}
-	want := "engine@20.00/s fixed@20.00/s adaptive@20.00/s engine@40.00/s fixed@40.00/s adaptive@40.00/s"
+	want := "engine@20.00/s fixed@20.00/s model@20.00/s engine@40.00/s fixed@40.00/s model@40.00/s"
 	if strings.Join(got, " ") != want {
 		t.Fatalf("phases %v, want %s\n%s", got, want, out.String())
 	}

@@ -42,7 +42,7 @@ func commands() []command {
 		{"fake-engine", "", "serve an OpenAI-compatible engine that answers at once", fakeEngineFlags},
 		{"overhead", "", "measure llmlabd's overhead against nginx, a bare Go reverse proxy and direct access", overheadFlags},
 		{"reverse-proxy", "", "serve a bare httputil.ReverseProxy (the overhead benchmark's Go reference)", reverseProxyFlags},
-		{"tune", "", "sweep fixed in-flight limits against the adaptive one (or compare priority classes) on the simulator", tuneFlags},
+		{"tune", "", "sweep fixed in-flight limits against the model's (or compare priority classes) on the simulator", tuneFlags},
 		{"tune-engine", "", "sweep vLLM's knobs (max_num_seqs, max_num_batched_tokens, max_model_len, gpu_memory_utilization) with llmlab's through llmlabd: find-max per point, the best, the frontier, --apply", tuneEngineFlags},
 		{"tune-admission", "", "the shipped llmlabd against fixed limits and a bare 429 proxy at 1x-3x an engine's sustainable rate, a step from idle, find-max through it (docs/benchmarks.md)", tuneAdmissionFlags},
 		{"gpu", "[-- COMMAND...]", "show what llmlabd reads from NVML; with a command, run it as the engine (admission, share, release wait)", gpuFlagSet},

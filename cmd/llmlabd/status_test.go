@@ -115,7 +115,8 @@ format = "text"
 		t.Fatalf("engine %q, lifecycle %+v; want ready after a cold start of at least 0.3 s", r.Daemon.Engine.State, lc)
 	}
 	text, _ := llmlabStatus(t, "--config", cfgPath)
-	for _, want := range []string{"llmlab: serving since", "engine:   ready since", "last cold start", "req/s", "within the 5s objective", "invalid 1"} {
+	for _, want := range []string{"llmlab: serving since", "engine:   ready since", "last cold start", "req/s", "within the 5s objective", "invalid 1",
+		"the model's limit"} {
 		if !strings.Contains(text, want) {
 			t.Fatalf("llmlab status says\n%s\nwithout %q", text, want)
 		}

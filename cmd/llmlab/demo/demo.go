@@ -160,7 +160,6 @@ models = [%q]
 max_inflight = %d
 max_queued = %d
 max_wait = %q
-nominal_rps = %g
 batch_window = %q
 max_batch = %d
 coalesce = %t
@@ -170,7 +169,7 @@ textfile = ""
 [log]
 format = "text"
 access_log = false
-`, listen, engine, model, o.MaxInflight, 4*o.MaxInflight, o.MaxWait.String(), o.Capacity,
+`, listen, engine, model, o.MaxInflight, 4*o.MaxInflight, o.MaxWait.String(),
 			o.BatchWindow.String(), min(16, o.MaxInflight), o.Coalesce)
 	})
 }

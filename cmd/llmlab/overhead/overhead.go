@@ -147,7 +147,6 @@ models = ["m"]
 max_inflight = 256
 max_queued = 4096
 max_wait = "30s"
-nominal_rps = 10000
 [limits]
 max_tokens = 1024
 [metrics]

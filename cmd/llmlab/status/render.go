@@ -81,8 +81,8 @@ func renderDaemon(w io.Writer, d *server.Status, units map[uint32]string, now ti
 	fmt.Fprintf(w, "  engine:   %s\n", eng)
 	q := d.Queue
 	limit := fmt.Sprintf("limit %d", q.Limit)
-	if d.Limits.Concurrency == "adaptive" {
-		limit = fmt.Sprintf("adaptive limit %d (max %d)", q.Limit, q.MaxInflight)
+	if d.Limits.Concurrency == "model" {
+		limit = fmt.Sprintf("the model's limit %d (max %d)", q.Limit, q.MaxInflight)
 	}
 	sat := ""
 	if q.Hold {

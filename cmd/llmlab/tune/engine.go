@@ -91,7 +91,8 @@ type Grid struct {
 	MaxModelLen          []int
 	GPUMemoryUtilization []float64
 	// Inflight is llmlabd's in-flight limit: "seqs" (max_num_seqs),
-	// "adaptive" (found at run time, up to max_num_seqs), or a number.
+	// "model" (chosen from the engine model, up to max_num_seqs), or a
+	// number.
 	Inflight    []string
 	BatchWindow []time.Duration
 }
@@ -117,13 +118,10 @@ func (p Point) engineKey() string {
 }
 
 // modeKey is what of the point llmlabd reads only when it starts: the
-// in-flight limit's mode (queue.concurrency, and with "adaptive" its
-// floor).
+// in-flight limit's mode (queue.concurrency; the model's floor,
+// queue.min_inflight, follows a reload).
 func (p Point) modeKey() string {
-	conc, limit := p.limit()
-	if conc == "adaptive" {
-		return fmt.Sprintf("adaptive/%d", min(4, limit))
-	}
+	conc, _ := p.limit()
 	return conc
 }
 
@@ -132,8 +130,8 @@ func (p Point) limit() (concurrency string, maxInflight int) {
 	switch p.Inflight {
 	case "seqs":
 		return "fixed", p.MaxNumSeqs
-	case "adaptive":
-		return "adaptive", p.MaxNumSeqs
+	case "model":
+		return "model", p.MaxNumSeqs
 	}
 	n, _ := strconv.Atoi(p.Inflight)
 	return "fixed", n
@@ -233,8 +231,8 @@ func RunEngine(ctx context.Context, o EngineOptions) ([]Result, error) {
 		}
 	}
 	for _, v := range o.Grid.Inflight {
-		if n, err := strconv.Atoi(v); v != "seqs" && v != "adaptive" && (err != nil || n < 1) {
-			return nil, fmt.Errorf("--inflight %q: want seqs, adaptive or a positive number", v)
+		if n, err := strconv.Atoi(v); v != "seqs" && v != "model" && (err != nil || n < 1) {
+			return nil, fmt.Errorf("--inflight %q: want seqs, model or a positive number", v)
 		}
 	}
 	engineName := "simulated " + prof.Name
@@ -800,7 +798,7 @@ func renderConfig(base map[string]any, p Point, listen, stateDir, metricsAddr st
 	conc, limit := p.limit()
 	q["concurrency"], q["max_inflight"], q["batch_window"] = conc, limit, p.BatchWindow.String()
 	q["max_queued"] = 1024
-	if conc == "adaptive" {
+	if conc == "model" {
 		q["min_inflight"] = min(4, limit)
 	}
 	if slo > 0 {

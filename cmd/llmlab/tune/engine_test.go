@@ -208,7 +208,7 @@ enabled = false
 listen = ""
 `), 0o644)
 	cmd := exec.Command(tool, "tune-engine", "--llmlabd", daemon, "--config", conf, "--profile", "instant", "--max-num-seqs", "4",
-		"--max-model-len", "1024", "--inflight", "seqs,adaptive", "--slo-p95", "1s", "--warmup", "1s", "--duration", "3s", "--precision", "0.5", "--start-rate", "4",
+		"--max-model-len", "1024", "--inflight", "seqs,model", "--slo-p95", "1s", "--warmup", "1s", "--duration", "3s", "--precision", "0.5", "--start-rate", "4",
 		"--results", filepath.Join(dir, "results"), "--quiet")
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
@@ -221,8 +221,8 @@ listen = ""
 	}
 	for _, r := range rows {
 		// llmlabd reads queue.concurrency only when it starts: the
-		// adaptive point must have run on a new llmlabd in that mode.
-		want := map[string]string{"seqs": "fixed", "adaptive": "adaptive"}[r.Inflight]
+		// model point must have run on a new llmlabd in that mode.
+		want := map[string]string{"seqs": "fixed", "model": "model"}[r.Inflight]
 		if r.Status != StatusOK || r.Engine != conf || r.EngineMaxModelLen != 1024 || r.Sustainable <= 0 || r.Concurrency != want {
 			t.Fatalf("result %+v, want it measured with llmlabd in %s mode\n%s", r, want, out)
 		}

@@ -3,9 +3,10 @@
 //
 //   - the sweep: for each GPU profile, an open loop at a fixed multiple of
 //     the engine's capacity through llmlabd with queue.max_inflight fixed
-//     at each of a list of values, then with queue.concurrency =
-//     "adaptive"; goodput (answers within the SLO per second) for each,
-//     and the adaptive mode's goodput over the best fixed setting's;
+//     at each of a list of values (queue.concurrency = "fixed"), then
+//     with the shipped default, queue.concurrency = "model"; goodput
+//     (answers within the SLO per second) for each, and the model's limit's
+//     goodput over the best fixed setting's;
 //   - the priority run: the same overload, half of it sent in the batch
 //     class, with priority classes honoured and with the header dropped
 //     (one class), showing what each class gets.
@@ -37,8 +38,8 @@ import (
 type Options struct {
 	Llmlabd  string
 	Profiles []string
-	// Fixed are the queue.max_inflight values of the sweep; the adaptive
-	// mode runs between MinInflight and MaxNumSeqs.
+	// Fixed are the queue.max_inflight values of the sweep; the model
+	// mode chooses its limit between MinInflight and MaxNumSeqs.
 	Fixed       []int
 	MinInflight int
 	// MaxNumSeqs is the simulated vLLM's --max-num-seqs (its default, 256).
@@ -52,8 +53,8 @@ type Options struct {
 	Stream   bool
 	// Priority runs the mixed-class comparison instead of the sweep.
 	Priority bool
-	// TargetLatency is the adaptive mode's queue.target_latency (0: its
-	// default).
+	// TargetLatency is the model mode's queue.target_latency (0: its
+	// default, the SLO).
 	TargetLatency time.Duration
 	// BatchShare is llmlabd's queue.batch_share in the priority run (0:
 	// its default).
@@ -65,12 +66,12 @@ type Options struct {
 // Row is one setting's figures.
 type Row struct {
 	Profile  string  `json:"profile"`
-	Setting  string  `json:"setting"` // "fixed 32", "adaptive", "classes", "one class"
+	Setting  string  `json:"setting"` // "fixed 32", "model", "classes", "one class"
 	Class    string  `json:"class,omitempty"`
 	Capacity float64 `json:"capacity"`
 	Rate     float64 `json:"rate"`
-	// Limit is llmlabd's in-flight limit at the end (the adaptive one's
-	// choice).
+	// Limit is llmlabd's in-flight limit at the end (the model's choice
+	// with "model").
 	Limit   int            `json:"final_limit"`
 	Summary bench.Summary  `json:"summary"`
 	Lag     bench.LagCheck `json:"sim_lag"`
@@ -125,23 +126,23 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		}
 		var settings []setting
 		if o.Priority {
-			settings = []setting{{"classes", "concurrency = \"adaptive\"", 0.5, true}, {"one class", "concurrency = \"adaptive\"", 0.5, false}}
+			settings = []setting{{"classes", "concurrency = \"model\"", 0.5, true}, {"one class", "concurrency = \"model\"", 0.5, false}}
 		} else {
 			for _, n := range o.Fixed {
-				settings = append(settings, setting{label: fmt.Sprintf("fixed %d", n), conf: fmt.Sprintf("max_inflight = %d", n)})
+				settings = append(settings, setting{label: fmt.Sprintf("fixed %d", n), conf: fmt.Sprintf("concurrency = \"fixed\"\nmax_inflight = %d", n)})
 			}
-			settings = append(settings, setting{label: "adaptive", conf: "concurrency = \"adaptive\""})
+			settings = append(settings, setting{label: "model", conf: "concurrency = \"model\""})
 		}
 		for i, s := range settings {
 			conf := s.conf
 			if o.Priority && o.BatchShare > 0 {
 				conf += fmt.Sprintf("\nbatch_share = %g", o.BatchShare)
 			}
-			if strings.HasPrefix(s.conf, "concurrency = \"adaptive\"") {
+			if strings.HasPrefix(s.conf, "concurrency = \"model\"") {
 				conf += fmt.Sprintf("\nmax_inflight = %d\nmin_inflight = %d\ntarget_latency = %q", o.MaxNumSeqs, o.MinInflight, o.TargetLatency.String())
 			}
 			fmt.Fprintf(o.Out, "  %s ...\n", s.label)
-			gw, stop, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", name, i)), o, engine, capacity, conf)
+			gw, stop, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", name, i)), o, engine, conf)
 			if err != nil {
 				stopSim()
 				return rows, err
@@ -239,7 +240,7 @@ func finalLimit(gw string) int {
 	return st.Queue.Limit
 }
 
-func startLlmlabd(ctx context.Context, dir string, o Options, engine string, capacity float64, queueConf string) (string, func(), error) {
+func startLlmlabd(ctx context.Context, dir string, o Options, engine string, queueConf string) (string, func(), error) {
 	return daemonproc.Start(ctx, o.Llmlabd, dir, func(listen string) string {
 		return fmt.Sprintf(`[gateway]
 listen = %q
@@ -252,7 +253,6 @@ models = [%q]
 max_queued = 1024
 max_wait = "4s"
 max_batch = 1
-nominal_rps = %g
 [slo]
 latency = %q
 [metrics]
@@ -263,7 +263,7 @@ enabled = false
 [log]
 format = "text"
 access_log = false
-`, listen, dir, engine, model, queueConf, max(capacity, 1), o.SLO.Latency.String())
+`, listen, dir, engine, model, queueConf, o.SLO.Latency.String())
 	})
 }
 
@@ -285,22 +285,22 @@ func printSweep(w io.Writer, o Options, rows []Row) {
 	}
 	fmt.Fprintln(w)
 	for _, p := range o.Profiles {
-		best, bestLabel, adaptive := 0.0, "", 0.0
+		best, bestLabel, fromModel := 0.0, "", 0.0
 		for _, r := range rows {
 			if r.Profile != p {
 				continue
 			}
-			if r.Setting == "adaptive" {
-				adaptive = r.Summary.Goodput
+			if r.Setting == "model" {
+				fromModel = r.Summary.Goodput
 			} else if r.Summary.Goodput > best {
 				best, bestLabel = r.Summary.Goodput, r.Setting
 			}
 		}
 		ratio := 0.0
 		if best > 0 {
-			ratio = adaptive / best
+			ratio = fromModel / best
 		}
-		fmt.Fprintf(w, "- %s: adaptive %.2f req/s of goodput, %.2fx the best fixed setting (%s, %.2f req/s); target >= 0.95x\n", p, adaptive, ratio, bestLabel, best)
+		fmt.Fprintf(w, "- %s: the model's limit %.2f req/s of goodput, %.2fx the best fixed setting (%s, %.2f req/s); target >= 0.95x\n", p, fromModel, ratio, bestLabel, best)
 	}
 }
 
@@ -309,7 +309,7 @@ func printPriority(w io.Writer, o Options, rows []Row) {
 	if o.BatchShare > 0 {
 		share = fmt.Sprintf("%g", o.BatchShare)
 	}
-	fmt.Fprintf(w, "\nopen loop (Poisson) at %.1fx each engine's capacity, half of the requests in the batch class (X-Llmlab-Priority: batch); SLO p95 <= %s; adaptive concurrency; queue.batch_share %s\n\n",
+	fmt.Fprintf(w, "\nopen loop (Poisson) at %.1fx each engine's capacity, half of the requests in the batch class (X-Llmlab-Priority: batch); SLO p95 <= %s; the model's limit; queue.batch_share %s\n\n",
 		o.Load, o.SLO.Latency, share)
 	fmt.Fprintf(w, "| profile | classes | class | goodput req/s | ok/s | p95 | refused | failed | note |\n|---|---|---|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range rows {
