@@ -21,8 +21,8 @@ import (
 var update = flag.Bool("update", false, "rewrite docs/metrics.md from the live registry")
 
 // docs/metrics.md's table of llmlabd's series is the live registry's: a
-// running llmlabd, in front of the simulator it manages, with adaptive
-// concurrency, after answered, refused, malformed and streamed requests,
+// running llmlabd, in front of the simulator it manages, with the limit
+// chosen from the engine model, after answered, refused, malformed and streamed requests,
 // serves exactly the families the table lists (GPU device series aside:
 // daemon/gpu checks those against NVML's mock), with the same types,
 // labels and help. go test -run TestMetricsCatalogue -args -update
@@ -36,7 +36,7 @@ listen = "127.0.0.1:0"
 url = "http://%s"
 command = [%q, "sim", "--profile", "instant", "--startup-delay", "0s", "--host", %q, "--port", %q]
 [queue]
-concurrency = "adaptive"
+concurrency = "model"
 max_inflight = 4
 max_queued = 1
 [limits]
@@ -57,16 +57,15 @@ format = "text"
 	}
 	post(t, d.api+"/v1/completions", `{"prompt":`)
 	post(t, d.api+"/v1/chat/completions", `{"messages":[{"role":"user","content":"x"}],"max_tokens":3,"stream":true}`)
-	// The adaptive law's first update labels its counter; the engine's
-	// gauges come with its first scrape.
+	// The engine's gauges come with its first scrape.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		m := fetch(t, d.metrics+"/metrics")
-		if strings.Contains(m, "llmlab_adaptive_updates_total{") && strings.Contains(m, "llmlab_engine_requests_running ") {
+		if strings.Contains(m, "llmlab_engine_requests_running ") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no adaptive update or engine reading in 10 s:\n%s", m)
+			t.Fatalf("no engine reading in 10 s:\n%s", m)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

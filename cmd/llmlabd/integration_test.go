@@ -233,7 +233,7 @@ func TestFlood(t *testing.T) {
 	es := httptest.NewServer(eng)
 	defer es.Close()
 	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL,
-		"max_inflight = 4\nmax_queued = 4\nmax_batch = 4\nmax_wait = \"5s\"\nnominal_rps = 10")))
+		"max_inflight = 4\nmax_queued = 4\nmax_batch = 4\nmax_wait = \"5s\"")))
 
 	const total = 40
 	type answer struct {
@@ -464,6 +464,51 @@ func TestSIGHUPReloads(t *testing.T) {
 	}
 	if resp, _ := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"x","max_tokens":50}`); resp.StatusCode != 200 {
 		t.Fatalf("after a refused reload: %d, want 200 (old config kept)", resp.StatusCode)
+	}
+}
+
+// A file written for the deleted adaptive law still starts llmlabd, in
+// the model mode, and each load of it (the start and a reload) warns,
+// naming the file, the key and the value.
+func TestAdaptiveConfigReadAsModel(t *testing.T) {
+	es := httptest.NewServer(&enginetest.Engine{})
+	defer es.Close()
+	path := writeConfig(t, baseConfig(es.URL, "concurrency = \"adaptive\"\nnominal_rps = 8"))
+	d := start(t, nil, nil, "--config", path)
+	if resp, body := post(t, d.api+"/v1/completions", `{"model":"m","prompt":"x","max_tokens":5}`); resp.StatusCode != 200 {
+		t.Fatalf("request: %d %s", resp.StatusCode, body)
+	}
+	resp, err := http.Get(d.api + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Limits struct {
+			Concurrency string `json:"concurrency"`
+		} `json:"limits"`
+	}
+	json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if st.Limits.Concurrency != "model" {
+		t.Errorf("/status concurrency %q, want \"model\"", st.Limits.Concurrency)
+	}
+	warned := func() int {
+		n := 0
+		for _, l := range strings.Split(d.logs.String(), "\n") {
+			if strings.Contains(l, "level=WARN") && strings.Contains(l, "deprecated setting") && strings.Contains(l, "config="+path) &&
+				strings.Contains(l, `queue.concurrency = \"adaptive\": read as \"model\"`) {
+				n++
+			}
+		}
+		return n
+	}
+	if warned() != 1 || !strings.Contains(d.logs.String(), "queue.nominal_rps = 8: obsolete, ignored") {
+		t.Fatalf("no warning at start naming the file, queue.concurrency and queue.nominal_rps:\n%s", d.logs.String())
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, d, "msg=reloaded")
+	if warned() != 2 {
+		t.Fatalf("no warning on reload:\n%s", d.logs.String())
 	}
 }
 
@@ -1020,9 +1065,8 @@ memory_fraction = 0.55
 
 type limitStatus struct {
 	Queue struct {
-		Limit         int                `json:"inflight_limit"`
-		EngineSeconds float64            `json:"engine_seconds_per_request"`
-		Model         enginemodel.Status `json:"engine_model"`
+		Limit int                `json:"inflight_limit"`
+		Model enginemodel.Status `json:"engine_model"`
 	} `json:"queue"`
 }
 
@@ -1116,109 +1160,6 @@ enabled = false
 	again := start(t, nil, nil, "--config", cfgPath)
 	if got := readLimit(t, again).Queue.Model.Observed; got < kept {
 		t.Fatalf("after a restart the model has seen %d requests, want the kept %d", got, kept)
-	}
-}
-
-// Adaptive concurrency against the simulator under rising load: with a
-// few clients the limit stays near their number; with many, it rises until
-// the engine's time per request meets the target, and no further, though
-// max_inflight would allow far more. The simulator's step costs 10 ms plus
-// 1 ms per token processed, so a request's time grows with the number of
-// requests beside it; 256 at once would take seconds each.
-func TestAdaptiveConcurrencyRisingLoad(t *testing.T) {
-	engineAddr := startSim(t, "--step-fixed", "10ms", "--per-token", "1ms", "--max-num-seqs", "256")
-	stateDir := t.TempDir()
-	cfg := fmt.Sprintf(`[gateway]
-listen = "127.0.0.1:0"
-state_dir = %q
-[engine]
-url = "http://%s"
-metrics_interval = "100ms"
-[queue]
-concurrency = "adaptive"
-min_inflight = 2
-max_inflight = 256
-max_queued = 1024
-max_wait = "10s"
-nominal_rps = 20
-target_latency = "800ms"
-[slo]
-latency = "3s"
-[metrics]
-listen = "127.0.0.1:0"
-textfile = ""
-[log]
-format = "text"
-level = "debug"
-access_log = false
-[gpu]
-enabled = false
-`, stateDir, engineAddr)
-	cfgPath := writeConfig(t, cfg)
-	d := start(t, nil, nil, "--config", cfgPath)
-	client := bench.NewClient(256)
-	load := func(clients int, dur time.Duration) bench.Summary {
-		o := bench.Options{Target: d.api, Model: "Qwen/Qwen2.5-0.5B-Instruct", PromptTokens: 20, MaxTokens: 20,
-			Concurrency: clients, Duration: dur, Timeout: 30 * time.Second}
-		samples, err := bench.Run(context.Background(), client, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return bench.Summarize(samples, dur, bench.SLO{Latency: 3 * time.Second})
-	}
-	low := load(6, 6*time.Second)
-	l1 := readLimit(t, d)
-	if low.OK == 0 || l1.Queue.Limit < 6 || l1.Queue.Limit > 12 {
-		t.Fatalf("six clients: limit %d (want about 6, demand met and no more), %d answered", l1.Queue.Limit, low.OK)
-	}
-	// The law reads the engine's throughput; a simulator starved of CPU
-	// (this machine compiling other packages meanwhile) has none more to
-	// give, and the law rightly stops. Its own lag metric says whether it
-	// kept up; a phase it did not keep up with is measured once more.
-	var high bench.Summary
-	var l2 limitStatus
-	for attempt := 1; ; attempt++ {
-		s0, o0, _ := bench.LagSnapshot("http://" + engineAddr + "/metrics")
-		high = load(160, 25*time.Second)
-		l2 = readLimit(t, d)
-		s1, o1, _ := bench.LagSnapshot("http://" + engineAddr + "/metrics")
-		lag := bench.CheckLag(s0, o0, s1, o1)
-		if lag.Valid {
-			break
-		}
-		if attempt == 2 {
-			t.Fatalf("the simulator lagged twice (%.0f of %.0f steps late): this machine was too busy to measure the law", lag.LateSteps, lag.Steps)
-		}
-		t.Logf("the simulator lagged (%.0f of %.0f steps late, limit %d); measuring again", lag.LateSteps, lag.Steps, l2.Queue.Limit)
-	}
-	t.Logf("six clients: limit %d, engine %.2fs/request; 160 clients: limit %d, engine %.2fs/request, %.1f answers/s, p95 %s",
-		l1.Queue.Limit, l1.Queue.EngineSeconds, l2.Queue.Limit, l2.Queue.EngineSeconds, high.RPS, high.Latency.P95)
-	if l2.Queue.Limit <= l1.Queue.Limit || l2.Queue.Limit > 64 {
-		t.Fatalf("160 clients: limit %d, want above the six clients' %d and far below 256", l2.Queue.Limit, l1.Queue.Limit)
-	}
-	// The limit sits where the engine's time per request meets the target
-	// (the target bounds the 90th percentile; the average is a little
-	// below it).
-	if e := l2.Queue.EngineSeconds; e < 0.5 || e > 1.0 {
-		t.Fatalf("160 clients: the engine takes %.2fs per request, want about the 800ms target", e)
-	}
-	m := fetch(t, d.metrics+"/metrics")
-	for _, want := range []string{`llmlab_adaptive_updates_total{reason="demand"}`, `llmlab_adaptive_updates_total{reason="latency"}`,
-		`llmlab_admission_decisions_total{class="interactive",decision="queue",reason="no_slot"}`, "llmlab_engine_requests_running "} {
-		if !strings.Contains(m, want) {
-			t.Errorf("/metrics lacks %s", want)
-		}
-	}
-
-	// The limit is kept in the state directory: a restarted daemon (an exit
-	// on idle, say) starts where this one left off.
-	kept := readLimit(t, d).Queue.Limit
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	<-d.exited
-	d.exited <- nil
-	again := start(t, nil, nil, "--config", cfgPath)
-	if got := readLimit(t, again).Queue.Limit; got != kept {
-		t.Fatalf("after a restart the limit is %d, want the kept %d", got, kept)
 	}
 }
 
