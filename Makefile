@@ -73,7 +73,7 @@ fuzz:
 vulncheck:
 	sh packaging/vulncheck.sh
 
-## bench-engines: Ollama alone, through llmlabd fixed and adaptive, side by side at 0.5x-3x its peak, and the knee of each (about 40 minutes; results/engines-*; docs/benchmarks.md)
+## bench-engines: Ollama alone, through llmlabd with fixed limits and with the model's, side by side at 0.5x-3x its peak, and the knee of each (about 40 minutes; results/engines-*; docs/benchmarks.md)
 bench-engines: build
 	sh engines/ollama/bench-engines.sh
 

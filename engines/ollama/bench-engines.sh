@@ -2,7 +2,8 @@
 # make bench-engines: llmlab measured in front of a real engine nobody here
 # wrote. Ollama (4 slots, on one CPU, the random-weight model of build.sh)
 # alone, through llmlabd with fixed in-flight limits, and through llmlabd
-# adaptive, side by side at 0.5x to 3x the engine's own peak, every phase
+# with the limit chosen from its engine model (the shipped default), side
+# by side at 0.5x to 3x the engine's own peak, every phase
 # drained; then the highest rate within the SLO through each (the knee).
 # ENGINE=sim:t4 (or sim:gtx1650) runs the same comparison against the
 # simulator instead (SLO 5s by default).
@@ -14,11 +15,11 @@
 #   SLO=2s       the p95 objective (scaled to this engine, which answers a
 #                200+200-token request in about 0.55 s with 4 slots busy)
 #   SLOTS=4      OLLAMA_NUM_PARALLEL
-#   ADAPTIVE_MAX adaptive's max_inflight (64; 256, vLLM's default
+#   MODEL_MAX    the model side's max_inflight (64; 256, vLLM's default
 #                --max-num-seqs, for the simulator)
-#   FIXED="4 8 12"  the fixed in-flight limits measured beside adaptive
-#   TARGETS="0s"    adaptive's queue.target_latency, one side each ("0s":
-#                   its default, 80% of the SLO)
+#   FIXED="4 8 12"  the fixed in-flight limits measured beside the model's
+#   TARGETS="0s"    the model side's queue.target_latency, one side each
+#                   ("0s": its default, the SLO)
 #   MULTS="0.5 1 1.5 2 3"  the offered rates, times the engine's peak
 #   BENCH_ARGS   more llmlab bench flags, e.g. "--stream=false"
 #   DURATION=30s WARMUP=5s per phase; KNEE=1 also runs find-max through
@@ -27,8 +28,8 @@ set -eu
 cd "$(dirname "$0")/../.."
 ENGINE_KIND=${ENGINE:-ollama}
 case $ENGINE_KIND in
-ollama) SLO=${SLO:-2s} ADAPTIVE_MAX=${ADAPTIVE_MAX:-64} ;;
-sim:*) SLO=${SLO:-5s} ADAPTIVE_MAX=${ADAPTIVE_MAX:-256} ;;
+ollama) SLO=${SLO:-2s} MODEL_MAX=${MODEL_MAX:-64} ;;
+sim:*) SLO=${SLO:-5s} MODEL_MAX=${MODEL_MAX:-256} ;;
 *) echo "bench-engines: ENGINE=ollama or sim:PROFILE" >&2; exit 2 ;;
 esac
 SLOTS=${SLOTS:-4}
@@ -115,14 +116,14 @@ METRICS=""
 LABELS="engine"
 for f in $FIXED; do daemon "fixed$f" fixed "$f"; done
 for tl in $TARGETS; do
-	if [ "$tl" = 0s ]; then daemon adaptive adaptive "$ADAPTIVE_MAX"; else daemon "adaptive-$tl" adaptive "$ADAPTIVE_MAX" "$tl"; fi
+	if [ "$tl" = 0s ]; then daemon model model "$MODEL_MAX"; else daemon "model-$tl" model "$MODEL_MAX" "$tl"; fi
 done
 
-# Every second, the adaptive limit (the issue saw it wander on this engine).
+# Every second, the model's limit (of the last side started).
 ( while :; do
 	printf '%s %s\n' "$(date +%s.%N)" "$(curl -fsS "http://127.0.0.1:$((19100 + n))/metrics" 2>/dev/null | awk '$1 == "llmlab_inflight_limit" { print $2 }')"
 	sleep 1
-  done > "$OUT/adaptive-limit.txt" ) &
+  done > "$OUT/model-limit.txt" ) &
 PIDS="$PIDS $!"
 
 # The engine's time waiting for a CPU (schedstat's second field, in ns),
