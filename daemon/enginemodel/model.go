@@ -10,11 +10,23 @@
 // max_num_batched_tokens):
 //
 //	time = TTFT(n, prompt) + (output tokens - 1) x TPOT(n)
-//	TPOT(n)         = a + b·n            (a step's fixed cost, and its growth per sequence)
+//	TPOT(n)         = a + b·s(n)         (a step's fixed cost, and its cost per token it carries)
+//	s(n)            = n·(1 + P/O)        (the tokens a step carries with n in flight)
 //	TTFT(n, prompt) = c + d·n + e·prompt (the prefill, and any wait inside the engine)
 //
 // where n is the number of sequences in flight while the request ran (the
-// average over its life, from the queue's slot integral). A slot engine
+// average over its life, from the queue's slot integral), and P and O the
+// recent typical request's prompt and output tokens. A step carries one
+// token of each running sequence and chunks of the prompts waiting
+// (vllm/v1/core/sched/scheduler.py, schedule: decodes first, then prefill
+// chunks within max_num_batched_tokens); with n in flight, about n/O
+// requests end, and as many prompts are prefilled, per step, so a step
+// carries n decode and n·P/O prompt tokens. A line in n alone fits the
+// mix it was learned on and extrapolates badly to another: a 50-token answer
+// behind 200-token prompts spends four fifths of each step on prefill.
+// The per-token line is learned from what the streams show (SampleProgress
+// measures the tokens per step and the time per step directly), and from
+// finished requests whose steps no stream showed. A slot engine
 // (Ollama, llama.cpp's server) fits the same form: past its slots a
 // request waits inside the engine, which shows as TTFT growing with n
 // while TPOT stops growing, and as throughput n / time(n) that no longer
@@ -69,12 +81,16 @@ type Observation struct {
 	// TTFT is dispatch to the first byte of a streamed answer (0: not
 	// streamed); Total is dispatch to the last byte.
 	TTFT, Total time.Duration
+	// Sampled: its stream's steps were already learned while it ran
+	// (ObserveStep), so its time per token teaches the model nothing more.
+	Sampled bool
 }
 
 // Seed is the prior: the engine the model assumes before it has seen one.
 type Seed struct {
-	// StepFixed and PerSequence give TPOT(n) = StepFixed + PerSequence·n.
-	StepFixed, PerSequence time.Duration
+	// StepFixed and PerToken give a step's time, StepFixed + PerToken per
+	// token it carries (decode and prefill alike).
+	StepFixed, PerToken time.Duration
 	// PerPromptToken is the prefill's cost per prompt token.
 	PerPromptToken time.Duration
 	// TokensPerByte converts a prompt's bytes to tokens.
@@ -86,7 +102,7 @@ type Seed struct {
 // 0.42 ms a token: cmd/llmlab/sim/profile.go, docs/calibration.md). A
 // faster engine is learned within a few requests; a slower prior would
 // refuse more while it learns, a faster one admit more.
-var DefaultSeed = Seed{StepFixed: 11300 * time.Microsecond, PerSequence: 422 * time.Microsecond,
+var DefaultSeed = Seed{StepFixed: 11300 * time.Microsecond, PerToken: 422 * time.Microsecond,
 	PerPromptToken: 422 * time.Microsecond, TokensPerByte: 0.2}
 
 const (
@@ -94,9 +110,10 @@ const (
 	decay = 0.995
 	// priorWeight is the prior's strength, in requests.
 	priorWeight = 1.0
-	// nScale and pScale put concurrency and prompt tokens on the scale
-	// of the intercept in the fits.
+	// nScale, sScale and pScale put concurrency, a step's tokens and
+	// prompt tokens on the scale of the intercept in the fits.
 	nScale = 16.0
+	sScale = 16.0
 	pScale = 100.0
 	// spreadSamples is how many finished requests the spread is read from.
 	spreadSamples = 256
@@ -115,7 +132,7 @@ const (
 // Model is safe for concurrent use.
 type Model struct {
 	mu     sync.Mutex
-	decode fit // TPOT (seconds) on [1, n/nScale]
+	decode fit // a step's time (seconds) on [1, tokens/sScale]
 	ttft   fit // TTFT (seconds) on [1, n/nScale, prompt/pScale]
 	// cached solutions
 	dec, pre [3]float64
@@ -137,8 +154,8 @@ type Model struct {
 // New returns a model seeded with s.
 func New(s Seed) *Model {
 	m := &Model{
-		decode:        newFit(2, decay, []float64{s.StepFixed.Seconds(), s.PerSequence.Seconds() * nScale}, []float64{priorWeight, priorWeight}),
-		ttft:          newFit(3, decay, []float64{s.StepFixed.Seconds(), s.PerSequence.Seconds() * nScale, s.PerPromptToken.Seconds() * pScale}, []float64{priorWeight, priorWeight, priorWeight}),
+		decode:        newFit(2, decay, []float64{s.StepFixed.Seconds(), s.PerToken.Seconds() * sScale}, []float64{priorWeight, priorWeight}),
+		ttft:          newFit(3, decay, []float64{s.StepFixed.Seconds(), s.PerToken.Seconds() * nScale, s.PerPromptToken.Seconds() * pScale}, []float64{priorWeight, priorWeight, priorWeight}),
 		outShare:      1,
 		tokensPerByte: s.TokensPerByte,
 	}
@@ -162,9 +179,17 @@ func (m *Model) outTokensLocked(s Shape) float64 {
 	return max(1, m.outShare*float64(max(s.MaxTokens, 1)))
 }
 
+// stepTokensLocked is the tokens a step carries with n in flight, in the
+// steady state of the recent typical request: n decode tokens and n·P/O
+// prompt tokens.
+func (m *Model) stepTokensLocked(n float64) float64 {
+	prompt, out := m.typicalLocked()
+	return n * (1 + prompt/out)
+}
+
 // tpotLocked and ttftLocked are the fitted lines, never below zero.
 func (m *Model) tpotLocked(n float64) float64 {
-	return max(m.dec[0]+m.dec[1]*n/nScale, 0)
+	return max(m.dec[0]+m.dec[1]*m.stepTokensLocked(n)/sScale, 0)
 }
 
 func (m *Model) ttftLocked(n, prompt float64) float64 {
@@ -227,8 +252,8 @@ func (m *Model) Observe(o Observation) {
 			m.ttft.add([]float64{1, n / nScale, prompt / pScale}, total)
 		}
 	}
-	if out > 1 {
-		m.decode.add([]float64{1, n / nScale}, (total-ttft)/(out-1))
+	if out > 1 && !o.Sampled {
+		m.decode.add([]float64{1, m.stepTokensLocked(n) / sScale}, (total-ttft)/(out-1))
 	}
 	if m.observed == 0 || n < m.nLo {
 		m.nLo = n
@@ -248,6 +273,27 @@ func (m *Model) Ran(n float64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.nHi = max(m.nHi, n)
+}
+
+// ObserveStep learns a step's time, seconds, with tokens carried in it
+// (decode and prefill), as measured across the running requests' streams
+// (Queue.SampleProgress): each counts as much as one answer.
+func (m *Model) ObserveStep(tokens, seconds float64) {
+	if tokens < 1 || seconds <= 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.decode.add([]float64{1, tokens / sScale}, seconds)
+	m.solveLocked()
+}
+
+// PromptTokens is the prompt tokens of a request of shape s, as the
+// engine's usage reports convert its bytes.
+func (m *Model) PromptTokens(s Shape) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.promptTokensLocked(s)
 }
 
 func (m *Model) sortRatiosLocked() {
@@ -412,9 +458,9 @@ type Status struct {
 	// of the fits' weight that is observation rather than prior (0 to 1).
 	Observed int     `json:"observed_requests"`
 	Measured float64 `json:"measured_share"`
-	// TPOT at one sequence, and its growth per further sequence.
+	// A step's fixed time, and its growth per token it carries.
 	TPOTSeconds      float64    `json:"tpot_seconds"`
-	TPOTPerSequence  float64    `json:"tpot_seconds_per_sequence"`
+	TPOTPerToken     float64    `json:"tpot_seconds_per_step_token"`
 	TTFTSeconds      float64    `json:"ttft_seconds"`
 	TTFTPerSequence  float64    `json:"ttft_seconds_per_sequence"`
 	PrefillPerToken  float64    `json:"prefill_seconds_per_prompt_token"`
@@ -433,7 +479,7 @@ func (m *Model) Status() Status {
 	defer m.mu.Unlock()
 	st := Status{
 		Observed: m.observed, Measured: m.decode.n / (m.decode.n + priorWeight),
-		TPOTSeconds: m.dec[0], TPOTPerSequence: m.dec[1] / nScale,
+		TPOTSeconds: m.dec[0], TPOTPerToken: m.dec[1] / sScale,
 		TTFTSeconds: m.pre[0], TTFTPerSequence: m.pre[1] / nScale, PrefillPerToken: m.pre[2] / pScale,
 		Spread: m.spreadLocked(0.95), OutputShare: m.outShare, TokensPerByte: m.tokensPerByte,
 		ConcurrencyRange: [2]float64{m.nLo, m.nHi},

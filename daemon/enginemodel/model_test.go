@@ -296,3 +296,48 @@ func TestLimitGrowsWithWhatRan(t *testing.T) {
 		t.Errorf("Limit after first tokens at 6 and 5 = %d, want 13", got)
 	}
 }
+
+// A step costs what it carries: learned from steps measured on 200-in and
+// 200-out requests, the model predicts a 50-token answer behind 200-token
+// prompts, whose steps carry four prompt tokens for each decode token.
+// A time per token in sequences alone, fitted on the first mix, would
+// predict about half of it.
+func TestStepTokensCarryTheMix(t *testing.T) {
+	step := func(tokens float64) float64 { return 0.005 + 0.0002*tokens }
+	m := New(DefaultSeed)
+	long := Shape{PromptBytes: 1000, MaxTokens: 200}
+	for i := range 300 {
+		m.Seen(long)
+		n := float64(1 + i%40)
+		m.ObserveStep(2*n, step(2*n)) // 200 in, 200 out: n decode and n prompt tokens a step
+	}
+	short := Shape{PromptBytes: 1000, MaxTokens: 50}
+	for range 1000 { // the typical request is a recent average
+		m.Seen(short)
+	}
+	m.Observe(Observation{Shape: short, Concurrency: 30, PromptTokens: 200, OutputTokens: 50, Chunks: 50,
+		TTFT: 100 * time.Millisecond, Total: 100*time.Millisecond + seconds(49*step(150)), Sampled: true})
+	want := seconds(49 * step(30*5))
+	if got := m.Remaining(30, short, 0, 1); !within(got, want, 0.1) {
+		t.Errorf("Remaining(30 in flight, 49 tokens left of 50) = %v, want %v within 10%%", got, want)
+	}
+}
+
+// A state from before the step-token fit keeps its other learning, not its
+// time per token, which meant something else.
+func TestStateOfAnOtherDecodeBasis(t *testing.T) {
+	m := New(DefaultSeed)
+	feed(m, batching(2*time.Millisecond, 100*time.Microsecond, 50*time.Microsecond), rand.New(rand.NewPCG(3, 4)), 100, 1, 20, 0)
+	s := m.State()
+	s.DecodeBasis = ""
+	n := New(DefaultSeed)
+	if err := n.Restore(s); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := n.Status().TPOTSeconds, New(DefaultSeed).Status().TPOTSeconds; got != want {
+		t.Errorf("TPOT after restoring a per-sequence fit = %v, want the prior's %v", got, want)
+	}
+	if n.Status().Observed != 100 {
+		t.Errorf("Observed = %d, want 100 kept", n.Status().Observed)
+	}
+}

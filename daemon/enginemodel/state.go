@@ -9,7 +9,11 @@ import (
 // on idle: the fits' sums, not their solutions, so that the observations
 // kept go on fading and weighing against new ones as before.
 type State struct {
+	// Decode is the step time's fit against the tokens a step carries
+	// (DecodeBasis "step_tokens"); a state without the basis kept a fit
+	// against sequences in flight, which is not restored.
 	Decode        FitState `json:"decode"`
+	DecodeBasis   string   `json:"decode_basis,omitempty"`
 	TTFT          FitState `json:"ttft"`
 	OutputShare   float64  `json:"output_share"`
 	TokensPerByte float64  `json:"tokens_per_byte"`
@@ -41,12 +45,16 @@ type FitState struct {
 	Weight float64       `json:"weight"`
 }
 
+// decodeBasis names what the decode fit's second term counts.
+const decodeBasis = "step_tokens"
+
 // State returns what to keep.
 func (m *Model) State() State {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := State{
 		Decode:        FitState{A: m.decode.a, B: m.decode.b, Weight: m.decode.n},
+		DecodeBasis:   decodeBasis,
 		TTFT:          FitState{A: m.ttft.a, B: m.ttft.b, Weight: m.ttft.n},
 		OutputShare:   m.outShare,
 		TokensPerByte: m.tokensPerByte,
@@ -99,7 +107,9 @@ func (m *Model) Restore(s State) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.decode.a, m.decode.b, m.decode.n = s.Decode.A, s.Decode.B, s.Decode.Weight
+	if s.DecodeBasis == decodeBasis {
+		m.decode.a, m.decode.b, m.decode.n = s.Decode.A, s.Decode.B, s.Decode.Weight
+	}
 	m.ttft.a, m.ttft.b, m.ttft.n = s.TTFT.A, s.TTFT.B, s.TTFT.Weight
 	if s.OutputShare > 0 {
 		m.outShare = min(s.OutputShare, 1)

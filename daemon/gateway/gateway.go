@@ -225,6 +225,10 @@ const PriorityHeader = "X-Llmlab-Priority"
 // SetLimit sets the queue's in-flight limit.
 func (g *Gateway) SetLimit(n int) { g.queue.SetLimit(n) }
 
+// SampleProgress teaches the engine model the time per output token the
+// running requests' streams show now (queue.SampleProgress).
+func (g *Gateway) SampleProgress(now time.Time) { g.queue.SampleProgress(now) }
+
 // SetHold holds (true) or resumes dispatching to a saturated engine.
 func (g *Gateway) SetHold(hold bool) { g.queue.SetHold(hold) }
 

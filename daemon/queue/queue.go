@@ -36,6 +36,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmlab/llmlab/daemon/enginemodel"
@@ -136,6 +137,10 @@ type Queue struct {
 	running list.List
 	// late chooses the level admission predicts at.
 	late lateness
+	// progress is where SampleProgress last looked; prefilled counts the
+	// prompt tokens of requests whose first token came since.
+	progress  progressMark
+	prefilled atomic.Int64
 }
 
 // avgTau is the time constant of the recent average in flight.

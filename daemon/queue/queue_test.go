@@ -758,7 +758,7 @@ func TestEveryRequestJudged(t *testing.T) {
 		q := New(c, nil, rec)
 		// 0.1 s + 0.1 s per request in flight, its tail at the starting
 		// level (the median) the same: within 5 s up to 49 in flight.
-		q.SetModel(enginemodel.New(enginemodel.Seed{StepFixed: 100 * time.Millisecond, PerSequence: 100 * time.Millisecond}))
+		q.SetModel(enginemodel.New(enginemodel.Seed{StepFixed: 100 * time.Millisecond, PerToken: 100 * time.Millisecond}))
 		fits := 0
 		for n := 1; q.Model().Predict(float64(n), enginemodel.Shape{}, q.Level()).Tail <= c.SLO; n++ {
 			fits = n
@@ -789,7 +789,7 @@ func TestEveryRequestJudged(t *testing.T) {
 		// 1 s + 3 s per request in flight: one alone fits (4.8 s at the
 		// tail), a second beside it does not; a long answer that could not
 		// fit even alone is served without the objective.
-		q.SetModel(enginemodel.New(enginemodel.Seed{StepFixed: time.Second, PerSequence: 3 * time.Second}))
+		q.SetModel(enginemodel.New(enginemodel.Seed{StepFixed: time.Second, PerToken: 3 * time.Second}))
 		tk, err := q.Acquire(ctx, Request{Weight: 1})
 		if err != nil {
 			t.Fatalf("a request that fits alone: %v", err)
@@ -890,4 +890,85 @@ func TestFirstTokenTellsTheModelWhatRan(t *testing.T) {
 	for _, tk := range ts {
 		tk.Release()
 	}
+}
+
+// The running requests' streams teach the model the time per token at the
+// concurrency they run with, before any of them ends.
+func TestSampleProgressTeachesTheStepTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight = 4
+		q := newQueue(c, nil, nil, 100)
+		ctx := context.Background()
+		shape := enginemodel.Shape{PromptBytes: 1000, MaxTokens: 200}
+		a, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := q.Model().Remaining(2, shape, 0, 100)
+		a.Progress(1)
+		b.Progress(1)
+		q.SampleProgress(time.Now())
+		for range 30 {
+			time.Sleep(time.Second)
+			a.Progress(50) // 20 ms a token
+			b.Progress(50)
+			q.SampleProgress(time.Now())
+		}
+		// 100 tokens left at 20 ms each.
+		if got := q.Model().Remaining(2, shape, 0, 100); got < 1800*time.Millisecond || got > 2200*time.Millisecond {
+			t.Errorf("Remaining after streams at 20 ms a token = %v (before: %v), want about 2s", got, before)
+		}
+		// A request that started since the last sample does not time the
+		// steps.
+		c2, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		c2.Progress(1000)
+		a.Progress(50)
+		b.Progress(50)
+		q.SampleProgress(time.Now())
+		if got := q.Model().Remaining(2, shape, 0, 100); got < 1800*time.Millisecond || got > 2200*time.Millisecond {
+			t.Errorf("Remaining = %v after a new request's first burst, want about 2s still", got)
+		}
+		a.Release()
+		b.Release()
+		c2.Release()
+	})
+}
+
+// Steps of a second, sampled four times a second: the mark waits for a few
+// steps rather than keeping only the windows in which one happened to end.
+func TestSampleProgressWaitsForSlowSteps(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight = 4
+		q := newQueue(c, nil, nil, 100)
+		ctx := context.Background()
+		shape := enginemodel.Shape{PromptBytes: 1000, MaxTokens: 200}
+		a, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Progress(1)
+		q.SampleProgress(time.Now())
+		for i := range 240 {
+			time.Sleep(250 * time.Millisecond)
+			if i%4 == 3 {
+				a.Progress(1) // a token a second
+			}
+			q.SampleProgress(time.Now())
+		}
+		// 100 tokens left at a second each.
+		if got := q.Model().Remaining(1, shape, 0, 100); got < 90*time.Second || got > 110*time.Second {
+			t.Errorf("Remaining after a stream at a token a second = %v, want about 100s", got)
+		}
+		a.Release()
+	})
 }

@@ -26,9 +26,12 @@ type Ticket struct {
 	// after the ticket was dispatched.
 	model      *enginemodel.Model
 	inflightAt int
-	// tokens counts the streamed events carrying tokens so far.
-	tokens atomic.Int64
-	report *Report
+	// tokens counts the streamed events carrying tokens so far;
+	// markTokens is its value at SampleProgress number markSeq.
+	tokens     atomic.Int64
+	markTokens int64
+	markSeq    uint64
+	report     *Report
 	// judged: an interactive request under an objective, whose answer
 	// moves admission's level (lateness).
 	judged bool
@@ -69,6 +72,7 @@ func (t *Ticket) Group() *Group { return t.group }
 func (t *Ticket) Progress(n int) {
 	if n > 0 && t.tokens.Add(int64(n)) == int64(n) {
 		t.model.Ran(float64(t.inflightAt))
+		t.q.prefilled.Add(int64(t.model.PromptTokens(t.shape)))
 	}
 }
 
@@ -104,6 +108,8 @@ func (t *Ticket) Release() {
 		q.running.Remove(t.elem)
 		t.elem = nil
 	}
+	tokens := t.tokens.Load()
+	q.progress.ended += tokens - t.markTokens
 	q.accountLocked(now)
 	if held := now.Sub(t.dispatched); !t.dispatched.IsZero() && held > 0 {
 		if q.engineTime == 0 {
@@ -113,7 +119,8 @@ func (t *Ticket) Release() {
 		}
 		if r := t.report; r != nil {
 			o := enginemodel.Observation{Shape: t.shape, Concurrency: (q.slotSeconds - t.slotsAt) / held.Seconds(), AtDispatch: t.inflightAt,
-				PromptTokens: r.PromptTokens, OutputTokens: r.OutputTokens / t.weight, Chunks: int(t.tokens.Load()) / t.weight, Total: held}
+				PromptTokens: r.PromptTokens, OutputTokens: r.OutputTokens / t.weight, Chunks: int(tokens) / t.weight, Total: held,
+				Sampled: t.markSeq > 0 && t.markTokens > 0}
 			if !r.FirstByte.IsZero() && r.FirstByte.After(t.dispatched) {
 				o.TTFT = r.FirstByte.Sub(t.dispatched)
 			}

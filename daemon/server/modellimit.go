@@ -14,6 +14,7 @@ type limitSetter interface {
 	Model() *enginemodel.Model
 	Level() float64
 	SetLimit(n int)
+	SampleProgress(now time.Time)
 }
 
 // modelLimit is the in-flight limit chosen from the engine model under
@@ -39,14 +40,17 @@ func modelLimit(m *enginemodel.Model, cfg *config.Config, level float64) int {
 
 // limitFromModel sets the in-flight limit from the engine model every
 // interval, as the model learns, until ctx ends; it logs the model at
-// debug level every 10 s. A short interval lets the limit follow the
-// first tokens of a burst (Model.Ran) while the burst lasts.
+// debug level every 10 s. Before each choice the running requests'
+// streams teach the model the time per token now (SampleProgress). A short
+// interval lets the limit follow the first tokens of a burst (Model.Ran)
+// while the burst lasts, and the model follow the limit.
 func limitFromModel(ctx context.Context, log *slog.Logger, gw limitSetter, cfg func() *config.Config, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	last := 0
 	logEvery := max(int(10*time.Second/every), 1)
 	for tick := 0; ; tick++ {
+		gw.SampleProgress(time.Now())
 		n := modelLimit(gw.Model(), cfg(), gw.Level())
 		if n != last {
 			gw.SetLimit(n)
@@ -56,7 +60,7 @@ func limitFromModel(ctx context.Context, log *slog.Logger, gw limitSetter, cfg f
 		if tick%logEvery == 0 && log.Enabled(ctx, slog.LevelDebug) {
 			st := gw.Model().Status()
 			log.Debug("engine model", "limit", n, "level", gw.Level(), "observed", st.Observed, "tpot", st.TPOTSeconds,
-				"tpot_per_sequence", st.TPOTPerSequence, "ttft", st.TTFTSeconds, "ttft_per_sequence", st.TTFTPerSequence,
+				"tpot_per_step_token", st.TPOTPerToken, "ttft", st.TTFTSeconds, "ttft_per_sequence", st.TTFTPerSequence,
 				"spread_p95", st.Spread, "knee", st.Knee)
 		}
 		select {

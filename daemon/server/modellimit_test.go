@@ -11,10 +11,10 @@ import (
 // The model's limit follows the objective, and stays within min_inflight,
 // max_inflight and the engine's max_num_seqs.
 func TestModelLimit(t *testing.T) {
-	// 10 ms a step plus 1 ms a sequence: 200 tokens take 2 s + 0.2 s per
+	// 10 ms a step plus 0.5 ms a token it carries (1 ms a sequence of 200 in and 200 out): 200 tokens take 2 s + 0.2 s per
 	// sequence; at the 95th percentile before any spread is measured
 	// (1.2x), 5 s fits 10 in flight and 2.5 s fits none.
-	m := enginemodel.New(enginemodel.Seed{StepFixed: 10 * time.Millisecond, PerSequence: time.Millisecond})
+	m := enginemodel.New(enginemodel.Seed{StepFixed: 10 * time.Millisecond, PerToken: 500 * time.Microsecond})
 	// One answer at 256 in flight, on the prior's line: the limit may go
 	// that far.
 	m.Observe(enginemodel.Observation{Concurrency: 256, Total: 200 * (10*time.Millisecond + 256*time.Millisecond),

@@ -204,7 +204,8 @@ func RunAdmission(ctx context.Context, o AdmissionOptions) (AdmissionResult, err
 	}
 	// From idle to 3x: a fresh llmlabd, whose model knows nothing yet.
 	fmt.Fprintf(o.Out, "  a step from idle to 3x (%.2f req/s), fresh llmlabd ...\n", 3*capacity)
-	url, _, stop, err := shipped("")(filepath.Join(dir, "step"))
+	stepDir := filepath.Join(dir, "step")
+	url, _, stop, err := shipped("")(stepDir)
 	if err != nil {
 		return res, err
 	}
@@ -212,6 +213,7 @@ func RunAdmission(ctx context.Context, o AdmissionOptions) (AdmissionResult, err
 		Rate: 3 * capacity, Poisson: true, Seed: 7, Duration: 10 * time.Second, Timeout: 2 * time.Minute}
 	samples, _ := bench.Run(ctx, client, opt)
 	stop()
+	keepLog(o.Results, stepDir, "step")
 	bench.Drain(ctx, engine+"/metrics", 2*time.Minute)
 	for _, s := range samples {
 		switch {
