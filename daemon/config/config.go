@@ -465,9 +465,9 @@ func fromRaw(path string, r raw) (*Config, error) {
 	}
 	ck.atLeast("gateway.max_connections", r.Gateway.MaxConnections, 1)
 
-	u, err := url.Parse(r.Engine.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		ck.fail("engine.url", r.Engine.URL, `not an http(s) URL (want for example "http://127.0.0.1:8000")`)
+	u, err := EngineURL(r.Engine.URL)
+	if err != nil {
+		ck.fail("engine.url", r.Engine.URL, "%s", err)
 	}
 	if len(r.Engine.Models) == 0 {
 		ck.fail("engine.models", r.Engine.Models, "name at least one served model")
@@ -681,4 +681,20 @@ func ParseBytes(s string) (uint64, error) {
 		return 0, fmt.Errorf(`not a size (want for example "4GiB", "3500MiB" or a number of bytes)`)
 	}
 	return uint64(v * mult), nil
+}
+
+// EngineURL parses an engine's base URL (engine.url, llmlabd's
+// --engine-url). Only http is accepted: the engine transport speaks plain
+// HTTP/1.1 to an engine on this host or a trusted network (daemon/gateway,
+// transport.go), and an https URL would be dialled without TLS, the engine
+// reading as ready to the probe while every proxied request failed.
+func EngineURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	switch {
+	case err == nil && u.Scheme == "https" && u.Host != "":
+		return nil, errors.New(`https is not supported: llmlabd speaks plain HTTP to the engine (want "http://host:port"; for a remote engine behind TLS, run a TLS-terminating proxy on this host and point engine.url at it)`)
+	case err != nil || u.Scheme != "http" || u.Host == "":
+		return nil, errors.New(`not an http URL (want for example "http://127.0.0.1:8000")`)
+	}
+	return u, nil
 }

@@ -232,9 +232,7 @@ func staleConn(err error) bool {
 func hostPort(req *http.Request) string {
 	host := req.URL.Host
 	if req.URL.Port() == "" {
-		if req.URL.Scheme == "https" {
-			return host + ":443"
-		}
+		// http only: config.EngineURL refuses https.
 		return host + ":80"
 	}
 	return host

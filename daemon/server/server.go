@@ -32,7 +32,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,9 +95,9 @@ func LoadConfig(o Options) (*config.Config, *auth.Keys, error) {
 		cfg.Metrics.Listen = o.MetricsListen
 	}
 	if o.EngineURL != "" {
-		u, err := url.Parse(o.EngineURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, nil, fmt.Errorf("flag --engine-url %q: not an http(s) URL", o.EngineURL)
+		u, err := config.EngineURL(o.EngineURL)
+		if err != nil {
+			return nil, nil, fmt.Errorf("flag --engine-url %q: %w", o.EngineURL, err)
 		}
 		cfg.Engine.URL = u
 	}
