@@ -320,7 +320,9 @@ func TestIdleConnectionFlood(t *testing.T) {
 	cut := make(chan time.Duration, 1)
 	go func() {
 		begin := time.Now()
-		for _, b := range []byte("POST /v1/completions HTTP/1.1\r\nHost: x\r\n") {
+		// 120 bytes at 10 a second: 12 s unless llmlabd cuts it.
+		headers := "POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Pad: " + strings.Repeat("a", 71) + "\r\n"
+		for _, b := range []byte(headers) {
 			if _, err := slow.Write([]byte{b}); err != nil {
 				break
 			}
@@ -333,6 +335,16 @@ func TestIdleConnectionFlood(t *testing.T) {
 	// byte reaches the closed socket before the read.
 	if _, err := io.ReadAll(slow); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("slow headers: %v, want the connection closed", err)
+	}
+	// Cut after client_timeout (4 s), well before the 12 s its headers
+	// would take: its writes fail once the socket is closed.
+	select {
+	case took := <-cut:
+		if took > 8*time.Second {
+			t.Errorf("the slow client wrote for %s, want it cut after the 4s client_timeout", took)
+		}
+	case <-time.After(15 * time.Second):
+		t.Error("the slow client was never cut off")
 	}
 	// Once the idle connections go, new ones are served.
 	for _, c := range conns {

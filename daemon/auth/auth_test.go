@@ -96,6 +96,16 @@ func TestLoadRefusesAFileOthersCanRead(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "0644") || !strings.Contains(err.Error(), "chmod o-rwx") {
 		t.Fatalf("a world-readable keys file: %v", err)
 	}
+	// Any permission for others, not only reading: one who may write the
+	// file may add a key of their own.
+	for _, mode := range []os.FileMode{0o642, 0o641, 0o647} {
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Load(path); err == nil {
+			t.Errorf("a keys file of mode %04o loaded; want it refused", mode)
+		}
+	}
 	os.Chmod(path, 0o640)
 	k, err := Load(path)
 	if err != nil || k.Len() != 2 {

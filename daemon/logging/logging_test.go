@@ -25,6 +25,15 @@ func TestTextAndJSON(t *testing.T) {
 	if out := b.String(); strings.Contains(out, "hidden") || !strings.Contains(out, `"request_id":"abc"`) {
 		t.Fatalf("json log = %q", out)
 	}
+	b.Reset()
+	text, err := New("text", "debug", &b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text.Debug("shown", "request_id", "abc")
+	if out := b.String(); !strings.Contains(out, "level=DEBUG") || !strings.Contains(out, "msg=shown") || !strings.Contains(out, "request_id=abc") {
+		t.Fatalf("text log = %q, want key=value pairs at debug level", out)
+	}
 	if _, err := New("text", "loud", &b); err == nil {
 		t.Fatal("level loud accepted")
 	}

@@ -3,6 +3,7 @@ package statefile
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/llmlab/llmlab/daemon/enginemodel"
@@ -31,8 +32,9 @@ func TestRoundTrip(t *testing.T) {
 func TestCorruptFileIsAnError(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, Name), []byte("{not json"), 0o644)
-	if _, err := Load(dir); err == nil {
-		t.Fatal("Load of a corrupt file: want an error naming it")
+	_, err := Load(dir)
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, Name)) {
+		t.Fatalf("Load of a corrupt file: %v; want an error naming %s", err, filepath.Join(dir, Name))
 	}
 }
 

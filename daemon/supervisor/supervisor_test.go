@@ -138,7 +138,14 @@ func TestColdStartThenIdleStop(t *testing.T) {
 			t.Fatalf("busy engine stopped: %s", s.State())
 		}
 		g.busy.Store(0)
-		time.Sleep(31 * time.Second)
+		// Not before the idle timeout (30 s, less the housekeeper's tick
+		// since work was last seen), and soon after it.
+		time.Sleep(28 * time.Second)
+		synctest.Wait()
+		if s.State() != Ready || eng.stops != 0 {
+			t.Fatalf("28s idle of a 30s timeout: %s, %d stops; want still ready", s.State(), eng.stops)
+		}
+		time.Sleep(3 * time.Second)
 		synctest.Wait()
 		if s.State() != Stopped || g.ready.Load() || eng.stops != 1 {
 			t.Fatalf("after the idle timeout: %s, gate open %v, %d stops", s.State(), g.ready.Load(), eng.stops)
