@@ -84,6 +84,9 @@ type Observation struct {
 	// Sampled: its stream's steps were already learned while it ran
 	// (ObserveStep), so its time per token teaches the model nothing more.
 	Sampled bool
+	// FirstSeen: its time to first token was already learned when the
+	// token came (FirstToken).
+	FirstSeen bool
 }
 
 // Seed is the prior: the engine the model assumes before it has seen one.
@@ -127,6 +130,9 @@ const (
 	// least this share of a request's time per slot to the time to first
 	// token, requests wait inside the engine.
 	queueShare = 0.25
+	// kneeHold is how long a knee found holds while the fit does not
+	// find it again.
+	kneeHold = 30 * time.Second
 )
 
 // Model is safe for concurrent use.
@@ -149,6 +155,9 @@ type Model struct {
 	observed          int
 	nLo, nHi          float64
 	knees             bins
+	// lastKnee is the knee last found, at kneeAt (kneeLocked).
+	lastKnee int
+	kneeAt   time.Time
 }
 
 // New returns a model seeded with s.
@@ -245,7 +254,9 @@ func (m *Model) Observe(o Observation) {
 		if at <= 0 {
 			at = n
 		}
-		m.knees.add(at, ttft)
+		if !o.FirstSeen {
+			m.knees.add(at, ttft)
+		}
 	} else {
 		ttft = min(m.ttftLocked(n, prompt), total)
 		if out <= 1 {
@@ -263,16 +274,24 @@ func (m *Model) Observe(o Observation) {
 	m.solveLocked()
 }
 
-// Ran notes that the engine started answering a request dispatched with
-// n in flight (its first streamed token came back): the limit may grow to
-// twice and one past it. A first token comes back within a step or a prefill
-// where the engine runs what it is sent, and only once a slot frees where
-// it queues them, so the limit grows as fast as the engine shows it can
-// take more, not a whole answer's time per turn.
-func (m *Model) Ran(n float64) {
+// FirstToken notes that the engine started answering a request dispatched
+// with n in flight (its first streamed token came back, ttft after it was
+// sent): the limit may grow to twice and one past it. A first token comes
+// back within a step or a prefill where the engine runs what it is sent,
+// and only once a slot frees where it queues them, so the limit grows as
+// fast as the engine shows it can take more, not a whole answer's time per
+// turn. It also learns from ttft where requests wait inside the engine
+// (Knee): the
+// knee shows a whole answer's time earlier than from finished requests:
+// in front of a 4-slot Ollama, read only from finished requests, it came
+// after the limit had doubled to 37-68, most of them in Ollama's queue.
+func (m *Model) FirstToken(n int, ttft time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.nHi = max(m.nHi, n)
+	m.nHi = max(m.nHi, float64(n))
+	if n > 0 && ttft > 0 {
+		m.knees.add(float64(n), ttft.Seconds())
+	}
 }
 
 // ObserveStep learns a step's time, seconds, with tokens carried in it
@@ -353,7 +372,7 @@ func (m *Model) Remaining(n float64, s Shape, elapsed time.Duration, tokens int)
 // Limit is the in-flight limit the model chooses, within [lo, hi]: the
 // largest concurrency at which the recent typical request's tail time
 // stays within target (0: no target), no more than twice and one the
-// highest concurrency the engine was seen to run (Ran), and, where requests
+// highest concurrency the engine was seen to run (FirstToken), and, where requests
 // were seen to wait inside the engine past some concurrency (Knee), no
 // more than a quarter and one beyond it: a request or two ready beyond the slots
 // keeps a slot engine busy through the turnaround between one answer and
@@ -407,16 +426,27 @@ func (m *Model) Knee() (int, bool) {
 // step's growth per sequence, as a continuous batch adds) to rising by at
 // least queueShare of a request's time over the slots for each sequence
 // more: the signature of requests queued inside the engine.
+//
+// A knee found holds for kneeHold after it was last found: the fit of a
+// few bins near the limit can lose it for a second or two (the limit
+// kept short of it leaves little fresh evidence past it), and each time
+// the limit jumped to the line's value and sent a 4-slot Ollama 19 to 71
+// requests at once (make test-engines). An engine that gained slots shows
+// a knee further out, which replaces it at once.
 func (m *Model) kneeLocked() (int, bool) {
+	now := time.Now()
 	s, _, d, ok := m.knees.knee()
-	if !ok || s < 1 {
-		return 0, false
+	if ok && s >= 1 {
+		prompt, out := m.typicalLocked()
+		if d >= queueShare*m.meanLocked(float64(s), prompt, out)/float64(s) {
+			m.lastKnee, m.kneeAt = s, now
+			return s, true
+		}
 	}
-	prompt, out := m.typicalLocked()
-	if d < queueShare*m.meanLocked(float64(s), prompt, out)/float64(s) {
-		return 0, false
+	if m.lastKnee > 0 && now.Sub(m.kneeAt) < kneeHold {
+		return m.lastKnee, true
 	}
-	return s, true
+	return 0, false
 }
 
 // Seen notes a request admission was asked about: the recent average of

@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -286,12 +287,12 @@ func TestLimitGrowsWithWhatWasSeen(t *testing.T) {
 // before any answer at it has come back.
 func TestLimitGrowsWithWhatRan(t *testing.T) {
 	m := New(DefaultSeed)
-	m.Ran(4)
+	m.FirstToken(4, 0)
 	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 9 {
 		t.Errorf("Limit after a first token at 4 = %d, want 9", got)
 	}
-	m.Ran(6)
-	m.Ran(5)
+	m.FirstToken(6, 0)
+	m.FirstToken(5, 0)
 	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 13 {
 		t.Errorf("Limit after first tokens at 6 and 5 = %d, want 13", got)
 	}
@@ -340,4 +341,27 @@ func TestStateOfAnOtherDecodeBasis(t *testing.T) {
 	if n.Status().Observed != 100 {
 		t.Errorf("Observed = %d, want 100 kept", n.Status().Observed)
 	}
+}
+
+// A knee found holds for a while when the fit loses it, and goes after.
+func TestKneeHoldsWhenTheFitLosesIt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := New(DefaultSeed)
+		feed(m, slots(4, time.Millisecond), rand.New(rand.NewPCG(15, 16)), 300, 1, 12, 0.05)
+		k, ok := m.Knee()
+		if !ok {
+			t.Fatal("no knee after running 1-12 on 4 slots")
+		}
+		m.mu.Lock()
+		m.knees = bins{} // the evidence gone: the fit finds nothing
+		m.mu.Unlock()
+		time.Sleep(kneeHold - time.Second)
+		if got, ok := m.Knee(); !ok || got != k {
+			t.Errorf("Knee() = %d, %v just within the hold, want %d kept", got, ok, k)
+		}
+		time.Sleep(2 * time.Second)
+		if got, ok := m.Knee(); ok {
+			t.Errorf("Knee() = %d past the hold with no evidence, want none", got)
+		}
+	})
 }

@@ -377,7 +377,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 
 	ctx := r.Context()
 	ticket, err := g.queue.Acquire(ctx, queue.Request{Weight: p.Weight, Key: p.CoalesceKey, Class: st.class,
-		Shape: enginemodel.Shape{PromptBytes: p.PromptBytes, MaxTokens: p.MaxTokens}})
+		Shape: enginemodel.Shape{PromptBytes: p.PromptBytes, MaxTokens: p.MaxTokens}, Stream: p.Stream})
 	if err != nil {
 		var ref *queue.Refusal
 		if errors.As(err, &ref) {

@@ -36,7 +36,7 @@ func (q *Queue) fitsLocked(w int, class Class) bool {
 func (q *Queue) startLocked(now time.Time, r Request, arrived time.Time, judged bool) *Ticket {
 	q.accountLocked(now)
 	q.inflight += r.Weight
-	t := &Ticket{q: q, weight: r.Weight, shape: r.Shape, dispatched: now, arrived: arrived, slotsAt: q.slotSeconds,
+	t := &Ticket{q: q, weight: r.Weight, shape: r.Shape, stream: r.Stream, dispatched: now, arrived: arrived, slotsAt: q.slotSeconds,
 		judged: judged, model: q.model, inflightAt: q.inflight}
 	t.elem = q.running.PushBack(t)
 	return t

@@ -20,7 +20,7 @@ type progressMark struct {
 // it in, and with the concurrency averaged over its life; the streams say
 // within a fraction of a second what a step costs with what the engine
 // carries now, in a burst's transient as in the steady state, so the limit
-// can follow first tokens (Model.Ran) without outrunning what the model
+// can follow first tokens (Model.FirstToken) without outrunning what the model
 // knows. Call it periodically (the limit loop does, four times a second).
 func (q *Queue) SampleProgress(now time.Time) {
 	q.mu.Lock()
@@ -28,8 +28,10 @@ func (q *Queue) SampleProgress(now time.Time) {
 	prev := q.progress
 	dt := now.Sub(prev.at).Seconds()
 	var streams, marked, all int64
+	hidden := false
 	for e := q.running.Front(); e != nil; e = e.Next() {
 		t := e.Value.(*Ticket)
+		hidden = hidden || !t.stream
 		// Only requests that were streaming tokens at the last mark time
 		// the steps: one that started since spent part of the time in
 		// its prefill.
@@ -54,7 +56,10 @@ func (q *Queue) SampleProgress(now time.Time) {
 		all += tok - t.markTokens
 		t.markSeq, t.markTokens = q.progress.seq, tok
 	}
-	if prev.at.IsZero() || dt <= 0 || streams == 0 || marked < minSampleSteps*streams {
+	// An answer that is not streamed carries tokens in the steps that no
+	// count shows: with one running, the tokens a step carries are not
+	// known, and the steps are learned from the answers when they end.
+	if prev.at.IsZero() || dt <= 0 || streams == 0 || marked < minSampleSteps*streams || hidden {
 		return
 	}
 	steps := float64(marked) / float64(streams)

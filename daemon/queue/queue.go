@@ -106,6 +106,9 @@ type Request struct {
 	Class Class
 	// Shape is the request's size as the engine model reads it.
 	Shape enginemodel.Shape
+	// Stream: its answer is streamed, so its tokens show as they come
+	// (Ticket.Progress).
+	Stream bool
 }
 
 // Queue is safe for concurrent use.

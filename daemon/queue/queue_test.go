@@ -901,11 +901,11 @@ func TestSampleProgressTeachesTheStepTime(t *testing.T) {
 		q := newQueue(c, nil, nil, 100)
 		ctx := context.Background()
 		shape := enginemodel.Shape{PromptBytes: 1000, MaxTokens: 200}
-		a, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		a, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape, Stream: true})
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		b, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape, Stream: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -925,7 +925,7 @@ func TestSampleProgressTeachesTheStepTime(t *testing.T) {
 		}
 		// A request that started since the last sample does not time the
 		// steps.
-		c2, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		c2, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape, Stream: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -937,6 +937,24 @@ func TestSampleProgressTeachesTheStepTime(t *testing.T) {
 		if got := q.Model().Remaining(2, shape, 0, 100); got < 1800*time.Millisecond || got > 2200*time.Millisecond {
 			t.Errorf("Remaining = %v after a new request's first burst, want about 2s still", got)
 		}
+		// A request whose answer is not streamed runs beside them: its
+		// tokens are in the steps but in no count, so the samples teach
+		// nothing while it runs (twice as fast streams here would).
+		hidden, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 10 {
+			time.Sleep(time.Second)
+			a.Progress(100)
+			b.Progress(100)
+			c2.Progress(100)
+			q.SampleProgress(time.Now())
+		}
+		if got := q.Model().Remaining(2, shape, 0, 100); got < 1800*time.Millisecond || got > 2200*time.Millisecond {
+			t.Errorf("Remaining = %v after samples beside an answer not streamed, want about 2s still", got)
+		}
+		hidden.Release()
 		a.Release()
 		b.Release()
 		c2.Release()
@@ -952,7 +970,7 @@ func TestSampleProgressWaitsForSlowSteps(t *testing.T) {
 		q := newQueue(c, nil, nil, 100)
 		ctx := context.Background()
 		shape := enginemodel.Shape{PromptBytes: 1000, MaxTokens: 200}
-		a, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		a, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape, Stream: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -971,4 +989,25 @@ func TestSampleProgressWaitsForSlowSteps(t *testing.T) {
 		}
 		a.Release()
 	})
+}
+
+// Retry-After is whole seconds, rounded up: a client told to come back
+// before the predicted time would be refused again.
+func TestRetryAfterSecondsRoundsUp(t *testing.T) {
+	for _, tc := range []struct {
+		after time.Duration
+		want  int
+	}{
+		{0, 1},
+		{300 * time.Millisecond, 1},
+		{time.Second, 1},
+		{1100 * time.Millisecond, 2},
+		{2500 * time.Millisecond, 3},
+		{4 * time.Second, 4},
+	} {
+		r := &Refusal{RetryAfter: tc.after}
+		if got := r.RetryAfterSeconds(); got != tc.want {
+			t.Errorf("RetryAfterSeconds(%v) = %d, want %d", tc.after, got, tc.want)
+		}
+	}
 }

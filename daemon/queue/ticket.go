@@ -15,6 +15,7 @@ type Ticket struct {
 	q          *Queue
 	weight     int
 	shape      enginemodel.Shape
+	stream     bool
 	waited     time.Duration
 	group      *Group
 	released   bool
@@ -71,7 +72,7 @@ func (t *Ticket) Group() *Group { return t.group }
 // of its answer until it runs.
 func (t *Ticket) Progress(n int) {
 	if n > 0 && t.tokens.Add(int64(n)) == int64(n) {
-		t.model.Ran(float64(t.inflightAt))
+		t.model.FirstToken(t.inflightAt, time.Since(t.dispatched))
 		t.q.prefilled.Add(int64(t.model.PromptTokens(t.shape)))
 	}
 }
@@ -120,7 +121,7 @@ func (t *Ticket) Release() {
 		if r := t.report; r != nil {
 			o := enginemodel.Observation{Shape: t.shape, Concurrency: (q.slotSeconds - t.slotsAt) / held.Seconds(), AtDispatch: t.inflightAt,
 				PromptTokens: r.PromptTokens, OutputTokens: r.OutputTokens / t.weight, Chunks: int(tokens) / t.weight, Total: held,
-				Sampled: t.markSeq > 0 && t.markTokens > 0}
+				Sampled: t.markSeq > 0 && t.markTokens > 0, FirstSeen: tokens > 0}
 			if !r.FirstByte.IsZero() && r.FirstByte.After(t.dispatched) {
 				o.TTFT = r.FirstByte.Sub(t.dispatched)
 			}

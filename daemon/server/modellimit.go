@@ -42,7 +42,7 @@ func modelLimit(m *enginemodel.Model, cfg *config.Config, level float64) int {
 // interval, as the model learns, until ctx ends; it logs the model at
 // debug level every 10 s. Before each choice the running requests'
 // streams teach the model the time per token now (SampleProgress). A short
-// interval lets the limit follow the first tokens of a burst (Model.Ran)
+// interval lets the limit follow the first tokens of a burst (Model.FirstToken)
 // while the burst lasts, and the model follow the limit.
 func limitFromModel(ctx context.Context, log *slog.Logger, gw limitSetter, cfg func() *config.Config, every time.Duration) {
 	t := time.NewTicker(every)
