@@ -129,7 +129,7 @@ const (
 	// queueShare: past a knee at which each further sequence adds at
 	// least this share of a request's time per slot to the time to first
 	// token, requests wait inside the engine.
-	queueShare = 0.25
+	queueShare = 0.5
 	// kneeHold is how long a knee found holds while the fit does not
 	// find it again.
 	kneeHold = 30 * time.Second
