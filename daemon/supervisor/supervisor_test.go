@@ -55,6 +55,14 @@ func (p *fakeProc) Stop(context.Context) error {
 	return nil
 }
 
+// stopCount reads stops under the lock, for a test that reads it while
+// the supervisor may stop the engine.
+func (f *fakeEngine) stopCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stops
+}
+
 // startCount reads starts under the lock, for a test that reads it while
 // the supervisor may start the engine again.
 func (f *fakeEngine) startCount() int {
@@ -142,8 +150,8 @@ func TestColdStartThenIdleStop(t *testing.T) {
 		// since work was last seen), and soon after it.
 		time.Sleep(28 * time.Second)
 		synctest.Wait()
-		if s.State() != Ready || eng.stops != 0 {
-			t.Fatalf("28s idle of a 30s timeout: %s, %d stops; want still ready", s.State(), eng.stops)
+		if n := eng.stopCount(); s.State() != Ready || n != 0 {
+			t.Fatalf("28s idle of a 30s timeout: %s, %d stops; want still ready", s.State(), n)
 		}
 		time.Sleep(3 * time.Second)
 		synctest.Wait()
