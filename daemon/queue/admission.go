@@ -155,9 +155,14 @@ func (q *Queue) admitLocked(now time.Time, r Request) (*Refusal, time.Duration, 
 	// batch window) with what is in flight, its own and those queued ahead
 	// of it added, or the recent average if that is more (a request finds
 	// the engine as load left it, not as it will be).
+	// A request that finds room waits only for the engine's start, if it
+	// is starting: charging it a turn of the engine at the limit as well
+	// refused the first requests of a cold start as "overloaded" once the
+	// prior's turn at 16 in flight passed max_wait (a fleet host's 503,
+	// retried by HAProxy on a second host, woke that host's engine).
 	n := float64(q.capLocked())
 	wait := q.remainingStart()
-	if q.notReady || q.shortLocked(r.Weight, r.Class) > 0 {
+	if q.shortLocked(r.Weight, r.Class) > 0 {
 		wait += q.waitLocked(now, r)
 	} else {
 		n = min(n, max(float64(q.inflight+r.Weight+q.queuedSlotsLocked()), q.avgInflight))
