@@ -892,23 +892,28 @@ func TestFirstTokenTellsTheModelWhatRan(t *testing.T) {
 	}
 }
 
+// progressQueue is a queue of 4 slots and a way to admit requests of 200
+// prompt tokens and 200 output tokens into it, streamed or not.
+func progressQueue(t *testing.T) (*Queue, enginemodel.Shape, func(stream bool) *Ticket) {
+	c := cfg()
+	c.MaxInflight = 4
+	q := newQueue(c, nil, nil, 100)
+	shape := enginemodel.Shape{PromptBytes: 1000, MaxTokens: 200}
+	return q, shape, func(stream bool) *Ticket {
+		tk, err := q.Acquire(context.Background(), Request{Weight: 1, Shape: shape, Stream: stream})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tk
+	}
+}
+
 // The running requests' streams teach the model the time per token at the
 // concurrency they run with, before any of them ends.
 func TestSampleProgressTeachesTheStepTime(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c := cfg()
-		c.MaxInflight = 4
-		q := newQueue(c, nil, nil, 100)
-		ctx := context.Background()
-		shape := enginemodel.Shape{PromptBytes: 1000, MaxTokens: 200}
-		a, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape, Stream: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape, Stream: true})
-		if err != nil {
-			t.Fatal(err)
-		}
+		q, shape, acquire := progressQueue(t)
+		a, b := acquire(true), acquire(true)
 		before := q.Model().Remaining(2, shape, 0, 100)
 		a.Progress(1)
 		b.Progress(1)
@@ -925,10 +930,7 @@ func TestSampleProgressTeachesTheStepTime(t *testing.T) {
 		}
 		// A request that started since the last sample does not time the
 		// steps.
-		c2, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape, Stream: true})
-		if err != nil {
-			t.Fatal(err)
-		}
+		c2 := acquire(true)
 		time.Sleep(time.Second)
 		c2.Progress(1000)
 		a.Progress(50)
@@ -940,10 +942,7 @@ func TestSampleProgressTeachesTheStepTime(t *testing.T) {
 		// A request whose answer is not streamed runs beside them: its
 		// tokens are in the steps but in no count, so the samples teach
 		// nothing while it runs (twice as fast streams here would).
-		hidden, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
-		if err != nil {
-			t.Fatal(err)
-		}
+		hidden := acquire(false)
 		for range 10 {
 			time.Sleep(time.Second)
 			a.Progress(100)
@@ -965,15 +964,8 @@ func TestSampleProgressTeachesTheStepTime(t *testing.T) {
 // steps rather than keeping only the windows in which one happened to end.
 func TestSampleProgressWaitsForSlowSteps(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		c := cfg()
-		c.MaxInflight = 4
-		q := newQueue(c, nil, nil, 100)
-		ctx := context.Background()
-		shape := enginemodel.Shape{PromptBytes: 1000, MaxTokens: 200}
-		a, err := q.Acquire(ctx, Request{Weight: 1, Shape: shape, Stream: true})
-		if err != nil {
-			t.Fatal(err)
-		}
+		q, shape, acquire := progressQueue(t)
+		a := acquire(true)
 		a.Progress(1)
 		q.SampleProgress(time.Now())
 		for i := range 240 {
