@@ -203,12 +203,11 @@ func (g *Gateway) Inflight() int { return g.queue.Inflight() }
 // Model is the engine model admission judges with.
 func (g *Gateway) Model() *enginemodel.Model { return g.queue.Model() }
 
-// Level is the quantile of the engine model's spread admission predicts
-// at.
-func (g *Gateway) Level() float64 { return g.queue.Level() }
+// AdmissionErrors are admission's calibration, kept across restarts.
+func (g *Gateway) AdmissionErrors() [][2]float64 { return g.queue.AdmissionErrors() }
 
-// RestoreLevel sets a level learned in an earlier run.
-func (g *Gateway) RestoreLevel(level float64) { g.queue.RestoreLevel(level) }
+// RestoreAdmissionErrors takes AdmissionErrors kept from an earlier run.
+func (g *Gateway) RestoreAdmissionErrors(errs [][2]float64) { g.queue.RestoreAdmissionErrors(errs) }
 
 // LastWork is when the latest work request arrived (zero if none yet).
 func (g *Gateway) LastWork() time.Time {
@@ -383,6 +382,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 		if errors.As(err, &ref) {
 			reason := string(ref.Reason)
 			st.reason = reason
+			g.log.Debug("refused", "reason", reason, "message", ref.Message)
 			status, errType, retry := http.StatusServiceUnavailable, typeUnavailable, ref.RetryAfterSeconds()
 			switch ref.Reason {
 			case queue.ReasonQueueFull:

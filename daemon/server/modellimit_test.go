@@ -36,7 +36,7 @@ func TestModelLimit(t *testing.T) {
 			cfg.Queue.TargetLatency = tc.target
 			cfg.Queue.MinInflight, cfg.Queue.MaxInflight = tc.lo, tc.hi
 			cfg.Engine.MaxNumSeqs = tc.maxNumSeqs
-			if got := modelLimit(m, cfg, 0.95); got != tc.w {
+			if got := modelLimit(m, cfg); got != tc.w {
 				t.Errorf("modelLimit = %d, want %d", got, tc.w)
 			}
 		})

@@ -343,12 +343,12 @@ func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supe
 		log.Warn("ignoring learned state", "err", err)
 		return statefile.State{}
 	}
-	gw.RestoreLevel(s.AdmissionLevel)
 	if s.EngineModel != nil {
 		if err := gw.Model().Restore(*s.EngineModel); err != nil {
 			log.Warn("ignoring the learned engine model", "dir", dir, "err", err)
 		}
 	}
+	gw.RestoreAdmissionErrors(s.AdmissionErrors)
 	if sup != nil {
 		sup.SetLearnedStart(time.Duration(s.EngineStartSeconds * float64(time.Second)))
 	}
@@ -365,8 +365,8 @@ func currentLearned(gw *gateway.Gateway, sup *supervisor.Supervisor) statefile.S
 	var s statefile.State
 	if m := gw.Model().State(); m.Observed > 0 {
 		s.EngineModel = &m
-		s.AdmissionLevel = gw.Level()
 	}
+	s.AdmissionErrors = gw.AdmissionErrors()
 	if sup != nil {
 		s.EngineStartSeconds = sup.LearnedStart().Seconds()
 	}
