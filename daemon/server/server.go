@@ -200,11 +200,6 @@ func engineKnobs(c *config.Config) []string {
 	return env
 }
 
-// engineRestartKeys are the settings the engine reads only at its start: a
-// reload that changes one restarts the engine (drained first).
-var engineRestartKeys = []string{"engine.command:", "engine.unit:", "engine.max_num_seqs:", "engine.max_num_batched_tokens:",
-	"engine.max_model_len:", "gpu.memory_budget:", "gpu.memory_fraction:"}
-
 // writeEngineEnv writes the engine's runtime settings for the engine unit
 // (EnvironmentFile=-/run/llmlab/engine.env) before each start: the GPU
 // share, and LLMLAB_MAX_NEW_TOKENS (limits.max_tokens), which llmlab-engine
@@ -865,20 +860,16 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 	warnDeprecated(log, cfg)
 	old := st.cfgNow()
 	changes := config.Diff(old, cfg)
-	for _, c := range changes {
-		if strings.HasPrefix(c, "gateway.listen:") || strings.HasPrefix(c, "metrics.listen:") || strings.HasPrefix(c, "balancer.agent_listen:") ||
-			strings.HasPrefix(c, "engine.url:") || strings.HasPrefix(c, "log.format:") || strings.HasPrefix(c, "log.level:") ||
-			strings.HasPrefix(c, "engine.metrics_interval:") || strings.HasPrefix(c, "queue.concurrency:") ||
-			(strings.HasPrefix(c, "gpu.") && !strings.HasPrefix(c, "gpu.memory_budget:") && !strings.HasPrefix(c, "gpu.memory_fraction:")) {
-			log.Warn("setting needs a restart to take effect", "change", c)
-		}
-	}
+	// What each change needs is declared with its key (config.Need).
 	engineChanged := false
-	for _, c := range changes {
-		for _, k := range engineRestartKeys {
-			if strings.HasPrefix(c, k) {
-				engineChanged = true
-			}
+	texts := make([]string, len(changes))
+	for i, c := range changes {
+		texts[i] = c.String()
+		switch c.Needs {
+		case config.NeedDaemonRestart:
+			log.Warn("setting needs a restart to take effect", "change", texts[i])
+		case config.NeedEngineRestart:
+			engineChanged = true
 		}
 	}
 	// The engine's environment is read from the running configuration at
@@ -896,7 +887,7 @@ func reload(log *slog.Logger, o Options, st *statusSource, gw *gateway.Gateway, 
 			log.Warn("switching between a managed and an external engine needs a restart")
 		}
 	}
-	log.Info("reloaded", "changes", strings.Join(changes, "; "), "api_keys", keys.Len())
+	log.Info("reloaded", "changes", strings.Join(texts, "; "), "api_keys", keys.Len())
 }
 
 func closeAll(ls []net.Listener) {
