@@ -31,7 +31,7 @@ func idleLongEnough(now, started time.Time, gw *gateway.Gateway, engine gateway.
 	if timeout <= 0 || gw.Busy() > 0 {
 		return false
 	}
-	if s := engine.State(); s != supervisor.Stopped && s != "external" {
+	if s := engine.State(); s != supervisor.Stopped && s != supervisor.External {
 		return false
 	}
 	last := gw.LastWork()

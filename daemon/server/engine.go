@@ -175,7 +175,7 @@ func supervisorConfig(cfg *config.Config) supervisor.Config {
 // outside llmlab (always on).
 func (d *daemon) engineReady() bool {
 	s := d.engine.State()
-	return s == supervisor.Ready || s == "external"
+	return s == supervisor.Ready || s == supervisor.External
 }
 
 // engineSignals are the engine's own readings the saturation hold acts
@@ -223,5 +223,5 @@ func holdWhileSaturated(ctx context.Context, gw *gateway.Gateway, every time.Dur
 // externalEngine is an engine managed outside llmlab: always on.
 type externalEngine struct{}
 
-func (externalEngine) Wake()         {}
-func (externalEngine) State() string { return "external" }
+func (externalEngine) Wake()                   {}
+func (externalEngine) State() supervisor.State { return supervisor.External }
