@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
 // State is what the host can take.
@@ -109,10 +111,10 @@ func (s *Server) answer(c net.Conn) {
 
 // Inputs are what a host's capacity is computed from.
 type Inputs struct {
-	// Engine is the engine's state: "ready", "sleeping" (woken in well
-	// under a second) or "external" (not managed) count as warm; "failed"
-	// as failed; anything else (stopped, starting, stopping) as cold.
-	Engine string
+	// Engine is the engine's state: ready, sleeping (woken in well under
+	// a second) or external (not managed) count as warm; failed as failed;
+	// anything else (stopped, starting, stopping) as cold.
+	Engine supervisor.State
 	// Limit is the in-flight limit (chosen from the engine model, or
 	// queue.max_inflight), in requests.
 	Limit int
@@ -150,13 +152,13 @@ const queueShare = 0.5
 func Capacity(in Inputs) State {
 	n := in.Limit
 	switch in.Engine {
-	case "ready", "sleeping", "external":
+	case supervisor.Ready, supervisor.Sleeping, supervisor.External:
 		room := in.MaxWait
 		if in.SLO > 0 {
 			room = max(in.SLO-in.Tail, 0)
 		}
 		n += int(queueShare * in.Rate * room.Seconds())
-	case "failed":
+	case supervisor.Failed:
 		n = 1
 	}
 	return State{MaxConn: max(n/max(in.Balancers, 1), 1)}

@@ -30,19 +30,27 @@ import (
 const DefaultPath = "/etc/llmlab/llmlab.toml"
 
 // Config is the validated configuration of llmlabd.
+//
+// Each key of a section carries two tags: toml, its name in the file
+// (Diff and the logs use it), and reload, what a change of it needs when
+// llmlabd reloads (Need): "none", the reload applies it; "daemon", it is
+// read only when llmlabd starts, and a reload logs that it needs a
+// restart; "engine", it is read when the engine starts, and a reload
+// drains and restarts the engine. A key without a reload tag fails the
+// package's tests (TestEveryKeyDeclaresItsReload).
 type Config struct {
 	// Path is the file the configuration was read from ("" for defaults).
 	Path     string
-	Gateway  Gateway
-	Engine   Engine
-	Queue    Queue
-	Limits   Limits
-	Auth     Auth
-	Metrics  Metrics
-	Log      Log
-	GPU      GPU
-	SLO      SLO
-	Balancer Balancer
+	Gateway  Gateway  `toml:"gateway"`
+	Engine   Engine   `toml:"engine"`
+	Queue    Queue    `toml:"queue"`
+	Limits   Limits   `toml:"limits"`
+	Auth     Auth     `toml:"auth"`
+	Metrics  Metrics  `toml:"metrics"`
+	Log      Log      `toml:"log"`
+	GPU      GPU      `toml:"gpu"`
+	SLO      SLO      `toml:"slo"`
+	Balancer Balancer `toml:"balancer"`
 	// Deprecated names the keys the file sets that are accepted but no
 	// longer do anything, each with why; the daemon logs them.
 	Deprecated []string
@@ -56,122 +64,122 @@ type Config struct {
 type Balancer struct {
 	// AgentListen is the address of HAProxy's agent check ("": off).
 	// llmlabd opens it itself, never through socket activation.
-	AgentListen string
+	AgentListen string `toml:"agent_listen" reload:"daemon"`
 	// Balancers is the number of balancers (or backends) that ask the
 	// agent: the capacity it advertises is shared among them.
-	Balancers int
+	Balancers int `toml:"balancers" reload:"none"`
 }
 
 // SLO is the service-level objective admission works to.
 type SLO struct {
 	// Latency is the p95 latency objective of interactive requests (0:
 	// none).
-	Latency time.Duration
+	Latency time.Duration `toml:"latency" reload:"none"`
 }
 
 // GPU configures the NVML readings and the engine's memory share.
 type GPU struct {
 	// Enabled loads NVML; false never touches it.
-	Enabled      bool
-	Device       int
-	PollInterval time.Duration
+	Enabled      bool          `toml:"enabled" reload:"daemon"`
+	Device       int           `toml:"device" reload:"daemon"`
+	PollInterval time.Duration `toml:"poll_interval" reload:"daemon"`
 	// MemoryBudget (bytes, 0: none) gives the engine that much of the card
 	// whatever its size; otherwise MemoryFraction of it.
-	MemoryBudget   uint64
-	MemoryFraction float64
-	ReleaseTimeout time.Duration
+	MemoryBudget   uint64        `toml:"memory_budget" reload:"engine"`
+	MemoryFraction float64       `toml:"memory_fraction" reload:"engine"`
+	ReleaseTimeout time.Duration `toml:"release_timeout" reload:"daemon"`
 }
 
 // Gateway configures the API listener and its lifecycle.
 type Gateway struct {
 	// Listen is the API address used when the daemon is not socket-activated.
-	Listen string
+	Listen string `toml:"listen" reload:"daemon"`
 	// AllowPublicWithoutKeys permits a non-loopback Listen with no API keys.
-	AllowPublicWithoutKeys bool
+	AllowPublicWithoutKeys bool `toml:"allow_public_without_keys" reload:"none"`
 	// ShutdownGrace bounds how long in-flight requests may run after SIGTERM.
-	ShutdownGrace time.Duration
+	ShutdownGrace time.Duration `toml:"shutdown_grace" reload:"none"`
 	// ExitIdleTimeout makes a socket-activated daemon exit after this long
 	// with nothing to do and the engine stopped (0: never).
-	ExitIdleTimeout time.Duration
+	ExitIdleTimeout time.Duration `toml:"exit_idle_timeout" reload:"none"`
 	// StateDir keeps what the daemon learns across restarts ("": not kept;
 	// systemd's $STATE_DIRECTORY is used when the key is unset).
-	StateDir string
+	StateDir string `toml:"state_dir" reload:"none"`
 	// MaxConnections caps the API connections open at once; past it a new
 	// connection is answered 503 and closed.
-	MaxConnections int
+	MaxConnections int `toml:"max_connections" reload:"none"`
 	// ClientTimeout bounds how long a client may take to send its request
 	// body, and how long it may leave the answer unread, before it is
 	// disconnected.
-	ClientTimeout time.Duration
+	ClientTimeout time.Duration `toml:"client_timeout" reload:"none"`
 }
 
 // Engine names the inference engine the gateway proxies to.
 type Engine struct {
-	URL *url.URL
+	URL *url.URL `toml:"url" reload:"daemon"`
 	// Models are the model names the engine serves; requests for other
 	// names are refused before they are queued.
-	Models []string
+	Models []string `toml:"models" reload:"none"`
 	// Command, when set, is the engine llmlabd starts and stops itself
 	// (scale to zero); empty means the engine is managed elsewhere.
-	Command []string
+	Command []string `toml:"command" reload:"engine"`
 	// Unit, when set, is the systemd unit llmlabd starts and stops through
 	// the D-Bus API instead.
-	Unit string
+	Unit string `toml:"unit" reload:"engine"`
 	// ResponseTimeout is the longest the engine may go without sending a
 	// byte of its answer (for a non-streamed answer, the whole of it).
-	ResponseTimeout   time.Duration
-	IdleTimeout       time.Duration
-	StartTimeout      time.Duration
-	ExpectedStartTime time.Duration
-	MaxColdStartWait  time.Duration
-	StopGrace         time.Duration
+	ResponseTimeout   time.Duration `toml:"response_timeout" reload:"none"`
+	IdleTimeout       time.Duration `toml:"idle_timeout" reload:"none"`
+	StartTimeout      time.Duration `toml:"start_timeout" reload:"none"`
+	ExpectedStartTime time.Duration `toml:"expected_start_time" reload:"none"`
+	MaxColdStartWait  time.Duration `toml:"max_cold_start_wait" reload:"none"`
+	StopGrace         time.Duration `toml:"stop_grace" reload:"none"`
 	// SleepAfter puts an idle engine into vLLM's sleep mode before
 	// IdleTimeout stops it (0: never).
-	SleepAfter time.Duration
+	SleepAfter time.Duration `toml:"sleep_after" reload:"none"`
 	// RuntimeEnv is the environment file llmlabd writes before each engine
 	// start ("": $RUNTIME_DIRECTORY/engine.env under systemd, else none).
-	RuntimeEnv string
+	RuntimeEnv string `toml:"runtime_env" reload:"none"`
 	// MetricsInterval is how often the engine's /metrics is read while it
 	// is ready (0: never).
-	MetricsInterval time.Duration
+	MetricsInterval time.Duration `toml:"metrics_interval" reload:"daemon"`
 	// ReadyPath is what llmlabd GETs to learn that the engine serves (a 2xx
 	// answer), and ReadyMatch, when set, a string that answer's body must
 	// contain (for an engine that answers before its model is loaded).
-	ReadyPath  string
-	ReadyMatch string
+	ReadyPath  string `toml:"ready_path" reload:"none"`
+	ReadyMatch string `toml:"ready_match" reload:"none"`
 	// MaxNumSeqs, MaxNumBatchedTokens and MaxModelLen are vLLM's knobs of
 	// the same names, passed to the engine at each start (0: the engine's
 	// own default). They are llmlabd's so that a reload that changes one
 	// restarts the engine with it (llmlab tune-engine goes through this).
-	MaxNumSeqs          int
-	MaxNumBatchedTokens int
-	MaxModelLen         int
+	MaxNumSeqs          int `toml:"max_num_seqs" reload:"engine"`
+	MaxNumBatchedTokens int `toml:"max_num_batched_tokens" reload:"engine"`
+	MaxModelLen         int `toml:"max_model_len" reload:"engine"`
 }
 
 // Queue configures admission control and micro-batching.
 type Queue struct {
-	MaxInflight int
-	MaxQueued   int
-	MaxWait     time.Duration
-	BatchWindow time.Duration
+	MaxInflight int           `toml:"max_inflight" reload:"none"`
+	MaxQueued   int           `toml:"max_queued" reload:"none"`
+	MaxWait     time.Duration `toml:"max_wait" reload:"none"`
+	BatchWindow time.Duration `toml:"batch_window" reload:"none"`
 	// MaxBatch releases a batch as soon as this many wait (0: the in-flight
 	// limit).
-	MaxBatch int
+	MaxBatch int `toml:"max_batch" reload:"none"`
 	// Coalesce merges compatible non-streamed completions of one dispatch
 	// into a single upstream request with a list of prompts.
-	Coalesce bool
+	Coalesce bool `toml:"coalesce" reload:"none"`
 	// Concurrency "model" chooses the in-flight limit from the engine
 	// model (daemon/enginemodel), between MinInflight and MaxInflight (and
 	// engine.max_num_seqs where set), so that the typical request's tail
 	// time stays within TargetLatency; "fixed" keeps MaxInflight. A file
 	// that still says "adaptive" (the deleted probing law) is read as
 	// "model", with a deprecation.
-	Concurrency   string
-	MinInflight   int
-	TargetLatency time.Duration
+	Concurrency   string        `toml:"concurrency" reload:"daemon"`
+	MinInflight   int           `toml:"min_inflight" reload:"none"`
+	TargetLatency time.Duration `toml:"target_latency" reload:"none"`
 	// BatchMaxWait and BatchShare shape the batch priority class.
-	BatchMaxWait time.Duration
-	BatchShare   float64
+	BatchMaxWait time.Duration `toml:"batch_max_wait" reload:"none"`
+	BatchShare   float64       `toml:"batch_share" reload:"none"`
 }
 
 // FromModel reports whether the in-flight limit is chosen from the
@@ -180,36 +188,36 @@ func (q Queue) FromModel() bool { return q.Concurrency == "model" }
 
 // Limits bounds what one request may ask for and how often clients may ask.
 type Limits struct {
-	MaxBodyBytes int64
-	MaxTokens    int
-	MaxN         int
-	Rate         float64
-	Burst        int
-	GlobalRate   float64
-	GlobalBurst  int
+	MaxBodyBytes int64   `toml:"max_body_bytes" reload:"none"`
+	MaxTokens    int     `toml:"max_tokens" reload:"none"`
+	MaxN         int     `toml:"max_n" reload:"none"`
+	Rate         float64 `toml:"rate" reload:"none"`
+	Burst        int     `toml:"burst" reload:"none"`
+	GlobalRate   float64 `toml:"global_rate" reload:"none"`
+	GlobalBurst  int     `toml:"global_burst" reload:"none"`
 }
 
 // Auth configures optional API keys.
 type Auth struct {
 	// KeysFile holds "name key" lines; "" disables authentication.
-	KeysFile string
+	KeysFile string `toml:"keys_file" reload:"none"`
 }
 
 // Metrics configures the Prometheus listener.
 type Metrics struct {
 	// Listen is the metrics address ("" disables the listener).
-	Listen string
+	Listen string `toml:"listen" reload:"daemon"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the metrics listener.
-	Pprof bool
+	Pprof bool `toml:"pprof" reload:"none"`
 	// Textfile is node_exporter's textfile-collector file ("": none).
-	Textfile string
+	Textfile string `toml:"textfile" reload:"none"`
 }
 
 // Log configures logging.
 type Log struct {
-	Level     string
-	Format    string
-	AccessLog bool
+	Level     string `toml:"level" reload:"daemon"`
+	Format    string `toml:"format" reload:"daemon"`
+	AccessLog bool   `toml:"access_log" reload:"none"`
 }
 
 // raw mirrors the file; durations are strings so that a bad one can be

@@ -82,7 +82,7 @@ func TestShippedFileIsTheDefaults(t *testing.T) {
 	}
 	want := Default()
 	want.Engine.Unit = "llmlab-vllm.service"
-	if d := Diff(want, c); len(d) > 1 || (len(d) == 1 && !strings.HasPrefix(d[0], "path:")) {
+	if d := Diff(want, c); len(d) > 1 || (len(d) == 1 && !strings.HasPrefix(d[0].String(), "path:")) {
 		t.Errorf("etc/llmlab.toml differs from the defaults: %v", d)
 	}
 }

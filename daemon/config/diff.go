@@ -3,42 +3,102 @@ package config
 import (
 	"fmt"
 	"reflect"
-	"strings"
-	"unicode"
+	"sync"
 )
 
-// Diff lists the keys whose values differ between a and b, as
-// "section.key: old -> new", in file order.
-func Diff(a, b *Config) []string {
-	var out []string
+// Need is what a change of a key needs before it takes effect, as the
+// key's reload tag declares it (see Config).
+type Need int
+
+const (
+	// NeedNothing: a reload applies the new value.
+	NeedNothing Need = iota
+	// NeedDaemonRestart: the value is read only when llmlabd starts; a
+	// reload logs that the change needs a restart and leaves the running
+	// part as it is.
+	NeedDaemonRestart
+	// NeedEngineRestart: the value is read when the engine starts; a
+	// reload drains the engine and starts it again with the new value.
+	NeedEngineRestart
+)
+
+// needTags are the reload tag's values.
+var needTags = map[string]Need{"none": NeedNothing, "daemon": NeedDaemonRestart, "engine": NeedEngineRestart}
+
+// String names the need as the reload tag writes it.
+func (n Need) String() string {
+	switch n {
+	case NeedNothing:
+		return "none"
+	case NeedDaemonRestart:
+		return "daemon"
+	case NeedEngineRestart:
+		return "engine"
+	}
+	return fmt.Sprintf("Need(%d)", int(n))
+}
+
+// Change is one key whose value differs between two configurations.
+type Change struct {
+	// Key is "section.key", as the file writes it.
+	Key string
+	// Old and New are the values, as Config holds them.
+	Old, New any
+	// Needs is what the change needs before it takes effect.
+	Needs Need
+}
+
+// String is the change as the reload's log line writes it:
+// "section.key: old -> new".
+func (c Change) String() string { return fmt.Sprintf("%s: %v -> %v", c.Key, c.Old, c.New) }
+
+// Diff lists the keys whose values differ between a and b, in file order.
+func Diff(a, b *Config) []Change {
+	var out []Change
 	va, vb := reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem()
-	t := va.Type()
-	for i := 0; i < t.NumField(); i++ {
-		sec := t.Field(i)
-		if sec.Type.Kind() != reflect.Struct {
-			continue
-		}
-		for j := 0; j < sec.Type.NumField(); j++ {
-			x := fmt.Sprint(va.Field(i).Field(j).Interface())
-			y := fmt.Sprint(vb.Field(i).Field(j).Interface())
-			if x != y {
-				out = append(out, fmt.Sprintf("%s.%s: %s -> %s", snake(sec.Name), snake(sec.Type.Field(j).Name), x, y))
-			}
+	for _, k := range schema() {
+		x, y := va.FieldByIndex(k.index).Interface(), vb.FieldByIndex(k.index).Interface()
+		if fmt.Sprint(x) != fmt.Sprint(y) {
+			out = append(out, Change{Key: k.name, Old: x, New: y, Needs: k.needs})
 		}
 	}
 	return out
 }
 
-// snake turns a Go field name into its TOML key (MaxInflight: max_inflight,
-// MaxNumSeqs: max_num_seqs, URL: url).
-func snake(s string) string {
-	var b strings.Builder
-	r := []rune(s)
-	for i, c := range r {
-		if unicode.IsUpper(c) && i > 0 && (unicode.IsLower(r[i-1]) || (i+1 < len(r) && unicode.IsLower(r[i+1]))) {
-			b.WriteByte('_')
-		}
-		b.WriteRune(unicode.ToLower(c))
-	}
-	return b.String()
+// key is one key of Config: its name, its field, and what its change
+// needs.
+type key struct {
+	name  string
+	index []int
+	needs Need
+	// declared says the field has a toml tag and a known reload tag.
+	declared bool
 }
+
+// schema lists Config's keys in file order, read once from its tags. A key
+// whose reload tag is missing or unknown (the package's tests refuse one)
+// is taken to need a restart of llmlabd, so that its change is at least
+// logged.
+var schema = sync.OnceValue(func() []key {
+	var keys []key
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		sec := t.Field(i)
+		if sec.Type.Kind() != reflect.Struct {
+			continue
+		}
+		for j := range sec.Type.NumField() {
+			f := sec.Type.Field(j)
+			name, hasName := f.Tag.Lookup("toml")
+			need, hasNeed := needTags[f.Tag.Get("reload")]
+			if !hasName {
+				name = f.Name
+			}
+			if !hasNeed {
+				need = NeedDaemonRestart
+			}
+			keys = append(keys, key{name: sec.Tag.Get("toml") + "." + name, index: []int{i, j}, needs: need, declared: hasName && hasNeed})
+		}
+	}
+	return keys
+})

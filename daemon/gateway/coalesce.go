@@ -95,15 +95,11 @@ func (c *coalescer) serve(ctx context.Context, w http.ResponseWriter, st *reqSta
 	r := cl.results[idx]
 	st.prompt, st.complete = r.usage.PromptTokens, r.usage.CompletionTokens
 	if r.errMsg != "" {
-		code := "engine_error"
+		f := failure{status: r.status, kind: typeServer, code: "engine_error", msg: r.errMsg, outcome: r.outcome}
 		if r.status == http.StatusServiceUnavailable {
-			code = "engine_unavailable"
+			f.code, f.retryAfter = "engine_unavailable", 1
 		}
-		retry := 0
-		if r.status == http.StatusServiceUnavailable {
-			retry = 1
-		}
-		c.g.fail(w, st, r.status, typeServer, code, "", r.errMsg, retry, r.outcome)
+		c.g.fail(w, st, f)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

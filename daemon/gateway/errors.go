@@ -8,29 +8,48 @@ import (
 
 // apiError is the OpenAI error envelope's body.
 type apiError struct {
-	Message   string  `json:"message"`
-	Type      string  `json:"type"`
-	Param     *string `json:"param"`
-	Code      string  `json:"code"`
-	RequestID string  `json:"request_id,omitempty"`
+	Message   string    `json:"message"`
+	Type      errorType `json:"type"`
+	Param     *string   `json:"param"`
+	Code      string    `json:"code"`
+	RequestID string    `json:"request_id,omitempty"`
 }
 
-// Error types as OpenAI names them.
+// errorType is an error's type, as OpenAI names them.
+type errorType string
+
+// Error types.
 const (
-	typeInvalid     = "invalid_request_error"
-	typeAuth        = "authentication_error"
-	typeRateLimit   = "rate_limit_exceeded"
-	typeUnavailable = "service_unavailable"
-	typeServer      = "server_error"
+	typeInvalid     errorType = "invalid_request_error"
+	typeAuth        errorType = "authentication_error"
+	typeRateLimit   errorType = "rate_limit_exceeded"
+	typeUnavailable errorType = "service_unavailable"
+	typeServer      errorType = "server_error"
 )
 
-// writeError writes an OpenAI-shaped error. retryAfter (seconds) is sent
-// when above zero. The message is what the client sees: never internal
-// error text.
-func writeError(w http.ResponseWriter, status int, errType, code, param, msg, reqID string, retryAfter int) {
-	e := apiError{Message: msg, Type: errType, Code: code, RequestID: reqID}
-	if param != "" {
-		e.Param = &param
+// failure is an error answer: what the client is told, and the outcome
+// it is counted as. Call sites name the fields they set; the others stay
+// empty.
+type failure struct {
+	status int
+	kind   errorType
+	code   string
+	// param names the request member at fault ("": none).
+	param string
+	// msg is what the client sees: never internal error text.
+	msg string
+	// retryAfter (seconds) is sent as Retry-After when above zero.
+	retryAfter int
+	// outcome is the answer's outcome in llmlab_requests_total and the
+	// access log ("": decided from the status; writeError ignores it).
+	outcome string
+}
+
+// writeError writes f as an OpenAI-shaped error for the request reqID.
+func writeError(w http.ResponseWriter, f failure, reqID string) {
+	e := apiError{Message: f.msg, Type: f.kind, Code: f.code, RequestID: reqID}
+	if f.param != "" {
+		e.Param = &f.param
 	}
 	body, _ := json.Marshal(struct {
 		Error apiError `json:"error"`
@@ -38,9 +57,9 @@ func writeError(w http.ResponseWriter, status int, errType, code, param, msg, re
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)+1))
-	if retryAfter > 0 {
-		h.Set("Retry-After", strconv.Itoa(retryAfter))
+	if f.retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(f.retryAfter))
 	}
-	w.WriteHeader(status)
+	w.WriteHeader(f.status)
 	_, _ = w.Write(append(body, '\n'))
 }

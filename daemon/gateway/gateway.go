@@ -49,14 +49,15 @@ import (
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/ratelimit"
 	"github.com/llmlab/llmlab/daemon/recent"
+	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
 // Engine is the gateway's view of the engine's lifecycle.
 type Engine interface {
 	// Wake is called as soon as a work request's headers arrive.
 	Wake()
-	// State names the engine's lifecycle state.
-	State() string
+	// State is the engine's lifecycle state.
+	State() supervisor.State
 }
 
 // Config is what the gateway needs from the daemon's configuration.
@@ -115,7 +116,7 @@ type Gateway struct {
 func (g *Gateway) awaitEngine(ctx context.Context, firstRefused time.Time) bool {
 	wait := g.settings.Load().cfg.Queue.MaxColdStartWait
 	switch g.engine.State() {
-	case "ready", "starting", "stopped", "sleeping":
+	case supervisor.Ready, supervisor.Starting, supervisor.Stopped, supervisor.Sleeping:
 	default: // failed, or an engine llmlab does not manage
 		return false
 	}
@@ -244,7 +245,8 @@ func (g *Gateway) Handler() http.Handler {
 	mux.HandleFunc("/v1/chat/completions", func(w http.ResponseWriter, r *http.Request) { g.serveWork(w, r, routeChat) })
 	mux.HandleFunc("/v1/models", g.serveModels)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, typeInvalid, "unknown_url", "", "Unknown request URL: "+r.Method+" "+r.URL.Path, requestID(w, r), 0)
+		writeError(w, failure{status: http.StatusNotFound, kind: typeInvalid, code: "unknown_url",
+			msg: "Unknown request URL: " + r.Method + " " + r.URL.Path}, requestID(w, r))
 	})
 	return mux
 }
@@ -304,7 +306,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	defer g.finish(rec, st)
 	if r.Method != http.MethodPost {
 		rec.Header().Set("Allow", http.MethodPost)
-		g.fail(rec, st, http.StatusMethodNotAllowed, typeInvalid, "method_not_allowed", "", "use POST", 0, "invalid")
+		g.fail(rec, st, failure{status: http.StatusMethodNotAllowed, kind: typeInvalid, code: "method_not_allowed", msg: "use POST", outcome: "invalid"})
 		return
 	}
 	g.lastWork.Store(int64(st.start.Sub(g.epoch)) + 1)
@@ -313,7 +315,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 
 	name, err := s.keys.Authenticate(r)
 	if err != nil {
-		g.fail(rec, st, http.StatusUnauthorized, typeAuth, "invalid_api_key", "", err.Error(), 0, "unauthorized")
+		g.fail(rec, st, failure{status: http.StatusUnauthorized, kind: typeAuth, code: "invalid_api_key", msg: err.Error(), outcome: "unauthorized"})
 		return
 	}
 	clientID := name
@@ -331,14 +333,14 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	case "batch":
 		st.class = queue.Batch
 	default:
-		g.fail(rec, st, http.StatusBadRequest, typeInvalid, "invalid_priority", "",
-			PriorityHeader+" must be \"interactive\" or \"batch\"", 0, "invalid")
+		g.fail(rec, st, failure{status: http.StatusBadRequest, kind: typeInvalid, code: "invalid_priority",
+			msg: PriorityHeader + " must be \"interactive\" or \"batch\"", outcome: "invalid"})
 		return
 	}
 	if ok, wait, scope := g.limiter.Allow(time.Now(), clientID); !ok {
 		st.reason = scope
-		g.fail(rec, st, http.StatusTooManyRequests, typeRateLimit, "rate_limit_exceeded", "",
-			"Rate limit reached ("+scope+"); retry after the time in Retry-After.", retrySeconds(wait), "rate_limited")
+		g.fail(rec, st, failure{status: http.StatusTooManyRequests, kind: typeRateLimit, code: "rate_limit_exceeded",
+			msg: "Rate limit reached (" + scope + "); retry after the time in Retry-After.", retryAfter: retrySeconds(wait), outcome: "rate_limited"})
 		return
 	}
 
@@ -352,14 +354,14 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			g.fail(rec, st, http.StatusRequestEntityTooLarge, typeInvalid, "request_too_large", "",
-				"The request body exceeds "+strconv.FormatInt(mbe.Limit, 10)+" bytes.", 0, "invalid")
+			g.fail(rec, st, failure{status: http.StatusRequestEntityTooLarge, kind: typeInvalid, code: "request_too_large",
+				msg: "The request body exceeds " + strconv.FormatInt(mbe.Limit, 10) + " bytes.", outcome: "invalid"})
 			return
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			rec.Header().Set("Connection", "close")
-			g.fail(rec, st, http.StatusRequestTimeout, typeInvalid, "request_timeout", "",
-				"The request body did not arrive within "+s.cfg.ClientTimeout.String()+" (gateway.client_timeout).", 0, "invalid")
+			g.fail(rec, st, failure{status: http.StatusRequestTimeout, kind: typeInvalid, code: "request_timeout",
+				msg: "The request body did not arrive within " + s.cfg.ClientTimeout.String() + " (gateway.client_timeout).", outcome: "invalid"})
 			return
 		}
 		st.outcome, st.status = "cancelled", 499
@@ -369,7 +371,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	lim.MaxModelLen = g.MaxModelLen()
 	p, inv := validate(route, body, lim, s.cfg.Coalesce)
 	if inv != nil {
-		g.fail(rec, st, inv.Status, typeInvalid, inv.Code, inv.Param, inv.Msg, 0, "invalid")
+		g.fail(rec, st, failure{status: inv.Status, kind: typeInvalid, code: inv.Code, param: inv.Param, msg: inv.Msg, outcome: "invalid"})
 		return
 	}
 	st.body, st.stream, st.model = p.Body, p.Stream, p.Model
@@ -383,14 +385,15 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 			reason := string(ref.Reason)
 			st.reason = reason
 			g.log.Debug("refused", "reason", reason, "message", ref.Message)
-			status, errType, retry := http.StatusServiceUnavailable, typeUnavailable, ref.RetryAfterSeconds()
+			f := failure{status: http.StatusServiceUnavailable, kind: typeUnavailable, code: reason, msg: ref.Message,
+				retryAfter: ref.RetryAfterSeconds(), outcome: reason}
 			switch ref.Reason {
 			case queue.ReasonQueueFull:
-				status, errType = http.StatusTooManyRequests, typeRateLimit
+				f.status, f.kind = http.StatusTooManyRequests, typeRateLimit
 			case queue.ReasonTooManySequences:
-				status, errType, retry = http.StatusBadRequest, typeInvalid, 0
+				f.status, f.kind, f.retryAfter = http.StatusBadRequest, typeInvalid, 0
 			}
-			g.fail(rec, st, status, errType, reason, "", ref.Message, retry, reason)
+			g.fail(rec, st, f)
 			return
 		}
 		st.outcome, st.status = "cancelled", 499
@@ -429,10 +432,10 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 	return io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 }
 
-// fail answers with an error and records the outcome.
-func (g *Gateway) fail(w http.ResponseWriter, st *reqState, status int, errType, code, param, msg string, retryAfter int, outcome string) {
-	st.outcome = outcome
-	writeError(w, status, errType, code, param, msg, st.id, retryAfter)
+// fail answers with f and records its outcome.
+func (g *Gateway) fail(w http.ResponseWriter, st *reqState, f failure) {
+	st.outcome = f.outcome
+	writeError(w, f, st.id)
 }
 
 func retrySeconds(d time.Duration) int {
@@ -522,12 +525,12 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 	id := requestID(w, r)
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
-		writeError(w, http.StatusMethodNotAllowed, typeInvalid, "method_not_allowed", "", "use GET", id, 0)
+		writeError(w, failure{status: http.StatusMethodNotAllowed, kind: typeInvalid, code: "method_not_allowed", msg: "use GET"}, id)
 		return
 	}
 	s := g.settings.Load()
 	if _, err := s.keys.Authenticate(r); err != nil {
-		writeError(w, http.StatusUnauthorized, typeAuth, "invalid_api_key", "", err.Error(), id, 0)
+		writeError(w, failure{status: http.StatusUnauthorized, kind: typeAuth, code: "invalid_api_key", msg: err.Error()}, id)
 		return
 	}
 	writeModels(w, s.cfg.Limits.Models)

@@ -22,12 +22,13 @@ import (
 	"github.com/llmlab/llmlab/daemon/enginetest"
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/ratelimit"
+	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
 type alwaysOn struct{}
 
-func (alwaysOn) Wake()         {}
-func (alwaysOn) State() string { return "ready" }
+func (alwaysOn) Wake()                   {}
+func (alwaysOn) State() supervisor.State { return supervisor.Ready }
 
 type fixture struct {
 	gw     *Gateway

@@ -49,16 +49,16 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	case r.Context().Err() != nil:
 		st.outcome, st.status = "cancelled", 499
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		g.fail(w, st, http.StatusGatewayTimeout, typeServer, "engine_timeout", "",
-			"The engine sent nothing for "+g.settings.Load().cfg.ResponseTimeout.String()+" (engine.response_timeout).", 0, "engine_error")
+		g.fail(w, st, failure{status: http.StatusGatewayTimeout, kind: typeServer, code: "engine_timeout",
+			msg: "The engine sent nothing for " + g.settings.Load().cfg.ResponseTimeout.String() + " (engine.response_timeout).", outcome: "engine_error"})
 		g.log.Warn("engine timed out", "request_id", st.id, "err", err)
 	case errors.Is(err, syscall.ECONNREFUSED):
-		g.fail(w, st, http.StatusServiceUnavailable, typeUnavailable, "engine_unavailable", "",
-			"The engine is not accepting connections; retry shortly.", 1, "engine_unavailable")
+		g.fail(w, st, failure{status: http.StatusServiceUnavailable, kind: typeUnavailable, code: "engine_unavailable",
+			msg: "The engine is not accepting connections; retry shortly.", retryAfter: 1, outcome: "engine_unavailable"})
 		g.log.Warn("engine unavailable", "request_id", st.id, "err", err)
 	default:
-		g.fail(w, st, http.StatusBadGateway, typeServer, "engine_error", "",
-			"The engine failed to answer the request.", 0, "engine_error")
+		g.fail(w, st, failure{status: http.StatusBadGateway, kind: typeServer, code: "engine_error",
+			msg: "The engine failed to answer the request.", outcome: "engine_error"})
 		g.log.Warn("engine error", "request_id", st.id, "err", err)
 	}
 }

@@ -127,7 +127,7 @@ func (s *statusSource) serve(w http.ResponseWriter, _ *http.Request) {
 	d.Config.Path = cfg.Path
 	d.SLO.LatencySeconds = cfg.SLO.Latency.Seconds()
 	d.Recent = s.gw.Recent()
-	d.Engine.State = s.engine.State()
+	d.Engine.State = string(s.engine.State())
 	d.Engine.Unit = cfg.Engine.Unit
 	if s.sup != nil {
 		info := s.sup.Info()

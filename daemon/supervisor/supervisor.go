@@ -39,19 +39,28 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// State is the engine's lifecycle state, as the supervisor reports it (in
+// /status and llmlab_engine_state{state}, by its text).
+type State string
+
 // States of the engine.
 const (
-	Stopped  = "stopped"
-	Starting = "starting"
-	Ready    = "ready"
-	Stopping = "stopping"
-	Failed   = "failed"
+	Stopped  State = "stopped"
+	Starting State = "starting"
+	Ready    State = "ready"
+	Stopping State = "stopping"
+	Failed   State = "failed"
 	// Sleeping is vLLM's sleep mode: the process runs but has released the
 	// GPU's weights and KV cache; waking takes a fraction of a start.
-	Sleeping = "sleeping"
+	Sleeping State = "sleeping"
+	// External is no state of the supervisor's: it is the state of an
+	// engine llmlab does not manage (no engine.command or engine.unit),
+	// which is taken to be always on.
+	External State = "external"
 )
 
-var states = []string{Stopped, Starting, Ready, Stopping, Failed, Sleeping}
+// states are the states the supervisor reports.
+var states = []State{Stopped, Starting, Ready, Stopping, Failed, Sleeping}
 
 // Backend starts the engine.
 type Backend interface {
@@ -126,7 +135,7 @@ type Supervisor struct {
 	restart chan Backend
 
 	// Published by Run for other goroutines.
-	state        atomic.Value // string
+	state        atomic.Value // State
 	startedAt    atomic.Int64 // the current start, in nanoseconds after epoch (monotonic)
 	epoch        time.Time
 	learnedStart atomic.Int64 // nanoseconds
@@ -141,7 +150,7 @@ type Supervisor struct {
 // Info is what an operator asks about the engine's lifecycle (llmlab
 // status): the state and since when, the last start and the last failure.
 type Info struct {
-	State string    `json:"state"`
+	State State     `json:"state"`
 	Since time.Time `json:"since"`
 	// LastStart is when the last start that reached ready began, and
 	// LastStartSeconds how long it took (zero: none yet in this run).
@@ -232,7 +241,7 @@ func (s *Supervisor) Restart(b Backend) {
 }
 
 // State names the engine's lifecycle state.
-func (s *Supervisor) State() string { return s.state.Load().(string) }
+func (s *Supervisor) State() State { return s.state.Load().(State) }
 
 // started is when the current start began, on the monotonic clock (a jump
 // of the wall clock does not change how long a start took).
@@ -255,7 +264,7 @@ func (s *Supervisor) RemainingStart() time.Duration {
 	return learned
 }
 
-func (s *Supervisor) publish(state string) {
+func (s *Supervisor) publish(state State) {
 	s.noteInfo(func(i *Info) {
 		if i.State != state {
 			i.State, i.Since = state, time.Now()
@@ -267,7 +276,7 @@ func (s *Supervisor) publish(state string) {
 		if st == state {
 			v = 1
 		}
-		s.metrics.state.WithLabelValues(st).Set(v)
+		s.metrics.state.WithLabelValues(string(st)).Set(v)
 	}
 }
 
@@ -288,7 +297,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 		housekeeper = time.NewTicker(250 * time.Millisecond)
 	)
 	defer housekeeper.Stop()
-	set := func(st string) {
+	set := func(st State) {
 		if st != state {
 			s.log.Info("engine state", "from", state, "to", st, "engine_state", st)
 		}
@@ -469,7 +478,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 }
 
 // fail records a failed start or a crash and fails the waiting requests.
-func (s *Supervisor) fail(set func(string), retryAt *time.Time, backoff *time.Duration, msg string) {
+func (s *Supervisor) fail(set func(State), retryAt *time.Time, backoff *time.Duration, msg string) {
 	s.metrics.starts.WithLabelValues("failed").Inc()
 	s.noteInfo(func(i *Info) { i.LastFailure, i.LastFailureAt = msg, time.Now() })
 	set(Failed)

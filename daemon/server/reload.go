@@ -1,0 +1,70 @@
+package server
+
+import (
+	"log/slog"
+	"strings"
+
+	"github.com/llmlab/llmlab/daemon/config"
+)
+
+// reload re-reads the configuration (SIGHUP); a bad one is refused and the
+// running one kept. What each changed key needs is declared with the key
+// (config.Need, docs/architecture.md):
+//
+//  1. A key read only when llmlabd starts is logged as needing a restart:
+//     the part that read it (a listener, the logger, the engine's metrics
+//     scraper) keeps the old value, though the running configuration, and
+//     /status, show the new one.
+//  2. The new configuration is swapped in, and the gateway (limits, queue,
+//     keys) and the GPU share take it at once.
+//  3. A key the engine reads at its start drains the engine and starts it
+//     again, once, with the new configuration (swapped in by then).
+func (d *daemon) reload() {
+	o := d.o
+	o.Explicit = true
+	cfg, keys, err := LoadConfig(o)
+	if err != nil {
+		d.log.Error("reload refused; keeping the running configuration", "err", err)
+		return
+	}
+	warnDeprecated(d.log, cfg)
+	changes := config.Diff(d.st.cfgNow(), cfg)
+	engineChanged := false
+	texts := make([]string, len(changes))
+	for i, c := range changes {
+		texts[i] = c.String()
+		switch c.Needs {
+		case config.NeedDaemonRestart:
+			d.log.Warn("setting needs a restart to take effect", "change", texts[i])
+		case config.NeedEngineRestart:
+			engineChanged = true
+		}
+	}
+	// The engine's environment is read from the running configuration at
+	// its next start: swap it in before that start is asked for.
+	d.st.setCfg(cfg)
+	if d.adm != nil {
+		d.adm.SetShare(cfg.GPU.MemoryBudget, cfg.GPU.MemoryFraction)
+	}
+	d.gw.Reload(gatewayConfig(cfg), keys)
+	if engineChanged {
+		switch b := engineBackend(cfg, d.log, d.o.Stderr, d.engineEnv); {
+		case d.sup != nil && b != nil:
+			d.sup.Restart(b) // drained, then restarted once; arrivals wait as in a cold start
+		default:
+			d.log.Warn("switching between a managed and an external engine needs a restart")
+		}
+	}
+	d.log.Info("reloaded", "changes", strings.Join(texts, "; "), "api_keys", keys.Len())
+}
+
+// warnDeprecated logs the keys cfg's file sets that no longer do anything,
+// and the values adjusted to fit another.
+func warnDeprecated(log *slog.Logger, cfg *config.Config) {
+	for _, d := range cfg.Deprecated {
+		log.Warn("deprecated setting", "config", cfg.Path, "setting", d)
+	}
+	for _, n := range cfg.Notes {
+		log.Info("setting adjusted", "config", cfg.Path, "setting", n)
+	}
+}

@@ -1,0 +1,103 @@
+package server
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/llmlab/llmlab/daemon/enginetest"
+)
+
+// A reload applies at once what can be applied, and logs, without
+// applying it, a change that needs llmlabd restarted; a file that does not
+// load is refused and the running configuration kept.
+func TestReload(t *testing.T) {
+	engines := map[string]*enginetest.Engine{"a": {}, "b": {}}
+	urls := map[string]string{}
+	for name, e := range engines {
+		srv := httptest.NewServer(e)
+		t.Cleanup(srv.Close)
+		urls[name] = srv.URL
+	}
+	conf := func(engine string, maxInflight int) string {
+		return testConfig(fmt.Sprintf("engine.url = %q", urls[engine]), `queue.concurrency = "fixed"`, fmt.Sprintf("queue.max_inflight = %d", maxInflight))
+	}
+	for _, tc := range []struct {
+		name string
+		next string
+		// inflight is the in-flight limit after the reload, in the
+		// running configuration and in the queue.
+		inflight int
+		// engine is the engine's URL in the running configuration after
+		// the reload; served the one that answers a request.
+		engine, served string
+		// logged are the log lines the reload must write; restart says
+		// whether one says a restart is needed.
+		logged  []string
+		restart bool
+	}{
+		{name: "a limit applies at once", next: conf("a", 4), inflight: 4, engine: "a", served: "a",
+			logged: []string{`msg=reloaded changes="queue.max_inflight: 8 -> 4"`}},
+		{name: "engine.url needs a restart", next: conf("b", 8), inflight: 8, engine: "b", served: "a",
+			logged: []string{`msg="setting needs a restart to take effect" change="engine.url: ` + urls["a"] + ` -> ` + urls["b"] + `"`,
+				`msg=reloaded changes="engine.url: ` + urls["a"] + ` -> ` + urls["b"] + `"`},
+			restart: true},
+		{name: "both at once", next: conf("b", 4), inflight: 4, engine: "b", served: "a",
+			logged:  []string{`change="engine.url: `, `msg=reloaded changes="engine.url: ` + urls["a"] + ` -> ` + urls["b"] + `; queue.max_inflight: 8 -> 4"`},
+			restart: true},
+		{name: "a bad file is refused", next: conf("b", 0), inflight: 8, engine: "a", served: "a",
+			logged: []string{`msg="reload refused; keeping the running configuration"`, `queue.max_inflight = 0`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, logs, path := newTestDaemon(t, conf("a", 8))
+			writeConfig(t, path, tc.next)
+			d.reload()
+
+			cfg := d.st.cfgNow()
+			if cfg.Queue.MaxInflight != tc.inflight || d.gw.QueueStats().MaxInflight != tc.inflight {
+				t.Errorf("after the reload: queue.max_inflight %d, the queue's %d; want %d", cfg.Queue.MaxInflight, d.gw.QueueStats().MaxInflight, tc.inflight)
+			}
+			if got := cfg.Engine.URL.String(); got != urls[tc.engine] {
+				t.Errorf("after the reload: engine.url %s, want %s", got, urls[tc.engine])
+			}
+			for _, want := range tc.logged {
+				if !strings.Contains(logs.String(), want) {
+					t.Errorf("the log lacks %s:\n%s", want, logs)
+				}
+			}
+			if got := len(logs.lines("needs a restart")) > 0; got != tc.restart {
+				t.Errorf("a restart logged as needed: %v, want %v:\n%s", got, tc.restart, logs)
+			}
+
+			// The gateway sends work to the engine it started with: a
+			// reload does not move it.
+			before := map[string]int{}
+			for name, e := range engines {
+				before[name] = e.Stats().Requests
+			}
+			api := httptest.NewServer(d.gw.Handler())
+			defer api.Close()
+			resp, err := http.Post(api.URL+"/v1/completions", "application/json",
+				strings.NewReader(`{"model":"Qwen/Qwen2.5-0.5B-Instruct","prompt":"x","max_tokens":2}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("a completion after the reload: %s", resp.Status)
+			}
+			for name, e := range engines {
+				want := before[name]
+				if name == tc.served {
+					want++
+				}
+				if got := e.Stats().Requests; got != want {
+					t.Errorf("engine %s has %d requests, want %d (the request goes to engine %s)", name, got, want, tc.served)
+				}
+			}
+			d.gw.CloseIdle()
+		})
+	}
+}
