@@ -19,9 +19,9 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/llmlab/llmlab/daemon/auth"
-	"github.com/llmlab/llmlab/daemon/enginetest"
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/ratelimit"
+	"github.com/llmlab/llmlab/internal/fakeengine"
 )
 
 type alwaysOn struct{}
@@ -125,7 +125,7 @@ func TestNonStreamedPassesThroughIntact(t *testing.T) {
 
 func TestAuthorizationNotForwarded(t *testing.T) {
 	keys, _ := auth.Parse("k", []byte("alice sk-0123456789abcdef\n"))
-	eng := &enginetest.Engine{}
+	eng := &fakeengine.Engine{}
 	f := newFixture(t, testConfig(), keys, eng)
 	resp := f.post(t, "/v1/completions", `{"prompt":"x"}`, "Authorization", "Bearer sk-0123456789abcdef")
 	resp.Body.Close()
@@ -170,7 +170,7 @@ func TestStreamFlushedPerEvent(t *testing.T) {
 }
 
 func TestStreamIntact(t *testing.T) {
-	eng := &enginetest.Engine{}
+	eng := &fakeengine.Engine{}
 	f := newFixture(t, testConfig(), nil, eng)
 	resp := f.post(t, "/v1/completions", `{"prompt":"x","max_tokens":200,"stream":true,"stream_options":{"include_usage":true}}`)
 	data, _ := io.ReadAll(resp.Body)
@@ -192,7 +192,7 @@ func TestStreamIntact(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	keys, _ := auth.Parse("k", []byte("alice sk-0123456789abcdef\n"))
-	f := newFixture(t, testConfig(), keys, &enginetest.Engine{})
+	f := newFixture(t, testConfig(), keys, &fakeengine.Engine{})
 	good := "Bearer sk-0123456789abcdef"
 	tests := []struct {
 		name, path, body, authz string
@@ -246,7 +246,7 @@ func TestErrors(t *testing.T) {
 func TestRateLimited(t *testing.T) {
 	cfg := testConfig()
 	cfg.RateLimit = ratelimit.Config{Rate: 0.5, Burst: 2}
-	f := newFixture(t, cfg, nil, &enginetest.Engine{})
+	f := newFixture(t, cfg, nil, &fakeengine.Engine{})
 	for i := range 2 {
 		resp := f.post(t, "/v1/completions", `{"prompt":"x"}`)
 		resp.Body.Close()
@@ -265,7 +265,7 @@ func TestRateLimited(t *testing.T) {
 // engine never runs more than max_inflight.
 func TestFloodRefusedFast(t *testing.T) {
 	hold := make(chan struct{})
-	eng := &enginetest.Engine{Hold: hold}
+	eng := &fakeengine.Engine{Hold: hold}
 	cfg := testConfig()
 	cfg.Queue.MaxInflight, cfg.Queue.MaxQueued = 2, 3
 	f := newFixture(t, cfg, nil, eng)
@@ -337,7 +337,7 @@ func TestFloodRefusedFast(t *testing.T) {
 func TestDisconnectCancelsUpstreamAndFreesSlot(t *testing.T) {
 	hold := make(chan struct{})
 	defer close(hold)
-	eng := &enginetest.Engine{Hold: hold}
+	eng := &fakeengine.Engine{Hold: hold}
 	cfg := testConfig()
 	cfg.Queue.MaxInflight = 1
 	f := newFixture(t, cfg, nil, eng)
@@ -381,7 +381,7 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 }
 
 func TestEngineDown(t *testing.T) {
-	f := newFixture(t, testConfig(), nil, &enginetest.Engine{})
+	f := newFixture(t, testConfig(), nil, &fakeengine.Engine{})
 	f.engine.Close()
 	resp := f.post(t, "/v1/completions", `{"prompt":"x"}`)
 	e := apiErr(t, resp)
@@ -394,7 +394,7 @@ func TestEngineDown(t *testing.T) {
 }
 
 func TestModelsFromConfig(t *testing.T) {
-	f := newFixture(t, testConfig(), nil, &enginetest.Engine{})
+	f := newFixture(t, testConfig(), nil, &fakeengine.Engine{})
 	f.engine.Close() // answered without the engine
 	resp, err := http.Get(f.srv.URL + "/v1/models")
 	if err != nil {
@@ -411,7 +411,7 @@ func TestModelsFromConfig(t *testing.T) {
 }
 
 func TestCoalesce(t *testing.T) {
-	eng := &enginetest.Engine{}
+	eng := &fakeengine.Engine{}
 	cfg := testConfig()
 	cfg.Coalesce = true
 	cfg.Queue.BatchWindow = 50 * time.Millisecond
