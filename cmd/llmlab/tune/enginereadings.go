@@ -1,0 +1,147 @@
+// What the sweep reads over HTTP from llmlabd (/status, /metrics) and
+// from the engine (/metrics, /v1/models), and from llmlabd's log.
+
+package tune
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+)
+
+// pollMemory is the highest GPU memory in use that llmlabd's NVML readings
+// show until ctx ends (0: none; the simulator has no GPU).
+func pollMemory(ctx context.Context, metricsAddr string) float64 {
+	if metricsAddr == "" {
+		return 0
+	}
+	peak := 0.0
+	for {
+		if v, ok := metricValue("http://"+metricsAddr+"/metrics", "llmlab_gpu_memory_used_bytes"); ok {
+			peak = max(peak, v)
+		}
+		select {
+		case <-ctx.Done():
+			return peak
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// metricValue sums the series of the gauge, counter or untyped metric
+// name that url serves; ok is false when it serves none.
+func metricValue(url, name string) (sum float64, ok bool) {
+	fams, err := bench.Scrape(url)
+	if err != nil || fams[name] == nil {
+		return 0, false
+	}
+	for _, m := range fams[name].Metric {
+		sum += m.GetGauge().GetValue() + m.GetCounter().GetValue() + m.GetUntyped().GetValue()
+	}
+	return sum, len(fams[name].Metric) > 0
+}
+
+// engineReports reads what a started engine says of itself, as vLLM
+// reports it: its KV cache (vllm:cache_config_info's num_gpu_blocks and
+// block_size labels: vllm/config/cache.py, metrics_info) and its context
+// length (/v1/models' max_model_len).
+func engineReports(engineURL string) (kvTokens int64, maxModelLen int) {
+	if fams, err := bench.Scrape(engineURL + "/metrics"); err == nil {
+		if f := fams["vllm:cache_config_info"]; f != nil && len(f.Metric) > 0 {
+			labels := map[string]string{}
+			for _, l := range f.Metric[0].Label {
+				labels[l.GetName()] = l.GetValue()
+			}
+			blocks, _ := strconv.ParseInt(labels["num_gpu_blocks"], 10, 64)
+			size, _ := strconv.ParseInt(labels["block_size"], 10, 64)
+			kvTokens = blocks * size
+		}
+	}
+	if resp, err := http.Get(engineURL + "/v1/models"); err == nil {
+		var m struct {
+			Data []struct {
+				MaxModelLen int `json:"max_model_len"`
+			} `json:"data"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		resp.Body.Close()
+		if len(m.Data) > 0 {
+			maxModelLen = m.Data[0].MaxModelLen
+		}
+	}
+	return kvTokens, maxModelLen
+}
+
+// engineLastWords is the last output of the engine that llmlabd logged as
+// it exited (last_output, from the exec backend), as ": <line>".
+func engineLastWords(logPath string) string {
+	data, _ := os.ReadFile(logPath)
+	lines := strings.Split(string(data), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		_, after, ok := strings.Cut(lines[i], "last_output=")
+		if !ok || !strings.Contains(lines[i], "engine exited") {
+			continue
+		}
+		if q, err := strconv.QuotedPrefix(after); err == nil {
+			after, _ = strconv.Unquote(q)
+		} else {
+			after, _, _ = strings.Cut(after, " ")
+		}
+		return ": " + after
+	}
+	return ""
+}
+
+type daemonStatus struct {
+	Config struct {
+		LoadedAt time.Time `json:"loaded_at"`
+	} `json:"config"`
+	Limits struct {
+		Concurrency string `json:"concurrency"`
+	} `json:"limits"`
+	Queue struct {
+		Limit int `json:"inflight_limit"`
+	} `json:"queue"`
+	Engine struct {
+		Lifecycle struct {
+			State            string    `json:"state"`
+			LastStart        time.Time `json:"last_start"`
+			LastStartSeconds float64   `json:"last_start_seconds"`
+			LastFailure      string    `json:"last_failure"`
+			LastFailureAt    time.Time `json:"last_failure_at"`
+		} `json:"lifecycle"`
+	} `json:"engine"`
+}
+
+func fetchStatus(gw string) (daemonStatus, error) {
+	var st daemonStatus
+	resp, err := http.Get(gw + "/status")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("GET %s/status: %s", gw, resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// lastFailureSince is the engine's failure after t, if any. An llmlabd
+// that does not answer says none; the next point's switch finds it gone.
+func lastFailureSince(gw string, t time.Time) string {
+	st, err := fetchStatus(gw)
+	if err != nil {
+		return ""
+	}
+	if lc := st.Engine.Lifecycle; lc.LastFailure != "" && lc.LastFailureAt.After(t) {
+		return lc.LastFailure
+	}
+	return ""
+}
