@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/daemon/server"
+	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
 // pollMemory is the highest GPU memory in use that llmlabd's NVML readings
@@ -99,29 +101,9 @@ func engineLastWords(logPath string) string {
 	return ""
 }
 
-type daemonStatus struct {
-	Config struct {
-		LoadedAt time.Time `json:"loaded_at"`
-	} `json:"config"`
-	Limits struct {
-		Concurrency string `json:"concurrency"`
-	} `json:"limits"`
-	Queue struct {
-		Limit int `json:"inflight_limit"`
-	} `json:"queue"`
-	Engine struct {
-		Lifecycle struct {
-			State            string    `json:"state"`
-			LastStart        time.Time `json:"last_start"`
-			LastStartSeconds float64   `json:"last_start_seconds"`
-			LastFailure      string    `json:"last_failure"`
-			LastFailureAt    time.Time `json:"last_failure_at"`
-		} `json:"lifecycle"`
-	} `json:"engine"`
-}
-
-func fetchStatus(gw string) (daemonStatus, error) {
-	var st daemonStatus
+// fetchStatus reads llmlabd's /status, the document server.Status owns.
+func fetchStatus(gw string) (server.Status, error) {
+	var st server.Status
 	resp, err := http.Get(gw + "/status")
 	if err != nil {
 		return st, err
@@ -133,6 +115,16 @@ func fetchStatus(gw string) (daemonStatus, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
+// lifecycle is the engine's lifecycle in a /status document; the zero
+// Info where it has none (an engine llmlabd does not manage, or a
+// /status not read).
+func lifecycle(st server.Status) supervisor.Info {
+	if st.Engine.Lifecycle == nil {
+		return supervisor.Info{}
+	}
+	return *st.Engine.Lifecycle
+}
+
 // lastFailureSince is the engine's failure after t, if any. An llmlabd
 // that does not answer says none; the next point's switch finds it gone.
 func lastFailureSince(gw string, t time.Time) string {
@@ -140,7 +132,7 @@ func lastFailureSince(gw string, t time.Time) string {
 	if err != nil {
 		return ""
 	}
-	if lc := st.Engine.Lifecycle; lc.LastFailure != "" && lc.LastFailureAt.After(t) {
+	if lc := lifecycle(st); lc.LastFailure != "" && lc.LastFailureAt.After(t) {
 		return lc.LastFailure
 	}
 	return ""

@@ -223,7 +223,7 @@ func (o EngineOptions) switchTo(ctx context.Context, proc *daemonproc.Proc, conf
 		if time.Now().After(deadline) {
 			return 0, "", errors.New("the engine neither started nor failed within 15 minutes, and llmlabd says nothing of it")
 		}
-		lc := st.Engine.Lifecycle
+		lc := lifecycle(st)
 		if lc.LastFailure != "" && lc.LastFailureAt.After(since) {
 			return 0, lc.LastFailure, nil
 		}

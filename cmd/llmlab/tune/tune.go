@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -225,18 +224,9 @@ func only(samples []bench.Sample, batch bool) []bench.Sample {
 	return out
 }
 
+// finalLimit is llmlabd's in-flight limit, from its /status (0: not read).
 func finalLimit(gw string) int {
-	resp, err := http.Get(gw + "/status")
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	var st struct {
-		Queue struct {
-			Limit int `json:"inflight_limit"`
-		} `json:"queue"`
-	}
-	_ = json.NewDecoder(resp.Body).Decode(&st)
+	st, _ := fetchStatus(gw)
 	return st.Queue.Limit
 }
 
