@@ -16,6 +16,7 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/daemon/server"
 	"github.com/llmlab/llmlab/daemon/supervisor"
+	"github.com/llmlab/llmlab/internal/modelcards"
 )
 
 // pollMemory is the highest GPU memory in use that llmlabd's NVML readings
@@ -66,17 +67,8 @@ func engineReports(engineURL string) (kvTokens int64, maxModelLen int) {
 			kvTokens = blocks * size
 		}
 	}
-	if resp, err := http.Get(engineURL + "/v1/models"); err == nil {
-		var m struct {
-			Data []struct {
-				MaxModelLen int `json:"max_model_len"`
-			} `json:"data"`
-		}
-		_ = json.NewDecoder(resp.Body).Decode(&m)
-		resp.Body.Close()
-		if len(m.Data) > 0 {
-			maxModelLen = m.Data[0].MaxModelLen
-		}
+	if l, err := modelcards.Fetch(context.Background(), http.DefaultClient, engineURL+"/v1/models"); err == nil {
+		maxModelLen = l.MaxModelLen()
 	}
 	return kvTokens, maxModelLen
 }
