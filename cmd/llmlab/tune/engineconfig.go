@@ -14,6 +14,7 @@ import (
 
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/internal/freeport"
 )
 
 // baseConfig is the configuration every point starts from, and the
@@ -40,7 +41,12 @@ func (o EngineOptions) baseConfig(dir string, prof sim.Profile) (map[string]any,
 		}
 		return base, strings.TrimRight(cfg.Engine.URL.String(), "/"), nil
 	}
-	addr := freeAddr()
+	// The simulator is told its port: llmlabd starts it, again at each
+	// point whose engine differs, on the engine.url written here.
+	addr, err := freeport.Addr()
+	if err != nil {
+		return nil, "", err
+	}
 	host, port, _ := net.SplitHostPort(addr)
 	command := []any{o.Tool, "sim", "--profile", prof.Name, "--host", host, "--port", port, "--startup-delay", o.StartupDelay.String()}
 	if o.GPUMemoryGiB > 0 {
@@ -60,7 +66,7 @@ func (o EngineOptions) baseConfig(dir string, prof sim.Profile) (map[string]any,
 // renderConfig is base with the point's settings and tune's own: its
 // listener, a state folder, no exit or stop on idle, no textfile, agent
 // or access log.
-func renderConfig(base map[string]any, p Point, listen, stateDir, metricsAddr string, slo time.Duration, budget uint64) (string, error) {
+func renderConfig(base map[string]any, p Point, listen, stateDir, metricsListen string, slo time.Duration, budget uint64) (string, error) {
 	c := deepCopy(base)
 	gw := section(c, "gateway")
 	gw["listen"], gw["state_dir"], gw["exit_idle_timeout"] = listen, stateDir, "0s"
@@ -84,7 +90,7 @@ func renderConfig(base map[string]any, p Point, listen, stateDir, metricsAddr st
 		q["max_wait"] = (slo * 4 / 5).String()
 	}
 	m := section(c, "metrics")
-	m["listen"], m["textfile"] = metricsAddr, ""
+	m["listen"], m["textfile"] = metricsListen, ""
 	section(c, "balancer")["agent_listen"] = ""
 	l := section(c, "log")
 	l["format"], l["access_log"] = "text", false
@@ -113,13 +119,4 @@ func deepCopy(m map[string]any) map[string]any {
 		out[k] = v
 	}
 	return out
-}
-
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "127.0.0.1:0"
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

@@ -35,12 +35,14 @@ func (o EngineOptions) measure(ctx context.Context, prof sim.Profile, engineName
 		resp.Body.Close()
 		return fmt.Errorf("an engine already answers at %s: stop it (and llmlab.socket, llmlab.service) first, so that each point's engine is started with its knobs", engineURL)
 	}
-	metricsAddr := ""
+	// llmlabd's metrics listener, for its NVML readings (none on the
+	// simulator): it binds a free port and says which (proc.Metrics).
+	metricsListen := ""
 	if o.Config != "" {
-		metricsAddr = freeAddr()
+		metricsListen = daemonproc.Any
 	}
 	render := func(p Point, listen string) (string, error) {
-		return renderConfig(base, p, listen, filepath.Join(dir, "state"), metricsAddr, o.SLO.Latency, o.budget)
+		return renderConfig(base, p, listen, filepath.Join(dir, "state"), metricsListen, o.SLO.Latency, o.budget)
 	}
 	var listen string
 	start := func(p Point) (*daemonproc.Proc, error) {
@@ -121,7 +123,7 @@ func (o EngineOptions) measure(ctx context.Context, prof sim.Profile, engineName
 			}
 			r.Status = StatusOK
 			r.EngineKVTokens, r.EngineMaxModelLen = engineReports(engineURL)
-			o.findMax(ctx, client, proc.URL, engineURL, metricsAddr, &r, lastRate, progress)
+			o.findMax(ctx, client, proc.URL, engineURL, proc.Metrics, &r, lastRate, progress)
 			if st, err := fetchStatus(proc.URL); err == nil {
 				r.Concurrency, r.FinalLimit = st.Limits.Concurrency, st.Queue.Limit
 			}

@@ -21,7 +21,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,6 +30,7 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/cmd/llmlab/daemonproc"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
+	"github.com/llmlab/llmlab/internal/freeport"
 )
 
 // Options configure a run.
@@ -99,7 +99,7 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		cfg := sim.Config{Profile: prof, MaxNumSeqs: o.MaxNumSeqs, MaxNumBatchedTokens: prof.MaxNumBatchedTokens,
 			MaxModelLen: prof.MaxModelLen, KVBlocks: blocks}
 		sctx, stopSim := context.WithCancel(ctx)
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := freeport.Listen()
 		if err != nil {
 			stopSim()
 			return rows, err
