@@ -5,8 +5,8 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"encoding/xml"
 	"fmt"
-	"html"
 	"io"
 	"net/http"
 	"os"
@@ -216,15 +216,15 @@ func (s *svg) panel(x0 int, title, xlabel, ylabel string, xmax, ymax float64, se
 	w, h := 420, s.h-30
 	px := func(v float64) float64 { return float64(x0+plotPad) + v/xmax*float64(w-2*plotPad) }
 	py := func(v float64) float64 { return float64(h-plotPad) - min(v, ymax)/ymax*float64(h-2*plotPad) }
-	fmt.Fprintf(&s.b, `<text x="%d" y="20" font-size="13">%s</text>`+"\n", x0+plotPad, title)
+	fmt.Fprintf(&s.b, `<text x="%d" y="20" font-size="13">%s</text>`+"\n", x0+plotPad, esc(title))
 	fmt.Fprintf(&s.b, `<path d="M%d %d V%d H%d" fill="none" stroke="black"/>`+"\n", x0+plotPad, plotPad, h-plotPad, x0+w-plotPad)
 	for i := 0; i <= 4; i++ {
 		yv, xv := ymax*float64(i)/4, xmax*float64(i)/4
 		fmt.Fprintf(&s.b, `<text x="%d" y="%.0f" text-anchor="end">%.3g</text>`+"\n", x0+plotPad-4, py(yv)+4, yv)
 		fmt.Fprintf(&s.b, `<text x="%.0f" y="%d" text-anchor="middle">%.3g</text>`+"\n", px(xv), h-plotPad+14, xv)
 	}
-	fmt.Fprintf(&s.b, `<text x="%d" y="%d" text-anchor="middle">%s</text>`+"\n", x0+w/2, h-plotPad+30, xlabel)
-	fmt.Fprintf(&s.b, `<text x="%d" y="%d" transform="rotate(-90 %d %d)" text-anchor="middle">%s</text>`+"\n", x0+14, h/2, x0+14, h/2, ylabel)
+	fmt.Fprintf(&s.b, `<text x="%d" y="%d" text-anchor="middle">%s</text>`+"\n", x0+w/2, h-plotPad+30, esc(xlabel))
+	fmt.Fprintf(&s.b, `<text x="%d" y="%d" transform="rotate(-90 %d %d)" text-anchor="middle">%s</text>`+"\n", x0+14, h/2, x0+14, h/2, esc(ylabel))
 	if ref > 0 {
 		fmt.Fprintf(&s.b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="gray" stroke-dasharray="4 3"/>`+"\n", x0+plotPad, py(ref), x0+w-plotPad, py(ref))
 	}
@@ -246,7 +246,7 @@ var palette = []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd"}
 
 func (s *svg) legend(series []series) {
 	for i, se := range series {
-		fmt.Fprintf(&s.b, `<text x="%d" y="%d" fill="%s">%s</text>`+"\n", plotPad+(i%2)*200, s.h-22+(i/2)*14, se.color, se.name)
+		fmt.Fprintf(&s.b, `<text x="%d" y="%d" fill="%s">%s</text>`+"\n", plotPad+(i%2)*200, s.h-22+(i/2)*14, se.color, esc(se.name))
 	}
 }
 
@@ -258,6 +258,15 @@ func newSVG(w, h int) *svg {
 }
 
 func (s *svg) String() string { return s.b.String() + "</svg>\n" }
+
+// esc makes text safe inside an SVG element, as XML wants it (&, <, >
+// and quotes as entities; invalid UTF-8 and characters XML does not allow
+// as U+FFFD): every title, label, legend and note goes through it.
+func esc(s string) string {
+	var b strings.Builder
+	_ = xml.EscapeText(&b, []byte(s))
+	return b.String()
+}
 
 // byLabel groups phases into series by label (target, baseline), ordered
 // by offered rate.
@@ -351,16 +360,16 @@ func PlotFrontier(title, note, xlabel, ylabel string, points []PlotPoint) string
 	xmax, ymax = max(xmax*1.1, 1e-9), max(ymax*1.15, 1e-9)
 	px := func(v float64) float64 { return float64(plotPad) + v/xmax*float64(w-2*plotPad) }
 	py := func(v float64) float64 { return float64(h-plotPad) - v/ymax*float64(h-2*plotPad) }
-	fmt.Fprintf(&s.b, `<text x="%d" y="20" font-size="13">%s</text>`+"\n", plotPad, title)
-	fmt.Fprintf(&s.b, `<text x="%d" y="36" fill="#555">%s</text>`+"\n", plotPad, note)
+	fmt.Fprintf(&s.b, `<text x="%d" y="20" font-size="13">%s</text>`+"\n", plotPad, esc(title))
+	fmt.Fprintf(&s.b, `<text x="%d" y="36" fill="#555">%s</text>`+"\n", plotPad, esc(note))
 	fmt.Fprintf(&s.b, `<path d="M%d %d V%d H%d" fill="none" stroke="black"/>`+"\n", plotPad, plotPad, h-plotPad, w-plotPad)
 	for i := 0; i <= 4; i++ {
 		yv, xv := ymax*float64(i)/4, xmax*float64(i)/4
 		fmt.Fprintf(&s.b, `<text x="%d" y="%.0f" text-anchor="end">%.3g</text>`+"\n", plotPad-4, py(yv)+4, yv)
 		fmt.Fprintf(&s.b, `<text x="%.0f" y="%d" text-anchor="middle">%.3g</text>`+"\n", px(xv), h-plotPad+14, xv)
 	}
-	fmt.Fprintf(&s.b, `<text x="%d" y="%d" text-anchor="middle">%s</text>`+"\n", w/2, h-plotPad+30, xlabel)
-	fmt.Fprintf(&s.b, `<text x="14" y="%d" transform="rotate(-90 14 %d)" text-anchor="middle">%s</text>`+"\n", h/2, h/2, ylabel)
+	fmt.Fprintf(&s.b, `<text x="%d" y="%d" text-anchor="middle">%s</text>`+"\n", w/2, h-plotPad+30, esc(xlabel))
+	fmt.Fprintf(&s.b, `<text x="14" y="%d" transform="rotate(-90 14 %d)" text-anchor="middle">%s</text>`+"\n", h/2, h/2, esc(ylabel))
 	var front []PlotPoint
 	for _, p := range points {
 		if p.Frontier {
@@ -377,7 +386,7 @@ func PlotFrontier(title, note, xlabel, ylabel string, points []PlotPoint) string
 	fmt.Fprintf(&s.b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", palette[1], strings.Join(pts, " "))
 	for _, p := range front {
 		fmt.Fprintf(&s.b, `<circle cx="%.1f" cy="%.1f" r="4" fill="%s"/>`+"\n", px(p.X), py(p.Y), palette[1])
-		fmt.Fprintf(&s.b, `<text x="%.1f" y="%.1f" font-size="10">%s</text>`+"\n", px(p.X)+6, py(p.Y)-6, html.EscapeString(p.Label))
+		fmt.Fprintf(&s.b, `<text x="%.1f" y="%.1f" font-size="10">%s</text>`+"\n", px(p.X)+6, py(p.Y)-6, esc(p.Label))
 	}
 	return s.String()
 }

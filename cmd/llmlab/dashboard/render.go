@@ -1,8 +1,8 @@
 package dashboard
 
 import (
+	"encoding/xml"
 	"fmt"
-	"html"
 	"math"
 	"strings"
 	"time"
@@ -181,11 +181,20 @@ func format(v float64, unit string) string {
 	}
 }
 
+// trim cuts s to n characters, the last an ellipsis where it cuts.
 func trim(s string, n int) string {
-	if len(s) <= n {
+	r := []rune(s)
+	if len(r) <= n {
 		return s
 	}
-	return s[:n-1] + "…"
+	return string(r[:n-1]) + "…"
 }
 
-func esc(s string) string { return html.EscapeString(s) }
+// esc makes text safe inside an SVG element, as XML wants it (&, <, >
+// and quotes as entities; invalid UTF-8 and characters XML does not allow
+// as U+FFFD): every title, legend and error goes through it.
+func esc(s string) string {
+	var b strings.Builder
+	_ = xml.EscapeText(&b, []byte(s))
+	return b.String()
+}
