@@ -73,7 +73,8 @@ type EngineOptions struct {
 	// this engine (several sweeps' grids together), measuring nothing.
 	Report bool
 	Out    io.Writer
-	// Progress gets the progress bar (nil: none).
+	// Progress gets the progress bar: redrawn in place on a terminal,
+	// plain lines otherwise (nil: none).
 	Progress io.Writer
 
 	budget uint64 // the tuned configuration's gpu.memory_budget

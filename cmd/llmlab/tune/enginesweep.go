@@ -18,6 +18,7 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/daemonproc"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/internal/progressline"
 )
 
 // measure runs the points through one llmlabd, reloading it for each.
@@ -62,6 +63,12 @@ func (o EngineOptions) measure(ctx context.Context, prof sim.Profile, engineName
 		}
 	}()
 	client := bench.NewClient(2048)
+	// The progress: in place on a terminal, else a plain line for each
+	// step (a start, a probe), which come seconds apart.
+	var line *progressline.Line
+	if o.Progress != nil {
+		line = progressline.New(o.Progress, 0)
+	}
 	began := time.Now()
 	prevEngine, prevFailure := "", ""
 	lastRate := o.StartRate
@@ -75,9 +82,9 @@ func (o EngineOptions) measure(ctx context.Context, prof sim.Profile, engineName
 			eta = time.Since(began) / time.Duration(measured) * time.Duration(len(todo)-i)
 		}
 		progress := func(what string) {
-			if o.Progress != nil {
-				fmt.Fprintf(o.Progress, "\r\033[K%s %d/%d  elapsed %s  ETA %s  %s: %s", bar(i, len(todo)), i, len(todo),
-					time.Since(began).Round(time.Second), eta.Round(time.Second), p.Key(), what)
+			if line != nil {
+				line.Show(fmt.Sprintf("%s %d/%d  elapsed %s  ETA %s  %s: %s", bar(i, len(todo)), i, len(todo),
+					time.Since(began).Round(time.Second), eta.Round(time.Second), p.Key(), what))
 			}
 		}
 		progress("starting")
@@ -145,8 +152,8 @@ func (o EngineOptions) measure(ctx context.Context, prof sim.Profile, engineName
 			return err
 		}
 		done[p.Key()] = r
-		if o.Progress != nil {
-			fmt.Fprint(o.Progress, "\r\033[K")
+		if line != nil {
+			line.Clear()
 		}
 		fmt.Fprintf(o.Out, "%s: %s\n", p.Key(), summaryLine(r))
 	}
