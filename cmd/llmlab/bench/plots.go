@@ -17,21 +17,29 @@ type svg struct {
 
 const plotPad = 55
 
-func (s *svg) panel(x0 int, title, xlabel, ylabel string, xmax, ymax float64, series []series, ref float64) {
+// panel draws one chart at x0: round ticks on both axes (at least to
+// xmax and ymax), the series' lines, a marker on each point where markers
+// is set (measured points, not a curve's samples), and a dashed reference
+// line labelled refLabel at ref when ref > 0.
+func (s *svg) panel(x0 int, title, xlabel, ylabel string, xmax, ymax float64, series []series, ref float64, refLabel string, markers bool) {
 	w, h := 420, s.H-30
-	px := func(v float64) float64 { return float64(x0+plotPad) + v/xmax*float64(w-2*plotPad) }
-	py := func(v float64) float64 { return float64(h-plotPad) - min(v, ymax)/ymax*float64(h-2*plotPad) }
+	xend, xticks := plot.Ticks(xmax, 5)
+	yend, yticks := plot.Ticks(ymax, 5)
+	px := func(v float64) float64 { return float64(x0+plotPad) + v/xend*float64(w-2*plotPad) }
+	py := func(v float64) float64 { return float64(h-plotPad) - min(v, yend)/yend*float64(h-2*plotPad) }
 	s.Text(fmt.Sprintf(`x="%d" y="20" font-size="13"`, x0+plotPad), title)
 	s.Shape(`<path d="M%d %d V%d H%d" fill="none" stroke="black"/>`, x0+plotPad, plotPad, h-plotPad, x0+w-plotPad)
-	for i := 0; i <= 4; i++ {
-		yv, xv := ymax*float64(i)/4, xmax*float64(i)/4
-		s.Text(fmt.Sprintf(`x="%d" y="%.0f" text-anchor="end"`, x0+plotPad-4, py(yv)+4), fmt.Sprintf("%.3g", yv))
-		s.Text(fmt.Sprintf(`x="%.0f" y="%d" text-anchor="middle"`, px(xv), h-plotPad+14), fmt.Sprintf("%.3g", xv))
+	for _, yv := range yticks {
+		s.Text(fmt.Sprintf(`x="%d" y="%.0f" text-anchor="end"`, x0+plotPad-4, py(yv)+4), plot.Label(yv, yticks[1]))
+	}
+	for _, xv := range xticks {
+		s.Text(fmt.Sprintf(`x="%.0f" y="%d" text-anchor="middle"`, px(xv), h-plotPad+14), plot.Label(xv, xticks[1]))
 	}
 	s.Text(fmt.Sprintf(`x="%d" y="%d" text-anchor="middle"`, x0+w/2, h-plotPad+30), xlabel)
 	s.Text(fmt.Sprintf(`x="%d" y="%d" transform="rotate(-90 %d %d)" text-anchor="middle"`, x0+14, h/2, x0+14, h/2), ylabel)
 	if ref > 0 {
 		s.Shape(`<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="gray" stroke-dasharray="4 3"/>`, x0+plotPad, py(ref), x0+w-plotPad, py(ref))
+		s.Text(fmt.Sprintf(`x="%d" y="%.1f" text-anchor="end" fill="gray"`, x0+w-plotPad, py(ref)-4), refLabel)
 	}
 	for _, se := range series {
 		var pts []string
@@ -39,6 +47,11 @@ func (s *svg) panel(x0 int, title, xlabel, ylabel string, xmax, ymax float64, se
 			pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(p[0]), py(p[1])))
 		}
 		s.Shape(`<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`, se.color, strings.Join(pts, " "))
+		if markers {
+			for _, p := range se.points {
+				s.Marker(px(p[0]), py(p[1]), se.color)
+			}
+		}
 	}
 }
 
@@ -50,9 +63,11 @@ type series struct {
 var palette = []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd"}
 
 func (s *svg) legend(series []series) {
-	for i, se := range series {
-		s.Text(fmt.Sprintf(`x="%d" y="%d" fill="%s"`, plotPad+(i%2)*200, s.H-22+(i/2)*14, se.color), se.name)
+	var entries []plot.Entry
+	for _, se := range series {
+		entries = append(entries, plot.Entry{Name: se.name, Color: se.color})
 	}
+	s.Legend(plotPad, float64(s.H-22), 200, 14, 2, entries)
 }
 
 func newSVG(w, h int) *svg { return &svg{plot.New(w, h)} }
@@ -86,8 +101,9 @@ func PlotLoad(phases []Phase, slo SLO) string {
 	}
 	good := byLabel(phases, func(p Phase) float64 { return p.Summary.Goodput })
 	lat := byLabel(phases, func(p Phase) float64 { return p.Summary.Latency.P95.Seconds() })
-	s.panel(0, "goodput (answered within the SLO latency)", "offered load (req/s)", "req/s", xmax, gmax, good, 0)
-	s.panel(420, "p95 latency of answered requests", "offered load (req/s)", "seconds", xmax, lmax, lat, slo.Latency.Seconds())
+	s.panel(0, "goodput (answered within the SLO latency)", "offered load (req/s)", "req/s", xmax, gmax, good, 0, "", true)
+	s.panel(420, "p95 latency of answered requests", "offered load (req/s)", "seconds", xmax, lmax, lat, slo.Latency.Seconds(),
+		"SLO p95 "+slo.Latency.String(), true)
 	s.legend(good)
 	return s.String()
 }
@@ -124,7 +140,7 @@ func PlotDistribution(phases []Phase) string {
 	for i := range ss {
 		ss[i].color = palette[i]
 	}
-	s.panel(0, "latency distribution (CDF), last phases", "latency (s)", "share of answered requests", xmax, 1, ss, 0)
+	s.panel(0, "latency distribution (CDF), last phases", "latency (s)", "share of answered requests", xmax, 1, ss, 0, "", false)
 	s.legend(ss)
 	return s.String()
 }
@@ -147,15 +163,18 @@ func PlotFrontier(title, note, xlabel, ylabel string, points []PlotPoint) string
 		xmax, ymax = max(xmax, p.X), max(ymax, p.Y)
 	}
 	xmax, ymax = max(xmax*1.1, 1e-9), max(ymax*1.15, 1e-9)
-	px := func(v float64) float64 { return float64(plotPad) + v/xmax*float64(w-2*plotPad) }
-	py := func(v float64) float64 { return float64(h-plotPad) - v/ymax*float64(h-2*plotPad) }
+	xend, xticks := plot.Ticks(xmax, 5)
+	yend, yticks := plot.Ticks(ymax, 5)
+	px := func(v float64) float64 { return float64(plotPad) + v/xend*float64(w-2*plotPad) }
+	py := func(v float64) float64 { return float64(h-plotPad) - v/yend*float64(h-2*plotPad) }
 	s.Text(fmt.Sprintf(`x="%d" y="20" font-size="13"`, plotPad), title)
 	s.Text(fmt.Sprintf(`x="%d" y="36" fill="#555"`, plotPad), note)
 	s.Shape(`<path d="M%d %d V%d H%d" fill="none" stroke="black"/>`, plotPad, plotPad, h-plotPad, w-plotPad)
-	for i := 0; i <= 4; i++ {
-		yv, xv := ymax*float64(i)/4, xmax*float64(i)/4
-		s.Text(fmt.Sprintf(`x="%d" y="%.0f" text-anchor="end"`, plotPad-4, py(yv)+4), fmt.Sprintf("%.3g", yv))
-		s.Text(fmt.Sprintf(`x="%.0f" y="%d" text-anchor="middle"`, px(xv), h-plotPad+14), fmt.Sprintf("%.3g", xv))
+	for _, yv := range yticks {
+		s.Text(fmt.Sprintf(`x="%d" y="%.0f" text-anchor="end"`, plotPad-4, py(yv)+4), plot.Label(yv, yticks[1]))
+	}
+	for _, xv := range xticks {
+		s.Text(fmt.Sprintf(`x="%.0f" y="%d" text-anchor="middle"`, px(xv), h-plotPad+14), plot.Label(xv, xticks[1]))
 	}
 	s.Text(fmt.Sprintf(`x="%d" y="%d" text-anchor="middle"`, w/2, h-plotPad+30), xlabel)
 	s.Text(fmt.Sprintf(`x="14" y="%d" transform="rotate(-90 14 %d)" text-anchor="middle"`, h/2, h/2), ylabel)
@@ -177,5 +196,7 @@ func PlotFrontier(title, note, xlabel, ylabel string, points []PlotPoint) string
 		s.Shape(`<circle cx="%.1f" cy="%.1f" r="4" fill="%s"/>`, px(p.X), py(p.Y), palette[1])
 		s.Text(fmt.Sprintf(`x="%.1f" y="%.1f" font-size="10"`, px(p.X)+6, py(p.Y)-6), p.Label)
 	}
+	s.Legend(plotPad, float64(s.H-12), 260, 14, 2, []plot.Entry{
+		{Name: "the frontier (most req/s for the memory)", Color: palette[1]}, {Name: "the other points", Color: "#999"}})
 	return s.String()
 }

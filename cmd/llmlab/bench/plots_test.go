@@ -59,3 +59,25 @@ func TestPlotsEscapeTheirText(t *testing.T) {
 		})
 	}
 }
+
+// The load plot marks every measured point (each phase, on both panels),
+// labels the SLO line, and has a legend swatch per line.
+func TestPlotLoadMarksPointsAndLabelsTheSLO(t *testing.T) {
+	var phases []Phase
+	for _, l := range []string{"target", "baseline"} {
+		for r := 1; r <= 3; r++ {
+			phases = append(phases, Phase{Label: l, Rate: float64(r), Summary: Summary{Goodput: float64(r), Latency: Percentiles{P95: time.Duration(r) * time.Second}}})
+		}
+	}
+	svg := PlotLoad(phases, SLO{Latency: 5 * time.Second})
+	if n := strings.Count(svg, "<circle"); n != 2*len(phases) {
+		t.Errorf("%d markers, want %d (each phase on both panels)", n, 2*len(phases))
+	}
+	text := wellFormed(t, svg)
+	if !strings.Contains(text, "SLO p95 5s") {
+		t.Errorf("the SLO line is not labelled:\n%s", text)
+	}
+	if n := strings.Count(svg, "<line"); n != 1+2 {
+		t.Errorf("%d lines, want the SLO's and a legend swatch for each of 2 series", n)
+	}
+}

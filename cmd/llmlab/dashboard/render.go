@@ -63,9 +63,9 @@ func chart(c *plot.Canvas, x0, y0 int, p *Panel, series []Series, errs []string,
 	px := func(t time.Time) float64 { return left + t.Sub(start).Seconds()/span*(right-left) }
 	c.Text(fmt.Sprintf(`x="%.0f" y="%.0f" font-size="13"`, left, top-10), p.Title)
 	c.Shape(`<path d="M%.0f %.0f V%.0f H%.0f" fill="none" stroke="black"/>`, left, top, bottom, right)
-	for i := 0; i <= 4; i++ {
-		t := start.Add(time.Duration(float64(end.Sub(start)) * float64(i) / 4))
-		c.Text(fmt.Sprintf(`x="%.0f" y="%.0f" text-anchor="middle"`, px(t), bottom+13), sinceStart(t.Sub(start), end.Sub(start)))
+	for _, d := range timeTicks(end.Sub(start)) {
+		t := start.Add(d)
+		c.Text(fmt.Sprintf(`x="%.0f" y="%.0f" text-anchor="middle"`, px(t), bottom+13), sinceStart(d, end.Sub(start)))
 	}
 	if len(series) == 0 {
 		msg := "no data"
@@ -105,16 +105,16 @@ func chart(c *plot.Canvas, x0, y0 int, p *Panel, series []Series, errs []string,
 			}
 		}
 	}
-	if ymax == 0 {
-		ymax = 1
-	}
-	ymax *= 1.1
-	py := func(v float64) float64 { return bottom - min(v, ymax)/ymax*(bottom-top) }
 	unit := p.FieldConfig.Defaults.Unit
-	for i := 0; i <= 4; i++ {
-		v := ymax * float64(i) / 4
-		c.Text(fmt.Sprintf(`x="%.0f" y="%.0f" text-anchor="end"`, left-4, py(v)+4), format(v, unit))
+	// Round ticks in the unit the axis is read in (GiB, percent).
+	scale := unitScale(unit)
+	yend, ticks := plot.Ticks(ymax*1.1/scale, 5)
+	ymax = yend * scale
+	py := func(v float64) float64 { return bottom - min(v, ymax)/ymax*(bottom-top) }
+	for _, v := range ticks {
+		c.Text(fmt.Sprintf(`x="%.0f" y="%.0f" text-anchor="end"`, left-4, py(v*scale)+4), format(v*scale, unit))
 	}
+	var legend []plot.Entry
 	for i, s := range series {
 		color := colors[i%len(colors)]
 		var path strings.Builder
@@ -136,9 +136,43 @@ func chart(c *plot.Canvas, x0, y0 int, p *Panel, series []Series, errs []string,
 			dash = ` stroke-dasharray="6 4"`
 		}
 		c.Shape(`<path d="%s" fill="none" stroke="%s" stroke-width="1.5"%s/>`, strings.TrimSpace(path.String()), color, dash)
-		lx, ly := left+float64(i%3)*165, bottom+28+float64(i/3)*13
-		c.Text(fmt.Sprintf(`x="%.0f" y="%.0f" fill="%s"`, lx, ly, color), trim(s.Name, 30))
+		legend = append(legend, plot.Entry{Name: trim(s.Name, 24), Color: color, Dashed: dash != ""})
 	}
+	c.Legend(left, bottom+28, 165, 13, 3, legend)
+}
+
+// timeTicks are the time axis' ticks over span: a round step (seconds,
+// minutes or hours) that gives at most 5 of them after the start.
+func timeTicks(span time.Duration) []time.Duration {
+	step := span
+	for _, s := range []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 15 * time.Second,
+		30 * time.Second, time.Minute, 2 * time.Minute, 5 * time.Minute, 10 * time.Minute, 15 * time.Minute, 30 * time.Minute,
+		time.Hour, 2 * time.Hour, 3 * time.Hour, 6 * time.Hour, 12 * time.Hour, 24 * time.Hour} {
+		if span/s <= 5 {
+			step = s
+			break
+		}
+	}
+	var out []time.Duration
+	for d := time.Duration(0); d <= span && step > 0; d += step {
+		out = append(out, d)
+	}
+	if len(out) == 0 {
+		out = []time.Duration{0}
+	}
+	return out
+}
+
+// unitScale is what a value of the Grafana unit is divided by to be read
+// (bytes as GiB, a ratio as percent), so that ticks fall on round readings.
+func unitScale(unit string) float64 {
+	switch unit {
+	case "bytes":
+		return 1 << 30
+	case "percentunit":
+		return 0.01
+	}
+	return 1
 }
 
 // sinceStart labels a time axis tick: seconds, minutes or hours from the
