@@ -13,9 +13,8 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/internal/progressline"
 )
 
 // side is one server measured in turn with the others at each rate.
@@ -97,7 +96,7 @@ func benchFlagSet(fs *flag.FlagSet) runFunc {
 	fs.StringVar(&f.baseMetrics, "baseline-engine-metrics", "", "the same for --baseline (default: --baseline's own /metrics)")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 2*time.Minute, "most time to wait for an engine to go idle between phases")
 	fs.StringVar(&f.results, "results", "auto", "results folder (auto: results/bench-<UTC time>; \"\" writes none)")
-	progress := fs.String("progress", "auto", "progress line on stderr: auto (when a terminal), on, off")
+	progress := fs.String("progress", "auto", "progress line on stderr: auto (when a terminal), on (plain lines where not a terminal), off")
 	return func(ctx context.Context, _ []string) int {
 		if *sides != "" {
 			var err error
@@ -161,8 +160,7 @@ func benchCmd(ctx context.Context, f benchFlags, rates, trace, progress string) 
 	case "on":
 		f.progress = true
 	case "auto":
-		_, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS)
-		f.progress = err == nil
+		f.progress = progressline.IsTerminal(os.Stderr)
 	}
 	if f.targetMetrics == "" {
 		f.targetMetrics = strings.TrimRight(o.Target, "/") + "/metrics"
@@ -179,12 +177,14 @@ func runBench(ctx context.Context, f benchFlags, out io.Writer) int {
 	phase := func(label, url, metrics string, o bench.Options) bench.Phase {
 		o.Target = url
 		steps0, ok0, lagOK := bench.LagSnapshot(metrics)
+		var line *progressline.Line
 		if f.progress {
-			o.Progress = newProgress(o).add
+			line = progressline.New(os.Stderr, plainProgressEvery)
+			o.Progress = newProgress(o, line).add
 		}
 		samples, _ := bench.Run(ctx, client, o)
-		if f.progress {
-			fmt.Fprint(os.Stderr, "\r\033[K")
+		if line != nil {
+			line.Clear()
 		}
 		p := bench.Phase{Target: url, Label: label, Rate: o.Rate, Samples: samples,
 			Summary: bench.Summarize(samples, bench.Window(samples, o), f.slo)}
@@ -265,9 +265,14 @@ func printPhase(out io.Writer, p bench.Phase) {
 		s.Latency.P50.Round(time.Millisecond), s.Latency.P95.Round(time.Millisecond), s.TTFT.P95.Round(time.Millisecond), s.Refused, s.Failed, verdict)
 }
 
+// plainProgressEvery is how often the progress is written as a plain line
+// where stderr is not a terminal (--progress on into a log).
+const plainProgressEvery = 5 * time.Second
+
 // progress prints a live line on stderr: elapsed time, answers, the rate
 // of answers and the p95 of the latest ones.
 type progress struct {
+	line  *progressline.Line
 	mu    sync.Mutex
 	start time.Time
 	total time.Duration
@@ -277,8 +282,8 @@ type progress struct {
 	shown time.Time
 }
 
-func newProgress(o bench.Options) *progress {
-	return &progress{start: time.Now(), total: o.Warmup + o.Duration}
+func newProgress(o bench.Options, line *progressline.Line) *progress {
+	return &progress{line: line, start: time.Now(), total: o.Warmup + o.Duration}
 }
 
 func (p *progress) add(s bench.Sample) {
@@ -305,9 +310,9 @@ func (p *progress) add(s bench.Sample) {
 	}
 	width := 24
 	filled := min(width, int(float64(width)*el.Seconds()/max(p.total.Seconds(), 0.001)))
-	fmt.Fprintf(os.Stderr, "\r\033[K[%s%s] %5.1fs  answered %d (ok %d)  %.1f req/s  p95 %s",
+	p.line.Show(fmt.Sprintf("[%s%s] %5.1fs  answered %d (ok %d)  %.1f req/s  p95 %s",
 		strings.Repeat("=", filled), strings.Repeat(" ", width-filled), el.Seconds(), p.done, p.ok,
-		float64(p.done)/max(el.Seconds(), 0.001), p95.Round(time.Millisecond))
+		float64(p.done)/max(el.Seconds(), 0.001), p95.Round(time.Millisecond)))
 }
 
 func slicesSort(v []time.Duration) { slices.Sort(v) }

@@ -17,8 +17,8 @@ import (
 
 	"github.com/llmlab/llmlab/cmd/llmlab/overhead"
 	"github.com/llmlab/llmlab/daemon/config"
-	"github.com/llmlab/llmlab/daemon/enginetest"
 	"github.com/llmlab/llmlab/daemon/server"
+	"github.com/llmlab/llmlab/internal/fakeengine"
 )
 
 // checkConfig validates a file as llmlabd would load it, keys file
@@ -97,7 +97,7 @@ func fakeEngineFlags(fs *flag.FlagSet) runFunc {
 }
 
 func fakeEngine(ctx context.Context, listen string, delay, tokenDelay time.Duration) int {
-	return serveUntilDone(ctx, "fake-engine", listen, &enginetest.Engine{Delay: delay, TokenDelay: tokenDelay},
+	return serveUntilDone(ctx, "fake-engine", listen, &fakeengine.Engine{Delay: delay, TokenDelay: tokenDelay},
 		"fake engine listening on")
 }
 

@@ -41,7 +41,6 @@ func commands() []command {
 		{"sim", "", "simulate a vLLM engine on a GPU profile (vLLM's API and metrics)", simFlags},
 		{"fake-engine", "", "serve an OpenAI-compatible engine that answers at once", fakeEngineFlags},
 		{"overhead", "", "measure llmlabd's overhead against nginx, a bare Go reverse proxy and direct access", overheadFlags},
-		{"reverse-proxy", "", "serve a bare httputil.ReverseProxy (the overhead benchmark's Go reference)", reverseProxyFlags},
 		{"tune", "", "sweep fixed in-flight limits against the model's (or compare priority classes) on the simulator", tuneFlags},
 		{"tune-engine", "", "sweep vLLM's knobs (max_num_seqs, max_num_batched_tokens, max_model_len, gpu_memory_utilization) with llmlab's through llmlabd: find-max per point, the best, the frontier, --apply", tuneEngineFlags},
 		{"tune-admission", "", "the shipped llmlabd against fixed limits and a bare 429 proxy at 1x-3x an engine's sustainable rate, a step from idle, find-max through it (docs/benchmarks.md)", tuneAdmissionFlags},
@@ -50,6 +49,15 @@ func commands() []command {
 			func(*flag.FlagSet) runFunc { return manCmd }},
 		{"completion", "bash", "print the bash completion script",
 			func(*flag.FlagSet) runFunc { return completionCmd }},
+	}
+}
+
+// helpers are the commands only a benchmark runs, as the children it
+// measures (llmlab overhead): callable, but left out of the usage text,
+// the manual page and the completion, which list what an operator runs.
+func helpers() []command {
+	return []command{
+		{"reverse-proxy", "", "serve a bare httputil.ReverseProxy (the overhead benchmark's Go reference)", reverseProxyFlags},
 	}
 }
 
@@ -74,7 +82,7 @@ func main() {
 		printUsage(os.Stdout)
 		return
 	}
-	for _, c := range commands() {
+	for _, c := range append(commands(), helpers()...) {
 		if c.name != name {
 			continue
 		}

@@ -22,7 +22,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/llmlab/llmlab/daemon/enginetest"
+	"github.com/llmlab/llmlab/internal/fakeengine"
 )
 
 // metricSum scrapes url and sums the samples of family name whose labels
@@ -228,7 +228,7 @@ func TestEngineCrashMidStream(t *testing.T) {
 // once the idle ones go. A connection that sends no request, or its
 // headers a byte at a time, is closed after gateway.client_timeout.
 func TestIdleConnectionFlood(t *testing.T) {
-	es := httptest.NewServer(&enginetest.Engine{})
+	es := httptest.NewServer(&fakeengine.Engine{})
 	defer es.Close()
 	cfg := strings.Replace(baseConfig(es.URL, ""), "[gateway]\n", "[gateway]\nmax_connections = 500\nclient_timeout = \"4s\"\n", 1)
 	d := start(t, nil, nil, "--config", writeConfig(t, cfg))
@@ -367,7 +367,7 @@ func TestIdleConnectionFlood(t *testing.T) {
 // one and none, neither key appears in its logs (debug level, access log
 // on), /status or /metrics, while the key's name does.
 func TestAPIKeysNeverExposed(t *testing.T) {
-	es := httptest.NewServer(&enginetest.Engine{})
+	es := httptest.NewServer(&fakeengine.Engine{})
 	defer es.Close()
 	const good, wrong = "sk-llmlab-test-0123456789abcdef", "sk-wrong-fedcba9876543210"
 	keys := filepath.Join(t.TempDir(), "keys")
@@ -450,7 +450,7 @@ func readOnly(t *testing.T, dir string) (restore func()) {
 // once rather than at every attempt (one each 500 ms), and writes the
 // textfile again once it can, with the requests served meanwhile.
 func TestUnwritableTextfileAndState(t *testing.T) {
-	es := httptest.NewServer(&enginetest.Engine{})
+	es := httptest.NewServer(&fakeengine.Engine{})
 	defer es.Close()
 	collector, stateDir := t.TempDir(), t.TempDir()
 	textfile := filepath.Join(collector, "llmlab.prom")

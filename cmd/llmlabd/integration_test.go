@@ -28,7 +28,7 @@ import (
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/daemon/enginemodel"
-	"github.com/llmlab/llmlab/daemon/enginetest"
+	"github.com/llmlab/llmlab/internal/fakeengine"
 )
 
 var binary, toolBinary string
@@ -164,7 +164,7 @@ func post(t *testing.T, url, body string) (*http.Response, []byte) {
 }
 
 func TestProxiesStreamedAndNonStreamed(t *testing.T) {
-	eng := &enginetest.Engine{}
+	eng := &fakeengine.Engine{}
 	es := httptest.NewServer(eng)
 	defer es.Close()
 	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL, "")))
@@ -231,7 +231,7 @@ func TestProxiesStreamedAndNonStreamed(t *testing.T) {
 // A flood beyond max_inflight + max_queued gets fast 429/503 with
 // Retry-After, and the engine never runs more than max_inflight.
 func TestFlood(t *testing.T) {
-	eng := &enginetest.Engine{Delay: 300 * time.Millisecond}
+	eng := &fakeengine.Engine{Delay: 300 * time.Millisecond}
 	es := httptest.NewServer(eng)
 	defer es.Close()
 	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL,
@@ -288,7 +288,7 @@ func TestFlood(t *testing.T) {
 func drainingDaemon(t *testing.T) (d *daemon, release func(), waitExit func()) {
 	t.Helper()
 	hold := make(chan struct{})
-	eng := &enginetest.Engine{Hold: hold}
+	eng := &fakeengine.Engine{Hold: hold}
 	es := httptest.NewServer(eng)
 	t.Cleanup(es.Close)
 	d = start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL, "max_inflight = 1\nmax_batch = 1\nmax_wait = \"30s\"")))
@@ -394,7 +394,7 @@ func TestSIGTERMAnswersAcceptedConnection(t *testing.T) {
 func TestDisconnectFreesSlot(t *testing.T) {
 	hold := make(chan struct{})
 	defer close(hold)
-	eng := &enginetest.Engine{Hold: hold}
+	eng := &fakeengine.Engine{Hold: hold}
 	es := httptest.NewServer(eng)
 	defer es.Close()
 	d := start(t, nil, nil, "--config", writeConfig(t, baseConfig(es.URL, "max_inflight = 1\nmax_batch = 1\nmax_wait = \"30s\"")))
@@ -441,7 +441,7 @@ func waitStatus(t *testing.T, d *daemon, cond func(queueStatus) bool) {
 // SIGHUP applies a new config without dropping connections, and refuses a
 // bad one, keeping the old.
 func TestSIGHUPReloads(t *testing.T) {
-	es := httptest.NewServer(&enginetest.Engine{})
+	es := httptest.NewServer(&fakeengine.Engine{})
 	defer es.Close()
 	path := writeConfig(t, baseConfig(es.URL, ""))
 	d := start(t, nil, nil, "--config", path)
@@ -473,7 +473,7 @@ func TestSIGHUPReloads(t *testing.T) {
 // the model mode, and each load of it (the start and a reload) warns,
 // naming the file, the key and the value.
 func TestAdaptiveConfigReadAsModel(t *testing.T) {
-	es := httptest.NewServer(&enginetest.Engine{})
+	es := httptest.NewServer(&fakeengine.Engine{})
 	defer es.Close()
 	path := writeConfig(t, baseConfig(es.URL, "concurrency = \"adaptive\"\nnominal_rps = 8"))
 	d := start(t, nil, nil, "--config", path)
@@ -537,7 +537,7 @@ func TestBadConfigStops(t *testing.T) {
 }
 
 func TestNoConfigFileWithFlags(t *testing.T) {
-	es := httptest.NewServer(&enginetest.Engine{})
+	es := httptest.NewServer(&fakeengine.Engine{})
 	defer es.Close()
 	// No --config: the default file need not exist, flags are enough.
 	d := start(t, nil, nil, "--listen", "127.0.0.1:0", "--engine-url", es.URL, "--metrics-listen", "127.0.0.1:0")
@@ -553,7 +553,7 @@ func TestSocketActivation(t *testing.T) {
 	if _, err := exec.LookPath("systemd-socket-activate"); err != nil {
 		t.Fatal("systemd-socket-activate is required (apt-get install systemd)")
 	}
-	es := httptest.NewServer(&enginetest.Engine{})
+	es := httptest.NewServer(&fakeengine.Engine{})
 	defer es.Close()
 	// With a notify socket, READY=1 and STATUS= arrive there.
 	sock := filepath.Join(t.TempDir(), "notify")
@@ -796,7 +796,7 @@ format = "text"
 // flight), and exits 0; node_exporter's textfile then says it is down, with
 // its counters continuing across the next activation.
 func TestExitOnIdle(t *testing.T) {
-	eng := &enginetest.Engine{Delay: 1500 * time.Millisecond}
+	eng := &fakeengine.Engine{Delay: 1500 * time.Millisecond}
 	es := httptest.NewServer(eng)
 	defer es.Close()
 	collector, stateDir := t.TempDir(), t.TempDir()

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/llmlab/llmlab/daemon/enginetest"
+	"github.com/llmlab/llmlab/internal/fakeengine"
 )
 
 // BenchmarkProxy measures the gateway's per-request cost in process
@@ -26,7 +26,7 @@ func BenchmarkProxy(b *testing.B) {
 			cfg.Queue.MaxInflight, cfg.Queue.MaxQueued = 256, 4096
 			cfg.Queue.MaxWait = time.Minute
 			cfg.AccessLog = false
-			f := newFixture(&testing.T{}, cfg, nil, &enginetest.Engine{})
+			f := newFixture(&testing.T{}, cfg, nil, &fakeengine.Engine{})
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 			b.SetParallelism(16)
 			b.ResetTimer()

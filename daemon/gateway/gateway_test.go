@@ -19,10 +19,10 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/llmlab/llmlab/daemon/auth"
-	"github.com/llmlab/llmlab/daemon/enginetest"
 	"github.com/llmlab/llmlab/daemon/queue"
 	"github.com/llmlab/llmlab/daemon/ratelimit"
 	"github.com/llmlab/llmlab/daemon/supervisor"
+	"github.com/llmlab/llmlab/internal/fakeengine"
 )
 
 type alwaysOn struct{}
@@ -126,7 +126,7 @@ func TestNonStreamedPassesThroughIntact(t *testing.T) {
 
 func TestAuthorizationNotForwarded(t *testing.T) {
 	keys, _ := auth.Parse("k", []byte("alice sk-0123456789abcdef\n"))
-	eng := &enginetest.Engine{}
+	eng := &fakeengine.Engine{}
 	f := newFixture(t, testConfig(), keys, eng)
 	resp := f.post(t, "/v1/completions", `{"prompt":"x"}`, "Authorization", "Bearer sk-0123456789abcdef")
 	resp.Body.Close()
@@ -171,7 +171,7 @@ func TestStreamFlushedPerEvent(t *testing.T) {
 }
 
 func TestStreamIntact(t *testing.T) {
-	eng := &enginetest.Engine{}
+	eng := &fakeengine.Engine{}
 	f := newFixture(t, testConfig(), nil, eng)
 	resp := f.post(t, "/v1/completions", `{"prompt":"x","max_tokens":200,"stream":true,"stream_options":{"include_usage":true}}`)
 	data, _ := io.ReadAll(resp.Body)
@@ -193,7 +193,7 @@ func TestStreamIntact(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	keys, _ := auth.Parse("k", []byte("alice sk-0123456789abcdef\n"))
-	f := newFixture(t, testConfig(), keys, &enginetest.Engine{})
+	f := newFixture(t, testConfig(), keys, &fakeengine.Engine{})
 	good := "Bearer sk-0123456789abcdef"
 	tests := []struct {
 		name, path, body, authz string
@@ -247,7 +247,7 @@ func TestErrors(t *testing.T) {
 func TestRateLimited(t *testing.T) {
 	cfg := testConfig()
 	cfg.RateLimit = ratelimit.Config{Rate: 0.5, Burst: 2}
-	f := newFixture(t, cfg, nil, &enginetest.Engine{})
+	f := newFixture(t, cfg, nil, &fakeengine.Engine{})
 	for i := range 2 {
 		resp := f.post(t, "/v1/completions", `{"prompt":"x"}`)
 		resp.Body.Close()
@@ -266,7 +266,7 @@ func TestRateLimited(t *testing.T) {
 // engine never runs more than max_inflight.
 func TestFloodRefusedFast(t *testing.T) {
 	hold := make(chan struct{})
-	eng := &enginetest.Engine{Hold: hold}
+	eng := &fakeengine.Engine{Hold: hold}
 	cfg := testConfig()
 	cfg.Queue.MaxInflight, cfg.Queue.MaxQueued = 2, 3
 	f := newFixture(t, cfg, nil, eng)
@@ -338,7 +338,7 @@ func TestFloodRefusedFast(t *testing.T) {
 func TestDisconnectCancelsUpstreamAndFreesSlot(t *testing.T) {
 	hold := make(chan struct{})
 	defer close(hold)
-	eng := &enginetest.Engine{Hold: hold}
+	eng := &fakeengine.Engine{Hold: hold}
 	cfg := testConfig()
 	cfg.Queue.MaxInflight = 1
 	f := newFixture(t, cfg, nil, eng)
@@ -382,7 +382,7 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 }
 
 func TestEngineDown(t *testing.T) {
-	f := newFixture(t, testConfig(), nil, &enginetest.Engine{})
+	f := newFixture(t, testConfig(), nil, &fakeengine.Engine{})
 	f.engine.Close()
 	resp := f.post(t, "/v1/completions", `{"prompt":"x"}`)
 	e := apiErr(t, resp)
@@ -395,7 +395,7 @@ func TestEngineDown(t *testing.T) {
 }
 
 func TestModelsFromConfig(t *testing.T) {
-	f := newFixture(t, testConfig(), nil, &enginetest.Engine{})
+	f := newFixture(t, testConfig(), nil, &fakeengine.Engine{})
 	f.engine.Close() // answered without the engine
 	resp, err := http.Get(f.srv.URL + "/v1/models")
 	if err != nil {
@@ -412,7 +412,7 @@ func TestModelsFromConfig(t *testing.T) {
 }
 
 func TestCoalesce(t *testing.T) {
-	eng := &enginetest.Engine{}
+	eng := &fakeengine.Engine{}
 	cfg := testConfig()
 	cfg.Coalesce = true
 	cfg.Queue.BatchWindow = 50 * time.Millisecond

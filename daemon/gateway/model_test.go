@@ -6,14 +6,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/llmlab/llmlab/daemon/enginetest"
+	"github.com/llmlab/llmlab/internal/fakeengine"
 )
 
 // Every answer in full teaches the engine model, streamed (with its time
 // to first token and its tokens) or not; an answer cut by the engine
 // teaches nothing.
 func TestAnswersTeachTheEngineModel(t *testing.T) {
-	eng := &enginetest.Engine{Delay: 30 * time.Millisecond, TokenDelay: 2 * time.Millisecond}
+	eng := &fakeengine.Engine{Delay: 30 * time.Millisecond, TokenDelay: 2 * time.Millisecond}
 	f := newFixture(t, testConfig(), nil, eng)
 	for _, body := range []string{
 		`{"model":"m","prompt":"` + "Write word word" + `","max_tokens":20,"stream":true}`,

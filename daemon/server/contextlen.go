@@ -2,51 +2,21 @@ package server
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"time"
-)
 
-// modelList is the part of vLLM's GET /v1/models answer llmlab reads:
-// each model card carries the engine's context length
-// (vllm/entrypoints/openai/models/serving.py, ModelCard.max_model_len).
-type modelList struct {
-	Data []struct {
-		ID          string `json:"id"`
-		MaxModelLen int    `json:"max_model_len"`
-	} `json:"data"`
-}
+	"github.com/llmlab/llmlab/internal/modelcards"
+)
 
 // fetchMaxModelLen asks the engine for its context length; 0 when the
 // engine does not say (an engine other than vLLM).
 func fetchMaxModelLen(ctx context.Context, client *http.Client, url string) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	l, err := modelcards.Fetch(ctx, client, url)
 	if err != nil {
 		return 0, err
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		return 0, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	var ml modelList
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&ml); err != nil {
-		return 0, fmt.Errorf("GET %s: %w", url, err)
-	}
-	n := 0
-	for _, m := range ml.Data {
-		if m.MaxModelLen > 0 && (n == 0 || m.MaxModelLen < n) {
-			n = m.MaxModelLen
-		}
-	}
-	return n, nil
+	return l.MaxModelLen(), nil
 }
 
 // contextTarget is what learnMaxModelLen feeds: the gateway.

@@ -7,14 +7,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/llmlab/llmlab/daemon/enginetest"
+	"github.com/llmlab/llmlab/internal/fakeengine"
 )
 
 // A reload applies at once what can be applied, and logs, without
 // applying it, a change that needs llmlabd restarted; a file that does not
 // load is refused and the running configuration kept.
 func TestReload(t *testing.T) {
-	engines := map[string]*enginetest.Engine{"a": {}, "b": {}}
+	engines := map[string]*fakeengine.Engine{"a": {}, "b": {}}
 	urls := map[string]string{}
 	for name, e := range engines {
 		srv := httptest.NewServer(e)

@@ -2,10 +2,11 @@ package dashboard
 
 import (
 	"fmt"
-	"html"
 	"math"
 	"strings"
 	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/plot"
 )
 
 // Picture layout: two panels a row, each a chart with its legend below.
@@ -45,44 +46,40 @@ func Render(title string, results []Result, start, end time.Time) string {
 		}
 	}
 	rows := (len(panels) + columns - 1) / columns
-	var b strings.Builder
-	w, h := columns*panelW, rows*panelH+40
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">`+"\n", w, h)
-	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
-	fmt.Fprintf(&b, `<text x="10" y="24" font-size="16">%s, %s to %s UTC</text>`+"\n", esc(title),
-		start.UTC().Format("2006-01-02 15:04:05"), end.UTC().Format("15:04:05"))
+	c := plot.New(columns*panelW, rows*panelH+40)
+	c.Text(`x="10" y="24" font-size="16"`, fmt.Sprintf("%s, %s to %s UTC", title,
+		start.UTC().Format("2006-01-02 15:04:05"), end.UTC().Format("15:04:05")))
 	for i, pd := range panels {
 		x0, y0 := (i%columns)*panelW, 40+(i/columns)*panelH
-		chart(&b, x0, y0, pd.p, pd.series, pd.errs, start, end)
+		chart(c, x0, y0, pd.p, pd.series, pd.errs, start, end)
 	}
-	b.WriteString("</svg>\n")
-	return b.String()
+	return c.String()
 }
 
-func chart(b *strings.Builder, x0, y0 int, p *Panel, series []Series, errs []string, start, end time.Time) {
+func chart(c *plot.Canvas, x0, y0 int, p *Panel, series []Series, errs []string, start, end time.Time) {
 	left, right := float64(x0+padL), float64(x0+panelW-padR)
 	top, bottom := float64(y0+padT), float64(y0+panelH-padB)
 	span := end.Sub(start).Seconds()
 	px := func(t time.Time) float64 { return left + t.Sub(start).Seconds()/span*(right-left) }
-	fmt.Fprintf(b, `<text x="%.0f" y="%.0f" font-size="13">%s</text>`+"\n", left, top-10, esc(p.Title))
-	fmt.Fprintf(b, `<path d="M%.0f %.0f V%.0f H%.0f" fill="none" stroke="black"/>`+"\n", left, top, bottom, right)
-	for i := 0; i <= 4; i++ {
-		t := start.Add(time.Duration(float64(end.Sub(start)) * float64(i) / 4))
-		fmt.Fprintf(b, `<text x="%.0f" y="%.0f" text-anchor="middle">%s</text>`+"\n", px(t), bottom+13, sinceStart(t.Sub(start), end.Sub(start)))
+	c.Text(fmt.Sprintf(`x="%.0f" y="%.0f" font-size="13"`, left, top-10), p.Title)
+	c.Shape(`<path d="M%.0f %.0f V%.0f H%.0f" fill="none" stroke="black"/>`, left, top, bottom, right)
+	for _, d := range timeTicks(end.Sub(start)) {
+		t := start.Add(d)
+		c.Text(fmt.Sprintf(`x="%.0f" y="%.0f" text-anchor="middle"`, px(t), bottom+13), sinceStart(d, end.Sub(start)))
 	}
 	if len(series) == 0 {
 		msg := "no data"
 		if len(errs) > 0 {
 			msg = errs[0]
 		}
-		fmt.Fprintf(b, `<text x="%.0f" y="%.0f" text-anchor="middle" fill="gray">%s</text>`+"\n", (left+right)/2, (top+bottom)/2, esc(msg))
+		c.Text(fmt.Sprintf(`x="%.0f" y="%.0f" text-anchor="middle" fill="gray"`, (left+right)/2, (top+bottom)/2), msg)
 		return
 	}
 	if p.Type == "state-timeline" {
 		band := (bottom - top) / float64(len(series))
 		for i, s := range series {
 			y := top + float64(i)*band
-			fmt.Fprintf(b, `<text x="%.0f" y="%.0f" text-anchor="end">%s</text>`+"\n", left-4, y+band/2+4, esc(s.Name))
+			c.Text(fmt.Sprintf(`x="%.0f" y="%.0f" text-anchor="end"`, left-4, y+band/2+4), s.Name)
 			for j, pt := range s.Points {
 				if pt.V <= 0 {
 					continue
@@ -94,7 +91,7 @@ func chart(b *strings.Builder, x0, y0 int, p *Panel, series []Series, errs []str
 				if next.Sub(pt.T) > 2*stepOf(s) { // a gap: the series was absent
 					next = pt.T.Add(stepOf(s))
 				}
-				fmt.Fprintf(b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"/>`+"\n",
+				c.Shape(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"/>`,
 					px(pt.T), y+2, max(px(next)-px(pt.T), 0.5), band-4, colors[i%len(colors)])
 			}
 		}
@@ -108,16 +105,16 @@ func chart(b *strings.Builder, x0, y0 int, p *Panel, series []Series, errs []str
 			}
 		}
 	}
-	if ymax == 0 {
-		ymax = 1
-	}
-	ymax *= 1.1
-	py := func(v float64) float64 { return bottom - min(v, ymax)/ymax*(bottom-top) }
 	unit := p.FieldConfig.Defaults.Unit
-	for i := 0; i <= 4; i++ {
-		v := ymax * float64(i) / 4
-		fmt.Fprintf(b, `<text x="%.0f" y="%.0f" text-anchor="end">%s</text>`+"\n", left-4, py(v)+4, format(v, unit))
+	// Round ticks in the unit the axis is read in (GiB, percent).
+	scale := unitScale(unit)
+	yend, ticks := plot.Ticks(ymax*1.1/scale, 5)
+	ymax = yend * scale
+	py := func(v float64) float64 { return bottom - min(v, ymax)/ymax*(bottom-top) }
+	for _, v := range ticks {
+		c.Text(fmt.Sprintf(`x="%.0f" y="%.0f" text-anchor="end"`, left-4, py(v*scale)+4), format(v*scale, unit))
 	}
+	var legend []plot.Entry
 	for i, s := range series {
 		color := colors[i%len(colors)]
 		var path strings.Builder
@@ -138,10 +135,44 @@ func chart(b *strings.Builder, x0, y0 int, p *Panel, series []Series, errs []str
 		if s.Name == "objective" {
 			dash = ` stroke-dasharray="6 4"`
 		}
-		fmt.Fprintf(b, `<path d="%s" fill="none" stroke="%s" stroke-width="1.5"%s/>`+"\n", strings.TrimSpace(path.String()), color, dash)
-		lx, ly := left+float64(i%3)*165, bottom+28+float64(i/3)*13
-		fmt.Fprintf(b, `<text x="%.0f" y="%.0f" fill="%s">%s</text>`+"\n", lx, ly, color, esc(trim(s.Name, 30)))
+		c.Shape(`<path d="%s" fill="none" stroke="%s" stroke-width="1.5"%s/>`, strings.TrimSpace(path.String()), color, dash)
+		legend = append(legend, plot.Entry{Name: trim(s.Name, 24), Color: color, Dashed: dash != ""})
 	}
+	c.Legend(left, bottom+28, 165, 13, 3, legend)
+}
+
+// timeTicks are the time axis' ticks over span: a round step (seconds,
+// minutes or hours) that gives at most 5 of them after the start.
+func timeTicks(span time.Duration) []time.Duration {
+	step := span
+	for _, s := range []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 15 * time.Second,
+		30 * time.Second, time.Minute, 2 * time.Minute, 5 * time.Minute, 10 * time.Minute, 15 * time.Minute, 30 * time.Minute,
+		time.Hour, 2 * time.Hour, 3 * time.Hour, 6 * time.Hour, 12 * time.Hour, 24 * time.Hour} {
+		if span/s <= 5 {
+			step = s
+			break
+		}
+	}
+	var out []time.Duration
+	for d := time.Duration(0); d <= span && step > 0; d += step {
+		out = append(out, d)
+	}
+	if len(out) == 0 {
+		out = []time.Duration{0}
+	}
+	return out
+}
+
+// unitScale is what a value of the Grafana unit is divided by to be read
+// (bytes as GiB, a ratio as percent), so that ticks fall on round readings.
+func unitScale(unit string) float64 {
+	switch unit {
+	case "bytes":
+		return 1 << 30
+	case "percentunit":
+		return 0.01
+	}
+	return 1
 }
 
 // sinceStart labels a time axis tick: seconds, minutes or hours from the
@@ -181,11 +212,11 @@ func format(v float64, unit string) string {
 	}
 }
 
+// trim cuts s to n characters, the last an ellipsis where it cuts.
 func trim(s string, n int) string {
-	if len(s) <= n {
+	r := []rune(s)
+	if len(r) <= n {
 		return s
 	}
-	return s[:n-1] + "…"
+	return string(r[:n-1]) + "…"
 }
-
-func esc(s string) string { return html.EscapeString(s) }

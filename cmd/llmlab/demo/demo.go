@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"sync"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/cmd/llmlab/daemonproc"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
+	"github.com/llmlab/llmlab/internal/freeport"
 )
 
 // Options configure a demo run.
@@ -74,7 +74,7 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	sctx, stopSims := context.WithCancel(ctx)
 	defer stopSims()
 	startSim := func() (string, error) {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := freeport.Listen()
 		if err != nil {
 			return "", err
 		}

@@ -29,7 +29,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -37,6 +36,9 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/daemonproc"
+	"github.com/llmlab/llmlab/internal/childproc"
+	"github.com/llmlab/llmlab/internal/freeport"
 )
 
 // Options configure a run.
@@ -126,20 +128,17 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 	}
 	defer os.RemoveAll(dir)
 
-	enginePort, err := freePort()
+	// The fake engine and the bare reverse proxy bind a free port and
+	// print it, llmlabd logs it; nginx can only be told a number.
+	eng, engineAddr, err := startServing(ctx, dir, "engine", o.Llmlab, "fake-engine")
 	if err != nil {
 		return nil, err
 	}
-	engineAddr := "127.0.0.1:" + enginePort
-	stop, err := startProc(ctx, dir, "engine", o.Llmlab, "fake-engine", "--listen", engineAddr)
-	if err != nil {
-		return nil, err
-	}
-	defer stop()
+	defer eng.Stop(stopGrace)
 
-	gwPort, _ := freePort()
-	cfg := fmt.Sprintf(`[gateway]
-listen = "127.0.0.1:%s"
+	gw, err := daemonproc.Run(ctx, o.Llmlabd, dir, func(listen string) string {
+		return fmt.Sprintf(`[gateway]
+listen = %q
 [engine]
 url = "http://%s"
 models = ["m"]
@@ -155,19 +154,21 @@ textfile = ""
 [log]
 format = "text"
 access_log = false
-`, gwPort, engineAddr)
-	cfgPath := filepath.Join(dir, "llmlab.toml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		return nil, err
-	}
-	stopGw, gwPID, err := startProcPID(ctx, dir, "llmlabd", o.Llmlabd, "--config", cfgPath)
+`, listen, engineAddr)
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer stopGw()
+	defer gw.Proc.Stop(stopGrace)
 
-	nginxPort, _ := freePort()
-	staticPort, _ := freePort()
+	nginxAddr, err := freeport.Addr()
+	if err != nil {
+		return nil, err
+	}
+	staticAddr, err := freeport.Addr()
+	if err != nil {
+		return nil, err
+	}
 	nginxConf := fmt.Sprintf(`worker_processes auto;
 pid %[1]s/nginx.pid;
 error_log %[1]s/nginx-error.log warn;
@@ -181,14 +182,14 @@ http {
   scgi_temp_path %[1]s/scgi;
   upstream engine { server %[2]s; keepalive 256; }
   server {
-    listen 127.0.0.1:%[4]s;
+    listen %[4]s;
     location / {
       default_type application/json;
       return 200 '%[5]s';
     }
   }
   server {
-    listen 127.0.0.1:%[3]s;
+    listen %[3]s;
     location / {
       proxy_pass http://engine;
       proxy_http_version 1.1;
@@ -197,30 +198,28 @@ http {
     }
   }
 }
-`, dir, engineAddr, nginxPort, staticPort, staticAnswer)
+`, dir, engineAddr, nginxAddr, staticAddr, staticAnswer)
 	nginxConfPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(nginxConfPath, []byte(nginxConf), 0o644); err != nil {
 		return nil, err
 	}
-	stopNginx, nginxPID, err := startProcPID(ctx, dir, "nginx", o.Nginx, "-c", nginxConfPath, "-p", dir, "-g", "daemon off;")
+	nginx, err := childproc.Start(ctx, dir, "nginx", o.Nginx, "-c", nginxConfPath, "-p", dir, "-g", "daemon off;")
 	if err != nil {
 		return nil, err
 	}
-	defer stopNginx()
+	defer nginx.Stop(stopGrace)
 
-	goPort, _ := freePort()
-	stopGo, goPID, err := startProcPID(ctx, dir, "reverse-proxy", o.Llmlab, "reverse-proxy",
-		"--listen", "127.0.0.1:"+goPort, "--engine-url", "http://"+engineAddr)
+	goProxy, goAddr, err := startServing(ctx, dir, "reverse-proxy", o.Llmlab, "reverse-proxy", "--engine-url", "http://"+engineAddr)
 	if err != nil {
 		return nil, err
 	}
-	defer stopGo()
+	defer goProxy.Stop(stopGrace)
 
 	targets := []target{
 		{"direct", "http://" + engineAddr, 0},
-		{"nginx", "http://127.0.0.1:" + nginxPort, nginxPID},
-		{GoProxy, "http://127.0.0.1:" + goPort, goPID},
-		{"llmlabd", "http://127.0.0.1:" + gwPort, gwPID},
+		{"nginx", "http://" + nginxAddr, nginx.PID()},
+		{GoProxy, "http://" + goAddr, goProxy.PID()},
+		{"llmlabd", gw.URL, gw.PID()},
 	}
 	for _, t := range targets {
 		if err := waitUp(ctx, t.url); err != nil {
@@ -252,7 +251,7 @@ http {
 			// A round trip to nginx answering by itself, beside direct's
 			// to the fake engine (a Go HTTP server answering at once):
 			// what one server hop costs in each.
-			alone = append(slices.Clone(targets), target{Static, "http://127.0.0.1:" + staticPort, 0})
+			alone = append(slices.Clone(targets), target{Static, "http://" + staticAddr, 0})
 		}
 		unloaded, err := m.latency(ctx, base, alone, 0, m.o.Duration)
 		if err != nil {
@@ -449,47 +448,25 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port, nil
-}
+// stopGrace is how long a helper has to exit after the interrupt before
+// it is killed.
+const stopGrace = 5 * time.Second
 
-// startProc starts a helper process with its output in dir/name.log and
-// returns a function that stops it.
-func startProc(ctx context.Context, dir, name, bin string, args ...string) (func(), error) {
-	stop, _, err := startProcPID(ctx, dir, name, bin, args...)
-	return stop, err
-}
-
-// startProcPID is startProc that also returns the process id.
-func startProcPID(ctx context.Context, dir, name, bin string, args ...string) (func(), int, error) {
-	logf, err := os.Create(filepath.Join(dir, name+".log"))
+// startServing starts one of llmlab's own servers (fake-engine,
+// reverse-proxy) on a port it picks, and reads back the address it prints
+// ("... listening on ADDR").
+func startServing(ctx context.Context, dir, name, bin string, args ...string) (*childproc.Proc, string, error) {
+	p, err := childproc.Start(ctx, dir, name, bin, append(append([]string{}, args...), "--listen", freeport.Any)...)
 	if err != nil {
-		return nil, 0, err
+		return nil, "", err
 	}
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, 0, fmt.Errorf("starting %s: %w", name, err)
+	const marker = "listening on "
+	line, err := p.WaitLine(10*time.Second, func(l string) bool { return strings.Contains(l, marker) })
+	if err != nil {
+		p.Stop(stopGrace)
+		return nil, "", err
 	}
-	return func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		logf.Close()
-	}, cmd.Process.Pid, nil
+	return p, strings.TrimSpace(line[strings.LastIndex(line, marker)+len(marker):]), nil
 }
 
 // cpuTicks returns the user and system CPU time, in clock ticks (1/100 s),

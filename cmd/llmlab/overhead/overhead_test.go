@@ -9,13 +9,13 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/llmlab/llmlab/daemon/enginetest"
+	"github.com/llmlab/llmlab/internal/fakeengine"
 )
 
 // The Go reference proxy passes streamed answers through whole, the
 // engine sees the client's address, and a request's body arrives intact.
 func TestReverseProxyStreams(t *testing.T) {
-	eng := httptest.NewServer(&enginetest.Engine{})
+	eng := httptest.NewServer(&fakeengine.Engine{})
 	defer eng.Close()
 	u, _ := url.Parse(eng.URL)
 	proxy := httptest.NewServer(ReverseProxy(u))

@@ -18,6 +18,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/llmlab/llmlab/daemon/server"
+	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
 // Engine reads the engine's side after a failure: its unit's state and
@@ -280,14 +283,9 @@ func readStream(body io.Reader, start time.Time, r *Result) (time.Duration, erro
 	return first, nil
 }
 
-// life is what /status says of the engine's lifecycle.
-type life struct {
-	State            string    `json:"state"`
-	LastStart        time.Time `json:"last_start"`
-	LastStartSeconds float64   `json:"last_start_seconds"`
-}
-
-func lifecycle(ctx context.Context, c *http.Client, url string) *life {
+// lifecycle reads the engine's lifecycle from llmlabd's /status (nil: not
+// read, or an engine llmlabd does not manage).
+func lifecycle(ctx context.Context, c *http.Client, url string) *supervisor.Info {
 	if url == "" {
 		return nil
 	}
@@ -296,11 +294,7 @@ func lifecycle(ctx context.Context, c *http.Client, url string) *life {
 		return nil
 	}
 	defer resp.Body.Close()
-	var d struct {
-		Engine struct {
-			Lifecycle *life `json:"lifecycle"`
-		} `json:"engine"`
-	}
+	var d server.Status
 	if json.NewDecoder(resp.Body).Decode(&d) != nil {
 		return nil
 	}
@@ -310,7 +304,7 @@ func lifecycle(ctx context.Context, c *http.Client, url string) *life {
 // startSteps reports the engine's cold start, if the request caused one:
 // when it began after the request was sent, and how long it took to be
 // ready.
-func startSteps(sent time.Time, before, after *life) []Step {
+func startSteps(sent time.Time, before, after *supervisor.Info) []Step {
 	switch {
 	case after == nil:
 		return []Step{{Name: "engine start", Skipped: "not known (no metrics listener, or an engine llmlabd does not manage)"}}

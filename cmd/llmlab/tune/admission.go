@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/cmd/llmlab/daemonproc"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
+	"github.com/llmlab/llmlab/internal/freeport"
 )
 
 // AdmissionOptions configure a run.
@@ -116,7 +116,7 @@ func RunAdmission(ctx context.Context, o AdmissionOptions) (AdmissionResult, err
 			MaxModelLen: prof.MaxModelLen, KVBlocks: m.KVBlocks}
 		sctx, stopSim := context.WithCancel(ctx)
 		defer stopSim()
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := freeport.Listen()
 		if err != nil {
 			return res, err
 		}
@@ -254,13 +254,7 @@ func RunAdmission(ctx context.Context, o AdmissionOptions) (AdmissionResult, err
 // objective, plus what the harness itself needs: its own listen address,
 // metrics port and state folder, and no engine unit. extra overrides more.
 func startShipped(ctx context.Context, bin, dir, engine, modelName string, slo time.Duration, extra string) (string, string, func(), error) {
-	ml, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", "", nil, err
-	}
-	metrics := ml.Addr().String()
-	ml.Close()
-	url, stop, err := daemonproc.Start(ctx, bin, dir, func(listen string) string {
+	p, err := daemonproc.Run(ctx, bin, dir, func(listen string) string {
 		return fmt.Sprintf(`[gateway]
 listen = %q
 state_dir = %q
@@ -276,9 +270,12 @@ textfile = ""
 format = "text"
 level = "debug"
 access_log = false
-%s`, listen, dir, engine, modelName, slo.String(), metrics, extra)
+%s`, listen, dir, engine, modelName, slo.String(), daemonproc.Any, extra)
 	})
-	return url, "http://" + metrics, stop, err
+	if err != nil {
+		return "", "", nil, err
+	}
+	return p.URL, "http://" + p.Metrics, p.Stop, nil
 }
 
 // keepLog copies the llmlabd log in dir, if any, into results as
@@ -322,7 +319,7 @@ func refusalReasons(metrics string) map[string]float64 {
 // Retry-After: 1 past n requests in flight and does nothing else
 // (llama-swap's concurrencyLimit).
 func startBareProxy(engine string, n int) (string, func(), error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := freeport.Listen()
 	if err != nil {
 		return "", nil, err
 	}

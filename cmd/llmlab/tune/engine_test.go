@@ -16,6 +16,7 @@ import (
 
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/internal/freeport"
 )
 
 var (
@@ -195,7 +196,10 @@ func TestEngineSweepOnTheSimulator(t *testing.T) {
 func TestEngineSweepOfAConfiguration(t *testing.T) {
 	tool, daemon := binaries(t)
 	dir := t.TempDir()
-	engine := freeAddr()
+	engine, err := freeport.Addr()
+	if err != nil {
+		t.Fatal(err)
+	}
 	host, port, _ := strings.Cut(engine, ":")
 	conf := filepath.Join(dir, "box.toml")
 	os.WriteFile(conf, []byte(`# the operator's file

@@ -21,8 +21,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -32,6 +30,7 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/cmd/llmlab/daemonproc"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
+	"github.com/llmlab/llmlab/internal/freeport"
 )
 
 // Options configure a run.
@@ -100,7 +99,7 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		cfg := sim.Config{Profile: prof, MaxNumSeqs: o.MaxNumSeqs, MaxNumBatchedTokens: prof.MaxNumBatchedTokens,
 			MaxModelLen: prof.MaxModelLen, KVBlocks: blocks}
 		sctx, stopSim := context.WithCancel(ctx)
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := freeport.Listen()
 		if err != nil {
 			stopSim()
 			return rows, err
@@ -225,18 +224,9 @@ func only(samples []bench.Sample, batch bool) []bench.Sample {
 	return out
 }
 
+// finalLimit is llmlabd's in-flight limit, from its /status (0: not read).
 func finalLimit(gw string) int {
-	resp, err := http.Get(gw + "/status")
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	var st struct {
-		Queue struct {
-			Limit int `json:"inflight_limit"`
-		} `json:"queue"`
-	}
-	_ = json.NewDecoder(resp.Body).Decode(&st)
+	st, _ := fetchStatus(gw)
 	return st.Queue.Limit
 }
 

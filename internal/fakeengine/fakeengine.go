@@ -1,11 +1,12 @@
-// Package enginetest provides a fake OpenAI/vLLM engine for tests and the
-// gateway overhead benchmark: it answers completions and chat completions,
+// Package fakeengine is the fake OpenAI/vLLM engine that `llmlab
+// fake-engine` serves to the gateway overhead benchmark, and that the tests
+// run in front of llmlabd: it answers completions and chat completions,
 // streamed or not, after a configurable delay, and records what it saw
 // (requests, the most it ran at once, cancellations).
 //
 // It is deliberately simple; the simulator (llmlab sim) models a real
 // engine's scheduling.
-package enginetest
+package fakeengine
 
 import (
 	"encoding/json"
