@@ -332,7 +332,7 @@ type Stats struct {
 	EngineSeconds float64 `json:"engine_seconds_per_request"`
 	// AdmissionTailSeconds is the model's tail time for the recent typical
 	// request at the limit: what a request that waits for a slot is
-	// expected to take in the engine, 95 times in 100.
+	// expected to take in the engine, 96 times in 100 (TailLevel).
 	AdmissionTailSeconds float64 `json:"admission_tail_seconds"`
 	// LateShare is the share of the recent interactive answers judged
 	// against the objective that ended past it (admission's late budget
