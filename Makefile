@@ -27,9 +27,9 @@ demo: build
 deb:
 	sh packaging/build-deb.sh
 
-## test: lint, every unit and integration test with the race detector (the alert rules and /metrics checked with Debian's promtool, fetched once by monitoring/promtool.sh), a short fuzz of each parser, llmlabd in front of a real engine (Ollama), and (as root) the real-systemd tests and the fleet test
+## test: lint, every unit and integration test with the race detector (the alert rules and /metrics checked with Debian's promtool, fetched once by internal/promtool/promtool.sh), a short fuzz of each parser, llmlabd in front of a real engine (Ollama), and (as root) the real-systemd tests and the fleet test
 test: lint
-	LLMLAB_PROMTOOL=$$(sh monitoring/promtool.sh) $(GO) test -race -count=1 ./...
+	LLMLAB_PROMTOOL=$$(sh internal/promtool/promtool.sh) $(GO) test -race -count=1 ./...
 	$(MAKE) fuzz
 	$(MAKE) test-engines
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) test-system test-fleet; else echo "make test: not root, so the real-systemd tests (make test-system) and the fleet test (make test-fleet) did not run"; fi
@@ -52,7 +52,7 @@ test-engines:
 
 ## test-quick: the unit and integration tests, no race detector, no fuzzing
 test-quick:
-	LLMLAB_PROMTOOL=$$(sh monitoring/promtool.sh) $(GO) test -count=1 ./...
+	LLMLAB_PROMTOOL=$$(sh internal/promtool/promtool.sh) $(GO) test -count=1 ./...
 
 ## lint: gofmt, go vet and staticcheck must be clean
 lint:
