@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/dashboard"
-	"github.com/llmlab/llmlab/monitoring"
+	"github.com/llmlab/llmlab/etc/monitoring"
 )
 
 // varFlags collects repeated --var name=value.

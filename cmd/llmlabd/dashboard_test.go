@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/dashboard"
+	"github.com/llmlab/llmlab/etc/monitoring"
 	"github.com/llmlab/llmlab/internal/promtool"
-	"github.com/llmlab/llmlab/monitoring"
 )
 
 var picture = flag.String("picture", "", "also draw the dashboard from the recorded run into this SVG file (docs/dashboard.svg)")

@@ -135,7 +135,7 @@ func TestDashboardReadsCataloguedSeries(t *testing.T) {
 // _sum) and whether the catalogue lists that family.
 func catalogue(t *testing.T) func(name string) (string, bool) {
 	t.Helper()
-	doc, err := os.ReadFile("../docs/metrics.md")
+	doc, err := os.ReadFile("../../docs/metrics.md")
 	if err != nil {
 		t.Fatal(err)
 	}
