@@ -46,9 +46,9 @@ test-fleet:
 bench-fleet:
 	$(GO) test -tags fleettest -count=1 -timeout 40m -v -run TestFleet ./fleet/ -args -bench
 
-## test-engines: llmlabd in front of Ollama, built once from the Go module proxy with a random-weight model (engines/ollama/build.sh: cached; needs g++, nlohmann-json3-dev, libstb-dev, curl)
+## test-engines: llmlabd in front of Ollama, built once from the Go module proxy with a random-weight model (cmd/llmlabd/testdata/ollama/build.sh: cached; needs g++, nlohmann-json3-dev, libstb-dev, curl)
 test-engines:
-	dir=$$(sh engines/ollama/build.sh) && LLMLAB_OLLAMA_DIR=$$dir $(GO) test -tags realengine -count=1 -run RealEngine -v ./cmd/llmlabd/
+	dir=$$(sh cmd/llmlabd/testdata/ollama/build.sh) && LLMLAB_OLLAMA_DIR=$$dir $(GO) test -tags realengine -count=1 -run RealEngine -v ./cmd/llmlabd/
 
 ## test-quick: the unit and integration tests, no race detector, no fuzzing
 test-quick:
@@ -61,7 +61,7 @@ lint:
 	$(GO) vet ./...
 	$(GO) vet -tags realengine ./cmd/llmlabd/
 	$(GO) vet -tags fleettest ./fleet/
-	cd engines/ollama/mkmodel && $(GO) vet .
+	cd cmd/llmlabd/testdata/ollama/mkmodel && $(GO) vet .
 	$(GO) run $(STATICCHECK) ./...
 
 ## fuzz: each fuzz target for FUZZEXECS executions; fails when one finds a bug or stalls for FUZZSTALL
@@ -75,7 +75,7 @@ vulncheck:
 
 ## bench-engines: Ollama alone, through llmlabd with fixed limits and with the model's, side by side at 0.5x-3x its peak, and the knee of each (about 40 minutes; results/engines-*; docs/benchmarks.md)
 bench-engines: build
-	sh engines/ollama/bench-engines.sh
+	sh cmd/llmlabd/testdata/ollama/bench-engines.sh
 
 ## bench-overhead: llmlabd's overhead against nginx, a bare Go reverse proxy and direct access (needs nginx-light)
 bench-overhead: build

@@ -3,7 +3,7 @@
 package main_test
 
 // In front of a real engine nobody here wrote: Ollama, built from the Go
-// module proxy with a random-weight model (engines/ollama). `make
+// module proxy with a random-weight model (testdata/ollama). `make
 // test-engines` (part of `make test`) builds them and runs this file; the
 // ratios belong to `make bench-engines`, not here.
 
@@ -22,15 +22,15 @@ import (
 	"time"
 )
 
-// ollamaDaemon starts llmlabd managing Ollama (engines/ollama/serve.sh)
+// ollamaDaemon starts llmlabd managing Ollama (testdata/ollama/serve.sh)
 // as its engine, pinned to CPU 1 when the machine has two.
 func ollamaDaemon(t *testing.T, queue string) *daemon {
 	t.Helper()
 	dir := os.Getenv("LLMLAB_OLLAMA_DIR")
 	if dir == "" {
-		t.Fatal("LLMLAB_OLLAMA_DIR is not set: run make test-engines, which builds Ollama and the model (engines/ollama/build.sh)")
+		t.Fatal("LLMLAB_OLLAMA_DIR is not set: run make test-engines, which builds Ollama and the model (cmd/llmlabd/testdata/ollama/build.sh)")
 	}
-	serve, err := filepath.Abs("../../engines/ollama/serve.sh")
+	serve, err := filepath.Abs("testdata/ollama/serve.sh")
 	if err != nil {
 		t.Fatal(err)
 	}

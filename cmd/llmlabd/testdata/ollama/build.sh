@@ -31,11 +31,11 @@ for c in gcc g++; do command -v $c >/dev/null || missing="$missing $c"; done
 [ -f /usr/include/nlohmann/json.hpp ] || missing="$missing nlohmann-json3-dev"
 [ -f /usr/include/stb/stb_image.h ] || missing="$missing libstb-dev"
 if [ -n "$missing" ]; then
-	echo "engines/ollama/build.sh: building Ollama needs:$missing (apt-get install$missing)" >&2
+	echo "cmd/llmlabd/testdata/ollama/build.sh: building Ollama needs:$missing (apt-get install$missing)" >&2
 	exit 1
 fi
 mkdir -p "$OUT.tmp/bin"
-echo "engines/ollama/build.sh: building Ollama $VERSION into $OUT (7-20 minutes the first time)" >&2
+echo "cmd/llmlabd/testdata/ollama/build.sh: building Ollama $VERSION into $OUT (7-20 minutes the first time)" >&2
 CGO_ENABLED=1 CGO_CPPFLAGS="-I$HERE/include" GOBIN="$OUT.tmp/bin" GOFLAGS=-mod=mod \
 	go install "github.com/ollama/ollama@$VERSION" >&2
 (cd "$HERE/mkmodel" && CGO_ENABLED=0 go build -o "$OUT.tmp/bin/mkmodel" .) >&2

@@ -13,19 +13,19 @@
 #   FIXED="4 8 12" PROXY="4 6 8 10 12"   the peers' limits
 #   ARGS           more llmlab tune-admission flags, e.g. "--stream=false"
 set -eu
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../../.."
 SLOTS=${SLOTS:-4}
 SLO=${SLO:-2s}
 FIXED=${FIXED:-4 8 12}
 PROXY=${PROXY:-4 6 8 10 12}
 ENGINE_CPU=${ENGINE_CPU:-1}
 LOAD_CPUS=$(seq 0 $(($(nproc) - 1)) | grep -vx "$ENGINE_CPU" | paste -sd, -)
-DIR=$(engines/ollama/build.sh)
+DIR=$(cmd/llmlabd/testdata/ollama/build.sh)
 go build -o bin/ ./cmd/...
 OUT=${OUT:-results/admission-ollama-$SLOTS-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OLLAMA_HOST=127.0.0.1:11502 OLLAMA_NUM_PARALLEL=$SLOTS LLMLAB_OLLAMA_DIR=$DIR LLMLAB_ENGINE_CPUS=$ENGINE_CPU \
-	engines/ollama/serve.sh > "$OUT/ollama.log" 2>&1 &
+	cmd/llmlabd/testdata/ollama/serve.sh > "$OUT/ollama.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 i=0

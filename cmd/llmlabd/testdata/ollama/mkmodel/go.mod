@@ -1,4 +1,4 @@
-module github.com/llmlab/llmlab/engines/ollama/mkmodel
+module github.com/llmlab/llmlab/cmd/llmlabd/testdata/ollama/mkmodel
 
 go 1.26
 

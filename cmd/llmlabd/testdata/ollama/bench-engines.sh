@@ -25,7 +25,7 @@
 #   DURATION=30s WARMUP=5s per phase; KNEE=1 also runs find-max through
 #   each side, or those named in KNEE_SIDES (KNEE=0 skips it)
 set -eu
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../../.."
 ENGINE_KIND=${ENGINE:-ollama}
 case $ENGINE_KIND in
 ollama) SLO=${SLO:-2s} MODEL_MAX=${MODEL_MAX:-64} ;;
@@ -43,7 +43,7 @@ ENGINE_CPU=${ENGINE_CPU:-1}
 NCPU=$(nproc)
 [ "$NCPU" -ge 2 ] || { echo "bench-engines: needs at least 2 CPUs (the engine and the load apart)" >&2; exit 1; }
 LOAD_CPUS=$(seq 0 $((NCPU - 1)) | grep -vx "$ENGINE_CPU" | paste -sd, -)
-[ "$ENGINE_KIND" = ollama ] && DIR=$(engines/ollama/build.sh)
+[ "$ENGINE_KIND" = ollama ] && DIR=$(cmd/llmlabd/testdata/ollama/build.sh)
 go build -o bin/ ./cmd/...
 OUT=${OUT:-results/engines-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
@@ -55,7 +55,7 @@ ENGINE=http://127.0.0.1:11501
 if [ "$ENGINE_KIND" = ollama ]; then
 	MODEL=llmlab-tiny READY_PATH=/api/ps READY_MATCH=llmlab-tiny
 	OLLAMA_HOST=127.0.0.1:11501 OLLAMA_NUM_PARALLEL=$SLOTS LLMLAB_OLLAMA_DIR=$DIR LLMLAB_ENGINE_CPUS=$ENGINE_CPU \
-		engines/ollama/serve.sh > "$OUT/ollama.log" 2>&1 &
+		cmd/llmlabd/testdata/ollama/serve.sh > "$OUT/ollama.log" 2>&1 &
 else
 	MODEL=Qwen/Qwen2.5-0.5B-Instruct READY_PATH=/health READY_MATCH=
 	taskset -c "$ENGINE_CPU" bin/llmlab sim --profile "${ENGINE_KIND#sim:}" --startup-delay 0 --port 11501 > "$OUT/sim.log" 2>&1 &
