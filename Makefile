@@ -40,11 +40,11 @@ test-system:
 
 ## test-fleet: two llmlab hosts in network namespaces behind Debian's HAProxy, each waking its own simulated engine (root; needs haproxy, iproute2, curl; about 2 minutes)
 test-fleet:
-	$(GO) test -tags fleettest -count=1 -timeout 10m -v -run TestFleet ./fleet/
+	$(GO) test -tags fleettest -count=1 -timeout 10m -v -run TestFleet ./cmd/llmlabd/fleet/
 
 ## bench-fleet: the fleet's measured version recorded in docs/scaling.md: each host's peak, twice that through HAProxy with the agent and with plain round-robin, a host killed (root; about 15 minutes)
 bench-fleet:
-	$(GO) test -tags fleettest -count=1 -timeout 40m -v -run TestFleet ./fleet/ -args -bench
+	$(GO) test -tags fleettest -count=1 -timeout 40m -v -run TestFleet ./cmd/llmlabd/fleet/ -args -bench
 
 ## test-engines: llmlabd in front of Ollama, built once from the Go module proxy with a random-weight model (cmd/llmlabd/testdata/ollama/build.sh: cached; needs g++, nlohmann-json3-dev, libstb-dev, curl)
 test-engines:
@@ -60,7 +60,7 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags realengine ./cmd/llmlabd/
-	$(GO) vet -tags fleettest ./fleet/
+	$(GO) vet -tags fleettest ./cmd/llmlabd/fleet/
 	cd cmd/llmlabd/testdata/ollama/mkmodel && $(GO) vet .
 	$(GO) run $(STATICCHECK) ./...
 

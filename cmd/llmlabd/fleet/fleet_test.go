@@ -79,8 +79,8 @@ func newFleet(t *testing.T, n int) *fleet {
 	haproxy := lookPath(t, "haproxy", "haproxy")
 	f := &fleet{t: t, dir: t.TempDir()}
 	f.llmlabd, f.llmlab = filepath.Join(f.dir, "llmlabd"), filepath.Join(f.dir, "llmlab")
-	run(t, "go", "build", "-o", f.llmlabd, "../cmd/llmlabd")
-	run(t, "go", "build", "-o", f.llmlab, "../cmd/llmlab")
+	run(t, "go", "build", "-o", f.llmlabd, "..")
+	run(t, "go", "build", "-o", f.llmlab, "../../llmlab")
 
 	tag := fmt.Sprintf("llf%d", os.Getpid()%100000)
 	f.lbNS = tag + "lb"

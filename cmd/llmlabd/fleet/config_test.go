@@ -40,11 +40,11 @@ func lookPath(t *testing.T, name, pkg string) string {
 // installed system moved into dir, and the servers and ports given.
 func haproxyConfig(t *testing.T, dir string, pairs ...string) string {
 	t.Helper()
-	data, err := os.ReadFile("../etc/balancer/haproxy.cfg")
+	data, err := os.ReadFile("../../../etc/balancer/haproxy.cfg")
 	if err != nil {
 		t.Fatal(err)
 	}
-	abs, _ := filepath.Abs("../etc/balancer/llmlab-503.http")
+	abs, _ := filepath.Abs("../../../etc/balancer/llmlab-503.http")
 	base := []string{
 		"/etc/haproxy/errors/llmlab-503.http", abs,
 		"/run/haproxy/admin.sock", filepath.Join(dir, "admin.sock"),
@@ -79,7 +79,7 @@ func TestHAProxyConfigChecks(t *testing.T) {
 	}
 	// The 503 HAProxy sends when every host is full is OpenAI-shaped and
 	// says when to come back.
-	page, err := os.ReadFile("../etc/balancer/llmlab-503.http")
+	page, err := os.ReadFile("../../../etc/balancer/llmlab-503.http")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestHAProxyConfigChecks(t *testing.T) {
 func TestNginxConfigChecks(t *testing.T) {
 	nginx := lookPath(t, "nginx", "nginx-light")
 	dir := t.TempDir()
-	abs, _ := filepath.Abs("../etc/balancer/nginx.conf")
+	abs, _ := filepath.Abs("../../../etc/balancer/nginx.conf")
 	main := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(main, []byte("pid "+filepath.Join(dir, "nginx.pid")+";\nerror_log stderr;\nevents {}\nhttp {\n    access_log off;\n    include "+abs+";\n}\n"), 0o644); err != nil {
 		t.Fatal(err)
