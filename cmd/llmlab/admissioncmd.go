@@ -11,11 +11,12 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 	"github.com/llmlab/llmlab/cmd/llmlab/tune"
 )
 
-func tuneAdmissionFlags(fs *flag.FlagSet) runFunc {
+func tuneAdmissionFlags(fs *flag.FlagSet) command.Run {
 	o := tune.AdmissionOptions{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
 	fs.StringVar(&o.Llmlabd, "llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
 	fs.StringVar(&o.Profile, "profile", "gtx1650-derived", "the simulated engine: "+sim.ProfileNames())

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/internal/progressline"
 )
 
@@ -63,7 +64,7 @@ type benchFlags struct {
 	drainTimeout  time.Duration
 }
 
-func benchFlagSet(fs *flag.FlagSet) runFunc {
+func benchFlagSet(fs *flag.FlagSet) command.Run {
 	var f benchFlags
 	o := &f.o
 	fs.StringVar(&o.Target, "target", "http://127.0.0.1:8080", "base URL of the OpenAI-compatible server under test")

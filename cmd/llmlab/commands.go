@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/overhead"
 	"github.com/llmlab/llmlab/daemon/config"
 	"github.com/llmlab/llmlab/daemon/server"
@@ -24,7 +25,7 @@ import (
 // checkConfig validates a file as llmlabd would load it, keys file
 // included, and prints every problem; --show prints the configuration in
 // effect, and which values the file set.
-func checkConfigFlags(fs *flag.FlagSet) runFunc {
+func checkConfigFlags(fs *flag.FlagSet) command.Run {
 	show := fs.Bool("show", false, "print every key's value in effect and whether the file set it")
 	return func(ctx context.Context, args []string) int { return checkConfig(ctx, *show, args) }
 }
@@ -89,7 +90,7 @@ func printSettings(w io.Writer, settings []config.Setting) {
 	tw.Flush()
 }
 
-func fakeEngineFlags(fs *flag.FlagSet) runFunc {
+func fakeEngineFlags(fs *flag.FlagSet) command.Run {
 	listen := fs.String("listen", "127.0.0.1:8000", "address to serve on")
 	delay := fs.Duration("delay", 0, "time before the first token")
 	tokenDelay := fs.Duration("token-delay", 0, "time between streamed tokens")
@@ -123,7 +124,7 @@ func serveUntilDone(ctx context.Context, cmd, listen string, h http.Handler, ban
 	return 0
 }
 
-func reverseProxyFlags(fs *flag.FlagSet) runFunc {
+func reverseProxyFlags(fs *flag.FlagSet) command.Run {
 	listen := fs.String("listen", "127.0.0.1:8081", "address to serve on")
 	engine := fs.String("engine-url", "http://127.0.0.1:8000", "the server to forward to")
 	return func(ctx context.Context, _ []string) int {
@@ -136,7 +137,7 @@ func reverseProxyFlags(fs *flag.FlagSet) runFunc {
 	}
 }
 
-func overheadFlags(fs *flag.FlagSet) runFunc {
+func overheadFlags(fs *flag.FlagSet) command.Run {
 	llmlabd := fs.String("llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
 	nginx := fs.String("nginx", "nginx", "nginx binary (Debian's nginx-light)")
 	conc := fs.Int("concurrency", 32, "closed-loop concurrency")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/dashboard"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/monitoring"
 )
 
@@ -27,7 +28,7 @@ func (v varFlags) Set(s string) error {
 	return nil
 }
 
-func dashboardFlags(fs *flag.FlagSet) runFunc {
+func dashboardFlags(fs *flag.FlagSet) command.Run {
 	prom := fs.String("prometheus", "http://127.0.0.1:9090", "the Prometheus server to query (its HTTP API)")
 	file := fs.String("file", "", "a Grafana dashboard JSON file (default: the shipped llmlab-dashboard.json)")
 	since := fs.Duration("since", time.Hour, "draw this long a span, ending at --end")

@@ -12,9 +12,10 @@ import (
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/cmd/llmlab/demo"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 )
 
-func demoFlags(fs *flag.FlagSet) runFunc {
+func demoFlags(fs *flag.FlagSet) command.Run {
 	o := demo.Options{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
 	fs.StringVar(&o.Llmlabd, "llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
 	fs.StringVar(&o.Profile, "profile", "t4", "simulator profile")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/daemon/config"
 	"github.com/llmlab/llmlab/daemon/gpu"
 	"github.com/llmlab/llmlab/daemon/supervisor"
@@ -26,7 +27,7 @@ type gpuFlags struct {
 	asJSON                  bool
 }
 
-func gpuFlagSet(fs *flag.FlagSet) runFunc {
+func gpuFlagSet(fs *flag.FlagSet) command.Run {
 	var f gpuFlags
 	fs.DurationVar(&f.watch, "watch", 0, "read again at this interval (0: once)")
 	fs.DurationVar(&f.duration, "for", 10*time.Second, "with --watch: for this long")

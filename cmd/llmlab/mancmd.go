@@ -18,9 +18,9 @@ import (
 func subcommands() []manpage.Command {
 	var out []manpage.Command
 	for _, c := range commands() {
-		fs := flag.NewFlagSet("llmlab "+c.name, flag.ContinueOnError)
-		c.flags(fs)
-		mc := manpage.Command{Name: c.name, Args: c.args, Summary: c.summary}
+		fs := flag.NewFlagSet("llmlab "+c.Name, flag.ContinueOnError)
+		c.Flags(fs)
+		mc := manpage.Command{Name: c.Name, Args: c.Args, Summary: c.Summary}
 		if hasFlags(fs) {
 			mc.Flags = fs
 		}

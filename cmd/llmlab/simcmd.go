@@ -8,10 +8,11 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 )
 
-func simFlags(fs *flag.FlagSet) runFunc {
+func simFlags(fs *flag.FlagSet) command.Run {
 	profile := fs.String("profile", "gtx1650", "GPU and model profile: "+sim.ProfileNames())
 	host := fs.String("host", "127.0.0.1", "address to listen on (as vLLM's --host)")
 	port := fs.Int("port", 8000, "port to listen on (as vLLM's --port)")

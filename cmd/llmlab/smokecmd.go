@@ -10,12 +10,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/smoke"
 	"github.com/llmlab/llmlab/cmd/llmlab/status"
 	"github.com/llmlab/llmlab/daemon/config"
 )
 
-func smokeFlags(fs *flag.FlagSet) runFunc {
+func smokeFlags(fs *flag.FlagSet) command.Run {
 	path := fs.String("config", config.DefaultPath, "llmlabd's configuration (its model, metrics listener and engine unit)")
 	api := fs.String("api", "", "llmlabd's API base URL (default: llmlab.socket's address, else gateway.listen)")
 	model := fs.String("model", "", "the model to ask for (default: the first of engine.models)")

@@ -8,12 +8,13 @@ import (
 	"os"
 	"time"
 
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/status"
 	"github.com/llmlab/llmlab/daemon/config"
 	"github.com/llmlab/llmlab/daemon/server"
 )
 
-func statusFlags(fs *flag.FlagSet) runFunc {
+func statusFlags(fs *flag.FlagSet) command.Run {
 	path := fs.String("config", config.DefaultPath, "llmlabd's configuration (its metrics listener, API address and textfile)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	watch := fs.Duration("watch", 0, "refresh every DURATION (e.g. 2s) until interrupted")

@@ -15,13 +15,14 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 	"github.com/llmlab/llmlab/cmd/llmlab/tune"
 	"github.com/llmlab/llmlab/daemon/config"
 	"github.com/llmlab/llmlab/daemon/gpu"
 )
 
-func tuneFlags(fs *flag.FlagSet) runFunc {
+func tuneFlags(fs *flag.FlagSet) command.Run {
 	o := tune.Options{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
 	fs.StringVar(&o.Llmlabd, "llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
 	profiles := fs.String("profiles", "gtx1650,t4", "simulator profiles, comma-separated")
@@ -62,7 +63,7 @@ func tuneFlags(fs *flag.FlagSet) runFunc {
 	}
 }
 
-func tuneEngineFlags(fs *flag.FlagSet) runFunc {
+func tuneEngineFlags(fs *flag.FlagSet) command.Run {
 	o := tune.EngineOptions{Out: os.Stdout, Progress: os.Stderr, SLO: bench.SLO{MaxErrorRate: 0.001}}
 	fs.StringVar(&o.Llmlabd, "llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
 	fs.StringVar(&o.Profile, "profile", "gtx1650", "the card's memory model for the KV-cache arithmetic, and, without --config, the simulated engine: "+sim.ProfileNames())
