@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
+	"github.com/llmlab/llmlab/cmd/llmlab/tune"
 )
 
 func commands() []command.Command {
@@ -31,9 +32,9 @@ func commands() []command.Command {
 		{Name: "sim", Summary: "simulate a vLLM engine on a GPU profile (vLLM's API and metrics)", Flags: simFlags},
 		{Name: "fake-engine", Summary: "serve an OpenAI-compatible engine that answers at once", Flags: fakeEngineFlags},
 		{Name: "overhead", Summary: "measure llmlabd's overhead against nginx, a bare Go reverse proxy and direct access", Flags: overheadFlags},
-		{Name: "tune", Summary: "sweep fixed in-flight limits against the model's (or compare priority classes) on the simulator", Flags: tuneFlags},
-		{Name: "tune-engine", Summary: "sweep vLLM's knobs (max_num_seqs, max_num_batched_tokens, max_model_len, gpu_memory_utilization) with llmlab's through llmlabd: find-max per point, the best, the frontier, --apply", Flags: tuneEngineFlags},
-		{Name: "tune-admission", Summary: "the shipped llmlabd against fixed limits and a bare 429 proxy at 1x-3x an engine's sustainable rate, a step from idle, find-max through it (docs/benchmarks.md)", Flags: tuneAdmissionFlags},
+		tune.Command(),
+		tune.EngineCommand(),
+		tune.AdmissionCommand(),
 		{Name: "gpu", Args: "[-- COMMAND...]", Summary: "show what llmlabd reads from NVML; with a command, run it as the engine (admission, share, release wait)", Flags: gpuFlagSet},
 		{Name: "man", Args: "DIR", Summary: "write the manual pages llmlab.1 and llmlabd.8 into DIR",
 			Flags: func(*flag.FlagSet) command.Run { return manCmd }},
