@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/tune"
 )
@@ -28,7 +29,7 @@ func commands() []command.Command {
 		{Name: "dashboard", Summary: "draw the shipped Grafana dashboard's panels from a Prometheus server into an SVG, without Grafana (--check: evaluate every query)",
 			Flags: dashboardFlags},
 		{Name: "demo", Summary: "the simulator, llmlabd in front of it, rising load, a results table", Flags: demoFlags},
-		{Name: "bench", Summary: "send the fixed workload and report throughput, goodput and latency", Flags: benchFlagSet},
+		bench.Command(),
 		{Name: "sim", Summary: "simulate a vLLM engine on a GPU profile (vLLM's API and metrics)", Flags: simFlags},
 		{Name: "fake-engine", Summary: "serve an OpenAI-compatible engine that answers at once", Flags: fakeEngineFlags},
 		{Name: "overhead", Summary: "measure llmlabd's overhead against nginx, a bare Go reverse proxy and direct access", Flags: overheadFlags},
