@@ -14,8 +14,12 @@ import (
 	"syscall"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/dashboard"
+	"github.com/llmlab/llmlab/cmd/llmlab/demo"
 	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
+	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 	"github.com/llmlab/llmlab/cmd/llmlab/tune"
+	"github.com/llmlab/llmlab/monitoring"
 )
 
 func commands() []command.Command {
@@ -26,11 +30,10 @@ func commands() []command.Command {
 			Flags: statusFlags},
 		{Name: "smoke", Summary: "one streamed chat completion through the socket, each step timed (cold start included), the answer checked; exit 1 with the reason when it fails",
 			Flags: smokeFlags},
-		{Name: "dashboard", Summary: "draw the shipped Grafana dashboard's panels from a Prometheus server into an SVG, without Grafana (--check: evaluate every query)",
-			Flags: dashboardFlags},
-		{Name: "demo", Summary: "the simulator, llmlabd in front of it, rising load, a results table", Flags: demoFlags},
+		dashboard.Command(monitoring.Dashboard),
+		demo.Command(),
 		bench.Command(),
-		{Name: "sim", Summary: "simulate a vLLM engine on a GPU profile (vLLM's API and metrics)", Flags: simFlags},
+		sim.Command(),
 		{Name: "fake-engine", Summary: "serve an OpenAI-compatible engine that answers at once", Flags: fakeEngineFlags},
 		{Name: "overhead", Summary: "measure llmlabd's overhead against nginx, a bare Go reverse proxy and direct access", Flags: overheadFlags},
 		tune.Command(),
