@@ -18,6 +18,8 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/demo"
 	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
+	"github.com/llmlab/llmlab/cmd/llmlab/smoke"
+	"github.com/llmlab/llmlab/cmd/llmlab/status"
 	"github.com/llmlab/llmlab/cmd/llmlab/tune"
 	"github.com/llmlab/llmlab/monitoring"
 )
@@ -26,10 +28,8 @@ func commands() []command.Command {
 	return []command.Command{
 		{Name: "check-config", Args: "[--show] [PATH]", Summary: "validate a configuration file (default /etc/llmlab/llmlab.toml)",
 			Flags: checkConfigFlags},
-		{Name: "status", Summary: "the serving stack at a glance (never wakes a daemon scaled to zero); exit 0 serving or scaled to zero, 1 failed, 3 not running",
-			Flags: statusFlags},
-		{Name: "smoke", Summary: "one streamed chat completion through the socket, each step timed (cold start included), the answer checked; exit 1 with the reason when it fails",
-			Flags: smokeFlags},
+		status.Command(),
+		smoke.Command(),
 		dashboard.Command(monitoring.Dashboard),
 		demo.Command(),
 		bench.Command(),
