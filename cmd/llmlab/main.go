@@ -17,6 +17,7 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/dashboard"
 	"github.com/llmlab/llmlab/cmd/llmlab/demo"
 	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
+	"github.com/llmlab/llmlab/cmd/llmlab/overhead"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 	"github.com/llmlab/llmlab/cmd/llmlab/smoke"
 	"github.com/llmlab/llmlab/cmd/llmlab/status"
@@ -35,7 +36,7 @@ func commands() []command.Command {
 		bench.Command(),
 		sim.Command(),
 		{Name: "fake-engine", Summary: "serve an OpenAI-compatible engine that answers at once", Flags: fakeEngineFlags},
-		{Name: "overhead", Summary: "measure llmlabd's overhead against nginx, a bare Go reverse proxy and direct access", Flags: overheadFlags},
+		overhead.Command(),
 		tune.Command(),
 		tune.EngineCommand(),
 		tune.AdmissionCommand(),
