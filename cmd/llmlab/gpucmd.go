@@ -19,6 +19,13 @@ import (
 	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
+// gpuCommand shows what llmlabd's NVML monitor reads, or runs a command
+// as llmlabd would run its engine (gpuCmd).
+func gpuCommand() command.Command {
+	return command.Command{Name: "gpu", Args: "[-- COMMAND...]", Summary: "show what llmlabd reads from NVML; with a command, run it as the engine (admission, share, release wait)",
+		Flags: gpuFlagSet}
+}
+
 type gpuFlags struct {
 	watch, duration, runFor time.Duration
 	budget                  string
