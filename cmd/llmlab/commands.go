@@ -1,167 +1,47 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
-	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"text/tabwriter"
-	"time"
-
+	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/dashboard"
+	"github.com/llmlab/llmlab/cmd/llmlab/demo"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/overhead"
-	"github.com/llmlab/llmlab/daemon/config"
-	"github.com/llmlab/llmlab/daemon/server"
-	"github.com/llmlab/llmlab/internal/fakeengine"
+	"github.com/llmlab/llmlab/cmd/llmlab/sim"
+	"github.com/llmlab/llmlab/cmd/llmlab/smoke"
+	"github.com/llmlab/llmlab/cmd/llmlab/status"
+	"github.com/llmlab/llmlab/cmd/llmlab/tune"
+	"github.com/llmlab/llmlab/etc/monitoring"
 )
 
-// checkConfig validates a file as llmlabd would load it, keys file
-// included, and prints every problem; --show prints the configuration in
-// effect, and which values the file set.
-func checkConfigFlags(fs *flag.FlagSet) runFunc {
-	show := fs.Bool("show", false, "print every key's value in effect and whether the file set it")
-	return func(ctx context.Context, args []string) int { return checkConfig(ctx, *show, args) }
-}
-
-func checkConfig(_ context.Context, show bool, args []string) int {
-	path, explicit := config.DefaultPath, false
-	if len(args) > 1 {
-		fmt.Fprintln(os.Stderr, "usage: llmlab check-config [--show] [PATH]")
-		return 2
-	}
-	if len(args) == 1 {
-		path, explicit = args[0], true
-	}
-	cfg, _, err := server.LoadConfig(server.Options{ConfigPath: path, Explicit: explicit})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	for _, d := range cfg.Deprecated {
-		fmt.Fprintf(os.Stderr, "%s: deprecated: %s\n", path, d)
-	}
-	for _, n := range cfg.Notes {
-		fmt.Fprintf(os.Stderr, "%s: note: %s\n", path, n)
-	}
-	if show {
-		data, err := os.ReadFile(path)
-		if errors.Is(err, os.ErrNotExist) && !explicit {
-			data, err = nil, nil
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		settings, err := config.Show(path, data)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		printSettings(os.Stdout, settings)
-		return 0
-	}
-	fmt.Printf("%s: ok\n", path)
-	return 0
-}
-
-// printSettings writes settings as "key = value  # source", aligned.
-func printSettings(w io.Writer, settings []config.Setting) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	for _, s := range settings {
-		src := "# default"
-		switch {
-		case s.FromFile && s.Value == s.Default:
-			src = "# file (the default)"
-		case s.FromFile:
-			src = "# file (default " + s.Default + ")"
-		}
-		if s.Derived != "" {
-			src += "; in effect: " + s.Derived
-		}
-		fmt.Fprintf(tw, "%s = %s\t%s\n", s.Key, s.Value, src)
-	}
-	tw.Flush()
-}
-
-func fakeEngineFlags(fs *flag.FlagSet) runFunc {
-	listen := fs.String("listen", "127.0.0.1:8000", "address to serve on")
-	delay := fs.Duration("delay", 0, "time before the first token")
-	tokenDelay := fs.Duration("token-delay", 0, "time between streamed tokens")
-	return func(ctx context.Context, _ []string) int { return fakeEngine(ctx, *listen, *delay, *tokenDelay) }
-}
-
-func fakeEngine(ctx context.Context, listen string, delay, tokenDelay time.Duration) int {
-	return serveUntilDone(ctx, "fake-engine", listen, &fakeengine.Engine{Delay: delay, TokenDelay: tokenDelay},
-		"fake engine listening on")
-}
-
-// serveUntilDone serves h on listen until ctx ends, for the helper
-// servers of the benchmarks; banner and the address go to stdout once it
-// listens.
-func serveUntilDone(ctx context.Context, cmd, listen string, h http.Handler, banner string) int {
-	l, err := net.Listen("tcp", listen)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "llmlab %s: %v\n", cmd, err)
-		return 1
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	fmt.Println(banner, l.Addr())
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-		fmt.Fprintf(os.Stderr, "llmlab %s: %v\n", cmd, err)
-		return 1
-	}
-	return 0
-}
-
-func reverseProxyFlags(fs *flag.FlagSet) runFunc {
-	listen := fs.String("listen", "127.0.0.1:8081", "address to serve on")
-	engine := fs.String("engine-url", "http://127.0.0.1:8000", "the server to forward to")
-	return func(ctx context.Context, _ []string) int {
-		u, err := url.Parse(*engine)
-		if err != nil || u.Host == "" {
-			fmt.Fprintf(os.Stderr, "llmlab reverse-proxy: --engine-url %q is not an http URL\n", *engine)
-			return 2
-		}
-		return serveUntilDone(ctx, "reverse-proxy", *listen, overhead.ReverseProxy(u), "reverse proxy to "+u.String()+" listening on")
+// commands is the table of what an operator runs, in the order of the
+// usage text, the manual page and the completion. A command with a
+// package of its own under cmd/llmlab exports its Command there; a thin
+// one is a file of package main named for it (checkconfigcmd.go, ...).
+func commands() []command.Command {
+	return []command.Command{
+		checkConfigCommand(),
+		status.Command(),
+		smoke.Command(),
+		dashboard.Command(monitoring.Dashboard),
+		demo.Command(),
+		bench.Command(),
+		sim.Command(),
+		fakeEngineCommand(),
+		overhead.Command(),
+		tune.Command(),
+		tune.EngineCommand(),
+		tune.AdmissionCommand(),
+		gpuCommand(),
+		manCommand(),
+		completionCommand(),
 	}
 }
 
-func overheadFlags(fs *flag.FlagSet) runFunc {
-	llmlabd := fs.String("llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
-	nginx := fs.String("nginx", "nginx", "nginx binary (Debian's nginx-light)")
-	conc := fs.Int("concurrency", 32, "closed-loop concurrency")
-	dur := fs.Duration("duration", 8*time.Second, "time per target in a closed-loop round and in the unloaded phase")
-	rounds := fs.Int("rounds", 3, "interleaved closed-loop rounds per target; the open loop gives each target rounds x duration, in turns of 1s")
-	return func(ctx context.Context, _ []string) int {
-		return overheadCmd(ctx, *llmlabd, *nginx, *conc, *dur, *rounds)
+// helpers are the commands only a benchmark runs, as the children it
+// measures (llmlab overhead): callable, but left out of the usage text,
+// the manual page and the completion, which list what an operator runs.
+func helpers() []command.Command {
+	return []command.Command{
+		reverseProxyCommand(),
 	}
-}
-
-func overheadCmd(ctx context.Context, llmlabd, nginx string, conc int, dur time.Duration, rounds int) int {
-	self, _ := os.Executable()
-	if llmlabd == "" {
-		llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
-	}
-	nginxPath, err := exec.LookPath(nginx)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "llmlab overhead: nginx not found (apt-get install nginx-light):", err)
-		return 1
-	}
-	_, err = overhead.Run(ctx, overhead.Options{Llmlab: self, Llmlabd: llmlabd, Nginx: nginxPath,
-		Concurrency: conc, Duration: dur, Rounds: rounds, Out: os.Stdout})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "llmlab overhead:", err)
-		return 1
-	}
-	return 0
 }

@@ -13,10 +13,18 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/daemon/config"
 	"github.com/llmlab/llmlab/daemon/gpu"
 	"github.com/llmlab/llmlab/daemon/supervisor"
 )
+
+// gpuCommand shows what llmlabd's NVML monitor reads, or runs a command
+// as llmlabd would run its engine (gpuCmd).
+func gpuCommand() command.Command {
+	return command.Command{Name: "gpu", Args: "[-- COMMAND...]", Summary: "show what llmlabd reads from NVML; with a command, run it as the engine (admission, share, release wait)",
+		Flags: gpuFlagSet}
+}
 
 type gpuFlags struct {
 	watch, duration, runFor time.Duration
@@ -26,7 +34,7 @@ type gpuFlags struct {
 	asJSON                  bool
 }
 
-func gpuFlagSet(fs *flag.FlagSet) runFunc {
+func gpuFlagSet(fs *flag.FlagSet) command.Run {
 	var f gpuFlags
 	fs.DurationVar(&f.watch, "watch", 0, "read again at this interval (0: once)")
 	fs.DurationVar(&f.duration, "for", 10*time.Second, "with --watch: for this long")

@@ -25,17 +25,17 @@ func TestHelpersAreUnlistedButCallable(t *testing.T) {
 	}
 	for _, h := range helpers() {
 		for what, text := range map[string]string{"the usage text": usage.String(), "llmlab.1": string(page), "the completion": completion.String()} {
-			if strings.Contains(text, h.name) || strings.Contains(text, strings.ReplaceAll(h.name, "-", `\-`)) {
-				t.Errorf("%s lists the helper %s", what, h.name)
+			if strings.Contains(text, h.Name) || strings.Contains(text, strings.ReplaceAll(h.Name, "-", `\-`)) {
+				t.Errorf("%s lists the helper %s", what, h.Name)
 			}
 		}
-		if h.flags(flag.NewFlagSet(h.name, flag.ContinueOnError)) == nil {
-			t.Errorf("the helper %s has nothing to run", h.name)
+		if h.Flags(flag.NewFlagSet(h.Name, flag.ContinueOnError)) == nil {
+			t.Errorf("the helper %s has nothing to run", h.Name)
 		}
 	}
 	for _, c := range commands() {
-		if !strings.Contains(usage.String(), "  "+c.name) {
-			t.Errorf("the usage text lacks %s", c.name)
+		if !strings.Contains(usage.String(), "  "+c.Name) {
+			t.Errorf("the usage text lacks %s", c.Name)
 		}
 	}
 }

@@ -9,18 +9,31 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/manpage"
 	"github.com/llmlab/llmlab/daemon/server"
 )
+
+// manCommand writes llmlab.1 and llmlabd.8 (manCmd).
+func manCommand() command.Command {
+	return command.Command{Name: "man", Args: "DIR", Summary: "write the manual pages llmlab.1 and llmlabd.8 into DIR",
+		Flags: func(*flag.FlagSet) command.Run { return manCmd }}
+}
+
+// completionCommand prints bash completion (completionCmd).
+func completionCommand() command.Command {
+	return command.Command{Name: "completion", Args: "bash", Summary: "print the bash completion script",
+		Flags: func(*flag.FlagSet) command.Run { return completionCmd }}
+}
 
 // subcommands returns each command with its flag definitions, for the
 // manual page and the completion.
 func subcommands() []manpage.Command {
 	var out []manpage.Command
 	for _, c := range commands() {
-		fs := flag.NewFlagSet("llmlab "+c.name, flag.ContinueOnError)
-		c.flags(fs)
-		mc := manpage.Command{Name: c.name, Args: c.args, Summary: c.summary}
+		fs := flag.NewFlagSet("llmlab "+c.Name, flag.ContinueOnError)
+		c.Flags(fs)
+		mc := manpage.Command{Name: c.Name, Args: c.Args, Summary: c.Summary}
 		if hasFlags(fs) {
 			mc.Flags = fs
 		}

@@ -3,6 +3,7 @@ package status
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -20,6 +21,15 @@ func ConnectSystemd(ctx context.Context) (*Systemd, error) {
 		return nil, err
 	}
 	return &Systemd{conn: c}, nil
+}
+
+// ConnectSystemdIfBooted connects to systemd over the system bus; nil
+// and no error on a machine not booted with systemd.
+func ConnectSystemdIfBooted(ctx context.Context) (*Systemd, error) {
+	if _, err := os.Stat("/run/systemd/system"); err != nil {
+		return nil, nil
+	}
+	return ConnectSystemd(ctx)
 }
 
 // Close closes the bus connection.

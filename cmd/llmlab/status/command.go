@@ -1,4 +1,4 @@
-package main
+package status
 
 import (
 	"context"
@@ -8,12 +8,18 @@ import (
 	"os"
 	"time"
 
-	"github.com/llmlab/llmlab/cmd/llmlab/status"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/daemon/config"
 	"github.com/llmlab/llmlab/daemon/server"
 )
 
-func statusFlags(fs *flag.FlagSet) runFunc {
+// Command is llmlab status (Gather, Render).
+func Command() command.Command {
+	return command.Command{Name: "status", Summary: "the serving stack at a glance (never wakes a daemon scaled to zero); exit 0 serving or scaled to zero, 1 failed, 3 not running",
+		Flags: statusFlags}
+}
+
+func statusFlags(fs *flag.FlagSet) command.Run {
 	path := fs.String("config", config.DefaultPath, "llmlabd's configuration (its metrics listener, API address and textfile)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	watch := fs.Duration("watch", 0, "refresh every DURATION (e.g. 2s) until interrupted")
@@ -23,15 +29,15 @@ func statusFlags(fs *flag.FlagSet) runFunc {
 			fmt.Fprintln(os.Stderr, "usage: llmlab status [--config PATH] [--json] [--watch DURATION]")
 			return 2
 		}
-		cfg, err := loadConfigFlag(fs, *path)
+		cfg, err := LoadConfig(fs, *path)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
-		opts := status.Options{Config: cfg}
+		opts := Options{Config: cfg}
 		var problem string
 		if !*noSystemd {
-			sd, err := connectSystemd(ctx)
+			sd, err := ConnectSystemdIfBooted(ctx)
 			switch {
 			case err != nil:
 				problem = "systemd: " + err.Error()
@@ -41,7 +47,7 @@ func statusFlags(fs *flag.FlagSet) runFunc {
 			}
 		}
 		for {
-			r := status.Gather(ctx, opts)
+			r := Gather(ctx, opts)
 			if problem != "" {
 				r.Problems = append(r.Problems, problem)
 			}
@@ -53,7 +59,7 @@ func statusFlags(fs *flag.FlagSet) runFunc {
 				enc.SetIndent("", "  ")
 				_ = enc.Encode(r)
 			} else {
-				status.Render(os.Stdout, r, time.Now())
+				Render(os.Stdout, r, time.Now())
 			}
 			if *watch <= 0 {
 				return r.ExitCode()
@@ -67,21 +73,13 @@ func statusFlags(fs *flag.FlagSet) runFunc {
 	}
 }
 
-// loadConfigFlag loads llmlabd's configuration from the --config flag's
-// path, as llmlabd would: a missing default file means the defaults, a
-// missing file named on the command line is an error.
-func loadConfigFlag(fs *flag.FlagSet, path string) (*config.Config, error) {
+// LoadConfig loads llmlabd's configuration from the path of a command's
+// --config flag (llmlab status, llmlab smoke), as llmlabd would: a
+// missing default file means the defaults, a missing file named on the
+// command line is an error.
+func LoadConfig(fs *flag.FlagSet, path string) (*config.Config, error) {
 	explicit := false
 	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
 	cfg, _, err := server.LoadConfig(server.Options{ConfigPath: path, Explicit: explicit})
 	return cfg, err
-}
-
-// connectSystemd connects to systemd over the system bus; nil and no
-// error on a machine not booted with systemd.
-func connectSystemd(ctx context.Context) (*status.Systemd, error) {
-	if _, err := os.Stat("/run/systemd/system"); err != nil {
-		return nil, nil
-	}
-	return status.ConnectSystemd(ctx)
 }

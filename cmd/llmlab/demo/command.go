@@ -1,4 +1,4 @@
-package main
+package demo
 
 import (
 	"context"
@@ -11,11 +11,16 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
-	"github.com/llmlab/llmlab/cmd/llmlab/demo"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 )
 
-func demoFlags(fs *flag.FlagSet) runFunc {
-	o := demo.Options{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
+// Command is llmlab demo, what make demo runs (Run).
+func Command() command.Command {
+	return command.Command{Name: "demo", Summary: "the simulator, llmlabd in front of it, rising load, a results table", Flags: demoFlags}
+}
+
+func demoFlags(fs *flag.FlagSet) command.Run {
+	o := Options{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
 	fs.StringVar(&o.Llmlabd, "llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
 	fs.StringVar(&o.Profile, "profile", "t4", "simulator profile")
 	fs.Float64Var(&o.Capacity, "capacity", 25, "the engine's sustainable rate in req/s (the unit of load)")
@@ -33,7 +38,7 @@ func demoFlags(fs *flag.FlagSet) runFunc {
 	return func(ctx context.Context, _ []string) int { return demoCmd(ctx, o, *loads, *stream) }
 }
 
-func demoCmd(ctx context.Context, o demo.Options, loads string, stream bool) int {
+func demoCmd(ctx context.Context, o Options, loads string, stream bool) int {
 	if o.Llmlabd == "" {
 		self, _ := os.Executable()
 		o.Llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
@@ -50,7 +55,7 @@ func demoCmd(ctx context.Context, o demo.Options, loads string, stream bool) int
 		}
 		o.Loads = append(o.Loads, v)
 	}
-	if _, err := demo.Run(ctx, o); err != nil {
+	if _, err := Run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "llmlab demo:", err)
 		return 1
 	}

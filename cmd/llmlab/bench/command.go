@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -7,15 +7,20 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/internal/progressline"
 )
+
+// Command is llmlab bench: the fixed workload against a server, in a
+// closed or an open loop, a sweep of rates or find-max, with results and
+// plots (Run, FindMax, WriteResults).
+func Command() command.Command {
+	return command.Command{Name: "bench", Summary: "send the fixed workload and report throughput, goodput and latency", Flags: benchFlagSet}
+}
 
 // side is one server measured in turn with the others at each rate.
 type side struct{ label, url, metrics string }
@@ -48,7 +53,7 @@ func parseSides(spec, metrics string) ([]side, error) {
 
 // benchFlags are llmlab bench's options beyond one load run's.
 type benchFlags struct {
-	o             bench.Options
+	o             Options
 	rates         []float64
 	baseline      string
 	findMax       bool
@@ -59,11 +64,11 @@ type benchFlags struct {
 	results       string
 	sides         []side
 	progress      bool
-	slo           bench.SLO
+	slo           SLO
 	drainTimeout  time.Duration
 }
 
-func benchFlagSet(fs *flag.FlagSet) runFunc {
+func benchFlagSet(fs *flag.FlagSet) command.Run {
 	var f benchFlags
 	o := &f.o
 	fs.StringVar(&o.Target, "target", "http://127.0.0.1:8080", "base URL of the OpenAI-compatible server under test")
@@ -137,7 +142,7 @@ func benchCmd(ctx context.Context, f benchFlags, rates, trace, progress string) 
 			fmt.Fprintln(os.Stderr, "llmlab bench:", err)
 			return 2
 		}
-		o.Trace, err = bench.ParseTrace(fh)
+		o.Trace, err = ParseTrace(fh)
 		fh.Close()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "llmlab bench: --trace %s: %v\n", trace, err)
@@ -172,27 +177,27 @@ func benchCmd(ctx context.Context, f benchFlags, rates, trace, progress string) 
 }
 
 func runBench(ctx context.Context, f benchFlags, out io.Writer) int {
-	client := bench.NewClient(max(f.o.Concurrency, 256))
-	var phases []bench.Phase
-	phase := func(label, url, metrics string, o bench.Options) bench.Phase {
+	client := NewClient(max(f.o.Concurrency, 256))
+	var phases []Phase
+	phase := func(label, url, metrics string, o Options) Phase {
 		o.Target = url
-		steps0, ok0, lagOK := bench.LagSnapshot(metrics)
+		steps0, ok0, lagOK := LagSnapshot(metrics)
 		var line *progressline.Line
 		if f.progress {
 			line = progressline.New(os.Stderr, plainProgressEvery)
 			o.Progress = newProgress(o, line).add
 		}
-		samples, _ := bench.Run(ctx, client, o)
+		samples, _ := Run(ctx, client, o)
 		if line != nil {
 			line.Clear()
 		}
-		p := bench.Phase{Target: url, Label: label, Rate: o.Rate, Samples: samples,
-			Summary: bench.Summarize(samples, bench.Window(samples, o), f.slo)}
+		p := Phase{Target: url, Label: label, Rate: o.Rate, Samples: samples,
+			Summary: Summarize(samples, Window(samples, o), f.slo)}
 		if lagOK {
-			steps1, ok1, _ := bench.LagSnapshot(metrics)
-			p.Lag = bench.CheckLag(steps0, ok0, steps1, ok1)
+			steps1, ok1, _ := LagSnapshot(metrics)
+			p.Lag = CheckLag(steps0, ok0, steps1, ok1)
 		}
-		bench.Drain(ctx, metrics, f.drainTimeout)
+		Drain(ctx, metrics, f.drainTimeout)
 		printPhase(out, p)
 		phases = append(phases, p)
 		return p
@@ -203,7 +208,7 @@ func runBench(ctx context.Context, f benchFlags, out io.Writer) int {
 	code := 0
 	switch {
 	case f.findMax:
-		best := bench.FindMax(f.o.Rate, f.maxRate, f.precision, func(rate float64) bool {
+		best := FindMax(f.o.Rate, f.maxRate, f.precision, func(rate float64) bool {
 			o := f.o
 			o.Rate = rate
 			p := phase("target", f.o.Target, f.targetMetrics, o)
@@ -236,7 +241,7 @@ func runBench(ctx context.Context, f benchFlags, out io.Writer) int {
 		}
 	}
 	if f.results != "" {
-		if err := bench.WriteResults(f.results, os.Args, f.o, phases, f.slo); err != nil {
+		if err := WriteResults(f.results, os.Args, f.o, phases, f.slo); err != nil {
 			fmt.Fprintln(os.Stderr, "llmlab bench: writing results:", err)
 			return 1
 		}
@@ -248,7 +253,7 @@ func runBench(ctx context.Context, f benchFlags, out io.Writer) int {
 	return code
 }
 
-func printPhase(out io.Writer, p bench.Phase) {
+func printPhase(out io.Writer, p Phase) {
 	s := p.Summary
 	verdict := "fail"
 	if s.Pass {
@@ -264,55 +269,3 @@ func printPhase(out io.Writer, p bench.Phase) {
 	fmt.Fprintf(out, "%-8s %-9s %8.2f %8.2f %8.0f %8.4f %9s %9s %9s %7d %7d  %s\n", p.Label, rate, s.RPS, s.Goodput, s.OutputTPS, s.ErrorRate,
 		s.Latency.P50.Round(time.Millisecond), s.Latency.P95.Round(time.Millisecond), s.TTFT.P95.Round(time.Millisecond), s.Refused, s.Failed, verdict)
 }
-
-// plainProgressEvery is how often the progress is written as a plain line
-// where stderr is not a terminal (--progress on into a log).
-const plainProgressEvery = 5 * time.Second
-
-// progress prints a live line on stderr: elapsed time, answers, the rate
-// of answers and the p95 of the latest ones.
-type progress struct {
-	line  *progressline.Line
-	mu    sync.Mutex
-	start time.Time
-	total time.Duration
-	done  int
-	ok    int
-	last  []time.Duration
-	shown time.Time
-}
-
-func newProgress(o bench.Options, line *progressline.Line) *progress {
-	return &progress{line: line, start: time.Now(), total: o.Warmup + o.Duration}
-}
-
-func (p *progress) add(s bench.Sample) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.done++
-	if s.Status == 200 && s.Error == "" {
-		p.ok++
-		p.last = append(p.last, s.Latency)
-		if len(p.last) > 200 {
-			p.last = p.last[len(p.last)-200:]
-		}
-	}
-	if time.Since(p.shown) < 250*time.Millisecond {
-		return
-	}
-	p.shown = time.Now()
-	el := time.Since(p.start)
-	sorted := append([]time.Duration(nil), p.last...)
-	p95 := time.Duration(0)
-	if len(sorted) > 0 {
-		slicesSort(sorted)
-		p95 = bench.Percentile(sorted, 95)
-	}
-	width := 24
-	filled := min(width, int(float64(width)*el.Seconds()/max(p.total.Seconds(), 0.001)))
-	p.line.Show(fmt.Sprintf("[%s%s] %5.1fs  answered %d (ok %d)  %.1f req/s  p95 %s",
-		strings.Repeat("=", filled), strings.Repeat(" ", width-filled), el.Seconds(), p.done, p.ok,
-		float64(p.done)/max(el.Seconds(), 0.001), p95.Round(time.Millisecond)))
-}
-
-func slicesSort(v []time.Duration) { slices.Sort(v) }

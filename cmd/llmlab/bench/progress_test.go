@@ -1,11 +1,10 @@
-package main
+package bench
 
 import (
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/internal/progressline"
 )
 
@@ -13,8 +12,8 @@ import (
 // carriage returns or erase codes.
 func TestBenchProgressOffATerminal(t *testing.T) {
 	var b strings.Builder
-	p := newProgress(bench.Options{Duration: time.Second}, progressline.New(&b, 0))
-	p.add(bench.Sample{Status: 200, Latency: 30 * time.Millisecond})
+	p := newProgress(Options{Duration: time.Second}, progressline.New(&b, 0))
+	p.add(Sample{Status: 200, Latency: 30 * time.Millisecond})
 	out := b.String()
 	if !strings.HasSuffix(out, "\n") || !strings.Contains(out, "answered 1 (ok 1)") || strings.ContainsAny(out, "\r\033") {
 		t.Errorf("progress written %q, want one plain line", out)

@@ -1,4 +1,4 @@
-package main
+package smoke
 
 import (
 	"context"
@@ -10,12 +10,19 @@ import (
 	"strings"
 	"time"
 
-	"github.com/llmlab/llmlab/cmd/llmlab/smoke"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/status"
 	"github.com/llmlab/llmlab/daemon/config"
 )
 
-func smokeFlags(fs *flag.FlagSet) runFunc {
+// Command is llmlab smoke (Run), on llmlabd's configuration as llmlab
+// status reads it.
+func Command() command.Command {
+	return command.Command{Name: "smoke", Summary: "one streamed chat completion through the socket, each step timed (cold start included), the answer checked; exit 1 with the reason when it fails",
+		Flags: smokeFlags}
+}
+
+func smokeFlags(fs *flag.FlagSet) command.Run {
 	path := fs.String("config", config.DefaultPath, "llmlabd's configuration (its model, metrics listener and engine unit)")
 	api := fs.String("api", "", "llmlabd's API base URL (default: llmlab.socket's address, else gateway.listen)")
 	model := fs.String("model", "", "the model to ask for (default: the first of engine.models)")
@@ -28,12 +35,12 @@ func smokeFlags(fs *flag.FlagSet) runFunc {
 			fmt.Fprintln(os.Stderr, "usage: llmlab smoke [--config PATH] [--api URL] [--model M] [--key K] [--timeout D] [--json]")
 			return 2
 		}
-		cfg, err := loadConfigFlag(fs, *path)
+		cfg, err := status.LoadConfig(fs, *path)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
-		o := smoke.Options{API: *api, Model: *model, Key: *key, MaxTokens: *maxTokens, Timeout: *timeout}
+		o := Options{API: *api, Model: *model, Key: *key, MaxTokens: *maxTokens, Timeout: *timeout}
 		if o.Model == "" && len(cfg.Engine.Models) > 0 {
 			o.Model = cfg.Engine.Models[0]
 		}
@@ -41,7 +48,7 @@ func smokeFlags(fs *flag.FlagSet) runFunc {
 			o.Status = "http://" + cfg.Metrics.Listen + "/status"
 		}
 		var notListening string
-		if sd, err := connectSystemd(ctx); err == nil && sd != nil {
+		if sd, err := status.ConnectSystemdIfBooted(ctx); err == nil && sd != nil {
 			defer sd.Close()
 			if o.API == "" {
 				if u, err := sd.Unit(ctx, status.SocketUnit); err == nil && len(u.Listen) > 0 {
@@ -59,9 +66,9 @@ func smokeFlags(fs *flag.FlagSet) runFunc {
 		if o.API == "" {
 			o.API = "http://" + cfg.Gateway.Listen
 		}
-		r := smoke.Result{Reason: notListening}
+		r := Result{Reason: notListening}
 		if notListening == "" {
-			r = smoke.Run(ctx, o)
+			r = Run(ctx, o)
 		}
 		if *asJSON {
 			enc := json.NewEncoder(os.Stdout)

@@ -1,4 +1,4 @@
-package main
+package dashboard
 
 import (
 	"context"
@@ -9,9 +9,19 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/llmlab/llmlab/cmd/llmlab/dashboard"
-	"github.com/llmlab/llmlab/etc/monitoring"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 )
+
+// Command is llmlab dashboard: the panels of shipped, or of --file,
+// evaluated against a Prometheus server and drawn as one SVG. shipped is
+// the dashboard the package installs (monitoring.Dashboard), handed in by
+// main: monitoring's tests import this package, so it cannot import
+// monitoring.
+func Command(shipped []byte) command.Command {
+	return command.Command{Name: "dashboard",
+		Summary: "draw the shipped Grafana dashboard's panels from a Prometheus server into an SVG, without Grafana (--check: evaluate every query)",
+		Flags:   func(fs *flag.FlagSet) command.Run { return dashboardFlags(fs, shipped) }}
+}
 
 // varFlags collects repeated --var name=value.
 type varFlags map[string]string
@@ -27,7 +37,7 @@ func (v varFlags) Set(s string) error {
 	return nil
 }
 
-func dashboardFlags(fs *flag.FlagSet) runFunc {
+func dashboardFlags(fs *flag.FlagSet, shipped []byte) command.Run {
 	prom := fs.String("prometheus", "http://127.0.0.1:9090", "the Prometheus server to query (its HTTP API)")
 	file := fs.String("file", "", "a Grafana dashboard JSON file (default: the shipped llmlab-dashboard.json)")
 	since := fs.Duration("since", time.Hour, "draw this long a span, ending at --end")
@@ -43,7 +53,7 @@ func dashboardFlags(fs *flag.FlagSet) runFunc {
 			fmt.Fprintln(os.Stderr, "usage: llmlab dashboard [--prometheus URL] [--since D] [--end T] [--var name=value]... [--out FILE | --check]")
 			return 2
 		}
-		data := monitoring.Dashboard
+		data := shipped
 		if *file != "" {
 			var err error
 			if data, err = os.ReadFile(*file); err != nil {
@@ -51,7 +61,7 @@ func dashboardFlags(fs *flag.FlagSet) runFunc {
 				return 2
 			}
 		}
-		d, err := dashboard.Parse(data)
+		d, err := Parse(data)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
@@ -77,7 +87,7 @@ func dashboardFlags(fs *flag.FlagSet) runFunc {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
-		results := dashboard.Evaluate(ctx, *prom, qs, start, end, st)
+		results := Evaluate(ctx, *prom, qs, start, end, st)
 		failed := 0
 		for _, r := range results {
 			if r.Err != nil {
@@ -98,7 +108,7 @@ func dashboardFlags(fs *flag.FlagSet) runFunc {
 			tw.Flush()
 		} else {
 			title := fmt.Sprintf("%s, from %s", d.Title, *prom)
-			if err := os.WriteFile(*out, []byte(dashboard.Render(title, results, start, end)), 0o644); err != nil {
+			if err := os.WriteFile(*out, []byte(Render(title, results, start, end)), 0o644); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}
@@ -111,8 +121,8 @@ func dashboardFlags(fs *flag.FlagSet) runFunc {
 	}
 }
 
-func countPanels(results []dashboard.Result) int {
-	seen := map[*dashboard.Panel]bool{}
+func countPanels(results []Result) int {
+	seen := map[*Panel]bool{}
 	for _, r := range results {
 		seen[r.Query.Panel] = true
 	}

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/llmlab/llmlab/cmd/llmlab/bench"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 )
 
@@ -34,9 +33,9 @@ func TestBenchBaselineSweep(t *testing.T) {
 	a, b := startSim(t, ctx, 64), startSim(t, ctx, 64)
 	dir := t.TempDir()
 	f := benchFlags{
-		o: bench.Options{Target: a, Model: "m", Stream: true, PromptTokens: 200, MaxTokens: 20, Poisson: true,
+		o: Options{Target: a, Model: "m", Stream: true, PromptTokens: 200, MaxTokens: 20, Poisson: true,
 			Warmup: 100 * time.Millisecond, Duration: 600 * time.Millisecond, Timeout: 5 * time.Second},
-		rates: []float64{20, 40}, baseline: b, slo: bench.SLO{Latency: 5 * time.Second, MaxErrorRate: 0.001},
+		rates: []float64{20, 40}, baseline: b, slo: SLO{Latency: 5 * time.Second, MaxErrorRate: 0.001},
 		targetMetrics: a + "/metrics", baseMetrics: b + "/metrics", drainTimeout: 5 * time.Second, results: dir,
 	}
 	var out bytes.Buffer
@@ -77,9 +76,9 @@ func TestBenchSides(t *testing.T) {
 		t.Fatalf("sides %+v", sides)
 	}
 	f := benchFlags{
-		o: bench.Options{Target: a, Model: "m", Stream: true, PromptTokens: 200, MaxTokens: 20, Poisson: true,
+		o: Options{Target: a, Model: "m", Stream: true, PromptTokens: 200, MaxTokens: 20, Poisson: true,
 			Warmup: 100 * time.Millisecond, Duration: 400 * time.Millisecond, Timeout: 5 * time.Second},
-		rates: []float64{20, 40}, sides: sides, slo: bench.SLO{Latency: 5 * time.Second, MaxErrorRate: 0.001},
+		rates: []float64{20, 40}, sides: sides, slo: SLO{Latency: 5 * time.Second, MaxErrorRate: 0.001},
 		drainTimeout: 5 * time.Second,
 	}
 	var out bytes.Buffer

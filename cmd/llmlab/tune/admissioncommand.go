@@ -1,4 +1,4 @@
-package main
+package tune
 
 import (
 	"context"
@@ -11,12 +11,19 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/sim"
-	"github.com/llmlab/llmlab/cmd/llmlab/tune"
 )
 
-func tuneAdmissionFlags(fs *flag.FlagSet) runFunc {
-	o := tune.AdmissionOptions{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
+// AdmissionCommand is llmlab tune-admission: the shipped llmlabd against
+// fixed limits and a bare 429 proxy (RunAdmission).
+func AdmissionCommand() command.Command {
+	return command.Command{Name: "tune-admission", Summary: "the shipped llmlabd against fixed limits and a bare 429 proxy at 1x-3x an engine's sustainable rate, a step from idle, find-max through it (docs/benchmarks.md)",
+		Flags: tuneAdmissionFlags}
+}
+
+func tuneAdmissionFlags(fs *flag.FlagSet) command.Run {
+	o := AdmissionOptions{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
 	fs.StringVar(&o.Llmlabd, "llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
 	fs.StringVar(&o.Profile, "profile", "gtx1650-derived", "the simulated engine: "+sim.ProfileNames())
 	fs.StringVar(&o.Engine, "engine", "", "an engine already serving at this URL instead of the simulator (e.g. Ollama)")
@@ -65,7 +72,7 @@ func tuneAdmissionFlags(fs *flag.FlagSet) runFunc {
 			fmt.Fprintln(os.Stderr, "llmlab tune-admission:", err)
 			return 2
 		}
-		if _, err := tune.RunAdmission(ctx, o); err != nil {
+		if _, err := RunAdmission(ctx, o); err != nil {
 			fmt.Fprintln(os.Stderr, "llmlab tune-admission:", err)
 			return 1
 		}

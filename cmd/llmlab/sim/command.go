@@ -1,4 +1,4 @@
-package main
+package sim
 
 import (
 	"context"
@@ -8,11 +8,18 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/llmlab/llmlab/cmd/llmlab/sim"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 )
 
-func simFlags(fs *flag.FlagSet) runFunc {
-	profile := fs.String("profile", "gtx1650", "GPU and model profile: "+sim.ProfileNames())
+// Command is llmlab sim: the simulator served on vLLM's flags, with
+// llmlabd's engine.* knobs read from the environment as llmlab-engine
+// passes them.
+func Command() command.Command {
+	return command.Command{Name: "sim", Summary: "simulate a vLLM engine on a GPU profile (vLLM's API and metrics)", Flags: simFlags}
+}
+
+func simFlags(fs *flag.FlagSet) command.Run {
+	profile := fs.String("profile", "gtx1650", "GPU and model profile: "+ProfileNames())
 	host := fs.String("host", "127.0.0.1", "address to listen on (as vLLM's --host)")
 	port := fs.Int("port", 8000, "port to listen on (as vLLM's --port)")
 	model := fs.String("served-model-name", "Qwen/Qwen2.5-0.5B-Instruct", "model name the engine serves")
@@ -48,9 +55,9 @@ func simFlags(fs *flag.FlagSet) runFunc {
 	show := fs.Bool("show-profile", false, "print the profile and exit")
 	return func(ctx context.Context, _ []string) int {
 
-		p, ok := sim.Profiles[*profile]
+		p, ok := Profiles[*profile]
 		if !ok {
-			fmt.Fprintf(os.Stderr, "llmlab sim: --profile %q: want one of %s\n", *profile, sim.ProfileNames())
+			fmt.Fprintf(os.Stderr, "llmlab sim: --profile %q: want one of %s\n", *profile, ProfileNames())
 			return 2
 		}
 		if *stepFixed >= 0 {
@@ -71,7 +78,7 @@ func simFlags(fs *flag.FlagSet) runFunc {
 		if *gpuMem > 0 {
 			p.GPUMemory = int64(*gpuMem * (1 << 30))
 		}
-		cfg := sim.Config{Profile: p, MaxNumSeqs: p.MaxNumSeqs, MaxNumBatchedTokens: p.MaxNumBatchedTokens,
+		cfg := Config{Profile: p, MaxNumSeqs: p.MaxNumSeqs, MaxNumBatchedTokens: p.MaxNumBatchedTokens,
 			MaxModelLen: p.MaxModelLen, MaxNumQueuedReqs: *queued, PrefixCaching: *prefixCaching && !*noPrefixCaching}
 		maxNew := 0
 		if *genCfg != "" {
@@ -105,17 +112,17 @@ func simFlags(fs *flag.FlagSet) runFunc {
 			}
 			cfg.KVBlocks = plan.KVBlocks
 		}
-		if cfg.KVBlocks*sim.BlockSize < cfg.MaxModelLen {
-			fmt.Fprintf(os.Stderr, "llmlab sim: %d KV blocks hold %d tokens, less than --max-model-len %d\n", cfg.KVBlocks, cfg.KVBlocks*sim.BlockSize, cfg.MaxModelLen)
+		if cfg.KVBlocks*BlockSize < cfg.MaxModelLen {
+			fmt.Fprintf(os.Stderr, "llmlab sim: %d KV blocks hold %d tokens, less than --max-model-len %d\n", cfg.KVBlocks, cfg.KVBlocks*BlockSize, cfg.MaxModelLen)
 			return 2
 		}
 		if *show {
 			fmt.Printf("profile %s: %s\nsource: %s\nstep = %s + %s/token + %s/KV token\nmax_num_seqs %d, max_num_batched_tokens %d, max_model_len %d, KV blocks %d (%d tokens), startup %s, wake %s\n",
 				p.Name, p.Description, p.Source, p.StepFixed, p.PerToken, p.PerKVToken, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, cfg.MaxModelLen,
-				cfg.KVBlocks, cfg.KVBlocks*sim.BlockSize, p.StartupDelay, p.WakeTime)
+				cfg.KVBlocks, cfg.KVBlocks*BlockSize, p.StartupDelay, p.WakeTime)
 			return 0
 		}
-		srv := sim.NewServer(sim.Options{
+		srv := NewServer(Options{
 			Engine: cfg, Model: *model, GPUMemoryUtilization: *util, StartupDelay: p.StartupDelay, ErrorRate: *errRate, CrashAfter: *crashAfter,
 			MaxNewTokens: maxNew, ForceIncludeUsage: *forceUsage,
 			// vLLM serves the sleep endpoints only in development mode

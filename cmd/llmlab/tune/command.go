@@ -1,0 +1,92 @@
+package tune
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
+)
+
+// Command is llmlab tune: fixed in-flight limits against the model's, or
+// the priority classes compared, on the simulator (Run).
+func Command() command.Command {
+	return command.Command{Name: "tune", Summary: "sweep fixed in-flight limits against the model's (or compare priority classes) on the simulator",
+		Flags: tuneFlags}
+}
+
+func tuneFlags(fs *flag.FlagSet) command.Run {
+	o := Options{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
+	fs.StringVar(&o.Llmlabd, "llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
+	profiles := fs.String("profiles", "gtx1650,t4", "simulator profiles, comma-separated")
+	fixed := fs.String("fixed", "8,12,16,20,24,32,64,128,256", "the sweep's queue.max_inflight values")
+	fs.IntVar(&o.MinInflight, "min-inflight", 4, "the model mode's queue.min_inflight")
+	fs.IntVar(&o.MaxNumSeqs, "max-num-seqs", 256, "the simulated engine's --max-num-seqs (and the model mode's queue.max_inflight)")
+	fs.Float64Var(&o.Load, "load", 1.5, "offered load, as a multiple of the engine's measured capacity")
+	fs.DurationVar(&o.Warmup, "warmup", 20*time.Second, "warm-up per setting, excluded")
+	fs.DurationVar(&o.Duration, "duration", 30*time.Second, "measurement per setting")
+	fs.DurationVar(&o.SLO.Latency, "slo-p95", 5*time.Second, "SLO latency (llmlabd's slo.latency and the goodput bound)")
+	fs.BoolVar(&o.Stream, "stream", false, "stream the answers")
+	fs.DurationVar(&o.TargetLatency, "target-latency", 0, "the model mode's queue.target_latency (0: llmlabd's default, the SLO)")
+	fs.BoolVar(&o.Priority, "priority", false, "compare priority classes on a half-batch load instead of sweeping")
+	fs.Float64Var(&o.BatchShare, "batch-share", 0, "with --priority: llmlabd's queue.batch_share (0: its default)")
+	fs.StringVar(&o.Results, "results", "auto", "results folder (auto: results/tune-<UTC time>; \"\" writes none)")
+	return func(ctx context.Context, _ []string) int {
+		if o.Llmlabd == "" {
+			self, _ := os.Executable()
+			o.Llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
+		}
+		if o.Results == "auto" {
+			o.Results = filepath.Join("results", "tune-"+time.Now().UTC().Format("20060102T150405Z"))
+		}
+		o.Profiles = strings.Split(*profiles, ",")
+		for _, f := range strings.Split(*fixed, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				fmt.Fprintf(os.Stderr, "llmlab tune: --fixed %q: want positive integers separated by commas\n", *fixed)
+				return 2
+			}
+			o.Fixed = append(o.Fixed, n)
+		}
+		if _, err := Run(ctx, o); err != nil {
+			fmt.Fprintln(os.Stderr, "llmlab tune:", err)
+			return 1
+		}
+		return 0
+	}
+}
+
+// list parses a flag's values separated by commas; parse rejects a value
+// by returning false, and want says what the flag takes.
+func list[T any](flag, s, want string, parse func(string) (T, bool)) ([]T, error) {
+	var out []T
+	for _, f := range strings.Split(s, ",") {
+		v, ok := parse(strings.TrimSpace(f))
+		if !ok {
+			return nil, fmt.Errorf("--%s %q: want %s separated by commas", flag, s, want)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func positiveInt(f string) (int, bool) {
+	n, err := strconv.Atoi(f)
+	return n, err == nil && n >= 1
+}
+
+func fraction(f string) (float64, bool) {
+	v, err := strconv.ParseFloat(f, 64)
+	return v, err == nil && v > 0 && v <= 1
+}
+
+func duration(f string) (time.Duration, bool) {
+	d, err := time.ParseDuration(f)
+	return d, err == nil && d >= 0
+}
