@@ -20,6 +20,13 @@ const (
 	// budgetWindow is how many recent judged answers the share of late
 	// ones is read from.
 	budgetWindow = 200
+	// budgetPrior is how many answers in time a fresh budget counts
+	// before any came: one certainly late request in 26 is within
+	// LateTarget. Without it a fresh llmlabd refused the third request
+	// of a burst if its chance was a third (0.3 over three), at the
+	// engine's own rate: one refusal in a 36-request find-max probe fails
+	// the probe (gtx1650-derived, docs/benchmarks.md).
+	budgetPrior = 25
 	// calibSamples is how many recent answers' errors the chance of being
 	// late is read from; minCalib how many it takes before they are used.
 	calibSamples = 256
@@ -48,7 +55,8 @@ const (
 //	         prediction;
 //	budget:  (late answers of the last budgetWindow + the chances of the
 //	         judged requests not yet answered + this one's chance)
-//	         / (those answers + those requests + 1) <= LateTarget.
+//	         / (those answers, at least budgetPrior + those requests + 1)
+//	         <= LateTarget.
 //
 // At the engine's own sustainable rate few requests are near the
 // objective and the budget admits them: the engine alone answers them,
@@ -110,7 +118,7 @@ func (b *lateBudget) chance(pred, slo time.Duration) float64 {
 // share is the late share expected among the recent answers and the
 // judged requests not yet answered, with one more of chance p.
 func (b *lateBudget) share(p float64) float64 {
-	return (float64(b.lates) + b.pending + p) / float64(min(b.nOut, budgetWindow)+b.nPending+1)
+	return (float64(b.lates) + b.pending + p) / float64(max(min(b.nOut, budgetWindow), budgetPrior)+b.nPending+1)
 }
 
 // affords reports whether a request of chance p may be admitted.

@@ -68,13 +68,20 @@ func TestLateChanceMeasured(t *testing.T) {
 func TestLateBudgetAffords(t *testing.T) {
 	var b lateBudget
 	slo := 5 * time.Second
-	if b.affords(0.5) {
-		t.Fatal("a fresh budget affords a request with even odds of lateness, alone")
-	}
 	if !b.affords(LateTarget) {
 		t.Fatal("a request whose chance is the target refused")
 	}
-	// 24 answered in time and none running: 0.9 / 25 = 3.6%.
+	// A fresh budget counts budgetPrior answers in time: one request
+	// certain to be late fits (1 / 26), a second beside it does not.
+	if !b.affords(1) {
+		t.Fatalf("a fresh budget refuses a first likely-late request (share %.3f)", b.share(1))
+	}
+	b.admitted(1)
+	if b.affords(0.2) {
+		t.Fatalf("a fresh budget affords a second (share %.3f)", b.share(0.2))
+	}
+	b.left(1)
+	// 24 answered in time and none running: 0.9 / 26 = 3.5%.
 	for range 24 {
 		b.admitted(0)
 		b.answered(0, time.Second, time.Second, slo)

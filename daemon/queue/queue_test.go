@@ -722,21 +722,25 @@ func TestSLOAdmission(t *testing.T) {
 		synctest.Wait()
 		cc := acquireAsync(q, ctx, Request{Weight: 1})
 		synctest.Wait()
-		// 4 s: an 89% chance, past the budget: refused at once, to retry
-		// when it would fit.
+		// d, 4 s: an 89% chance, which a fresh budget (25 answers in time
+		// counted before any came) still affords: (0.08 + 0.89) / 29.
+		d := acquireAsync(q, ctx, Request{Weight: 1})
+		synctest.Wait()
+		// 5 s, certain to be late, past the budget: refused at once, to
+		// retry when it would fit.
 		_, err := q.Acquire(ctx, Request{Weight: 1})
 		ref := refusal(t, err)
-		if want := 3*time.Second + tail - c.SLO; ref.Reason != ReasonSLO || ref.RetryAfter != want || ref.RetryAfterSeconds() != 1 {
-			t.Fatalf("a request that would miss the SLO: %+v, want slo with Retry-After %v (1 s)", ref, want)
+		if want := 4*time.Second + tail - c.SLO; ref.Reason != ReasonSLO || ref.RetryAfter != want || ref.RetryAfterSeconds() != 2 {
+			t.Fatalf("a request that would miss the SLO: %+v, want slo with Retry-After %v (2 s)", ref, want)
 		}
 		// Batch work has no latency objective: it queues.
 		bb := acquireAsync(q, ctx, Request{Weight: 1, Class: Batch})
 		synctest.Wait()
-		// a never ends: b waits 3.5 s - 1 s, cc 1.5 x 2 s.
+		// a never ends: b waits 3.5 s - 1 s, cc 1.5 x 2 s, d 1.5 x 3 s.
 		start := time.Now()
-		for i, ch := range []<-chan result{b, cc} {
+		for i, ch := range []<-chan result{b, cc, d} {
 			r := <-ch
-			want := []time.Duration{2500 * time.Millisecond, 3 * time.Second}[i]
+			want := []time.Duration{2500 * time.Millisecond, 3 * time.Second, 4500 * time.Millisecond}[i]
 			if ref := refusal(t, r.err); ref.Reason != ReasonQueueTimeout || time.Since(start) != want {
 				t.Fatalf("queued past the objective: %+v after %s, want queue_timeout after %s", ref, time.Since(start), want)
 			}
@@ -765,7 +769,9 @@ func TestEveryRequestJudged(t *testing.T) {
 		// late at most LateTarget up to 40 (4.1 s, 1.22 times its mean short
 		// of the objective). Past 40 each request is a chance of lateness
 		// that the budget affords while the expected share of late answers
-		// stays within LateTarget: some, not all, of those up to 49.
+		// (25 answers in time counted before any came) stays within
+		// LateTarget: some past 40, and none certain to be late (past 52,
+		// 5.4 s).
 		q.SetModel(enginemodel.New(enginemodel.Seed{StepFixed: 100 * time.Millisecond, PerToken: 100 * time.Millisecond}))
 		ctx := context.Background()
 		var held []*Ticket
@@ -781,8 +787,8 @@ func TestEveryRequestJudged(t *testing.T) {
 			}
 			held = append(held, tk)
 		}
-		if len(held) <= 40 || len(held) >= 49 || refused[0].Reason != ReasonSLO {
-			t.Fatalf("admitted %d and refused %d (first: %+v), want 41-48 admitted and the rest refused for the objective", len(held), len(refused), refused[0])
+		if len(held) <= 40 || len(held) > 52 || refused[0].Reason != ReasonSLO {
+			t.Fatalf("admitted %d and refused %d (first: %+v), want 41-52 admitted and the rest refused for the objective", len(held), len(refused), refused[0])
 		}
 		if s := q.Stats(); s.Queued != 0 || s.Inflight != len(held) {
 			t.Fatalf("Stats = %+v, want %d in flight and none queued", s, len(held))
@@ -790,17 +796,24 @@ func TestEveryRequestJudged(t *testing.T) {
 		for _, tk := range held {
 			tk.Release()
 		}
-		// 1 s + 3 s per request in flight: one alone fits (4 s), a second
-		// beside it does not (7 s); a long answer that could not
-		// fit even alone is served without the objective.
+		// 1 s + 3 s per request in flight: one alone fits (4 s); a second
+		// beside it (7 s) is certain to be late, which a budget that has
+		// seen no answer affords once (1 in 26), a third (10 s) not; a
+		// long answer that could not fit even alone is served without the
+		// objective.
 		q.SetModel(enginemodel.New(enginemodel.Seed{StepFixed: time.Second, PerToken: 3 * time.Second}))
 		tk, err := q.Acquire(ctx, Request{Weight: 1})
 		if err != nil {
 			t.Fatalf("a request that fits alone: %v", err)
 		}
-		if _, err := q.Acquire(ctx, Request{Weight: 1}); refusal(t, err).Reason != ReasonSLO {
-			t.Fatalf("a second request, predicted 7 s: %v, want slo", err)
+		second, err := q.Acquire(ctx, Request{Weight: 1})
+		if err != nil {
+			t.Fatalf("a second request, predicted 7 s, on a fresh budget: %v, want it admitted", err)
 		}
+		if _, err := q.Acquire(ctx, Request{Weight: 1}); refusal(t, err).Reason != ReasonSLO {
+			t.Fatalf("a third request, predicted 10 s: %v, want slo", err)
+		}
+		second.Release()
 		long, err := q.Acquire(ctx, Request{Weight: 1, Shape: enginemodel.Shape{MaxTokens: 100}})
 		if err != nil {
 			t.Fatalf("a request that cannot meet the objective even alone: %v, want it served", err)
