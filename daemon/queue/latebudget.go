@@ -49,10 +49,10 @@ const (
 // than LateTarget and admitting it would take the share of late answers
 // expected among the recent and running ones past LateTarget:
 //
-//	chance:  the share of recent answers predicted about as long whose
-//	         end-to-end time over what admission predicted for them (wait
-//	         plus engine time) exceeds the objective over this request's
-//	         prediction;
+//	chance:  the share of recent answers predicted about as long that
+//	         took longer than admission predicted for them (wait plus
+//	         engine time) by more than this request's prediction falls
+//	         short of the objective;
 //	budget:  (late answers of the last budgetWindow + the chances of the
 //	         judged requests not yet answered + this one's chance)
 //	         / (those answers, at least budgetPrior + those requests + 1)
@@ -85,32 +85,40 @@ type predError struct {
 }
 
 // chance is the probability that a request predicted to take pred end to
-// end ends past slo: the share of the recent answers predicted within a
-// factor of two of it whose time over their prediction exceeds slo over
-// pred, or the prior's before minCalib such answers. The errors depend on
-// the prediction: a request predicted short on a quiet engine may take
-// twice that when a burst joins it and still be far inside the
-// objective, and read against a request predicted near the objective
-// that doubling refused requests at the engine's own rate that would
-// have been answered in time (a 13% chance at 2.4 s of 5 s, none of the
-// recent answers late).
+// end ends past slo: the share of the recent answers predicted within
+// nearFactor of it that took more than their prediction by more than pred
+// falls short of slo, or the prior's before minCalib such answers.
+//
+// The errors are read from answers predicted about as long because they
+// depend on the prediction: a request predicted short on a quiet engine
+// may take twice that when a burst joins it and still be far inside the
+// objective. Read from all answers, or from those within a factor of two,
+// those doublings refused requests at the engine's own rate that would
+// have been answered in time (on gtx1650-derived, 200/50: chances of
+// 13-30% at 2.4-4 s of 5 s, with none of the recent answers late). And
+// they are read as seconds over the prediction, not as a ratio to it:
+// the ratios of neighbours predicted a quarter shorter, scaled up to a
+// request near the objective, made it 11-51% likely to be late at 3x
+// while none of the answers was late, and refused 6% of the goodput.
 func (b *lateBudget) chance(pred, slo time.Duration) float64 {
 	if pred <= 0 {
 		return 0
 	}
-	x := slo.Seconds() / pred.Seconds()
-	p := pred.Seconds()
+	p, room := pred.Seconds(), (slo - pred).Seconds()
 	near, above := 0, 0
 	for _, e := range b.errs[:min(b.nErrs, calibSamples)] {
 		if e.pred >= p/nearFactor && e.pred <= p*nearFactor {
 			near++
-			if e.ratio > x {
+			if e.pred*(e.ratio-1) > room {
 				above++
 			}
 		}
 	}
 	if near < minCalib {
-		return 0.5 * math.Erfc(math.Log(x)/(priorSigma*math.Sqrt2))
+		if slo <= 0 {
+			return 1
+		}
+		return 0.5 * math.Erfc(math.Log(slo.Seconds()/p)/(priorSigma*math.Sqrt2))
 	}
 	return float64(above) / float64(near)
 }

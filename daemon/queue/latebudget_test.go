@@ -23,27 +23,27 @@ func TestLateChancePrior(t *testing.T) {
 }
 
 // Once measured, the chance is the share of recent answers predicted
-// within nearFactor of this one whose time over their prediction
-// exceeds the objective over this one's.
+// within nearFactor of this one that took longer than predicted by more
+// than this one's room before the objective.
 func TestLateChanceMeasured(t *testing.T) {
 	var b lateBudget
 	slo := 5 * time.Second
-	// 100 answers predicted at 4 s: 90 took that, 10 took 1.5 times it.
+	// 100 answers predicted at 4 s: 90 took that, 10 half a second more.
 	// 100 predicted at 1 s took 3 times that (a burst joined them).
 	for i := range 100 {
-		r := 1.0
+		took := 4 * time.Second
 		if i%10 == 0 {
-			r = 1.5
+			took += 500 * time.Millisecond
 		}
 		b.admitted(0)
-		b.answered(0, time.Duration(r*4*float64(time.Second)), 4*time.Second, slo)
+		b.answered(0, took, 4*time.Second, slo)
 		b.admitted(0)
 		b.answered(0, 3*time.Second, time.Second, slo)
 	}
 	for _, c := range []struct {
 		pred time.Duration
 		want float64
-	}{{4 * time.Second, 0.1}, {4900 * time.Millisecond, 0.1}, {3300 * time.Millisecond, 0}, {3400 * time.Millisecond, 0.1}} {
+	}{{4 * time.Second, 0}, {4400 * time.Millisecond, 0}, {4600 * time.Millisecond, 0.1}, {4900 * time.Millisecond, 0.1}} {
 		if got := b.chance(c.pred, slo); math.Abs(got-c.want) > 1e-9 {
 			t.Errorf("chance of a request predicted %s = %.3f, want %.2f", c.pred, got, c.want)
 		}
