@@ -243,27 +243,6 @@ func (s *Supervisor) Restart(b Backend) {
 // State names the engine's lifecycle state.
 func (s *Supervisor) State() State { return s.state.Load().(State) }
 
-// started is when the current start began, on the monotonic clock (a jump
-// of the wall clock does not change how long a start took).
-func (s *Supervisor) started() time.Time { return s.epoch.Add(time.Duration(s.startedAt.Load())) }
-
-// RemainingStart is how much longer the engine is expected to take to be
-// ready: 0 when ready, the learned start time when stopped.
-func (s *Supervisor) RemainingStart() time.Duration {
-	learned := time.Duration(s.learnedStart.Load())
-	switch s.State() {
-	case Ready:
-		return 0
-	case Starting:
-		elapsed := time.Since(s.started())
-		// Past the expectation, assume a little more rather than none.
-		return max(learned-elapsed, learned/10)
-	case Sleeping:
-		return time.Duration(s.learnedWake.Load())
-	}
-	return learned
-}
-
 func (s *Supervisor) publish(state State) {
 	s.noteInfo(func(i *Info) {
 		if i.State != state {
@@ -485,24 +464,4 @@ func (s *Supervisor) fail(set func(State), retryAt *time.Time, backoff *time.Dur
 	*retryAt = time.Now().Add(*backoff)
 	s.gate.FailWaiting("engine_unavailable", msg+"; retrying", *backoff+time.Duration(s.learnedStart.Load()))
 	*backoff = min(2**backoff, 30*time.Second)
-}
-
-// LearnedStart is the current estimate of the engine's start time.
-func (s *Supervisor) LearnedStart() time.Duration { return time.Duration(s.learnedStart.Load()) }
-
-// SetLearnedStart restores an estimate kept from an earlier run.
-func (s *Supervisor) SetLearnedStart(d time.Duration) {
-	if d > 0 {
-		s.learnedStart.Store(int64(d))
-	}
-}
-
-// learn folds a measured start time into the estimate.
-func (s *Supervisor) learn(took time.Duration) {
-	old := time.Duration(s.learnedStart.Load())
-	if old == 0 {
-		s.learnedStart.Store(int64(took))
-		return
-	}
-	s.learnedStart.Store(int64(old/2 + took/2))
 }
