@@ -339,8 +339,6 @@ func completion(t *testing.T, api string) (int, time.Duration, string) {
 	return resp.StatusCode, time.Since(start), string(b)
 }
 
-// checkHardening looks at the running llmlabd from the inside: the
-// sandbox that llmlab.service asks for is the one it runs in.
 // standinVLLM stands in for vLLM's CLI under llmlab-vllm.service: it
 // writes each place vLLM and its kernels write at start (docs/engine-contract.md,
 // "Caches"), failing as Triton does when one is not writable, refuses to
@@ -360,6 +358,8 @@ shift 2 # serve MODEL
 exec /usr/bin/llmlab sim --profile instant --startup-delay 1s "$@"
 `
 
+// checkHardening looks at the running llmlabd from the inside: the
+// sandbox that llmlab.service asks for is the one it runs in.
 func (c *container) checkHardening() {
 	c.t.Helper()
 	pid := strings.TrimSpace(c.must("systemctl", "show", "-p", "MainPID", "--value", "llmlab.service"))
