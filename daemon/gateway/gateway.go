@@ -198,11 +198,12 @@ func (g *Gateway) Inflight() int { return g.queue.Inflight() }
 // Model is the engine model admission judges with.
 func (g *Gateway) Model() *enginemodel.Model { return g.queue.Model() }
 
-// AdmissionErrors are admission's calibration, kept across restarts.
-func (g *Gateway) AdmissionErrors() [][2]float64 { return g.queue.AdmissionErrors() }
+// Level is the quantile of the engine model's spread admission predicts
+// at.
+func (g *Gateway) Level() float64 { return g.queue.Level() }
 
-// RestoreAdmissionErrors takes AdmissionErrors kept from an earlier run.
-func (g *Gateway) RestoreAdmissionErrors(errs [][2]float64) { g.queue.RestoreAdmissionErrors(errs) }
+// RestoreLevel sets a level learned in an earlier run.
+func (g *Gateway) RestoreLevel(level float64) { g.queue.RestoreLevel(level) }
 
 // LastWork is when the latest work request arrived (zero if none yet).
 func (g *Gateway) LastWork() time.Time {

@@ -114,7 +114,7 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Du
 			})),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_engine_seconds_per_request", Help: "Recent average time a request holds its engine slots."},
 			stat(func(s queue.Stats) float64 { return s.EngineSeconds })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_admission_tail_seconds", Help: "The engine model's time for the recent typical request at the in-flight limit, 96 times in 100: what a request that waits for a slot may take."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_admission_tail_seconds", Help: "The engine model's time for the recent typical request at the in-flight limit, 95 times in 100: what admission expects of a request that waits for a slot."},
 			stat(func(s queue.Stats) float64 { return s.AdmissionTailSeconds })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_engine_model_measured_ratio", Help: "Share of the engine model's fit that is measured from requests rather than assumed from its prior (0 to 1)."},
 			stat(func(s queue.Stats) float64 { return s.Model.Measured })),

@@ -53,17 +53,14 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	}
 	q.mu.Lock()
 	q.accountLocked(now)
-	ref, hold, v := q.admitLocked(now, r)
+	ref, hold, judged := q.admitLocked(now, r)
 	if ref != nil {
 		q.mu.Unlock()
 		q.decided(r.Class, "refuse", string(ref.Reason))
 		return nil, ref
 	}
-	if v.judged {
-		q.budget.admitted(v.chance)
-	}
 	if q.cfg.BatchWindow == 0 && q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class) {
-		t := q.startLocked(now, r, now, v)
+		t := q.startLocked(now, r, now, judged)
 		q.mu.Unlock()
 		q.decided(r.Class, "dispatch", "slot_free")
 		if q.obs != nil {
@@ -80,8 +77,8 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	case q.cfg.BatchWindow > 0:
 		why = "batch_window"
 	}
-	wait := q.deadlineLocked(r.Class, hold, v.wait)
-	w := &waiter{req: r, ready: make(chan struct{}), arrived: now, verdict: v}
+	wait := q.deadlineLocked(r.Class, hold)
+	w := &waiter{req: r, ready: make(chan struct{}), arrived: now, judged: judged && !q.notReady}
 	w.elem = q.waiters[r.Class].PushBack(w)
 	q.queuedSlots[r.Class] += r.Weight
 	q.dispatchLocked(now, false)
@@ -103,9 +100,6 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		// Dispatched or refused, possibly while the caller was leaving: the
 		// caller still owns the ticket and must release it.
 		if w.refusal != nil {
-			if v.judged {
-				q.budget.left(v.chance)
-			}
 			return nil, w.refusal
 		}
 		w.ticket.waited = time.Since(now)
@@ -114,14 +108,11 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	}
 	q.removeLocked(w)
 	if err := ctx.Err(); err != nil {
-		if v.judged {
-			q.budget.left(v.chance)
-		}
 		return nil, err
 	}
-	if v.judged {
+	if w.judged && r.Class == Interactive && q.cfg.SLO > 0 {
 		// Admitted, then refused late: the worst miss.
-		q.budget.answered(v.chance, max(time.Since(now), q.cfg.SLO+time.Millisecond), v.predicted, q.cfg.SLO)
+		q.late.answered(true)
 	}
 	q.decided(r.Class, "refuse", string(ReasonQueueTimeout))
 	return nil, &Refusal{
@@ -131,37 +122,19 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	}
 }
 
-// verdict is what admission predicted of a request judged against the
-// objective.
-type verdict struct {
-	judged bool
-	// chance is its chance of ending past the objective; predicted its
-	// wait plus engine time, at the mean.
-	chance    float64
-	predicted time.Duration
-	// wait is its predicted wait for a slot.
-	wait time.Duration
-}
-
-// fastLevel is the quantile of the model's spread that a request still
-// queued must be able to make the objective at: waiting longer, it would
-// be late even if dispatched at once and fast.
-const fastLevel = 0.05
-
 // admitLocked applies the admission rules of the package doc. It returns
-// the refusal, or nil, the engine time within which the request could
-// still make the objective if dispatched (the fast end of the model's
-// spread: its queue deadline is the objective less that), and the verdict.
-func (q *Queue) admitLocked(now time.Time, r Request) (*Refusal, time.Duration, verdict) {
+// the refusal, or nil, the engine time the model expects of the request
+// (its mean) and whether it was judged against the objective.
+func (q *Queue) admitLocked(now time.Time, r Request) (*Refusal, time.Duration, bool) {
 	if r.Weight > q.cfg.MaxInflight {
 		return &Refusal{Reason: ReasonTooManySequences,
-			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}, 0, verdict{}
+			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}, 0, false
 	}
 	free := q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class)
 	if q.draining && !free {
 		// A request that finds a free slot is served even while draining:
 		// it reached a connection accepted before the listeners closed.
-		return &Refusal{Reason: ReasonDraining, Message: "the server is shutting down", RetryAfter: time.Second}, 0, verdict{}
+		return &Refusal{Reason: ReasonDraining, Message: "the server is shutting down", RetryAfter: time.Second}, 0, false
 	}
 	if !free {
 		if r.Class == Interactive {
@@ -173,7 +146,7 @@ func (q *Queue) admitLocked(now time.Time, r Request) (*Refusal, time.Duration, 
 		if q.queuedSlotsLocked()+r.Weight > q.cfg.MaxQueued {
 			return &Refusal{Reason: ReasonQueueFull,
 				Message:    fmt.Sprintf("the queue is full (%d sequences waiting); retry later", q.queuedSlotsLocked()),
-				RetryAfter: q.drainTimeLocked()}, 0, verdict{}
+				RetryAfter: q.drainTimeLocked()}, 0, false
 		}
 	}
 	// The concurrency it will run with: one that waits for a slot runs
@@ -198,12 +171,12 @@ func (q *Queue) admitLocked(now time.Time, r Request) (*Refusal, time.Duration, 
 		}
 	}
 	q.model.Seen(r.Shape)
-	pred := q.model.Predict(n, r.Shape, TailLevel)
+	pred := q.model.Predict(n, r.Shape, q.late.level)
 	if !free {
 		if maxWait := q.maxWaitLocked(r.Class); wait > maxWait+q.remainingStart() {
 			return &Refusal{Reason: ReasonOverloaded,
 				Message:    fmt.Sprintf("the predicted wait of %s exceeds the %s limit; the server is overloaded", fmtDur(wait), maxWait),
-				RetryAfter: wait - maxWait}, 0, verdict{}
+				RetryAfter: wait - maxWait}, 0, false
 		}
 	}
 	// Judged against the objective: every interactive request, a free
@@ -214,21 +187,15 @@ func (q *Queue) admitLocked(now time.Time, r Request) (*Refusal, time.Duration, 
 	// admission decision can make it meet it, so it is served without one,
 	// as batch work is; its load still counts against everyone else's).
 	judged := r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady &&
-		q.model.Predict(1, r.Shape, 0.5).Tail <= q.cfg.SLO
-	fast := q.model.Predict(n, r.Shape, fastLevel).Tail
-	if !judged {
-		return nil, fast, verdict{}
-	}
-	v := verdict{judged: true, predicted: wait + pred.Mean, wait: wait}
-	v.chance = q.budget.chance(v.predicted, q.cfg.SLO)
+		q.model.Predict(1, r.Shape, q.late.level).Tail <= q.cfg.SLO
 	idle := q.inflight == 0 && q.queuedLocked() == 0
-	if !idle && !q.budget.affords(v.chance) {
+	if judged && !idle && wait+pred.Tail > q.cfg.SLO {
 		return &Refusal{Reason: ReasonSLO,
-			Message: fmt.Sprintf("the predicted wait of %s plus the engine's %s for this request would end past the %s latency objective (a %.0f%% chance, with %.1f%% of recent answers late); the server is overloaded",
-				fmtDur(wait), fmtDur(pred.Mean), q.cfg.SLO, 100*v.chance, 100*q.budget.lateShare()),
-			RetryAfter: max(wait+pred.Tail-q.cfg.SLO, 0)}, 0, verdict{}
+			Message: fmt.Sprintf("the predicted wait of %s plus the engine's %s for this request exceeds the %s latency objective; the server is overloaded",
+				fmtDur(wait), fmtDur(pred.Tail), q.cfg.SLO),
+			RetryAfter: wait + pred.Tail - q.cfg.SLO}, 0, false
 	}
-	return nil, fast, v
+	return nil, pred.Mean, judged
 }
 
 // waitLocked predicts how long a request that finds no free slot waits
@@ -282,24 +249,21 @@ func (f *freeTimes) Pop() any {
 	return x
 }
 
-// deadlineLocked is how long a request of class, which could still make
-// the objective if dispatched within fast of it and was predicted to wait
-// wait, may wait in the queue.
-func (q *Queue) deadlineLocked(class Class, fast, wait time.Duration) time.Duration {
+// deadlineLocked is how long a request of class, expected to take hold
+// in the engine, may wait in the queue.
+func (q *Queue) deadlineLocked(class Class, hold time.Duration) time.Duration {
 	if q.notReady && q.cfg.MaxColdStartWait > 0 {
 		return q.cfg.MaxColdStartWait
 	}
-	limit := q.maxWaitLocked(class)
+	wait := q.maxWaitLocked(class)
 	if class == Interactive && q.cfg.SLO > 0 && !q.notReady {
-		// Served later than the objective less its fastest time, it would
-		// be late whatever the engine did: refused then, its slot goes to a
-		// request that can still make it. One admitted in the knowledge that
-		// it would likely be late (the late budget) waits half as long again
-		// as predicted: refusing it at the objective would turn an answer
-		// the budget paid for into an error.
-		limit = min(limit, max(q.cfg.SLO-fast, q.cfg.SLO/10, wait*3/2))
+		// Served later than this, it would miss the objective even with
+		// the engine's mean time. Admission asked for the tail time to fit:
+		// the difference is the slack that keeps a wait a little longer than
+		// predicted from turning into a late refusal.
+		wait = min(wait, max(q.cfg.SLO-hold, q.cfg.SLO/10))
 	}
-	return limit + q.remainingStart()
+	return wait + q.remainingStart()
 }
 
 func (q *Queue) maxWaitLocked(class Class) time.Duration {

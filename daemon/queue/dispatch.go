@@ -30,13 +30,14 @@ func (q *Queue) fitsLocked(w int, class Class) bool {
 	return q.inflight+w <= q.capForLocked(class) || (q.inflight == 0 && w <= q.cfg.MaxInflight)
 }
 
-// startLocked dispatches r, which arrived at arrived, at now; v is what
-// admission predicted of it, if it was judged.
-func (q *Queue) startLocked(now time.Time, r Request, arrived time.Time, v verdict) *Ticket {
+// startLocked dispatches r, which arrived at arrived, at now; judged says
+// its answer moves admission's level (it was admitted by the model, not
+// held through a cold start).
+func (q *Queue) startLocked(now time.Time, r Request, arrived time.Time, judged bool) *Ticket {
 	q.accountLocked(now)
 	q.inflight += r.Weight
 	t := &Ticket{q: q, weight: r.Weight, shape: r.Shape, stream: r.Stream, dispatched: now, arrived: arrived, slotsAt: q.slotSeconds,
-		verdict: v, model: q.model, inflightAt: q.inflight}
+		judged: judged, model: q.model, inflightAt: q.inflight}
 	t.elem = q.running.PushBack(t)
 	return t
 }
@@ -94,7 +95,7 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 		}
 		q.waiters[w.req.Class].Remove(w.elem)
 		q.queuedSlots[w.req.Class] -= w.req.Weight
-		w.ticket = q.startLocked(now, w.req, w.arrived, w.verdict)
+		w.ticket = q.startLocked(now, w.req, w.arrived, w.judged)
 		released = append(released, w)
 	}
 	if len(released) == 0 {

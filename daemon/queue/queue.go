@@ -138,8 +138,8 @@ type Queue struct {
 	lastSlots   time.Time
 	// running holds the dispatched tickets, oldest first.
 	running list.List
-	// budget decides whether a request that may end late is admitted.
-	budget lateBudget
+	// late chooses the level admission predicts at.
+	late lateness
 	// progress is where SampleProgress last looked; prefilled counts the
 	// prompt tokens of requests whose first token came since.
 	progress  progressMark
@@ -152,9 +152,9 @@ const avgTau = 5 * time.Second
 type waiter struct {
 	req     Request
 	arrived time.Time
-	// verdict: what admission predicted of it, if it was judged against
-	// the objective (not held through a cold start, nor exempt).
-	verdict verdict
+	// judged: admitted by the model against the objective (not held
+	// through a cold start, nor exempt).
+	judged  bool
 	ready   chan struct{}
 	elem    *list.Element
 	ticket  *Ticket
@@ -165,7 +165,7 @@ type waiter struct {
 // model seeded with enginemodel.DefaultSeed (SetModel replaces it).
 // warmup and obs may be nil.
 func New(cfg Config, warmup Warmup, obs Observer) *Queue {
-	q := &Queue{cfg: cfg, warmup: warmup, obs: obs, model: enginemodel.New(enginemodel.DefaultSeed)}
+	q := &Queue{cfg: cfg, warmup: warmup, obs: obs, model: enginemodel.New(enginemodel.DefaultSeed), late: newLateness()}
 	q.lastSlots = time.Now()
 	return q
 }
@@ -226,20 +226,19 @@ func (q *Queue) queuedLocked() int { return q.waiters[Interactive].Len() + q.wai
 // queuedSlotsLocked is the number of slots queued, all classes.
 func (q *Queue) queuedSlotsLocked() int { return q.queuedSlots[Interactive] + q.queuedSlots[Batch] }
 
-// AdmissionErrors are the late budget's calibration, to keep across a
-// restart: the recent judged answers' predictions (seconds) and their
-// end-to-end times over them.
-func (q *Queue) AdmissionErrors() [][2]float64 {
+// Level is the quantile of the engine model's spread at which admission
+// predicts (see lateness).
+func (q *Queue) Level() float64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.budget.calibration()
+	return q.late.level
 }
 
-// RestoreAdmissionErrors takes AdmissionErrors kept from an earlier run.
-func (q *Queue) RestoreAdmissionErrors(errs [][2]float64) {
+// RestoreLevel sets a level learned in an earlier run.
+func (q *Queue) RestoreLevel(level float64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.budget.restore(errs)
+	q.late.restore(level)
 }
 
 // EngineTime is the recent average time a request holds its slots.
@@ -332,12 +331,12 @@ type Stats struct {
 	EngineSeconds float64 `json:"engine_seconds_per_request"`
 	// AdmissionTailSeconds is the model's tail time for the recent typical
 	// request at the limit: what a request that waits for a slot is
-	// expected to take in the engine, 96 times in 100 (TailLevel).
+	// expected to take in the engine, 95 times in 100.
 	AdmissionTailSeconds float64 `json:"admission_tail_seconds"`
-	// LateShare is the share of the recent interactive answers judged
-	// against the objective that ended past it (admission's late budget
-	// keeps it near LateTarget when overloaded).
-	LateShare float64 `json:"late_share"`
+	// AdmissionLevel is the quantile of the model's spread admission
+	// predicts at, learned so that about LateTarget of the answers are
+	// late.
+	AdmissionLevel float64 `json:"admission_level"`
 	// Model is the engine model: its parameters and how much of it is
 	// measured rather than assumed.
 	Model enginemodel.Status `json:"engine_model"`
@@ -360,8 +359,8 @@ func (q *Queue) Stats() Stats {
 		RateRPS:       q.model.Rate(limit),
 		EngineSeconds: q.engineTime.Seconds(),
 
-		AdmissionTailSeconds: q.model.TypicalTail(limit, TailLevel).Seconds(),
-		LateShare:            q.budget.lateShare(),
+		AdmissionTailSeconds: q.model.TypicalTail(limit, q.late.level).Seconds(),
+		AdmissionLevel:       q.late.level,
 		Model:                q.model.Status(),
 	}
 }

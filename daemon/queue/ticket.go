@@ -33,9 +33,9 @@ type Ticket struct {
 	markTokens int64
 	markSeq    uint64
 	report     *Report
-	// verdict: what admission predicted of an interactive request judged
-	// against the objective, whose answer teaches the late budget.
-	verdict verdict
+	// judged: an interactive request under an objective, whose answer
+	// moves admission's level (lateness).
+	judged bool
 }
 
 // Group is the set of tickets with the same Key dispatched together.
@@ -126,14 +126,9 @@ func (t *Ticket) Release() {
 				o.TTFT = r.FirstByte.Sub(t.dispatched)
 			}
 			q.model.Observe(o)
-		}
-	}
-	if v := t.verdict; v.judged {
-		if t.report != nil {
-			took := now.Sub(t.arrived)
-			q.budget.answered(v.chance, took, v.predicted, q.cfg.SLO)
-		} else {
-			q.budget.left(v.chance)
+			if t.judged {
+				q.late.answered(now.Sub(t.arrived) > q.cfg.SLO)
+			}
 		}
 	}
 	q.inflight -= t.weight

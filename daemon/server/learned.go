@@ -44,7 +44,7 @@ func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supe
 		log.Warn("ignoring learned state", "err", err)
 		return l
 	}
-	gw.RestoreAdmissionErrors(s.AdmissionErrors)
+	gw.RestoreLevel(s.AdmissionLevel)
 	if s.EngineModel != nil {
 		if err := gw.Model().Restore(*s.EngineModel); err != nil {
 			log.Warn("ignoring the learned engine model", "dir", dir, "err", err)
@@ -67,7 +67,7 @@ func (l *learned) current() statefile.State {
 	var s statefile.State
 	if m := l.gw.Model().State(); m.Observed > 0 {
 		s.EngineModel = &m
-		s.AdmissionErrors = l.gw.AdmissionErrors()
+		s.AdmissionLevel = l.gw.Level()
 	}
 	if l.sup != nil {
 		s.EngineStartSeconds = l.sup.LearnedStart().Seconds()

@@ -12,18 +12,13 @@ import (
 // limitSetter is what the model's limit loop drives.
 type limitSetter interface {
 	Model() *enginemodel.Model
+	Level() float64
 	SetLimit(n int)
 	SampleProgress(now time.Time)
 }
 
-// limitLevel is the quantile of the model's spread the limit is chosen
-// at: the median, as the limit only bounds what admission may send, and
-// admission judges each request against the objective with its own
-// chance of being late (queue's late budget).
-const limitLevel = 0.5
-
 // modelLimit is the in-flight limit chosen from the engine model under
-// cfg (queue.concurrency = "model"), predicting at limitLevel: the
+// cfg (queue.concurrency = "model"), predicting at admission's level: the
 // largest concurrency whose typical request's tail time stays within the
 // target (queue.target_latency, or the objective itself: admission judges
 // every request, so a limit below what the objective allows would only
@@ -31,7 +26,7 @@ const limitLevel = 0.5
 // objective), never past the engine's knee, between queue.min_inflight and
 // queue.max_inflight, and never above engine.max_num_seqs, what vLLM runs
 // at once, where it is set.
-func modelLimit(m *enginemodel.Model, cfg *config.Config) int {
+func modelLimit(m *enginemodel.Model, cfg *config.Config, level float64) int {
 	target := cfg.Queue.TargetLatency
 	if target == 0 {
 		target = cfg.SLO.Latency
@@ -40,7 +35,7 @@ func modelLimit(m *enginemodel.Model, cfg *config.Config) int {
 	if s := cfg.Engine.MaxNumSeqs; s > 0 && s < hi {
 		hi = s
 	}
-	return m.Limit(target, cfg.Queue.MinInflight, hi, limitLevel)
+	return m.Limit(target, cfg.Queue.MinInflight, hi, level)
 }
 
 // limitFromModel sets the in-flight limit from the engine model every
@@ -56,7 +51,7 @@ func limitFromModel(ctx context.Context, log *slog.Logger, gw limitSetter, cfg f
 	logEvery := max(int(10*time.Second/every), 1)
 	for tick := 0; ; tick++ {
 		gw.SampleProgress(time.Now())
-		n := modelLimit(gw.Model(), cfg())
+		n := modelLimit(gw.Model(), cfg(), gw.Level())
 		if n != last {
 			gw.SetLimit(n)
 			log.Debug("in-flight limit from the engine model", "limit", n, "was", last)
@@ -64,7 +59,7 @@ func limitFromModel(ctx context.Context, log *slog.Logger, gw limitSetter, cfg f
 		}
 		if tick%logEvery == 0 && log.Enabled(ctx, slog.LevelDebug) {
 			st := gw.Model().Status()
-			log.Debug("engine model", "limit", n, "observed", st.Observed, "tpot", st.TPOTSeconds,
+			log.Debug("engine model", "limit", n, "level", gw.Level(), "observed", st.Observed, "tpot", st.TPOTSeconds,
 				"tpot_per_step_token", st.TPOTPerToken, "ttft", st.TTFTSeconds, "ttft_per_sequence", st.TTFTPerSequence,
 				"spread_p95", st.Spread, "knee", st.Knee)
 		}

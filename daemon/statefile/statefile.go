@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/llmlab/llmlab/daemon/enginemodel"
@@ -25,10 +24,8 @@ type State struct {
 	EngineStartSeconds float64 `json:"engine_start_seconds,omitempty"`
 	// EngineModel is what the engine model learned (nil: nothing yet).
 	EngineModel *enginemodel.State `json:"engine_model,omitempty"`
-	// AdmissionErrors are the late budget's calibration: the recent
-	// judged answers' predictions (seconds) and end-to-end times over
-	// them.
-	AdmissionErrors [][2]float64 `json:"admission_errors,omitempty"`
+	// AdmissionLevel is the quantile admission predicts at (0: none yet).
+	AdmissionLevel float64 `json:"admission_level,omitempty"`
 	// Counters are the totals of the textfile's counters at the last exit,
 	// by series ("name{label=value,...}").
 	Counters map[string]float64 `json:"counters,omitempty"`
@@ -48,7 +45,7 @@ func Load(dir string) (State, error) {
 	if err := json.Unmarshal(data, &s); err != nil {
 		return State{}, fmt.Errorf("learned state %s: %w", filepath.Join(dir, Name), err)
 	}
-	if s.EngineStartSeconds < 0 || slices.ContainsFunc(s.AdmissionErrors, func(e [2]float64) bool { return !(e[0] > 0 && e[1] > 0) }) {
+	if s.EngineStartSeconds < 0 || s.AdmissionLevel < 0 || s.AdmissionLevel > 1 {
 		return State{}, fmt.Errorf("learned state %s: negative values", filepath.Join(dir, Name))
 	}
 	return s, nil
