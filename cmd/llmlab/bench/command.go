@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -122,7 +121,7 @@ func benchFlagSet(fs *flag.FlagSet) command.Run {
 func benchCmd(ctx context.Context, f benchFlags, rates, trace, progress string) int {
 	o := &f.o
 	if f.results == "auto" {
-		f.results = filepath.Join("results", "bench-"+time.Now().UTC().Format("20060102T150405Z"))
+		f.results = command.ResultsDir("bench")
 	}
 
 	for _, r := range strings.Split(rates, ",") {

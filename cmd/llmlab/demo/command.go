@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -40,11 +39,10 @@ func demoFlags(fs *flag.FlagSet) command.Run {
 
 func demoCmd(ctx context.Context, o Options, loads string, stream bool) int {
 	if o.Llmlabd == "" {
-		self, _ := os.Executable()
-		o.Llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
+		o.Llmlabd = command.Sibling("llmlabd")
 	}
 	if o.Results == "auto" {
-		o.Results = filepath.Join("results", "demo-"+time.Now().UTC().Format("20060102T150405Z"))
+		o.Results = command.ResultsDir("demo")
 	}
 	o.NoStream = !stream
 	for _, f := range strings.Split(loads, ",") {

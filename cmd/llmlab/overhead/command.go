@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
@@ -32,7 +31,7 @@ func overheadFlags(fs *flag.FlagSet) command.Run {
 func overheadCmd(ctx context.Context, llmlabd, nginx string, conc int, dur time.Duration, rounds int) int {
 	self, _ := os.Executable()
 	if llmlabd == "" {
-		llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
+		llmlabd = command.Sibling("llmlabd")
 	}
 	nginxPath, err := exec.LookPath(nginx)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -45,11 +44,10 @@ func tuneAdmissionFlags(fs *flag.FlagSet) command.Run {
 	fs.StringVar(&o.Results, "results", "auto", "results folder (auto: results/admission-<UTC time>; \"\" writes none)")
 	return func(ctx context.Context, _ []string) int {
 		if o.Llmlabd == "" {
-			self, _ := os.Executable()
-			o.Llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
+			o.Llmlabd = command.Sibling("llmlabd")
 		}
 		if o.Results == "auto" {
-			o.Results = filepath.Join("results", "admission-"+time.Now().UTC().Format("20060102T150405Z"))
+			o.Results = command.ResultsDir("admission")
 		}
 		var errs []error
 		var err error

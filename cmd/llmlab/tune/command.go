@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -39,11 +38,10 @@ func tuneFlags(fs *flag.FlagSet) command.Run {
 	fs.StringVar(&o.Results, "results", "auto", "results folder (auto: results/tune-<UTC time>; \"\" writes none)")
 	return func(ctx context.Context, _ []string) int {
 		if o.Llmlabd == "" {
-			self, _ := os.Executable()
-			o.Llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
+			o.Llmlabd = command.Sibling("llmlabd")
 		}
 		if o.Results == "auto" {
-			o.Results = filepath.Join("results", "tune-"+time.Now().UTC().Format("20060102T150405Z"))
+			o.Results = command.ResultsDir("tune")
 		}
 		o.Profiles = strings.Split(*profiles, ",")
 		for _, f := range strings.Split(*fixed, ",") {

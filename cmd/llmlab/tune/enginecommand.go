@@ -57,11 +57,10 @@ func tuneEngineFlags(fs *flag.FlagSet) command.Run {
 	fs.BoolVar(&o.Report, "report", false, "print the table, best point and frontier of every point in --results measured on this engine (several sweeps' grids together), and measure nothing")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	return func(ctx context.Context, _ []string) int {
-		self, _ := os.Executable()
 		if o.Llmlabd == "" {
-			o.Llmlabd = filepath.Join(filepath.Dir(self), "llmlabd")
+			o.Llmlabd = command.Sibling("llmlabd")
 		}
-		o.Tool = self
+		o.Tool, _ = os.Executable()
 		if *quiet {
 			o.Progress = nil
 		}

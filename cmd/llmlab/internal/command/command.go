@@ -9,6 +9,9 @@ package command
 import (
 	"context"
 	"flag"
+	"os"
+	"path/filepath"
+	"time"
 )
 
 // Command is one of llmlab's subcommands.
@@ -33,3 +36,17 @@ type Command struct {
 // the command documents (3: bench's SLO missed, status's daemon not
 // running).
 type Run func(ctx context.Context, args []string) int
+
+// Sibling is the path of the program name beside the running llmlab: the
+// package installs llmlab and llmlabd side by side, and so does make
+// build, so a command that starts llmlabd finds it there by default.
+func Sibling(name string) string {
+	self, _ := os.Executable()
+	return filepath.Join(filepath.Dir(self), name)
+}
+
+// ResultsDir is where a command's results go when its --results is
+// "auto": results/KIND-<UTC time>.
+func ResultsDir(kind string) string {
+	return filepath.Join("results", kind+"-"+time.Now().UTC().Format("20060102T150405Z"))
+}
