@@ -8,7 +8,7 @@ import (
 // Limit is the in-flight limit the model chooses, within [lo, hi]: the
 // largest concurrency at which the recent typical request's tail time
 // stays within target (0: no target), no more than twice and one the
-// highest concurrency the engine was seen to run (FirstToken), and, where requests
+// most requests the engine was seen to run at once (FirstToken), and, where requests
 // were seen to wait inside the engine past some concurrency (Knee), no
 // more than a quarter and one beyond it: a request or two ready beyond the slots
 // keeps a slot engine busy through the turnaround between one answer and
@@ -38,7 +38,7 @@ func (m *Model) Limit(target time.Duration, lo, hi int, q float64) int {
 		limit = min(limit, int(math.Ceil(float64(k)*1.25))+1)
 	}
 	// Never far past what has been seen: twice and one the highest
-	// concurrency the engine was seen to run (Ran; lo before any). A limit
+	// concurrency the engine was seen to run (FirstToken; lo before any). A limit
 	// read off the line far past the data sent a 4-slot Ollama 101
 	// requests at once, most of them into its own queue, before the knee
 	// could be seen; doubling each time the engine starts a request at a

@@ -268,28 +268,40 @@ func (m *Model) Observe(o Observation) {
 	if m.observed == 0 || n < m.nLo {
 		m.nLo = n
 	}
-	m.nHi = max(m.nHi, n)
+	if !o.FirstSeen {
+		// A streamed answer's running count came with its first token
+		// (FirstToken); its average in flight counts those that waited
+		// inside the engine too.
+		m.nHi = max(m.nHi, n)
+	}
 	m.observed++
 	m.solveLocked()
 }
 
 // FirstToken notes that the engine started answering a request dispatched
-// with n in flight (its first streamed token came back, ttft after it was
-// sent): the limit may grow to twice and one past it. A first token comes
-// back within a step or a prefill where the engine runs what it is sent,
-// and only once a slot frees where it queues them, so the limit grows as
-// fast as the engine shows it can take more, not a whole answer's time per
-// turn. It also learns from ttft where requests wait inside the engine
-// (Knee): the
-// knee shows a whole answer's time earlier than from finished requests:
-// in front of a 4-slot Ollama, read only from finished requests, it came
-// after the limit had doubled to 37-68, most of them in Ollama's queue.
-func (m *Model) FirstToken(n int, ttft time.Duration) {
+// with atDispatch in flight (its first streamed token came back, ttft after
+// it was sent), while running requests, itself included, were streaming
+// tokens: the limit may grow to twice and one past running. A first token
+// comes back within a step or a prefill where the engine runs what it is
+// sent, and only once a slot frees where it queues them, so the limit grows
+// as fast as the engine shows it can take more, not a whole answer's time
+// per turn. Counting the requests streaming at once, not those in flight
+// at dispatch, keeps a slot engine's internal queue out of it: a request
+// that waited inside a 4-slot Ollama behind 40 others still streams beside
+// only 3, and counting it at 44 had doubled the limit from 10 to 55 in 2 s
+// before the knee showed (make test-engines, TestRealEngineOllama).
+//
+// It also learns from ttft where requests wait inside the engine (Knee),
+// by the concurrency at dispatch: the knee shows a whole answer's time
+// earlier than from finished requests: in front of a 4-slot Ollama, read
+// only from finished requests, it came after the limit had doubled to
+// 37-68, most of them in Ollama's queue.
+func (m *Model) FirstToken(atDispatch, running int, ttft time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.nHi = max(m.nHi, float64(n))
-	if n > 0 && ttft > 0 {
-		m.knees.add(float64(n), ttft.Seconds())
+	m.nHi = max(m.nHi, float64(running))
+	if atDispatch > 0 && ttft > 0 {
+		m.knees.add(float64(atDispatch), ttft.Seconds())
 	}
 }
 

@@ -287,14 +287,27 @@ func TestLimitGrowsWithWhatWasSeen(t *testing.T) {
 // before any answer at it has come back.
 func TestLimitGrowsWithWhatRan(t *testing.T) {
 	m := New(DefaultSeed)
-	m.FirstToken(4, 0)
+	m.FirstToken(4, 4, 0)
 	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 9 {
 		t.Errorf("Limit after a first token at 4 = %d, want 9", got)
 	}
-	m.FirstToken(6, 0)
-	m.FirstToken(5, 0)
+	m.FirstToken(6, 6, 0)
+	m.FirstToken(5, 5, 0)
 	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 13 {
 		t.Errorf("Limit after first tokens at 6 and 5 = %d, want 13", got)
+	}
+}
+
+// A request that waited inside a slot engine was dispatched with many in
+// flight but streams beside only the slots: the limit grows with the
+// second, not the first.
+func TestLimitGrowsWithWhatRanAtOnce(t *testing.T) {
+	m := New(DefaultSeed)
+	for _, at := range []int{10, 21, 30, 43} {
+		m.FirstToken(at, 4, time.Second)
+	}
+	if got := m.Limit(time.Minute, 4, 256, 0.95); got != 9 {
+		t.Errorf("Limit after first tokens dispatched at 10-43 with 4 streaming = %d, want 9", got)
 	}
 }
 

@@ -69,32 +69,55 @@ func TestReleaseTeachesTheModel(t *testing.T) {
 }
 
 // A running request's first streamed token tells the model how many the
-// engine ran when it started: the limit's growth reads it before any
-// answer ends.
+// engine runs at once, counted as the requests whose answers have begun
+// (not those in flight at its dispatch, which counts any that wait inside
+// the engine): the limit's growth reads it before any answer ends.
 func TestFirstTokenTellsTheModelWhatRan(t *testing.T) {
 	c := cfg()
 	c.MaxInflight = 4
 	q := newQueue(c, nil, nil, 100)
 	ctx := context.Background()
-	var ts []*Ticket
-	for range 3 {
+	acquire := func() *Ticket {
 		tk, err := q.Acquire(ctx, Request{Weight: 1, Shape: enginemodel.Shape{PromptBytes: 100, MaxTokens: 10}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		ts = append(ts, tk)
+		return tk
 	}
-	if st := q.Model().Status(); st.ConcurrencyRange[1] != 0 {
-		t.Fatalf("concurrency seen %v before any token", st.ConcurrencyRange)
+	seen := func() float64 { return q.Model().Status().ConcurrencyRange[1] }
+	ts := []*Ticket{acquire(), acquire(), acquire()}
+	if got := seen(); got != 0 {
+		t.Fatalf("concurrency seen %v before any token", got)
 	}
 	ts[2].Progress(1)
 	ts[2].Progress(1)
 	ts[0].Progress(1)
-	if st := q.Model().Status(); st.ConcurrencyRange[1] != 3 {
-		t.Errorf("concurrency seen %v after the third request's first token, want up to 3", st.ConcurrencyRange)
+	if got := seen(); got != 2 {
+		t.Errorf("concurrency seen %v with two of three answers begun, want 2", got)
 	}
-	for _, tk := range ts {
-		tk.Release()
+	ts[1].Progress(1)
+	if got := seen(); got != 3 {
+		t.Errorf("concurrency seen %v with all three begun, want 3", got)
+	}
+	// Finished answers leave the count; a late token of a released ticket
+	// (a client that left) never enters it.
+	ts[0].Release()
+	ts[2].Release()
+	late := acquire()
+	late.Release()
+	late.Progress(1)
+	d := acquire()
+	d.Progress(1)
+	if got := q.streaming.Load(); got != 2 {
+		t.Errorf("%d slots counted as streaming, want 2 (the second and the last request)", got)
+	}
+	ts[1].Release()
+	d.Release()
+	if got := q.streaming.Load(); got != 0 {
+		t.Errorf("%d slots counted as streaming after every release, want 0", got)
+	}
+	if got := seen(); got != 3 {
+		t.Errorf("concurrency seen %v, want the high of 3 kept", got)
 	}
 }
 

@@ -144,6 +144,10 @@ type Queue struct {
 	// prompt tokens of requests whose first token came since.
 	progress  progressMark
 	prefilled atomic.Int64
+	// streaming counts the slots of running tickets whose answer has begun
+	// (Ticket.Progress): what the engine runs at once, as opposed to what
+	// it holds, which counts those waiting inside it.
+	streaming atomic.Int64
 }
 
 // avgTau is the time constant of the recent average in flight.

@@ -31,8 +31,11 @@ type Ticket struct {
 	// markTokens is its value at SampleProgress number markSeq.
 	tokens     atomic.Int64
 	markTokens int64
-	markSeq    uint64
-	report     *Report
+	// streaming is 0 before the first token, 1 once the ticket counts in
+	// the queue's streaming, 2 once released (Progress, Release).
+	streaming atomic.Int32
+	markSeq   uint64
+	report    *Report
 	// judged: an interactive request under an objective, whose answer
 	// moves admission's level (lateness).
 	judged bool
@@ -67,12 +70,16 @@ func (t *Ticket) Group() *Group { return t.group }
 // without the queue's lock, from the goroutine proxying the answer.
 //
 // The first event tells the model the engine ran a request dispatched
-// with inflightAt in flight (the limit's growth is bounded by what was
-// seen to run): an engine that queues a request internally sends nothing
-// of its answer until it runs.
+// with inflightAt in flight, beside the others streaming then (the limit's
+// growth is bounded by what was seen to run at once): an engine that
+// queues a request internally sends nothing of its answer until it runs.
 func (t *Ticket) Progress(n int) {
 	if n > 0 && t.tokens.Add(int64(n)) == int64(n) {
-		t.model.FirstToken(t.inflightAt, time.Since(t.dispatched))
+		running := 0
+		if t.streaming.CompareAndSwap(0, 1) {
+			running = int(t.q.streaming.Add(int64(t.weight)))
+		}
+		t.model.FirstToken(t.inflightAt, running, time.Since(t.dispatched))
 		t.q.prefilled.Add(int64(t.model.PromptTokens(t.shape)))
 	}
 }
@@ -104,6 +111,9 @@ func (t *Ticket) Release() {
 		return
 	}
 	t.released = true
+	if t.streaming.Swap(2) == 1 {
+		q.streaming.Add(-int64(t.weight))
+	}
 	now := time.Now()
 	if t.elem != nil {
 		q.running.Remove(t.elem)
