@@ -254,7 +254,7 @@ func (s *Supervisor) Wake() {
 }
 
 // Restart switches to a new backend (new engine settings). A running
-// engine (starting or ready) is drained and restarted once with
+// engine (starting, ready or sleeping) is drained and restarted once with
 // it: the gate closes at once, so requests that arrive meanwhile wait as in
 // a cold start; when nothing is left in the engine it stops and starts
 // again. Settings handed over by SetConfig just before are the new
@@ -378,7 +378,9 @@ func (s *Supervisor) Run(ctx context.Context) {
 		case c := <-s.reconfig:
 			configure(c)
 		case b := <-s.restart:
-			if state == Ready || state == Starting {
+			// A sleeping engine is restarted too: woken, it would serve
+			// with its old settings.
+			if state == Ready || state == Starting || state == Sleeping {
 				s.log.Info("engine settings changed; draining the engine to restart it")
 				pending = b
 				s.gate.SetEngineReady(false)
@@ -388,7 +390,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 		case <-s.wake:
 			lastWork = time.Now()
 			switch {
-			case state == Sleeping:
+			case state == Sleeping && pending == nil: // else the housekeeper restarts it
 				t0 := time.Now()
 				wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				err := s.cfg.WakeUp(wctx)

@@ -497,3 +497,40 @@ func TestSetConfigApplies(t *testing.T) {
 		})
 	})
 }
+
+// New engine settings while the engine sleeps: it is restarted with them
+// (woken, it would serve with the old ones), and a request that arrives
+// meanwhile does not wake the old engine.
+func TestRestartWhileSleeping(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		old := &fakeEngine{}
+		g := &gate{}
+		var wakes atomic.Int32
+		s := New(Config{Probe: old.healthy, ProbeInterval: 50 * time.Millisecond, IdleTimeout: time.Hour, SleepAfter: 10 * time.Second,
+			StartTimeout: time.Minute, ExpectedStart: 10 * time.Second,
+			Sleep:  func(context.Context) error { return nil },
+			WakeUp: func(context.Context) error { wakes.Add(1); return nil },
+		}, old, g, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go s.Run(ctx)
+		s.Wake()
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(11 * time.Second)
+		synctest.Wait()
+		if s.State() != Sleeping {
+			t.Fatalf("after 11s idle: %s, want sleeping", s.State())
+		}
+		next := &fakeEngine{}
+		s.Restart(next)
+		s.Wake()
+		time.Sleep(300 * time.Millisecond)
+		synctest.Wait()
+		if old.stopCount() != 1 || next.startCount() != 1 || wakes.Load() != 0 {
+			t.Fatalf("new settings while sleeping: old engine stopped %d times, new one started %d times, %d wake-ups; want 1, 1, 0",
+				old.stopCount(), next.startCount(), wakes.Load())
+		}
+	})
+}
