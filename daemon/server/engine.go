@@ -25,7 +25,7 @@ func engineBackend(cfg *config.Config, log *slog.Logger, stderr io.Writer, env f
 	case cfg.Engine.Unit != "":
 		return &supervisor.Systemd{Unit: cfg.Engine.Unit, Log: log.With("component", "supervisor")}
 	case len(cfg.Engine.Command) > 0:
-		return &supervisor.Exec{Argv: cfg.Engine.Command, Grace: cfg.Engine.StopGrace, Output: stderr, Env: env}
+		return &supervisor.Exec{Argv: cfg.Engine.Command, Grace: func() time.Duration { return cfg.Engine.StopGrace }, Output: stderr, Env: env}
 	}
 	return nil
 }
