@@ -15,8 +15,11 @@ import (
 //     the part that read it (a listener, the logger, the engine's metrics
 //     scraper) keeps the old value, though the running configuration, and
 //     /status, show the new one.
-//  2. The new configuration is swapped in, and the gateway (limits, queue,
-//     keys) and the GPU share take it at once.
+//  2. The new configuration is swapped in, and every part takes its share
+//     at once: the gateway (limits, queue, keys), the GPU share, the
+//     supervisor (its delays, start timeout and readiness probe); what is
+//     read from the running configuration when used (the engine's stop
+//     grace, the connection cap) is the new value from then on.
 //  3. A key the engine reads at its start drains the engine and starts it
 //     again, once, with the new configuration (swapped in by then).
 func (d *daemon) reload() {
@@ -47,8 +50,12 @@ func (d *daemon) reload() {
 		d.adm.SetShare(cfg.GPU.MemoryBudget, cfg.GPU.MemoryFraction)
 	}
 	d.gw.Reload(gatewayConfig(cfg), keys)
+	if d.sup != nil {
+		// Before a restart is asked for: the new engine starts with them.
+		d.sup.SetConfig(d.supervisorConfig(cfg))
+	}
 	if engineChanged {
-		switch b := engineBackend(cfg, d.log, d.o.Stderr, d.engineEnv); {
+		switch b := d.engineBackend(cfg); {
 		case d.sup != nil && b != nil:
 			d.sup.Restart(b) // drained, then restarted once; arrivals wait as in a cold start
 		default:

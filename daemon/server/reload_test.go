@@ -1,12 +1,15 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/llmlab/llmlab/daemon/supervisor"
 	"github.com/llmlab/llmlab/internal/fakeengine"
 )
 
@@ -99,5 +102,53 @@ func TestReload(t *testing.T) {
 			}
 			d.gw.CloseIdle()
 		})
+	}
+}
+
+// A reload hands the running supervisor its new settings without
+// restarting the engine: a readiness probe that now answers makes the
+// starting engine ready, the new idle timeout stops it, and the new stop
+// grace bounds how long it may ignore SIGTERM.
+func TestReloadSupervisor(t *testing.T) {
+	srv := httptest.NewServer(&fakeengine.Engine{})
+	t.Cleanup(srv.Close)
+	conf := func(readyPath, idle, grace string) string {
+		return testConfig(fmt.Sprintf("engine.url = %q", srv.URL),
+			`engine.command = ["sh", "-c", "trap '' TERM; exec sleep 60"]`,
+			fmt.Sprintf("engine.ready_path = %q", readyPath), fmt.Sprintf("engine.idle_timeout = %q", idle),
+			fmt.Sprintf("engine.stop_grace = %q", grace))
+	}
+	d, logs, path := newTestDaemon(t, conf("/not-served", "1h", "20s"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.sup.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor := func(want supervisor.State, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for d.sup.State() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("the engine is %s after %s, want %s:\n%s", d.sup.State(), within, want, logs)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	d.sup.Wake()
+	time.Sleep(300 * time.Millisecond)
+	if s := d.sup.State(); s != supervisor.Starting {
+		t.Fatalf("with a ready_path the engine does not serve: %s, want starting", s)
+	}
+	writeConfig(t, path, conf("/health", "1s", "100ms"))
+	d.reload()
+	waitFor(supervisor.Ready, 2*time.Second)
+	// Idle for 1 s, then stopped: SIGTERM is ignored, SIGKILL follows
+	// the new 100 ms grace, not the old 20 s.
+	waitFor(supervisor.Stopped, 3*time.Second)
+	if len(logs.lines("ignored SIGTERM for 100ms")) != 1 {
+		t.Errorf("the stop does not say the engine was killed after the new 100ms grace:\n%s", logs)
+	}
+	if len(logs.lines("needs a restart")) != 0 || len(logs.lines("draining the engine")) != 0 {
+		t.Errorf("the supervisor's settings asked for a restart:\n%s", logs)
 	}
 }

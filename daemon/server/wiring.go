@@ -62,13 +62,9 @@ func (d *daemon) wire(cfg *config.Config) {
 
 	d.engine = externalEngine{}
 	var warmup queue.Warmup
-	if backend := engineBackend(cfg, log, d.o.Stderr, d.engineEnv); backend != nil {
-		sc := supervisorConfig(cfg)
+	if backend := d.engineBackend(cfg); backend != nil {
+		sc := d.supervisorConfig(cfg)
 		d.envFile = runtimeEnv(cfg)
-		sc.BeforeStart = d.beforeEngineStart
-		if d.adm != nil {
-			sc.OnReady, sc.AfterStop = d.adm.NoteRunning, d.adm.AfterStop
-		}
 		supLog := log.With("component", "supervisor")
 		if cfg.Engine.Unit != "" {
 			supLog = supLog.With("engine_unit", cfg.Engine.Unit) // ENGINE_UNIT in the journal
