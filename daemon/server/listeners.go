@@ -117,8 +117,9 @@ func closeAll(ls []net.Listener) {
 
 // buildServers makes the API's and the metrics listener's HTTP servers,
 // and caps the API's connections at gateway.max_connections, read at
-// every accept (a reload changes it).
-func (d *daemon) buildServers(pprofOn bool, clientTimeout time.Duration) {
+// every accept (a reload changes it). Go's profiler is served while
+// metrics.pprof is on, read at each request (a reload changes it too).
+func (d *daemon) buildServers(clientTimeout time.Duration) {
 	apiMux := http.NewServeMux()
 	apiMux.Handle("/", d.gw.Handler())
 	apiMux.HandleFunc("GET /healthz", serveHealthz)
@@ -133,12 +134,19 @@ func (d *daemon) buildServers(pprofOn bool, clientTimeout time.Duration) {
 	metricsMux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
 	metricsMux.HandleFunc("GET /healthz", serveHealthz)
 	metricsMux.HandleFunc("GET /status", d.st.serve)
-	if pprofOn {
-		metricsMux.HandleFunc("/debug/pprof/", pprof.Index)
-		metricsMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		metricsMux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		metricsMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	ifPprof := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if !d.st.cfgNow().Metrics.Pprof {
+				http.NotFound(w, r)
+				return
+			}
+			h(w, r)
+		}
 	}
+	metricsMux.HandleFunc("/debug/pprof/", ifPprof(pprof.Index))
+	metricsMux.HandleFunc("/debug/pprof/profile", ifPprof(pprof.Profile))
+	metricsMux.HandleFunc("/debug/pprof/symbol", ifPprof(pprof.Symbol))
+	metricsMux.HandleFunc("/debug/pprof/trace", ifPprof(pprof.Trace))
 	d.metricsSrv = &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second}
 
 	connMetrics := connlimit.NewMetrics(d.reg)

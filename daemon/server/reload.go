@@ -17,9 +17,10 @@ import (
 //     /status, show the new one.
 //  2. The new configuration is swapped in, and every part takes its share
 //     at once: the gateway (limits, queue, keys), the GPU share, the
-//     supervisor (its delays, start timeout and readiness probe); what is
-//     read from the running configuration when used (the engine's stop
-//     grace, the connection cap) is the new value from then on.
+//     supervisor (its delays, start timeout and readiness probe), the
+//     textfile's path; what is read from the running configuration when
+//     used (the profiler, the engine's stop grace, the connection cap) is
+//     the new value from then on.
 //  3. A key the engine reads at its start drains the engine and starts it
 //     again, once, with the new configuration (swapped in by then).
 func (d *daemon) reload() {
@@ -50,6 +51,8 @@ func (d *daemon) reload() {
 		d.adm.SetShare(cfg.GPU.MemoryBudget, cfg.GPU.MemoryFraction)
 	}
 	d.gw.Reload(gatewayConfig(cfg), keys)
+	d.learned.setTextfile(cfg.Metrics.Textfile, d.reg)
+	d.learned.writeTextfile(true)
 	if d.sup != nil {
 		// Before a restart is asked for: the new engine starts with them.
 		d.sup.SetConfig(d.supervisorConfig(cfg))

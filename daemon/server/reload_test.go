@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -150,5 +152,48 @@ func TestReloadSupervisor(t *testing.T) {
 	}
 	if len(logs.lines("needs a restart")) != 0 || len(logs.lines("draining the engine")) != 0 {
 		t.Errorf("the supervisor's settings asked for a restart:\n%s", logs)
+	}
+}
+
+// metrics.pprof serves Go's profiler, or not, from the reload that sets it.
+func TestReloadPprof(t *testing.T) {
+	d, _, path := newTestDaemon(t, testConfig("metrics.pprof = false"))
+	status := func() int {
+		rec := httptest.NewRecorder()
+		d.metricsSrv.Handler.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/pprof/", nil))
+		return rec.Code
+	}
+	if c := status(); c != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ with metrics.pprof = false: %d, want 404", c)
+	}
+	writeConfig(t, path, testConfig("metrics.pprof = true"))
+	d.reload()
+	if c := status(); c != http.StatusOK {
+		t.Fatalf("/debug/pprof/ after a reload to metrics.pprof = true: %d, want 200", c)
+	}
+	writeConfig(t, path, testConfig("metrics.pprof = false"))
+	d.reload()
+	if c := status(); c != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ after a reload back to metrics.pprof = false: %d, want 404", c)
+	}
+}
+
+// A reload that moves metrics.textfile writes the new file at once and
+// removes the old one, so that node_exporter does not read two llmlabds.
+func TestReloadTextfile(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.prom"), filepath.Join(dir, "b.prom")
+	d, logs, path := newTestDaemon(t, testConfig(fmt.Sprintf("metrics.textfile = %q", a)))
+	d.learned.writeTextfile(true)
+	if _, err := os.Stat(a); err != nil {
+		t.Fatalf("the textfile before the reload: %v", err)
+	}
+	writeConfig(t, path, testConfig(fmt.Sprintf("metrics.textfile = %q", b)))
+	d.reload()
+	if data, err := os.ReadFile(b); err != nil || !strings.Contains(string(data), "llmlab_up 1") {
+		t.Fatalf("the textfile at its new path after the reload: %q, %v; want llmlab_up 1\n%s", data, err, logs)
+	}
+	if _, err := os.Stat(a); !os.IsNotExist(err) {
+		t.Fatalf("the textfile at its old path after the reload: %v, want it removed", err)
 	}
 }

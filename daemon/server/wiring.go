@@ -20,7 +20,6 @@ import (
 	"github.com/llmlab/llmlab/daemon/ratelimit"
 	"github.com/llmlab/llmlab/daemon/sd"
 	"github.com/llmlab/llmlab/daemon/supervisor"
-	"github.com/llmlab/llmlab/daemon/textfile"
 )
 
 // newDaemon builds the daemon o describes: the configuration, the logger,
@@ -96,10 +95,8 @@ func (d *daemon) wire(cfg *config.Config) {
 	if d.lns.agent != nil {
 		d.agent = agent.New(d.agentState, d.reg, log.With("component", "agent"))
 	}
-	if cfg.Metrics.Textfile != "" {
-		d.learned.tf, d.learned.path = textfile.New(cfg.Metrics.Textfile, d.reg, d.learned.saved.Counters), cfg.Metrics.Textfile
-	}
-	d.buildServers(cfg.Metrics.Pprof, cfg.Gateway.ClientTimeout)
+	d.learned.setTextfile(cfg.Metrics.Textfile, d.reg)
+	d.buildServers(cfg.Gateway.ClientTimeout)
 }
 
 // start runs the parts newDaemon built and serves: NVML, the supervisor,
