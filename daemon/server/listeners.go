@@ -41,14 +41,9 @@ func openListeners(cfg *config.Config, keys *auth.Keys, log *slog.Logger) (*list
 	if err != nil {
 		return nil, err
 	}
-	for _, l := range apiLns {
-		if !config.IsLoopback(l.Addr().String()) && !keys.Enabled() {
-			if !cfg.Gateway.AllowPublicWithoutKeys {
-				closeAll(apiLns)
-				return nil, fmt.Errorf("the API listens on %s, beyond loopback, without API keys: set auth.keys_file, or gateway.allow_public_without_keys = true to accept the risk", l.Addr())
-			}
-			log.Warn("api listens beyond loopback without api keys", "addr", l.Addr().String())
-		}
+	if err := checkPublic(apiLns, cfg, keys, log); err != nil {
+		closeAll(apiLns)
+		return nil, err
 	}
 	lns := &listeners{api: apiLns, activated: activated}
 	if cfg.Metrics.Listen != "" {
@@ -72,6 +67,22 @@ func openListeners(cfg *config.Config, keys *auth.Keys, log *slog.Logger) (*list
 		}
 	}
 	return lns, nil
+}
+
+// checkPublic refuses API listeners beyond loopback without API keys,
+// unless gateway.allow_public_without_keys accepts the risk (then each is
+// logged). The start and every reload ask it: a reload may remove the keys
+// or withdraw the permission.
+func checkPublic(api []net.Listener, cfg *config.Config, keys *auth.Keys, log *slog.Logger) error {
+	for _, l := range api {
+		if !config.IsLoopback(l.Addr().String()) && !keys.Enabled() {
+			if !cfg.Gateway.AllowPublicWithoutKeys {
+				return fmt.Errorf("the API listens on %s, beyond loopback, without API keys: set auth.keys_file, or gateway.allow_public_without_keys = true to accept the risk", l.Addr())
+			}
+			log.Warn("api listens beyond loopback without api keys", "addr", l.Addr().String())
+		}
+	}
+	return nil
 }
 
 // apiListeners returns the socket-activated "http" listeners, or one of

@@ -8,8 +8,9 @@ import (
 )
 
 // reload re-reads the configuration (SIGHUP); a bad one is refused and the
-// running one kept. What each changed key needs is declared with the key
-// (config.Need, docs/architecture.md):
+// running one kept, as is one that would leave an API listener beyond
+// loopback without API keys. What each changed key needs is declared with
+// the key (config.Need, docs/architecture.md):
 //
 //  1. A key read only when llmlabd starts is logged as needing a restart:
 //     the part that read it (a listener, the logger, the engine's metrics
@@ -27,6 +28,9 @@ func (d *daemon) reload() {
 	o := d.o
 	o.Explicit = true
 	cfg, keys, err := LoadConfig(o)
+	if err == nil {
+		err = checkPublic(d.lns.api, cfg, keys, d.log)
+	}
 	if err != nil {
 		d.log.Error("reload refused; keeping the running configuration", "err", err)
 		return

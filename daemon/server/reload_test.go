@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -195,5 +196,51 @@ func TestReloadTextfile(t *testing.T) {
 	}
 	if _, err := os.Stat(a); !os.IsNotExist(err) {
 		t.Fatalf("the textfile at its old path after the reload: %v, want it removed", err)
+	}
+}
+
+// publicListener is a loopback listener that says it listens beyond
+// loopback, as a socket-activated one on 0.0.0.0 does.
+type publicListener struct{ net.Listener }
+
+func (publicListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 8080} }
+
+// A reload that would leave the API beyond loopback without API keys is
+// refused, as the start is, unless gateway.allow_public_without_keys
+// accepts the risk.
+func TestReloadPublicWithoutKeys(t *testing.T) {
+	keys := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(keys, []byte("alice sk-0123456789abcdef0123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withKeys := testConfig(fmt.Sprintf("auth.keys_file = %q", keys))
+	d, logs, path := newTestDaemon(t, withKeys)
+	d.lns.api[0] = publicListener{d.lns.api[0]}
+
+	writeConfig(t, path, testConfig("queue.max_queued = 7"))
+	d.reload()
+	if got := d.st.cfgNow(); got.Auth.KeysFile != keys || got.Queue.MaxQueued == 7 {
+		t.Errorf("a reload that drops the keys of a public API was applied: auth.keys_file %q, queue.max_queued %d", got.Auth.KeysFile, got.Queue.MaxQueued)
+	}
+	if refused := logs.lines("reload refused"); len(refused) != 1 || !strings.Contains(refused[0], "beyond loopback, without API keys") {
+		t.Errorf("the refusal does not say why:\n%s", logs)
+	}
+
+	writeConfig(t, path, testConfig("queue.max_queued = 7", "gateway.allow_public_without_keys = true"))
+	d.reload()
+	if got := d.st.cfgNow(); got.Auth.KeysFile != "" || got.Queue.MaxQueued != 7 {
+		t.Errorf("with allow_public_without_keys the reload was not applied: auth.keys_file %q, queue.max_queued %d", got.Auth.KeysFile, got.Queue.MaxQueued)
+	}
+	if len(logs.lines("api listens beyond loopback without api keys")) != 1 {
+		t.Errorf("the accepted risk is not logged:\n%s", logs)
+	}
+
+	writeConfig(t, path, testConfig("queue.max_queued = 7"))
+	d.reload()
+	if got := d.st.cfgNow(); !got.Gateway.AllowPublicWithoutKeys {
+		t.Errorf("withdrawing allow_public_without_keys from a public API without keys was applied")
+	}
+	if n := len(logs.lines("reload refused")); n != 2 {
+		t.Errorf("withdrawing allow_public_without_keys: %d refusals logged, want 2:\n%s", n, logs)
 	}
 }
