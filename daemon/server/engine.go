@@ -80,14 +80,15 @@ func (d *daemon) engineEnv() []string {
 }
 
 // beforeEngineStart is the supervisor's BeforeStart: the GPU admission
-// may refuse the start; then the engine's environment is written.
+// may refuse the start; then the engine's environment is written where
+// the running configuration says.
 func (d *daemon) beforeEngineStart(ctx context.Context) error {
 	if d.adm != nil {
 		if err := d.adm.BeforeStart(ctx); err != nil {
 			return err
 		}
 	}
-	return writeEngineEnv(d.envFile, d.engineEnv())
+	return writeEngineEnv(runtimeEnv(d.st.cfgNow()), d.engineEnv())
 }
 
 // writeEngineEnv writes the engine's runtime settings for the engine unit

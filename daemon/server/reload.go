@@ -14,8 +14,8 @@ import (
 //
 //  1. A key read only when llmlabd starts is logged as needing a restart:
 //     the part that read it (a listener, the logger, the engine's metrics
-//     scraper) keeps the old value, though the running configuration, and
-//     /status, show the new one.
+//     scraper, the state directory) keeps the old value, though the running
+//     configuration, and /status, show the new one.
 //  2. The new configuration is swapped in, and every part takes its share
 //     at once: the gateway (limits, queue, keys), the GPU share, the
 //     supervisor (its delays, start timeout and readiness probe), the
@@ -65,6 +65,9 @@ func (d *daemon) reload() {
 		switch b := d.engineBackend(cfg); {
 		case d.sup != nil && b != nil:
 			d.sup.Restart(b) // drained, then restarted once; arrivals wait as in a cold start
+		case d.sup == nil && b == nil:
+			// An engine managed elsewhere: llmlabd starts nothing, and
+			// the gateway has taken its part.
 		default:
 			d.log.Warn("switching between a managed and an external engine needs a restart")
 		}

@@ -27,8 +27,8 @@ func TestReload(t *testing.T) {
 		t.Cleanup(srv.Close)
 		urls[name] = srv.URL
 	}
-	conf := func(engine string, maxInflight int) string {
-		return testConfig(fmt.Sprintf("engine.url = %q", urls[engine]), `queue.concurrency = "fixed"`, fmt.Sprintf("queue.max_inflight = %d", maxInflight))
+	conf := func(engine string, maxInflight int, set ...string) string {
+		return testConfig(append([]string{fmt.Sprintf("engine.url = %q", urls[engine]), `queue.concurrency = "fixed"`, fmt.Sprintf("queue.max_inflight = %d", maxInflight)}, set...)...)
 	}
 	for _, tc := range []struct {
 		name string
@@ -53,6 +53,11 @@ func TestReload(t *testing.T) {
 		{name: "both at once", next: conf("b", 4), inflight: 4, engine: "b", served: "a",
 			logged:  []string{`change="engine.url: `, `msg=reloaded changes="engine.url: ` + urls["a"] + ` -> ` + urls["b"] + `; queue.max_inflight: 8 -> 4"`},
 			restart: true},
+		// The engine's part of limits.max_tokens needs an engine
+		// restart; an engine managed elsewhere has none to do, and no
+		// restart is asked for.
+		{name: "an engine setting with an external engine", next: conf("a", 8, "limits.max_tokens = 100"), inflight: 8, engine: "a", served: "a",
+			logged: []string{`msg=reloaded changes="limits.max_tokens: 1024 -> 100"`}},
 		{name: "a bad file is refused", next: conf("b", 0), inflight: 8, engine: "a", served: "a",
 			logged: []string{`msg="reload refused; keeping the running configuration"`, `queue.max_inflight = 0`}},
 	} {
@@ -196,6 +201,28 @@ func TestReloadTextfile(t *testing.T) {
 	}
 	if _, err := os.Stat(a); !os.IsNotExist(err) {
 		t.Fatalf("the textfile at its old path after the reload: %v, want it removed", err)
+	}
+}
+
+// The engine's environment goes where engine.runtime_env says at the
+// engine's next start: the restart that its change asks for.
+func TestReloadRuntimeEnv(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.env"), filepath.Join(dir, "b.env")
+	conf := func(env string) string {
+		return testConfig(`engine.command = ["true"]`, fmt.Sprintf("engine.runtime_env = %q", env))
+	}
+	d, logs, path := newTestDaemon(t, conf(a))
+	writeConfig(t, path, conf(b))
+	d.reload()
+	if err := d.beforeEngineStart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(b); err != nil || !strings.Contains(string(data), "LLMLAB_MAX_NEW_TOKENS=1024") {
+		t.Fatalf("the engine's environment at the new engine.runtime_env: %q, %v\n%s", data, err, logs)
+	}
+	if _, err := os.Stat(a); !os.IsNotExist(err) {
+		t.Fatalf("the engine's environment was written at the old engine.runtime_env too (%v)", err)
 	}
 }
 

@@ -63,7 +63,6 @@ func (d *daemon) wire(cfg *config.Config) {
 	var warmup queue.Warmup
 	if backend := d.engineBackend(cfg); backend != nil {
 		sc := d.supervisorConfig(cfg)
-		d.envFile = runtimeEnv(cfg)
 		supLog := log.With("component", "supervisor")
 		if cfg.Engine.Unit != "" {
 			supLog = supLog.With("engine_unit", cfg.Engine.Unit) // ENGINE_UNIT in the journal
