@@ -103,7 +103,7 @@ func gpuCmd(ctx context.Context, f gpuFlags, argv []string, out io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(out, "start admitted; engine environment: %s\n", strings.Join(adm.Env(), " "))
-	proc, err := (&supervisor.Exec{Argv: argv, Grace: 10 * time.Second, Output: os.Stderr, Env: adm.Env}).Start(ctx)
+	proc, err := (&supervisor.Exec{Argv: argv, Grace: func() time.Duration { return 10 * time.Second }, Output: os.Stderr, Env: adm.Env}).Start(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "llmlab gpu:", err)
 		return 1

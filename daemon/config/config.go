@@ -102,8 +102,9 @@ type Gateway struct {
 	// with nothing to do and the engine stopped (0: never).
 	ExitIdleTimeout time.Duration `toml:"exit_idle_timeout" reload:"none"`
 	// StateDir keeps what the daemon learns across restarts ("": not kept;
-	// systemd's $STATE_DIRECTORY is used when the key is unset).
-	StateDir string `toml:"state_dir" reload:"none"`
+	// systemd's $STATE_DIRECTORY is used when the key is unset). It is
+	// read back only at a start, so a reload does not move it.
+	StateDir string `toml:"state_dir" reload:"daemon"`
 	// MaxConnections caps the API connections open at once; past it a new
 	// connection is answered 503 and closed.
 	MaxConnections int `toml:"max_connections" reload:"none"`
@@ -134,11 +135,13 @@ type Engine struct {
 	MaxColdStartWait  time.Duration `toml:"max_cold_start_wait" reload:"none"`
 	StopGrace         time.Duration `toml:"stop_grace" reload:"none"`
 	// SleepAfter puts an idle engine into vLLM's sleep mode before
-	// IdleTimeout stops it (0: never).
-	SleepAfter time.Duration `toml:"sleep_after" reload:"none"`
+	// IdleTimeout stops it (0: never). The engine is started with sleep
+	// mode only when it is set, so a change restarts the engine.
+	SleepAfter time.Duration `toml:"sleep_after" reload:"engine"`
 	// RuntimeEnv is the environment file llmlabd writes before each engine
-	// start ("": $RUNTIME_DIRECTORY/engine.env under systemd, else none).
-	RuntimeEnv string `toml:"runtime_env" reload:"none"`
+	// start ("": $RUNTIME_DIRECTORY/engine.env under systemd, else none);
+	// a change takes effect at the engine's restart that it asks for.
+	RuntimeEnv string `toml:"runtime_env" reload:"engine"`
 	// MetricsInterval is how often the engine's /metrics is read while it
 	// is ready (0: never).
 	MetricsInterval time.Duration `toml:"metrics_interval" reload:"daemon"`
@@ -188,13 +191,15 @@ func (q Queue) FromModel() bool { return q.Concurrency == "model" }
 
 // Limits bounds what one request may ask for and how often clients may ask.
 type Limits struct {
-	MaxBodyBytes int64   `toml:"max_body_bytes" reload:"none"`
-	MaxTokens    int     `toml:"max_tokens" reload:"none"`
-	MaxN         int     `toml:"max_n" reload:"none"`
-	Rate         float64 `toml:"rate" reload:"none"`
-	Burst        int     `toml:"burst" reload:"none"`
-	GlobalRate   float64 `toml:"global_rate" reload:"none"`
-	GlobalBurst  int     `toml:"global_burst" reload:"none"`
+	MaxBodyBytes int64 `toml:"max_body_bytes" reload:"none"`
+	// MaxTokens is also the engine's output cap, passed at its start
+	// (LLMLAB_MAX_NEW_TOKENS), so a change restarts the engine.
+	MaxTokens   int     `toml:"max_tokens" reload:"engine"`
+	MaxN        int     `toml:"max_n" reload:"none"`
+	Rate        float64 `toml:"rate" reload:"none"`
+	Burst       int     `toml:"burst" reload:"none"`
+	GlobalRate  float64 `toml:"global_rate" reload:"none"`
+	GlobalBurst int     `toml:"global_burst" reload:"none"`
 }
 
 // Auth configures optional API keys.

@@ -64,13 +64,15 @@ func TestEveryKeyDeclaresItsReload(t *testing.T) {
 	}
 }
 
-// What each key's change needs, as llmlabd's reload has treated it: only
+// What each key's change needs, as llmlabd's reload treats it: only
 // these keys need a restart of llmlabd or of the engine; every other key
-// is applied by the reload. Changing this table changes what a reload
-// does (docs/architecture.md, "systemd").
+// is applied by the reload to the running part that reads it. Changing
+// this table changes what a reload does (docs/architecture.md, "What a
+// reload does with each key").
 func TestReloadNeeds(t *testing.T) {
 	want := map[string]Need{
 		"gateway.listen":          NeedDaemonRestart,
+		"gateway.state_dir":       NeedDaemonRestart,
 		"engine.url":              NeedDaemonRestart,
 		"engine.metrics_interval": NeedDaemonRestart,
 		"queue.concurrency":       NeedDaemonRestart,
@@ -88,6 +90,9 @@ func TestReloadNeeds(t *testing.T) {
 		"engine.max_num_seqs":           NeedEngineRestart,
 		"engine.max_num_batched_tokens": NeedEngineRestart,
 		"engine.max_model_len":          NeedEngineRestart,
+		"engine.sleep_after":            NeedEngineRestart,
+		"engine.runtime_env":            NeedEngineRestart,
+		"limits.max_tokens":             NeedEngineRestart,
 		"gpu.memory_budget":             NeedEngineRestart,
 		"gpu.memory_fraction":           NeedEngineRestart,
 	}

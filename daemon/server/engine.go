@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,14 +17,16 @@ import (
 	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
-// engineBackend returns how the engine is run, or nil when it is managed
-// elsewhere.
-func engineBackend(cfg *config.Config, log *slog.Logger, stderr io.Writer, env func() []string) supervisor.Backend {
+// engineBackend returns how the engine cfg names is run, or nil when it is
+// managed elsewhere. A child engine's environment and stop grace are read
+// from the running configuration when it starts and stops.
+func (d *daemon) engineBackend(cfg *config.Config) supervisor.Backend {
 	switch {
 	case cfg.Engine.Unit != "":
-		return &supervisor.Systemd{Unit: cfg.Engine.Unit, Log: log.With("component", "supervisor")}
+		return &supervisor.Systemd{Unit: cfg.Engine.Unit, Log: d.log.With("component", "supervisor")}
 	case len(cfg.Engine.Command) > 0:
-		return &supervisor.Exec{Argv: cfg.Engine.Command, Grace: cfg.Engine.StopGrace, Output: stderr, Env: env}
+		grace := func() time.Duration { return d.st.cfgNow().Engine.StopGrace }
+		return &supervisor.Exec{Argv: cfg.Engine.Command, Grace: grace, Output: d.o.Stderr, Env: d.engineEnv}
 	}
 	return nil
 }
@@ -79,14 +80,15 @@ func (d *daemon) engineEnv() []string {
 }
 
 // beforeEngineStart is the supervisor's BeforeStart: the GPU admission
-// may refuse the start; then the engine's environment is written.
+// may refuse the start; then the engine's environment is written where
+// the running configuration says.
 func (d *daemon) beforeEngineStart(ctx context.Context) error {
 	if d.adm != nil {
 		if err := d.adm.BeforeStart(ctx); err != nil {
 			return err
 		}
 	}
-	return writeEngineEnv(d.envFile, d.engineEnv())
+	return writeEngineEnv(runtimeEnv(d.st.cfgNow()), d.engineEnv())
 }
 
 // writeEngineEnv writes the engine's runtime settings for the engine unit
@@ -111,10 +113,11 @@ func writeEngineEnv(path string, env []string) error {
 	return nil
 }
 
-// supervisorConfig extracts the supervisor's part of cfg; the readiness
-// probe is GET engine.ready_path (vLLM's /health answers once it serves)
-// answering 2xx with engine.ready_match in its body when that is set.
-func supervisorConfig(cfg *config.Config) supervisor.Config {
+// supervisorConfig extracts the supervisor's part of cfg, with the
+// daemon's hooks; the readiness probe is GET engine.ready_path (vLLM's
+// /health answers once it serves) answering 2xx with engine.ready_match in
+// its body when that is set. A reload hands the supervisor a new one.
+func (d *daemon) supervisorConfig(cfg *config.Config) supervisor.Config {
 	health := cfg.Engine.URL.JoinPath(cfg.Engine.ReadyPath).String()
 	match := []byte(cfg.Engine.ReadyMatch)
 	client := &http.Client{Timeout: time.Second}
@@ -138,7 +141,7 @@ func supervisorConfig(cfg *config.Config) supervisor.Config {
 			return nil
 		}
 	}
-	return supervisor.Config{
+	sc := supervisor.Config{
 		SleepAfter: cfg.Engine.SleepAfter,
 		// Level 1 keeps the weights in host memory; mode=wait lets any
 		// request still in the engine finish (vLLM's default, abort,
@@ -168,7 +171,12 @@ func supervisorConfig(cfg *config.Config) supervisor.Config {
 		IdleTimeout:   cfg.Engine.IdleTimeout,
 		StartTimeout:  cfg.Engine.StartTimeout,
 		ExpectedStart: cfg.Engine.ExpectedStartTime,
+		BeforeStart:   d.beforeEngineStart,
 	}
+	if d.adm != nil {
+		sc.OnReady, sc.AfterStop = d.adm.NoteRunning, d.adm.AfterStop
+	}
+	return sc
 }
 
 // engineReady reports whether the engine serves: ready, or managed

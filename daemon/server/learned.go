@@ -1,8 +1,12 @@
 package server
 
 import (
+	"errors"
 	"log/slog"
+	"os"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmlab/llmlab/daemon/gateway"
 	"github.com/llmlab/llmlab/daemon/statefile"
@@ -100,6 +104,26 @@ func (l *learned) save() {
 		return
 	}
 	l.saved = now
+}
+
+// setTextfile makes path node_exporter's file, with src's series ("":
+// none). At a reload that moves it, the file written at the old path is
+// removed, so that node_exporter does not read two llmlabds; the new one
+// is written at the next writeTextfile.
+func (l *learned) setTextfile(path string, src prometheus.Gatherer) {
+	if path == l.path {
+		return
+	}
+	if l.path != "" {
+		if err := os.Remove(l.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			l.log.Warn("cannot remove the textfile at its old path", "path", l.path, "err", err)
+		}
+		delete(l.failing, "textfile")
+	}
+	l.tf, l.path = nil, path
+	if path != "" {
+		l.tf = textfile.New(path, src, l.saved.Counters)
+	}
 }
 
 // writeTextfile writes node_exporter's file; at exit (up false) it also

@@ -41,14 +41,9 @@ func openListeners(cfg *config.Config, keys *auth.Keys, log *slog.Logger) (*list
 	if err != nil {
 		return nil, err
 	}
-	for _, l := range apiLns {
-		if !config.IsLoopback(l.Addr().String()) && !keys.Enabled() {
-			if !cfg.Gateway.AllowPublicWithoutKeys {
-				closeAll(apiLns)
-				return nil, fmt.Errorf("the API listens on %s, beyond loopback, without API keys: set auth.keys_file, or gateway.allow_public_without_keys = true to accept the risk", l.Addr())
-			}
-			log.Warn("api listens beyond loopback without api keys", "addr", l.Addr().String())
-		}
+	if err := checkPublic(apiLns, cfg, keys, log); err != nil {
+		closeAll(apiLns)
+		return nil, err
 	}
 	lns := &listeners{api: apiLns, activated: activated}
 	if cfg.Metrics.Listen != "" {
@@ -72,6 +67,22 @@ func openListeners(cfg *config.Config, keys *auth.Keys, log *slog.Logger) (*list
 		}
 	}
 	return lns, nil
+}
+
+// checkPublic refuses API listeners beyond loopback without API keys,
+// unless gateway.allow_public_without_keys accepts the risk (then each is
+// logged). The start and every reload ask it: a reload may remove the keys
+// or withdraw the permission.
+func checkPublic(api []net.Listener, cfg *config.Config, keys *auth.Keys, log *slog.Logger) error {
+	for _, l := range api {
+		if !config.IsLoopback(l.Addr().String()) && !keys.Enabled() {
+			if !cfg.Gateway.AllowPublicWithoutKeys {
+				return fmt.Errorf("the API listens on %s, beyond loopback, without API keys: set auth.keys_file, or gateway.allow_public_without_keys = true to accept the risk", l.Addr())
+			}
+			log.Warn("api listens beyond loopback without api keys", "addr", l.Addr().String())
+		}
+	}
+	return nil
 }
 
 // apiListeners returns the socket-activated "http" listeners, or one of
@@ -117,8 +128,9 @@ func closeAll(ls []net.Listener) {
 
 // buildServers makes the API's and the metrics listener's HTTP servers,
 // and caps the API's connections at gateway.max_connections, read at
-// every accept (a reload changes it).
-func (d *daemon) buildServers(pprofOn bool, clientTimeout time.Duration) {
+// every accept (a reload changes it). Go's profiler is served while
+// metrics.pprof is on, read at each request (a reload changes it too).
+func (d *daemon) buildServers(clientTimeout time.Duration) {
 	apiMux := http.NewServeMux()
 	apiMux.Handle("/", d.gw.Handler())
 	apiMux.HandleFunc("GET /healthz", serveHealthz)
@@ -133,12 +145,19 @@ func (d *daemon) buildServers(pprofOn bool, clientTimeout time.Duration) {
 	metricsMux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
 	metricsMux.HandleFunc("GET /healthz", serveHealthz)
 	metricsMux.HandleFunc("GET /status", d.st.serve)
-	if pprofOn {
-		metricsMux.HandleFunc("/debug/pprof/", pprof.Index)
-		metricsMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		metricsMux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		metricsMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	ifPprof := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if !d.st.cfgNow().Metrics.Pprof {
+				http.NotFound(w, r)
+				return
+			}
+			h(w, r)
+		}
 	}
+	metricsMux.HandleFunc("/debug/pprof/", ifPprof(pprof.Index))
+	metricsMux.HandleFunc("/debug/pprof/profile", ifPprof(pprof.Profile))
+	metricsMux.HandleFunc("/debug/pprof/symbol", ifPprof(pprof.Symbol))
+	metricsMux.HandleFunc("/debug/pprof/trace", ifPprof(pprof.Trace))
 	d.metricsSrv = &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second}
 
 	connMetrics := connlimit.NewMetrics(d.reg)

@@ -8,21 +8,29 @@ import (
 )
 
 // reload re-reads the configuration (SIGHUP); a bad one is refused and the
-// running one kept. What each changed key needs is declared with the key
-// (config.Need, docs/architecture.md):
+// running one kept, as is one that would leave an API listener beyond
+// loopback without API keys. What each changed key needs is declared with
+// the key (config.Need, docs/architecture.md):
 //
 //  1. A key read only when llmlabd starts is logged as needing a restart:
 //     the part that read it (a listener, the logger, the engine's metrics
-//     scraper) keeps the old value, though the running configuration, and
-//     /status, show the new one.
-//  2. The new configuration is swapped in, and the gateway (limits, queue,
-//     keys) and the GPU share take it at once.
+//     scraper, the state directory) keeps the old value, though the running
+//     configuration, and /status, show the new one.
+//  2. The new configuration is swapped in, and every part takes its share
+//     at once: the gateway (limits, queue, keys), the GPU share, the
+//     supervisor (its delays, start timeout and readiness probe), the
+//     textfile's path; what is read from the running configuration when
+//     used (the profiler, the engine's stop grace, the connection cap) is
+//     the new value from then on.
 //  3. A key the engine reads at its start drains the engine and starts it
 //     again, once, with the new configuration (swapped in by then).
 func (d *daemon) reload() {
 	o := d.o
 	o.Explicit = true
 	cfg, keys, err := LoadConfig(o)
+	if err == nil {
+		err = checkPublic(d.lns.api, cfg, keys, d.log)
+	}
 	if err != nil {
 		d.log.Error("reload refused; keeping the running configuration", "err", err)
 		return
@@ -47,10 +55,19 @@ func (d *daemon) reload() {
 		d.adm.SetShare(cfg.GPU.MemoryBudget, cfg.GPU.MemoryFraction)
 	}
 	d.gw.Reload(gatewayConfig(cfg), keys)
+	d.learned.setTextfile(cfg.Metrics.Textfile, d.reg)
+	d.learned.writeTextfile(true)
+	if d.sup != nil {
+		// Before a restart is asked for: the new engine starts with them.
+		d.sup.SetConfig(d.supervisorConfig(cfg))
+	}
 	if engineChanged {
-		switch b := engineBackend(cfg, d.log, d.o.Stderr, d.engineEnv); {
+		switch b := d.engineBackend(cfg); {
 		case d.sup != nil && b != nil:
 			d.sup.Restart(b) // drained, then restarted once; arrivals wait as in a cold start
+		case d.sup == nil && b == nil:
+			// An engine managed elsewhere: llmlabd starts nothing, and
+			// the gateway has taken its part.
 		default:
 			d.log.Warn("switching between a managed and an external engine needs a restart")
 		}

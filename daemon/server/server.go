@@ -128,7 +128,6 @@ type daemon struct {
 
 	engine  gateway.Engine         // the supervisor, or externalEngine
 	sup     *supervisor.Supervisor // nil when the engine is managed elsewhere
-	envFile string                 // where the engine's environment is written ("": nowhere)
 	mon     *gpu.Monitor           // nil when gpu.enabled is false
 	adm     *gpu.Admission         // nil when gpu.enabled is false
 	gw      *gateway.Gateway

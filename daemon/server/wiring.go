@@ -20,7 +20,6 @@ import (
 	"github.com/llmlab/llmlab/daemon/ratelimit"
 	"github.com/llmlab/llmlab/daemon/sd"
 	"github.com/llmlab/llmlab/daemon/supervisor"
-	"github.com/llmlab/llmlab/daemon/textfile"
 )
 
 // newDaemon builds the daemon o describes: the configuration, the logger,
@@ -62,13 +61,8 @@ func (d *daemon) wire(cfg *config.Config) {
 
 	d.engine = externalEngine{}
 	var warmup queue.Warmup
-	if backend := engineBackend(cfg, log, d.o.Stderr, d.engineEnv); backend != nil {
-		sc := supervisorConfig(cfg)
-		d.envFile = runtimeEnv(cfg)
-		sc.BeforeStart = d.beforeEngineStart
-		if d.adm != nil {
-			sc.OnReady, sc.AfterStop = d.adm.NoteRunning, d.adm.AfterStop
-		}
+	if backend := d.engineBackend(cfg); backend != nil {
+		sc := d.supervisorConfig(cfg)
 		supLog := log.With("component", "supervisor")
 		if cfg.Engine.Unit != "" {
 			supLog = supLog.With("engine_unit", cfg.Engine.Unit) // ENGINE_UNIT in the journal
@@ -100,10 +94,8 @@ func (d *daemon) wire(cfg *config.Config) {
 	if d.lns.agent != nil {
 		d.agent = agent.New(d.agentState, d.reg, log.With("component", "agent"))
 	}
-	if cfg.Metrics.Textfile != "" {
-		d.learned.tf, d.learned.path = textfile.New(cfg.Metrics.Textfile, d.reg, d.learned.saved.Counters), cfg.Metrics.Textfile
-	}
-	d.buildServers(cfg.Metrics.Pprof, cfg.Gateway.ClientTimeout)
+	d.learned.setTextfile(cfg.Metrics.Textfile, d.reg)
+	d.buildServers(cfg.Gateway.ClientTimeout)
 }
 
 // start runs the parts newDaemon built and serves: NVML, the supervisor,

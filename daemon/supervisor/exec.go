@@ -18,8 +18,9 @@ import (
 type Exec struct {
 	Argv []string
 	// Grace is how long the engine has to exit after SIGTERM before the
-	// whole group gets SIGKILL.
-	Grace  time.Duration
+	// whole group gets SIGKILL, read at each stop (llmlabd's follows a
+	// reload); nil: none.
+	Grace  func() time.Duration
 	Output io.Writer
 	// Env, when set, adds to the engine's environment at each start.
 	Env func() []string
@@ -59,7 +60,7 @@ type execProcess struct {
 	cmd   *exec.Cmd
 	done  chan struct{}
 	err   error
-	grace time.Duration
+	grace func() time.Duration
 	last  *lastLine
 }
 
@@ -114,7 +115,11 @@ func (l *lastLine) String() string {
 func (p *execProcess) Stop(ctx context.Context) error {
 	pgid := p.cmd.Process.Pid
 	_ = syscall.Kill(-pgid, syscall.SIGTERM)
-	t := time.NewTimer(p.grace)
+	var grace time.Duration
+	if p.grace != nil {
+		grace = p.grace()
+	}
+	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {
 	case <-p.done:
@@ -124,5 +129,5 @@ func (p *execProcess) Stop(ctx context.Context) error {
 	}
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	<-p.done
-	return fmt.Errorf("the engine ignored SIGTERM for %s and was killed", p.grace)
+	return fmt.Errorf("the engine ignored SIGTERM for %s and was killed", grace)
 }

@@ -5,12 +5,13 @@ import (
 	"context"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
 func TestExecStopsWithSIGTERM(t *testing.T) {
-	e := &Exec{Argv: []string{"sleep", "60"}, Grace: 5 * time.Second, Output: io.Discard}
+	e := &Exec{Argv: []string{"sleep", "60"}, Grace: func() time.Duration { return 5 * time.Second }, Output: io.Discard}
 	p, err := e.Start(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -30,13 +31,17 @@ func TestExecStopsWithSIGTERM(t *testing.T) {
 }
 
 // A process that ignores SIGTERM, and its children (the whole group), are
-// killed after the grace period.
+// killed after the grace period, as it is when the stop begins (a reload
+// may have changed it since the start).
 func TestExecKillsGroupAfterGrace(t *testing.T) {
-	e := &Exec{Argv: []string{"sh", "-c", "trap '' TERM; sleep 60 & wait"}, Grace: 300 * time.Millisecond, Output: io.Discard}
+	var grace atomic.Int64
+	grace.Store(int64(20 * time.Second))
+	e := &Exec{Argv: []string{"sh", "-c", "trap '' TERM; sleep 60 & wait"}, Grace: func() time.Duration { return time.Duration(grace.Load()) }, Output: io.Discard}
 	p, err := e.Start(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
+	grace.Store(int64(300 * time.Millisecond))
 	time.Sleep(100 * time.Millisecond) // let the trap install
 	start := time.Now()
 	err = p.Stop(context.Background())
@@ -58,7 +63,7 @@ func TestExecNoCommand(t *testing.T) {
 // says why (vLLM's last line is its error).
 func TestExecReportsExit(t *testing.T) {
 	var out bytes.Buffer
-	e := &Exec{Argv: []string{"sh", "-c", `echo starting; echo "ValueError: not enough KV cache" >&2; printf "\n"; exit 3`}, Grace: time.Second, Output: &out}
+	e := &Exec{Argv: []string{"sh", "-c", `echo starting; echo "ValueError: not enough KV cache" >&2; printf "\n"; exit 3`}, Grace: func() time.Duration { return time.Second }, Output: &out}
 	p, err := e.Start(context.Background())
 	if err != nil {
 		t.Fatal(err)

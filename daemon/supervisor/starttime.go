@@ -30,12 +30,14 @@ func (s *Supervisor) LearnedStart() time.Duration { return time.Duration(s.learn
 func (s *Supervisor) SetLearnedStart(d time.Duration) {
 	if d > 0 {
 		s.learnedStart.Store(int64(d))
+		s.measured.Store(true)
 	}
 }
 
 // learn folds a measured start time into the estimate.
 func (s *Supervisor) learn(took time.Duration) {
 	old := time.Duration(s.learnedStart.Load())
+	s.measured.Store(true)
 	if old == 0 {
 		s.learnedStart.Store(int64(took))
 		return

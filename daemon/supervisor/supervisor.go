@@ -23,7 +23,9 @@
 //     follows after a backoff (1 s, doubling to 30 s).
 //
 // Config keys: engine.command (the exec backend), engine.idle_timeout,
-// engine.start_timeout, engine.expected_start_time.
+// engine.start_timeout, engine.expected_start_time, engine.sleep_after,
+// engine.ready_path and engine.ready_match; SetConfig hands it new values
+// on a reload.
 // Metrics: llmlab_engine_state{state}, llmlab_engine_starts_total{result},
 // llmlab_engine_start_seconds, llmlab_engine_crashes_total.
 package supervisor
@@ -131,8 +133,9 @@ type Supervisor struct {
 	gate    Gate
 	log     *slog.Logger
 
-	wake    chan struct{}
-	restart chan Backend
+	wake     chan struct{}
+	restart  chan Backend
+	reconfig chan Config
 
 	// Published by Run for other goroutines.
 	state        atomic.Value // State
@@ -140,6 +143,9 @@ type Supervisor struct {
 	epoch        time.Time
 	learnedStart atomic.Int64 // nanoseconds
 	learnedWake  atomic.Int64 // nanoseconds
+	// measured says learnedStart comes from a start (measured, or kept
+	// from an earlier run), no longer from Config.ExpectedStart.
+	measured atomic.Bool
 
 	infoMu sync.Mutex
 	info   Info
@@ -192,10 +198,9 @@ func (s *Supervisor) Attach(g Gate) { s.gate = g }
 
 // New returns a supervisor; reg may be nil; gate may be attached later.
 func New(cfg Config, backend Backend, gate Gate, reg prometheus.Registerer, log *slog.Logger) *Supervisor {
-	if cfg.ProbeInterval <= 0 {
-		cfg.ProbeInterval = 50 * time.Millisecond
-	}
-	s := &Supervisor{cfg: cfg, backend: backend, gate: gate, log: log, wake: make(chan struct{}, 1), restart: make(chan Backend, 1), epoch: time.Now()}
+	cfg = cfg.withDefaults()
+	s := &Supervisor{cfg: cfg, backend: backend, gate: gate, log: log, wake: make(chan struct{}, 1), restart: make(chan Backend, 1),
+		reconfig: make(chan Config, 1), epoch: time.Now()}
 	s.state.Store(Stopped)
 	s.learnedStart.Store(int64(cfg.ExpectedStart))
 	s.learnedWake.Store(int64(expectedWake))
@@ -220,6 +225,26 @@ func New(cfg Config, backend Backend, gate Gate, reg prometheus.Registerer, log 
 	return s
 }
 
+// withDefaults fills in what cfg leaves unset.
+func (c Config) withDefaults() Config {
+	if c.ProbeInterval <= 0 {
+		c.ProbeInterval = 50 * time.Millisecond
+	}
+	return c
+}
+
+// SetConfig hands the supervisor new settings (a reload). The engine is
+// not restarted: from Run's next turn, the idle and sleep delays, the
+// start timeout (of a start in progress too), the readiness probe, and,
+// until a start has been measured, the expected start time are cfg's.
+func (s *Supervisor) SetConfig(cfg Config) {
+	select {
+	case <-s.reconfig: // a newer one replaces a pending one
+	default:
+	}
+	s.reconfig <- cfg.withDefaults()
+}
+
 // Wake notes that work arrived: a stopped engine starts.
 func (s *Supervisor) Wake() {
 	select {
@@ -229,9 +254,11 @@ func (s *Supervisor) Wake() {
 }
 
 // Restart switches to a new backend (new engine settings). A running
-// engine is drained and restarted once with it: the gate closes at once, so
-// requests that arrive meanwhile wait as in a cold start; when nothing is
-// left in the engine it stops and starts again.
+// engine (starting, ready or sleeping) is drained and restarted once with
+// it: the gate closes at once, so requests that arrive meanwhile wait as in
+// a cold start; when nothing is left in the engine it stops and starts
+// again. Settings handed over by SetConfig just before are the new
+// engine's from its start.
 func (s *Supervisor) Restart(b Backend) {
 	select {
 	case <-s.restart: // a newer one replaces a pending one
@@ -270,7 +297,6 @@ func (s *Supervisor) Run(ctx context.Context) {
 		probe       *time.Ticker
 		probeC      <-chan time.Time
 		exited      <-chan struct{}
-		startDone   time.Time // deadline of the current start
 		pending     Backend   // a backend to restart with once drained
 		lastCrash   time.Time // when a running engine last exited on its own
 		housekeeper = time.NewTicker(250 * time.Millisecond)
@@ -283,7 +309,23 @@ func (s *Supervisor) Run(ctx context.Context) {
 		state = st
 		s.publish(st)
 	}
+	configure := func(c Config) {
+		if probe != nil && c.ProbeInterval != s.cfg.ProbeInterval {
+			probe.Reset(c.ProbeInterval)
+		}
+		if !s.measured.Load() {
+			s.learnedStart.Store(int64(c.ExpectedStart))
+		}
+		s.cfg = c
+	}
 	start := func() {
+		// Settings handed over with new engine settings (SetConfig, then
+		// Restart) are the new engine's from its start.
+		select {
+		case c := <-s.reconfig:
+			configure(c)
+		default:
+		}
 		now := time.Now()
 		s.startedAt.Store(int64(now.Sub(s.epoch)))
 		set(Starting)
@@ -302,7 +344,6 @@ func (s *Supervisor) Run(ctx context.Context) {
 			return
 		}
 		proc, exited = p, p.Done()
-		startDone = now.Add(s.cfg.StartTimeout)
 		probe = time.NewTicker(s.cfg.ProbeInterval)
 		probeC = probe.C
 	}
@@ -334,8 +375,12 @@ func (s *Supervisor) Run(ctx context.Context) {
 			stop(sctx)
 			cancel()
 			return
+		case c := <-s.reconfig:
+			configure(c)
 		case b := <-s.restart:
-			if state == Ready || state == Starting {
+			// A sleeping engine is restarted too: woken, it would serve
+			// with its old settings.
+			if state == Ready || state == Starting || state == Sleeping {
 				s.log.Info("engine settings changed; draining the engine to restart it")
 				pending = b
 				s.gate.SetEngineReady(false)
@@ -345,7 +390,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 		case <-s.wake:
 			lastWork = time.Now()
 			switch {
-			case state == Sleeping:
+			case state == Sleeping && pending == nil: // else the housekeeper restarts it
 				t0 := time.Now()
 				wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				err := s.cfg.WakeUp(wctx)
@@ -382,7 +427,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 				lastWork = time.Now()
 				s.gate.SetEngineReady(true) // open before anyone reads Ready
 				set(Ready)
-			} else if s.cfg.StartTimeout > 0 && time.Now().After(startDone) {
+			} else if s.cfg.StartTimeout > 0 && time.Since(s.started()) > s.cfg.StartTimeout {
 				s.log.Error("engine did not become healthy in time", "start_timeout", s.cfg.StartTimeout)
 				stop(ctx)
 				s.fail(set, &retryAt, &backoff, "the engine did not become ready in time")

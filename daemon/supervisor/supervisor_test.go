@@ -376,3 +376,161 @@ func TestBeforeStartRefuses(t *testing.T) {
 		}
 	})
 }
+
+// New settings (a reload) apply to the running supervisor without a
+// restart of the engine: the idle and sleep delays, the start timeout of a
+// start in progress, the readiness probe, and the expected start time
+// until a start has been measured.
+func TestSetConfigApplies(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	base := func(eng *fakeEngine) Config {
+		return Config{Probe: eng.healthy, ProbeInterval: 50 * time.Millisecond, IdleTimeout: time.Hour,
+			StartTimeout: time.Hour, ExpectedStart: 10 * time.Second}
+	}
+	run := func(t *testing.T, eng *fakeEngine, cfg Config) (*Supervisor, *gate) {
+		g := &gate{}
+		s := New(cfg, eng, g, nil, quiet)
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(func() { cancel(); synctest.Wait() })
+		go s.Run(ctx)
+		return s, g
+	}
+	ready := func(s *Supervisor) {
+		s.Wake()
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	t.Run("idle timeout", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			eng := &fakeEngine{}
+			cfg := base(eng)
+			s, _ := run(t, eng, cfg)
+			ready(s)
+			cfg.IdleTimeout = 10 * time.Second
+			s.SetConfig(cfg)
+			time.Sleep(11 * time.Second)
+			synctest.Wait()
+			if s.State() != Stopped || eng.stopCount() != 1 {
+				t.Fatalf("11s idle after idle_timeout went from 1h to 10s: %s, %d stops; want stopped", s.State(), eng.stopCount())
+			}
+		})
+	})
+	t.Run("sleep after", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			eng := &fakeEngine{}
+			var sleeps atomic.Int32
+			cfg := base(eng)
+			cfg.Sleep = func(context.Context) error { sleeps.Add(1); return nil }
+			s, _ := run(t, eng, cfg)
+			ready(s)
+			cfg.SleepAfter = 10 * time.Second
+			s.SetConfig(cfg)
+			time.Sleep(11 * time.Second)
+			synctest.Wait()
+			if s.State() != Sleeping || sleeps.Load() != 1 {
+				t.Fatalf("11s idle after sleep_after went from 0s to 10s: %s, %d sleeps; want sleeping", s.State(), sleeps.Load())
+			}
+		})
+	})
+	t.Run("start timeout of a start in progress", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			eng := &fakeEngine{startDelay: 24 * time.Hour}
+			cfg := base(eng)
+			s, _ := run(t, eng, cfg)
+			s.Wake()
+			time.Sleep(5 * time.Second)
+			cfg.StartTimeout = 10 * time.Second
+			s.SetConfig(cfg)
+			time.Sleep(4 * time.Second)
+			synctest.Wait()
+			if s.State() != Starting {
+				t.Fatalf("9s into a start with a 10s start_timeout: %s, want starting", s.State())
+			}
+			time.Sleep(2 * time.Second)
+			synctest.Wait()
+			if s.State() != Failed || !strings.Contains(s.Info().LastFailure, "(10s)") {
+				t.Fatalf("11s into a start after start_timeout went from 1h to 10s: %s (%q); want failed within 10s", s.State(), s.Info().LastFailure)
+			}
+		})
+	})
+	t.Run("readiness probe", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			eng := &fakeEngine{}
+			cfg := base(eng)
+			cfg.Probe = func(context.Context) bool { return false } // a ready_path the engine does not serve
+			s, _ := run(t, eng, cfg)
+			s.Wake()
+			time.Sleep(time.Second)
+			if s.State() != Starting {
+				t.Fatalf("with a probe that never answers: %s, want starting", s.State())
+			}
+			cfg.Probe = eng.healthy
+			s.SetConfig(cfg)
+			time.Sleep(100 * time.Millisecond)
+			synctest.Wait()
+			if s.State() != Ready {
+				t.Fatalf("after the probe was replaced by one that answers: %s, want ready", s.State())
+			}
+		})
+	})
+	t.Run("expected start time", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			eng := &fakeEngine{startDelay: 2 * time.Second}
+			cfg := base(eng)
+			s, _ := run(t, eng, cfg)
+			cfg.ExpectedStart = 20 * time.Second
+			s.SetConfig(cfg)
+			synctest.Wait()
+			if got := s.RemainingStart(); got != 20*time.Second {
+				t.Fatalf("before any start, after expected_start_time went from 10s to 20s: RemainingStart %s, want 20s", got)
+			}
+			ready(s)
+			measured := s.LearnedStart()
+			cfg.ExpectedStart = 40 * time.Second
+			s.SetConfig(cfg)
+			synctest.Wait()
+			if got := s.LearnedStart(); got != measured {
+				t.Fatalf("after a measured start, expected_start_time moved the estimate from %s to %s; want it kept", measured, got)
+			}
+		})
+	})
+}
+
+// New engine settings while the engine sleeps: it is restarted with them
+// (woken, it would serve with the old ones), and a request that arrives
+// meanwhile does not wake the old engine.
+func TestRestartWhileSleeping(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		old := &fakeEngine{}
+		g := &gate{}
+		var wakes atomic.Int32
+		s := New(Config{Probe: old.healthy, ProbeInterval: 50 * time.Millisecond, IdleTimeout: time.Hour, SleepAfter: 10 * time.Second,
+			StartTimeout: time.Minute, ExpectedStart: 10 * time.Second,
+			Sleep:  func(context.Context) error { return nil },
+			WakeUp: func(context.Context) error { wakes.Add(1); return nil },
+		}, old, g, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go s.Run(ctx)
+		s.Wake()
+		for s.State() != Ready {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(11 * time.Second)
+		synctest.Wait()
+		if s.State() != Sleeping {
+			t.Fatalf("after 11s idle: %s, want sleeping", s.State())
+		}
+		next := &fakeEngine{}
+		s.Restart(next)
+		s.Wake()
+		time.Sleep(300 * time.Millisecond)
+		synctest.Wait()
+		if old.stopCount() != 1 || next.startCount() != 1 || wakes.Load() != 0 {
+			t.Fatalf("new settings while sleeping: old engine stopped %d times, new one started %d times, %d wake-ups; want 1, 1, 0",
+				old.stopCount(), next.startCount(), wakes.Load())
+		}
+	})
+}
