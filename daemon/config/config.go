@@ -75,6 +75,10 @@ type SLO struct {
 	// Latency is the p95 latency objective of interactive requests (0:
 	// none).
 	Latency time.Duration `toml:"latency" reload:"none"`
+	// AllowLongerDeadlines lets a client's own deadline (the
+	// X-Llmlab-Deadline header) be longer than Latency for interactive
+	// requests; otherwise Latency caps it.
+	AllowLongerDeadlines bool `toml:"allow_longer_deadlines" reload:"none"`
 }
 
 // GPU configures the NVML readings and the engine's memory share.
@@ -308,7 +312,8 @@ type raw struct {
 		ReleaseTimeout string  `toml:"release_timeout"`
 	} `toml:"gpu"`
 	SLO struct {
-		Latency string `toml:"latency"`
+		Latency              string `toml:"latency"`
+		AllowLongerDeadlines bool   `toml:"allow_longer_deadlines"`
 	} `toml:"slo"`
 	Balancer struct {
 		AgentListen string `toml:"agent_listen"`
@@ -629,7 +634,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 	}
 	c.Log = Log{Level: r.Log.Level, Format: r.Log.Format, AccessLog: r.Log.AccessLog}
 
-	c.SLO = SLO{Latency: ck.duration("slo.latency", r.SLO.Latency, 0)}
+	c.SLO = SLO{Latency: ck.duration("slo.latency", r.SLO.Latency, 0), AllowLongerDeadlines: r.SLO.AllowLongerDeadlines}
 
 	g := r.GPU
 	ck.atLeast("gpu.device", g.Device, 0)

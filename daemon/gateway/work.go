@@ -106,6 +106,15 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 			msg: PriorityHeader + " must be \"interactive\" or \"batch\"", outcome: "invalid"})
 		return
 	}
+	var deadline time.Duration
+	if v := r.Header.Get(DeadlineHeader); v != "" {
+		d, err := parseDeadline(v)
+		if err != nil {
+			g.fail(rec, st, failure{status: http.StatusBadRequest, kind: typeInvalid, code: "invalid_deadline", msg: err.Error(), outcome: "invalid"})
+			return
+		}
+		deadline = d
+	}
 	if ok, wait, scope := g.limiter.Allow(time.Now(), clientID); !ok {
 		st.reason = scope
 		g.fail(rec, st, failure{status: http.StatusTooManyRequests, kind: typeRateLimit, code: "rate_limit_exceeded",
@@ -147,7 +156,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 
 	ctx := r.Context()
 	ticket, err := g.queue.Acquire(ctx, queue.Request{Weight: p.Weight, Key: p.CoalesceKey, Class: st.class,
-		Shape: enginemodel.Shape{PromptBytes: p.PromptBytes, MaxTokens: p.MaxTokens}, Stream: p.Stream})
+		Shape: enginemodel.Shape{PromptBytes: p.PromptBytes, MaxTokens: p.MaxTokens}, Stream: p.Stream, Deadline: deadline})
 	if err != nil {
 		var ref *queue.Refusal
 		if errors.As(err, &ref) {
@@ -159,7 +168,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 			switch ref.Reason {
 			case queue.ReasonQueueFull:
 				f.status, f.kind = http.StatusTooManyRequests, typeRateLimit
-			case queue.ReasonTooManySequences:
+			case queue.ReasonTooManySequences, queue.ReasonDeadlineTooShort:
 				f.status, f.kind, f.retryAfter = http.StatusBadRequest, typeInvalid, 0
 			}
 			g.fail(rec, st, f)

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"container/heap"
+	"container/list"
 	"context"
 	"fmt"
 	"math"
@@ -23,6 +24,11 @@ const (
 	// engine runs at once (a client error).
 	ReasonTooManySequences Reason = "too_many_sequences"
 	ReasonSLO              Reason = "slo"
+	// ReasonDeadline: the request's own deadline (Request.Deadline) would
+	// be missed at the present load; ReasonDeadlineTooShort: even alone in
+	// the engine.
+	ReasonDeadline         Reason = "deadline"
+	ReasonDeadlineTooShort Reason = "deadline_too_short"
 	ReasonDisplaced        Reason = "displaced"
 )
 
@@ -53,14 +59,20 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	}
 	q.mu.Lock()
 	q.accountLocked(now)
-	ref, hold, judged := q.admitLocked(now, r)
+	obj := q.objective(r)
+	var due time.Time
+	if obj > 0 {
+		due = now.Add(obj)
+	}
+	after, ahead, aheadSlots := q.placeLocked(r.Class, due)
+	ref, hold, judged := q.admitLocked(now, r, obj, ahead, aheadSlots)
 	if ref != nil {
 		q.mu.Unlock()
 		q.decided(r.Class, "refuse", string(ref.Reason))
 		return nil, ref
 	}
-	if q.cfg.BatchWindow == 0 && q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class) {
-		t := q.startLocked(now, r, now, judged)
+	if q.cfg.BatchWindow == 0 && ahead == 0 && q.fitsLocked(r.Weight, r.Class) {
+		t := q.startLocked(now, r, now, judged, obj)
 		q.mu.Unlock()
 		q.decided(r.Class, "dispatch", "slot_free")
 		if q.obs != nil {
@@ -77,9 +89,13 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	case q.cfg.BatchWindow > 0:
 		why = "batch_window"
 	}
-	wait := q.deadlineLocked(r.Class, hold)
-	w := &waiter{req: r, ready: make(chan struct{}), arrived: now, judged: judged && !q.notReady}
-	w.elem = q.waiters[r.Class].PushBack(w)
+	wait := q.deadlineLocked(r.Class, obj, hold)
+	w := &waiter{req: r, ready: make(chan struct{}), arrived: now, judged: judged && !q.notReady, objective: obj, due: due}
+	if after == nil {
+		w.elem = q.waiters[r.Class].PushFront(w)
+	} else {
+		w.elem = q.waiters[r.Class].InsertAfter(w, after)
+	}
 	q.queuedSlots[r.Class] += r.Weight
 	q.dispatchLocked(now, false)
 	q.mu.Unlock()
@@ -110,7 +126,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if w.judged && r.Class == Interactive && q.cfg.SLO > 0 {
+	if w.judged {
 		// Admitted, then refused late: the worst miss.
 		q.late.answered(true)
 	}
@@ -122,15 +138,53 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	}
 }
 
-// admitLocked applies the admission rules of the package doc. It returns
-// the refusal, or nil, the engine time the model expects of the request
-// (its mean) and whether it was judged against the objective.
-func (q *Queue) admitLocked(now time.Time, r Request) (*Refusal, time.Duration, bool) {
+// objective is the latency r is judged against: an interactive request's
+// is the SLO, or its own deadline where that is shorter (or longer, with
+// DeadlineBeyondSLO); a batch request's is its own deadline; 0: none.
+func (q *Queue) objective(r Request) time.Duration {
+	slo := q.cfg.SLO
+	if r.Class == Batch {
+		slo = 0
+	}
+	if r.Deadline > 0 && (slo == 0 || r.Deadline < slo || q.cfg.DeadlineBeyondSLO) {
+		return r.Deadline
+	}
+	return slo
+}
+
+// placeLocked is where a new request of class, due at due (zero: never),
+// goes in its class's queue: behind every waiter due no later, ahead of
+// the rest (earliest deadline first; a FIFO among equals). It returns the
+// element to insert it after (nil: the front), and how many requests and
+// slots will be queued ahead of it, a batch request counting every
+// interactive one too.
+func (q *Queue) placeLocked(class Class, due time.Time) (after *list.Element, ahead, aheadSlots int) {
+	if class == Batch {
+		ahead, aheadSlots = q.waiters[Interactive].Len(), q.queuedSlots[Interactive]
+	}
+	for e := q.waiters[class].Front(); e != nil; e = e.Next() {
+		w := e.Value.(*waiter)
+		if !due.IsZero() && (w.due.IsZero() || w.due.After(due)) {
+			break
+		}
+		after = e
+		ahead++
+		aheadSlots += w.req.Weight
+	}
+	return after, ahead, aheadSlots
+}
+
+// admitLocked applies the admission rules of the package doc to r, whose
+// objective is obj and which will have ahead requests of aheadSlots slots
+// queued ahead of it. It returns the refusal, or nil, the engine time the
+// model expects of the request (its mean) and whether it was judged
+// against its objective.
+func (q *Queue) admitLocked(now time.Time, r Request, obj time.Duration, ahead, aheadSlots int) (*Refusal, time.Duration, bool) {
 	if r.Weight > q.cfg.MaxInflight {
 		return &Refusal{Reason: ReasonTooManySequences,
 			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}, 0, false
 	}
-	free := q.aheadLocked(r.Class) == 0 && q.fitsLocked(r.Weight, r.Class)
+	free := ahead == 0 && q.fitsLocked(r.Weight, r.Class)
 	if q.draining && !free {
 		// A request that finds a free slot is served even while draining:
 		// it reached a connection accepted before the listeners closed.
@@ -162,8 +216,8 @@ func (q *Queue) admitLocked(now time.Time, r Request) (*Refusal, time.Duration, 
 	// retried by HAProxy on a second host, woke that host's engine).
 	n := float64(q.capLocked())
 	wait := q.remainingStart()
-	if q.shortLocked(r.Weight, r.Class) > 0 {
-		wait += q.waitLocked(now, r)
+	if short := aheadSlots + r.Weight - (q.capForLocked(r.Class) - q.inflight); short > 0 {
+		wait += q.waitLocked(now, r, short)
 	} else {
 		n = min(n, max(float64(q.inflight+r.Weight+q.queuedSlotsLocked()), q.avgInflight))
 		if !free {
@@ -179,21 +233,43 @@ func (q *Queue) admitLocked(now time.Time, r Request) (*Refusal, time.Duration, 
 				RetryAfter: wait - maxWait}, 0, false
 		}
 	}
-	// Judged against the objective: every interactive request, a free
-	// slot or not, unless the engine is starting (the cold start's own
+	// Judged against its objective: every request that has one (every
+	// interactive one under an SLO, any with a deadline of its own), a
+	// free slot or not, unless the engine is starting (the cold start's own
 	// rules apply), or has nothing of ours (an idle engine is how the model
 	// learns; refusing there would teach it nothing), or the request could
-	// not meet the objective even alone in the engine (a long answer: no
+	// not meet the SLO even alone in the engine (a long answer: no
 	// admission decision can make it meet it, so it is served without one,
 	// as batch work is; its load still counts against everyone else's).
-	judged := r.Class == Interactive && q.cfg.SLO > 0 && !q.notReady &&
-		q.model.Predict(1, r.Shape, q.late.level).Tail <= q.cfg.SLO
+	// A client's own deadline is judged while the engine starts and while
+	// it idles too, and one that the request could not meet alone is
+	// refused: the client asked to be told.
+	alone := q.model.Predict(1, r.Shape, q.late.level).Tail
+	own := r.Deadline > 0 && obj == r.Deadline
+	if own && alone+q.remainingStart() > obj {
+		why := ""
+		if q.remainingStart() > 0 {
+			why = fmt.Sprintf(" after the engine's start (%s more)", fmtDur(q.remainingStart()))
+		}
+		if alone > obj {
+			return &Refusal{Reason: ReasonDeadlineTooShort,
+				Message: fmt.Sprintf("the engine's predicted %s for this request alone exceeds its deadline of %s", fmtDur(alone), obj)}, 0, false
+		}
+		return &Refusal{Reason: ReasonDeadline,
+			Message:    fmt.Sprintf("the engine's predicted %s for this request%s exceeds its deadline of %s", fmtDur(alone), why, obj),
+			RetryAfter: q.remainingStart()}, 0, false
+	}
+	judged := obj > 0 && !q.notReady && alone <= obj
 	idle := q.inflight == 0 && q.queuedLocked() == 0
-	if judged && !idle && wait+pred.Tail > q.cfg.SLO {
-		return &Refusal{Reason: ReasonSLO,
-			Message: fmt.Sprintf("the predicted wait of %s plus the engine's %s for this request exceeds the %s latency objective; the server is overloaded",
-				fmtDur(wait), fmtDur(pred.Tail), q.cfg.SLO),
-			RetryAfter: wait + pred.Tail - q.cfg.SLO}, 0, false
+	if judged && (own || !idle) && wait+pred.Tail > obj {
+		reason, what := ReasonSLO, fmt.Sprintf("the %s latency objective", obj)
+		if own {
+			reason, what = ReasonDeadline, fmt.Sprintf("its deadline of %s", obj)
+		}
+		return &Refusal{Reason: reason,
+			Message: fmt.Sprintf("the predicted wait of %s plus the engine's %s for this request exceeds %s; the server is overloaded",
+				fmtDur(wait), fmtDur(pred.Tail), what),
+			RetryAfter: wait + pred.Tail - obj}, 0, false
 	}
 	return nil, pred.Mean, judged
 }
@@ -204,8 +280,8 @@ func (q *Queue) admitLocked(now time.Time, r Request) (*Refusal, time.Duration, 
 // slot freed goes to the next request queued ahead, which then holds it
 // for the model's time at the limit; the request gets the slot freed when
 // enough have been.
-func (q *Queue) waitLocked(now time.Time, r Request) time.Duration {
-	need := max(q.shortLocked(r.Weight, r.Class), 1)
+func (q *Queue) waitLocked(now time.Time, r Request, short int) time.Duration {
+	need := max(short, 1)
 	n := float64(q.capLocked())
 	var frees freeTimes
 	for e := q.running.Front(); e != nil; e = e.Next() {
@@ -249,19 +325,19 @@ func (f *freeTimes) Pop() any {
 	return x
 }
 
-// deadlineLocked is how long a request of class, expected to take hold
-// in the engine, may wait in the queue.
-func (q *Queue) deadlineLocked(class Class, hold time.Duration) time.Duration {
+// deadlineLocked is how long a request of class with objective obj (0:
+// none), expected to take hold in the engine, may wait in the queue.
+func (q *Queue) deadlineLocked(class Class, obj, hold time.Duration) time.Duration {
 	if q.notReady && q.cfg.MaxColdStartWait > 0 {
 		return q.cfg.MaxColdStartWait
 	}
 	wait := q.maxWaitLocked(class)
-	if class == Interactive && q.cfg.SLO > 0 && !q.notReady {
+	if obj > 0 && !q.notReady {
 		// Served later than this, it would miss the objective even with
 		// the engine's mean time. Admission asked for the tail time to fit:
 		// the difference is the slack that keeps a wait a little longer than
 		// predicted from turning into a late refusal.
-		wait = min(wait, max(q.cfg.SLO-hold, q.cfg.SLO/10))
+		wait = min(wait, max(obj-hold, obj/10))
 	}
 	return wait + q.remainingStart()
 }
@@ -271,26 +347,6 @@ func (q *Queue) maxWaitLocked(class Class) time.Duration {
 		return q.cfg.BatchMaxWait
 	}
 	return q.cfg.MaxWait
-}
-
-// aheadLocked is the number of queued requests a new one of class waits
-// behind.
-func (q *Queue) aheadLocked(class Class) int {
-	if class == Batch {
-		return q.queuedLocked()
-	}
-	return q.waiters[Interactive].Len()
-}
-
-// shortLocked is how many slots a request of weight w and class lacks
-// once the requests queued ahead of it are dispatched (0 or less: it waits
-// for none to be freed).
-func (q *Queue) shortLocked(w int, class Class) int {
-	queued := q.queuedSlots[Interactive]
-	if class == Batch {
-		queued += q.queuedSlots[Batch]
-	}
-	return queued + w - (q.capForLocked(class) - q.inflight)
 }
 
 // drainTimeLocked estimates how long the current queue takes to drain, at

@@ -31,13 +31,13 @@ func (q *Queue) fitsLocked(w int, class Class) bool {
 }
 
 // startLocked dispatches r, which arrived at arrived, at now; judged says
-// its answer moves admission's level (it was admitted by the model, not
-// held through a cold start).
-func (q *Queue) startLocked(now time.Time, r Request, arrived time.Time, judged bool) *Ticket {
+// its answer moves admission's level (it was admitted by the model against
+// its objective obj, not held through a cold start).
+func (q *Queue) startLocked(now time.Time, r Request, arrived time.Time, judged bool, obj time.Duration) *Ticket {
 	q.accountLocked(now)
 	q.inflight += r.Weight
 	t := &Ticket{q: q, weight: r.Weight, shape: r.Shape, stream: r.Stream, dispatched: now, arrived: arrived, slotsAt: q.slotSeconds,
-		judged: judged, model: q.model, inflightAt: q.inflight}
+		judged: judged, objective: obj, model: q.model, inflightAt: q.inflight}
 	t.elem = q.running.PushBack(t)
 	return t
 }
@@ -95,7 +95,7 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 		}
 		q.waiters[w.req.Class].Remove(w.elem)
 		q.queuedSlots[w.req.Class] -= w.req.Weight
-		w.ticket = q.startLocked(now, w.req, w.arrived, w.judged)
+		w.ticket = q.startLocked(now, w.req, w.arrived, w.judged, w.objective)
 		released = append(released, w)
 	}
 	if len(released) == 0 {

@@ -6,9 +6,13 @@
 // A request occupies one slot per sequence it asks the engine for. At most
 // the in-flight limit of slots are in the engine at once (MaxInflight, or
 // the limit set with SetLimit, never above MaxInflight); the rest wait in
-// FIFOs of at most MaxQueued slots, one per priority class: interactive
+// queues of at most MaxQueued slots, one per priority class: interactive
 // requests are dispatched before batch ones, and batch ones only while
-// less than BatchShare of the limit is in use. The decision is made when a
+// less than BatchShare of the limit is in use. Within a class the earliest
+// deadline goes first: a request's deadline is its arrival plus its
+// objective (the SLO, or the client's own Request.Deadline; see
+// objective), so without client deadlines each class is a FIFO, and a
+// request with none of either goes behind those with one. The decision is made when a
 // request arrives (admission.go):
 //
 //  1. A request asking for more sequences than MaxInflight is invalid.
@@ -18,9 +22,11 @@
 //  4. Predict its wait (0 if a slot is free for it) from the running
 //     requests' progress, and its time in the engine from the model at
 //     the concurrency it will run with. A wait past MaxWait is refused
-//     (overloaded); with a latency objective, an interactive request whose
-//     wait plus the model's tail time is past it is refused (slo), unless
-//     the engine has nothing of ours to learn from (idle) or is starting.
+//     (overloaded); with a latency objective, a request whose wait plus
+//     the model's tail time is past it is refused (slo, or deadline for
+//     the client's own), unless the engine has nothing of ours to learn
+//     from (idle) or is starting. A client's deadline that the model's
+//     tail time alone passes is refused in any case (deadline_too_short).
 //  5. Otherwise dispatch it, or queue it. A request still queued at its
 //     deadline is refused (queue_timeout); one whose client leaves is
 //     removed at once.
@@ -60,6 +66,9 @@ type Config struct {
 	// share of the in-flight limit is in use, keeping the rest for
 	// interactive ones (0 or 1: no reserve).
 	BatchShare float64
+	// DeadlineBeyondSLO lets an interactive request's own deadline
+	// (Request.Deadline) be longer than SLO; otherwise SLO caps it.
+	DeadlineBeyondSLO bool
 }
 
 // Class is a request's priority class.
@@ -109,6 +118,10 @@ type Request struct {
 	// Stream: its answer is streamed, so its tokens show as they come
 	// (Ticket.Progress).
 	Stream bool
+	// Deadline is the client's own objective for this request, arrival
+	// to the end of its answer (0: none): admission judges it against
+	// that, and the queue serves each class earliest deadline first.
+	Deadline time.Duration
 }
 
 // Queue is safe for concurrent use.
@@ -156,13 +169,17 @@ const avgTau = 5 * time.Second
 type waiter struct {
 	req     Request
 	arrived time.Time
-	// judged: admitted by the model against the objective (not held
+	// judged: admitted by the model against its objective (not held
 	// through a cold start, nor exempt).
-	judged  bool
-	ready   chan struct{}
-	elem    *list.Element
-	ticket  *Ticket
-	refusal *Refusal
+	judged bool
+	// objective is what it is judged against (0: none); due is arrival
+	// plus that (zero: none), by which its class's FIFO is ordered.
+	objective time.Duration
+	due       time.Time
+	ready     chan struct{}
+	elem      *list.Element
+	ticket    *Ticket
+	refusal   *Refusal
 }
 
 // New returns a queue with the given limits, judging requests with a

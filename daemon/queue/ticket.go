@@ -36,9 +36,10 @@ type Ticket struct {
 	streaming atomic.Int32
 	markSeq   uint64
 	report    *Report
-	// judged: an interactive request under an objective, whose answer
+	// judged: a request under an objective (objective), whose answer
 	// moves admission's level (lateness).
-	judged bool
+	judged    bool
+	objective time.Duration
 }
 
 // Group is the set of tickets with the same Key dispatched together.
@@ -137,7 +138,7 @@ func (t *Ticket) Release() {
 			}
 			q.model.Observe(o)
 			if t.judged {
-				q.late.answered(now.Sub(t.arrived) > q.cfg.SLO)
+				q.late.answered(now.Sub(t.arrived) > t.objective)
 			}
 		}
 	}

@@ -187,6 +187,8 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 			SLO:              cfg.SLO.Latency,
 			BatchMaxWait:     cfg.Queue.BatchMaxWait,
 			BatchShare:       cfg.Queue.BatchShare,
+
+			DeadlineBeyondSLO: cfg.SLO.AllowLongerDeadlines,
 		},
 		Coalesce: cfg.Queue.Coalesce,
 		RateLimit: ratelimit.Config{
