@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -62,5 +63,33 @@ func TestDeadlineHeader(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("a one-minute deadline: %d, want 200", resp.StatusCode)
+	}
+}
+
+// Every answer that reached the engine says how long it waited in the
+// queue: the second of two requests for the only slot, at least the
+// first's time in the engine.
+func TestQueueWaitHeader(t *testing.T) {
+	c := testConfig()
+	c.Queue.MaxInflight = 1
+	f := newFixture(t, c, nil, &fakeengine.Engine{Delay: 300 * time.Millisecond})
+	body := `{"prompt":"x","max_tokens":1}`
+	waits := make(chan float64, 2)
+	for range 2 {
+		go func() {
+			resp := f.post(t, "/v1/completions", body)
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			w, err := strconv.ParseFloat(resp.Header.Get(QueueWaitHeader), 64)
+			if resp.StatusCode != 200 || err != nil {
+				t.Errorf("answer %d, %s %q: want 200 and seconds", resp.StatusCode, QueueWaitHeader, resp.Header.Get(QueueWaitHeader))
+			}
+			waits <- w
+		}()
+	}
+	a, b := <-waits, <-waits
+	first, second := min(a, b), max(a, b)
+	if second < 0.3 || first >= second {
+		t.Errorf("waits %.3f and %.3f s, the second behind a 0.3-s request on the only slot: want it at least 0.3 s and the first less", first, second)
 	}
 }

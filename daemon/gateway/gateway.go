@@ -217,6 +217,10 @@ func (g *Gateway) LastWork() time.Time {
 // priority; "interactive" (the default) cannot raise a batch key's.
 const PriorityHeader = "X-Llmlab-Priority"
 
+// QueueWaitHeader carries, on every answer that reached the engine, the
+// seconds the request waited in llmlab's queue before it was sent.
+const QueueWaitHeader = "X-Llmlab-Queue-Wait"
+
 // SetLimit sets the queue's in-flight limit.
 func (g *Gateway) SetLimit(n int) { g.queue.SetLimit(n) }
 

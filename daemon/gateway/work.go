@@ -179,6 +179,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	}
 	st.waited = ticket.Waited()
 	g.metrics.queueWait.Observe(st.waited.Seconds())
+	rec.Header().Set(QueueWaitHeader, strconv.FormatFloat(st.waited.Seconds(), 'f', 3, 64))
 	if ctx.Err() != nil {
 		ticket.Release()
 		st.outcome, st.status = "cancelled", 499
