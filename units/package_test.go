@@ -66,10 +66,15 @@ func TestPackageLifecycle(t *testing.T) {
 	// (Triton, FlashInfer, CUDA's JIT, vLLM's config and cache), each
 	// fatal when not writable, refuses to run with usage stats on, notes
 	// its arguments, and then runs the simulator.
-	c.write("/usr/local/bin/vllm-standin", standinVLLM)
-	c.must("chmod", "755", "/usr/local/bin/vllm-standin")
+	// It is installed as uv installs vLLM: a virtual environment whose
+	// console script names the environment's interpreter, and whose vLLM
+	// source knows --max-num-queued-reqs, so that llmlab-engine passes it.
+	c.write("/opt/vllm/bin/vllm", strings.Replace(standinVLLM, "#!/bin/sh", "#!/opt/vllm/bin/python3", 1))
+	c.must("chmod", "755", "/opt/vllm/bin/vllm")
+	c.must("ln", "-s", "/bin/sh", "/opt/vllm/bin/python3")
+	c.write("/opt/vllm/lib/python3.12/site-packages/vllm/engine/arg_utils.py", "    max_num_queued_reqs: int | None = None\n")
 	c.write("/etc/systemd/system/llmlab-vllm.service.d/test.conf", fmt.Sprintf(
-		"[Service]\nEnvironment=LLMLAB_VLLM=/usr/local/bin/vllm-standin LLMLAB_PORT=%d\n", enginePort))
+		"[Service]\nEnvironment=LLMLAB_VLLM=/opt/vllm/bin/vllm LLMLAB_PORT=%d\n", enginePort))
 	c.must("systemctl", "daemon-reload")
 	c.must("systemctl", "reset-failed", "llmlab-vllm.service")
 	deadline := time.Now().Add(60 * time.Second)
@@ -97,8 +102,10 @@ func TestPackageLifecycle(t *testing.T) {
 		c.must("test", "-f", "/var/lib/llmlab-vllm/"+f)
 	}
 	if args := c.must("cat", "/var/lib/llmlab-vllm/args"); !strings.Contains(args, `--override-generation-config {"max_new_tokens": 1024}`) ||
-		!strings.Contains(args, "serve Qwen/Qwen2.5-0.5B-Instruct") || !strings.Contains(args, "--max-num-seqs 16") || strings.Contains(args, "--max-model-len") {
-		t.Fatalf("llmlab-engine ran vLLM with %q, want serve MODEL, the max_new_tokens cap from limits.max_tokens and engine.max_num_seqs (and no --max-model-len: engine.max_model_len is 0)", args)
+		!strings.Contains(args, "serve Qwen/Qwen2.5-0.5B-Instruct") || !strings.Contains(args, "--max-num-seqs 16") || strings.Contains(args, "--max-model-len") ||
+		!strings.Contains(args, "--max-num-queued-reqs 512") {
+		t.Fatalf("llmlab-engine ran vLLM with %q, want serve MODEL, the max_new_tokens cap from limits.max_tokens, engine.max_num_seqs, "+
+			"the engine's queue bound of twice queue.max_inflight (256) and no --max-model-len (engine.max_model_len is 0)", args)
 	}
 
 	// journald: the access line carries the request id as a field.

@@ -257,7 +257,7 @@ format = "text"
 			time.Sleep(100 * time.Millisecond)
 		}
 		env, err := os.ReadFile(envFile)
-		want := fmt.Sprintf("LLMLAB_GPU_MEMORY_UTILIZATION=%g\nLLMLAB_MAX_NEW_TOKENS=1024\nLLMLAB_MAX_NUM_SEQS=32\nLLMLAB_MAX_NUM_BATCHED_TOKENS=4096\nLLMLAB_MAX_MODEL_LEN=%d\n", share, maxLen)
+		want := fmt.Sprintf("LLMLAB_GPU_MEMORY_UTILIZATION=%g\nLLMLAB_MAX_NEW_TOKENS=1024\nLLMLAB_MAX_NUM_QUEUED_REQS=512\nLLMLAB_MAX_NUM_SEQS=32\nLLMLAB_MAX_NUM_BATCHED_TOKENS=4096\nLLMLAB_MAX_MODEL_LEN=%d\n", share, maxLen)
 		if err != nil || !strings.HasSuffix(string(env), want) {
 			t.Fatalf("engine.runtime_env = %q (%v), want it to end with %q", env, err, want)
 		}

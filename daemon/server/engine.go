@@ -44,10 +44,13 @@ func runtimeEnv(cfg *config.Config) string {
 }
 
 // engineKnobs is the engine's part of the environment that follows the
-// configuration: LLMLAB_MAX_NEW_TOKENS (limits.max_tokens), sleep mode,
-// and vLLM's knobs that engine.* sets (none for 0, the engine's default).
+// configuration: LLMLAB_MAX_NEW_TOKENS (limits.max_tokens), the engine's
+// own bound on what it holds (LLMLAB_MAX_NUM_QUEUED_REQS, engineQueueBound),
+// sleep mode, and vLLM's knobs that engine.* sets (none for 0, the
+// engine's default).
 func engineKnobs(c *config.Config) []string {
-	env := []string{fmt.Sprintf("LLMLAB_MAX_NEW_TOKENS=%d", c.Limits.MaxTokens)}
+	env := []string{fmt.Sprintf("LLMLAB_MAX_NEW_TOKENS=%d", c.Limits.MaxTokens),
+		fmt.Sprintf("LLMLAB_MAX_NUM_QUEUED_REQS=%d", engineQueueBound(c))}
 	if c.Engine.SleepAfter > 0 {
 		env = append(env, "LLMLAB_ENABLE_SLEEP_MODE=1")
 	}
@@ -61,6 +64,15 @@ func engineKnobs(c *config.Config) []string {
 	}
 	return env
 }
+
+// engineQueueBound is vLLM's --max-num-queued-reqs for the engine llmlabd
+// manages: a second line behind llmlab's own admission, so that traffic
+// reaching the engine by another path (a client of its port, a second
+// gateway) cannot grow the engine's queue without bound. vLLM counts the
+// sequences waiting and running against it (PR #49445), and llmlabd never
+// has more than queue.max_inflight in the engine: twice that leaves llmlab
+// all its slots and as many again for anyone else.
+func engineQueueBound(c *config.Config) int { return 2 * c.Queue.MaxInflight }
 
 // engineEnv is the engine's environment for its next start, from the
 // running configuration: the GPU share (NVML's readings turn a budget into

@@ -38,7 +38,7 @@ func simFlags(fs *flag.FlagSet) command.Run {
 	}
 	util := fs.Float64("gpu-memory-utilization", defUtil, "fraction of the card's memory the engine takes (default: $LLMLAB_GPU_MEMORY_UTILIZATION, else 0.9)")
 	blocks := fs.Int("num-gpu-blocks-override", 0, "KV-cache blocks of 16 tokens (0: from the memory budget)")
-	queued := fs.Int("max-num-queued-reqs", 0, "most waiting requests before 503 (0: unbounded, as vLLM's default)")
+	queued := fs.Int("max-num-queued-reqs", envInt("LLMLAB_MAX_NUM_QUEUED_REQS"), "most sequences in flight, waiting and running, before 503 (0: unbounded, as vLLM's default; default $LLMLAB_MAX_NUM_QUEUED_REQS)")
 	stepFixed := fs.Duration("step-fixed", -1, "fixed cost of an engine step (default: the profile's)")
 	perToken := fs.Duration("per-token", -1, "cost per token processed in a step (default: the profile's)")
 	perKV := fs.Duration("per-kv-token", -1, "cost per KV-cache token read in a step (default: the profile's)")

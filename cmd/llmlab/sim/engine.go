@@ -37,7 +37,11 @@ type Config struct {
 	MaxNumBatchedTokens int
 	MaxModelLen         int
 	KVBlocks            int
-	// MaxNumQueuedReqs bounds the waiting queue (0: unbounded).
+	// MaxNumQueuedReqs bounds the sequences in flight, waiting and
+	// running, past which a request is refused with 503 (0: unbounded), as
+	// vLLM's --max-num-queued-reqs does (vLLM PR #49445: checked in
+	// AsyncLLM.add_request before the request enters the engine; a
+	// request with n > 1 counts as n).
 	MaxNumQueuedReqs int
 	// PrefixCaching reuses computed prompt blocks (vLLM's
 	// --enable-prefix-caching, on by default: CacheConfig).
@@ -92,6 +96,7 @@ type Engine struct {
 	incoming []*seq
 	wake     chan struct{}
 	waitingN atomic.Int32 // waiting + incoming, for admission and metrics
+	runningN atomic.Int32 // running, as of the last step, for admission
 
 	// paused holds new sequences out of the scheduler (set by Pause, ended
 	// by Resume); abort asks the loop to end the sequences it has.
@@ -184,11 +189,11 @@ func (e *Engine) storePrefix(s *seq) {
 // ErrQueueFull is returned by Submit when max_num_queued_reqs is reached.
 type ErrQueueFull struct{}
 
-func (ErrQueueFull) Error() string { return "the engine's waiting queue is full" }
+func (ErrQueueFull) Error() string { return "the engine has as many requests in flight as --max-num-queued-reqs allows" }
 
 // Submit hands sequences to the engine.
 func (e *Engine) Submit(seqs ...*seq) error {
-	if max := e.cfg.MaxNumQueuedReqs; max > 0 && int(e.waitingN.Load())+len(seqs) > max {
+	if max := e.cfg.MaxNumQueuedReqs; max > 0 && int(e.waitingN.Load()+e.runningN.Load())+len(seqs) > max {
 		return ErrQueueFull{}
 	}
 	e.mu.Lock()
@@ -438,6 +443,7 @@ func (e *Engine) dropCancelled() {
 
 // publish updates the gauges from the loop's state.
 func (e *Engine) publish() {
+	e.runningN.Store(int32(len(e.running)))
 	if e.metrics == nil {
 		return
 	}

@@ -200,7 +200,7 @@ func TestNaturalLengthWithoutIgnoreEOS(t *testing.T) {
 
 func TestQueueLimitAndFailureInjection(t *testing.T) {
 	srv := newTestServer(t, func(o *Options) {
-		o.Engine.MaxNumQueuedReqs = 1
+		o.Engine.MaxNumQueuedReqs = 2
 		o.Engine.MaxNumSeqs = 1
 		o.Engine.Profile.StepFixed = 200 * time.Millisecond
 	})
@@ -226,7 +226,9 @@ func TestQueueLimitAndFailureInjection(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	// One request runs, then one waits: the queue (of one) is full.
+	// One request runs, then one waits: with two in flight, as many as
+	// --max-num-queued-reqs allows (it counts running ones too), a third
+	// is refused.
 	go client.Post(srv.URL+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"a","max_tokens":8,"ignore_eos":true}`))
 	waitMetric(`vllm:num_requests_running{engine="0",model_name="qwen"} 1`)
 	go client.Post(srv.URL+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"b","max_tokens":8,"ignore_eos":true}`))
