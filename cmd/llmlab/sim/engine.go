@@ -189,7 +189,9 @@ func (e *Engine) storePrefix(s *seq) {
 // ErrQueueFull is returned by Submit when max_num_queued_reqs is reached.
 type ErrQueueFull struct{}
 
-func (ErrQueueFull) Error() string { return "the engine has as many requests in flight as --max-num-queued-reqs allows" }
+func (ErrQueueFull) Error() string {
+	return "the engine has as many requests in flight as --max-num-queued-reqs allows"
+}
 
 // Submit hands sequences to the engine.
 func (e *Engine) Submit(seqs ...*seq) error {
