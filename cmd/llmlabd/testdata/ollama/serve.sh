@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs Ollama as an engine llmlabd can start and stop (engine.command),
-# serving the random-weight model "llmlab-tiny" from build.sh's folder:
+# serving the random-weight model "llmlab-tiny" from build.sh's folder
+# (or LLMLAB_OLLAMA_MODEL as LLMLAB_OLLAMA_NAME):
 # starts `ollama serve` on $OLLAMA_HOST (default 127.0.0.1:11434) with its
 # own model store, registers the model, loads it and keeps it loaded, then
 # waits for the server. llmlabd knows it is ready when GET /api/ps lists the
@@ -9,9 +10,22 @@
 #   OLLAMA_NUM_PARALLEL  slots (default 4)
 #   LLMLAB_OLLAMA_DIR    build.sh's folder (default: run build.sh)
 #   LLMLAB_ENGINE_CPUS   CPUs to pin the engine to (taskset -c), e.g. "1"
+#   LLMLAB_OLLAMA_MODEL  another model to serve instead of build.sh's: a
+#                        .gguf (served with num_ctx 1024, as llmlab-tiny
+#                        is), e.g. the one `$DIR/bin/mkmodel -preset
+#                        qwen2.5-0.5b -o /tmp/qwen.gguf` writes, or a
+#                        Modelfile whose FROM is an absolute path
+#   LLMLAB_OLLAMA_NAME   the name it is served as (default llmlab-tiny;
+#                        engine.ready_match and the requests' model follow)
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${LLMLAB_OLLAMA_DIR:-$("$HERE/build.sh")}
+NAME=${LLMLAB_OLLAMA_NAME:-llmlab-tiny}
+MODEL=${LLMLAB_OLLAMA_MODEL:-}
+if [ -n "$MODEL" ]; then
+	[ -f "$MODEL" ] || { echo "serve.sh: no file $MODEL" >&2; exit 1; }
+	MODEL=$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")
+fi
 export OLLAMA_HOST=${OLLAMA_HOST:-127.0.0.1:11434}
 export OLLAMA_NUM_PARALLEL=${OLLAMA_NUM_PARALLEL:-4}
 export OLLAMA_KEEP_ALIVE=-1
@@ -36,8 +50,15 @@ until curl -fsS "http://$OLLAMA_HOST/api/version" >/dev/null 2>&1; do
 	fi
 	sleep 0.05
 done
-{ cat "$DIR/Modelfile"; echo "PARAMETER num_thread $THREADS"; } > "$STORE/Modelfile"
-"$DIR/bin/ollama" create llmlab-tiny -f "$STORE/Modelfile" >/dev/null 2>&1
+{
+	case $MODEL in
+	"") cat "$DIR/Modelfile" ;;
+	*.gguf) printf 'FROM %s\nPARAMETER num_ctx 1024\n' "$MODEL" ;;
+	*) cat "$MODEL" ;;
+	esac
+	echo "PARAMETER num_thread $THREADS"
+} > "$STORE/Modelfile"
+"$DIR/bin/ollama" create "$NAME" -f "$STORE/Modelfile" >/dev/null 2>&1
 # An empty generate request loads the model; keep_alive -1 keeps it.
-curl -fsS "http://$OLLAMA_HOST/api/generate" -d '{"model":"llmlab-tiny","keep_alive":-1}' >/dev/null
+curl -fsS "http://$OLLAMA_HOST/api/generate" -d "{\"model\":\"$NAME\",\"keep_alive\":-1}" >/dev/null
 wait $PID

@@ -19,6 +19,13 @@
 // Each answer is therefore exactly max_tokens long, as vLLM's ignore_eos
 // makes it.
 //
+// -arch qwen2 writes Qwen2's architecture instead, with a GPT-2 byte-level
+// BPE vocabulary, F16 matrices and tied embeddings, and -preset
+// qwen2.5-0.5b Qwen2.5-0.5B-Instruct's real shape (24 layers, 896 wide,
+// 14 heads and 2 KV heads, 4864 feed-forward, 151,936 tokens: 494M
+// parameters, 991 MB), for an engine on a GPU to cost what the real
+// model costs: qwen2.go. The default flags write the same file as ever.
+//
 // Built with Ollama's own GGUF writer (fs/ggml), outside llmlab's module.
 package main
 
@@ -27,6 +34,7 @@ import (
 	"encoding/binary"
 	"flag"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -41,23 +49,98 @@ var benchWords = []string{"Write", "word", "apple", "river", "stone", "cloud", "
 	"table", "water", "house", "night", "bread", "chair", "glass", "field"}
 
 func main() {
-	out := flag.String("o", "llmlab-tiny.gguf", "the GGUF file to write")
-	layers := flag.Int("layers", 2, "transformer blocks")
-	width := flag.Int("width", 64, "embedding width")
-	heads := flag.Int("heads", 4, "attention heads (and KV heads)")
-	ffn := flag.Int("ffn", 128, "feed-forward width")
-	vocab := flag.Int("vocab", 4096, "vocabulary size (at least 1024)")
-	ctxLen := flag.Int("context", 2048, "context length")
-	seed := flag.Uint64("seed", 1, "random seed (the same seed writes the same file)")
-	flag.Parse()
-	if *vocab < 1024 || *width%*heads != 0 || *width < 8 {
-		fmt.Fprintln(os.Stderr, "mkmodel: want -vocab >= 1024 and -width a multiple of -heads, at least 8")
+	o, err := parse(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mkmodel:", err)
 		os.Exit(2)
 	}
-	if err := write(*out, *layers, *width, *heads, *ffn, *vocab, *ctxLen, *seed); err != nil {
+	switch o.arch {
+	case "llama":
+		c := o.qwen2Config
+		err = write(o.out, c.layers, c.width, c.heads, c.kvHeads, c.ffn, c.vocab, c.ctxLen, c.seed)
+	case "qwen2":
+		err = writeQwen2(o.out, o.qwen2Config)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "mkmodel:", err)
 		os.Exit(1)
 	}
+}
+
+// options are mkmodel's flags, read (the llama model takes its shape from
+// qwen2Config too).
+type options struct {
+	arch, out string
+	qwen2Config
+}
+
+func parse(args []string) (options, error) {
+	fs := flag.NewFlagSet("mkmodel", flag.ExitOnError)
+	out := fs.String("o", "", "the GGUF file to write (default llmlab-tiny.gguf for llama, llmlab-qwen2.gguf for qwen2, llmlab-PRESET.gguf for a preset)")
+	arch := fs.String("arch", "llama", "architecture: llama (SentencePiece vocabulary, F32) or qwen2 (GPT-2 byte-level BPE vocabulary, F16 or BF16; qwen2.go)")
+	preset := fs.String("preset", "", "a real model's shape, which sets the flags not given: "+strings.Join(slices.Sorted(maps.Keys(presets)), ", "))
+	layers := fs.Int("layers", 2, "transformer blocks")
+	width := fs.Int("width", 64, "embedding width")
+	heads := fs.Int("heads", 4, "attention heads")
+	kvHeads := fs.Int("kv-heads", 0, "key and value heads (default: -heads)")
+	ffn := fs.Int("ffn", 128, "feed-forward width")
+	vocab := fs.Int("vocab", 4096, "vocabulary size (at least 1024)")
+	ctxLen := fs.Int("context", 2048, "context length")
+	dtype := fs.String("dtype", "f16", "qwen2's matrices: f16 or bf16 (its norms and biases are F32)")
+	seed := fs.Uint64("seed", 1, "random seed (the same seed writes the same file)")
+	_ = fs.Parse(args)
+	if *preset != "" {
+		values, ok := presets[*preset]
+		if !ok {
+			return options{}, fmt.Errorf("no preset %q", *preset)
+		}
+		given := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+		for _, kv := range values {
+			if name, value, _ := strings.Cut(kv, "="); !given[name] {
+				if err := fs.Set(name, value); err != nil {
+					return options{}, err
+				}
+			}
+		}
+	}
+	if *kvHeads == 0 {
+		*kvHeads = *heads
+	}
+	if *vocab < 1024 || *width%*heads != 0 || *width < 8 || *heads%*kvHeads != 0 {
+		return options{}, fmt.Errorf("want -vocab >= 1024, -width a multiple of -heads, at least 8, and -heads a multiple of -kv-heads")
+	}
+	kind, ok := dtypes[*dtype]
+	if !ok {
+		return options{}, fmt.Errorf("want -dtype f16 or bf16")
+	}
+	o := options{arch: *arch, out: *out, qwen2Config: qwen2Config{name: "llmlab-" + *arch, layers: *layers, width: *width,
+		heads: *heads, kvHeads: *kvHeads, ffn: *ffn, vocab: *vocab, ctxLen: *ctxLen, kind: kind, seed: *seed}}
+	switch o.arch {
+	case "llama":
+		o.name = "llmlab-tiny"
+		if *preset != "" {
+			return options{}, fmt.Errorf("-preset %s is a qwen2 model", *preset)
+		}
+	case "qwen2":
+		if *preset != "" {
+			o.name = "llmlab-" + *preset
+		}
+	default:
+		return options{}, fmt.Errorf("want -arch llama or qwen2")
+	}
+	if o.out == "" {
+		o.out = o.name + ".gguf"
+	}
+	return o, nil
+}
+
+// presets are real models' shapes, as flag values.
+var presets = map[string][]string{
+	// Qwen2.5-0.5B-Instruct's config.json: 494M parameters, about 1 GB as
+	// F16 (its embeddings are tied, so the LM head is token_embd). Its
+	// context, 32,768, is only a ceiling: Ollama allocates num_ctx.
+	"qwen2.5-0.5b": {"arch=qwen2", "layers=24", "width=896", "heads=14", "kv-heads=2", "ffn=4864", "vocab=151936", "context=32768"},
 }
 
 // Token types of GGUF's tokenizer.ggml.token_type.
@@ -114,7 +197,7 @@ func vocabulary(n int, rng *rand.Rand) (tokens []string, scores []float32, types
 	return tokens, scores, types, allowed
 }
 
-func write(path string, layers, width, heads, ffn, vocab, ctxLen int, seed uint64) error {
+func write(path string, layers, width, heads, kvHeads, ffn, vocab, ctxLen int, seed uint64) error {
 	rng := rand.New(rand.NewPCG(seed, 0x11a1ab))
 	tokens, scores, types, allowed := vocabulary(vocab, rng)
 
@@ -161,8 +244,10 @@ func write(path string, layers, width, heads, ffn, vocab, ctxLen int, seed uint6
 		norm[0] = 0 // the anchor does not feed the blocks
 		add(fmt.Sprintf("blk.%d.attn_norm.weight", i), slices.Clone(norm), uint64(width))
 		add(fmt.Sprintf("blk.%d.ffn_norm.weight", i), slices.Clone(norm), uint64(width))
-		for _, n := range []string{"attn_q", "attn_k", "attn_v"} {
-			add(fmt.Sprintf("blk.%d.%s.weight", i, n), normal(width*width, w), uint64(width), uint64(width))
+		kvWidth := width / heads * kvHeads
+		add(fmt.Sprintf("blk.%d.attn_q.weight", i), normal(width*width, w), uint64(width), uint64(width))
+		for _, n := range []string{"attn_k", "attn_v"} {
+			add(fmt.Sprintf("blk.%d.%s.weight", i, n), normal(width*kvWidth, w), uint64(width), uint64(kvWidth))
 		}
 		// Output row 0 of the blocks' projections is zero: nothing writes
 		// to the anchor.
@@ -185,7 +270,7 @@ func write(path string, layers, width, heads, ffn, vocab, ctxLen int, seed uint6
 		"llama.embedding_length":                 uint32(width),
 		"llama.feed_forward_length":              uint32(ffn),
 		"llama.attention.head_count":             uint32(heads),
-		"llama.attention.head_count_kv":          uint32(heads),
+		"llama.attention.head_count_kv":          uint32(kvHeads),
 		"llama.attention.layer_norm_rms_epsilon": float32(1e-5),
 		"llama.rope.freq_base":                   float32(10000),
 		"llama.rope.dimension_count":             uint32(width / heads),
