@@ -20,24 +20,48 @@ if [ -z "${LLMLAB_CACHE:-}" ]; then
 		LLMLAB_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/llmlab
 	fi
 fi
-KEY=$(cat "$HERE/include/miniaudio/miniaudio.h" "$HERE/mkmodel/main.go" "$HERE/mkmodel/go.sum" | sha256sum | cut -c1-12)
+# Ollama's binary is keyed by its version and the header that stands in
+# for miniaudio; the model by mkmodel's sources, so that a change to the
+# model does not rebuild Ollama.
+BINKEY=$(sha256sum < "$HERE/include/miniaudio/miniaudio.h" | cut -c1-12)
+BIN="$LLMLAB_CACHE/ollama-bin-$VERSION-$BINKEY"
+KEY=$(cat "$HERE/include/miniaudio/miniaudio.h" "$HERE"/mkmodel/*.go "$HERE/mkmodel/go.sum" | sha256sum | cut -c1-12)
 OUT="$LLMLAB_CACHE/ollama-$VERSION-$KEY"
 if [ -f "$OUT/.complete" ]; then
 	echo "$OUT"
 	exit 0
 fi
-missing=""
-for c in gcc g++; do command -v $c >/dev/null || missing="$missing $c"; done
-[ -f /usr/include/nlohmann/json.hpp ] || missing="$missing nlohmann-json3-dev"
-[ -f /usr/include/stb/stb_image.h ] || missing="$missing libstb-dev"
-if [ -n "$missing" ]; then
-	echo "cmd/llmlabd/testdata/ollama/build.sh: building Ollama needs:$missing (apt-get install$missing)" >&2
-	exit 1
+if [ ! -f "$BIN/.complete" ]; then
+	# An Ollama of this version built before the keys were split is the
+	# same binary: take it rather than build it again.
+	for old in "$LLMLAB_CACHE/ollama-$VERSION"-*/bin/ollama; do
+		if [ -x "$old" ] && [ -f "$(dirname "$(dirname "$old")")/.complete" ]; then
+			mkdir -p "$BIN.tmp/bin" && cp "$old" "$BIN.tmp/bin/ollama" && touch "$BIN.tmp/.complete" &&
+				rm -rf "$BIN" && mv "$BIN.tmp" "$BIN"
+			break
+		fi
+	done
 fi
+if [ ! -f "$BIN/.complete" ]; then
+	missing=""
+	for c in gcc g++; do command -v $c >/dev/null || missing="$missing $c"; done
+	[ -f /usr/include/nlohmann/json.hpp ] || missing="$missing nlohmann-json3-dev"
+	[ -f /usr/include/stb/stb_image.h ] || missing="$missing libstb-dev"
+	if [ -n "$missing" ]; then
+		echo "cmd/llmlabd/testdata/ollama/build.sh: building Ollama needs:$missing (apt-get install$missing)" >&2
+		exit 1
+	fi
+	mkdir -p "$BIN.tmp/bin"
+	echo "cmd/llmlabd/testdata/ollama/build.sh: building Ollama $VERSION into $BIN (7-20 minutes the first time)" >&2
+	CGO_ENABLED=1 CGO_CPPFLAGS="-I$HERE/include" GOBIN="$BIN.tmp/bin" GOFLAGS=-mod=mod \
+		go install "github.com/ollama/ollama@$VERSION" >&2
+	touch "$BIN.tmp/.complete"
+	rm -rf "$BIN"
+	mv "$BIN.tmp" "$BIN"
+fi
+rm -rf "$OUT.tmp"
 mkdir -p "$OUT.tmp/bin"
-echo "cmd/llmlabd/testdata/ollama/build.sh: building Ollama $VERSION into $OUT (7-20 minutes the first time)" >&2
-CGO_ENABLED=1 CGO_CPPFLAGS="-I$HERE/include" GOBIN="$OUT.tmp/bin" GOFLAGS=-mod=mod \
-	go install "github.com/ollama/ollama@$VERSION" >&2
+cp "$BIN/bin/ollama" "$OUT.tmp/bin/ollama"
 (cd "$HERE/mkmodel" && CGO_ENABLED=0 go build -o "$OUT.tmp/bin/mkmodel" .) >&2
 "$OUT.tmp/bin/mkmodel" -o "$OUT.tmp/llmlab-tiny.gguf"
 # Ollama's context is per slot times its slots; 1024 holds a 200-token
