@@ -187,6 +187,11 @@ type Queue struct {
 	// BatchMaxWait and BatchShare shape the batch priority class.
 	BatchMaxWait time.Duration `toml:"batch_max_wait" reload:"none"`
 	BatchShare   float64       `toml:"batch_share" reload:"none"`
+	// WaitUpdates: a streamed request that has waited this long in the
+	// queue is answered 200 at once and told, every WaitUpdates, in SSE
+	// comment lines, how many are ahead of it and when it is predicted to
+	// be sent (0: never; it waits silently).
+	WaitUpdates time.Duration `toml:"wait_updates" reload:"none"`
 }
 
 // FromModel reports whether the in-flight limit is chosen from the
@@ -273,6 +278,7 @@ type raw struct {
 		TargetLatency string  `toml:"target_latency"`
 		BatchMaxWait  string  `toml:"batch_max_wait"`
 		BatchShare    float64 `toml:"batch_share"`
+		WaitUpdates   string  `toml:"wait_updates"`
 		// NominalRPS is obsolete: only the deleted adaptive law read it
 		// (its first limit). Kept so that files that set it (the shipped
 		// conffile did) still load.
@@ -348,6 +354,7 @@ func defaults() raw {
 	r.Queue.TargetLatency = "0s"
 	r.Queue.BatchMaxWait = "30s"
 	r.Queue.BatchShare = 0.5
+	r.Queue.WaitUpdates = "2s"
 	r.Engine.MetricsInterval = "100ms"
 	r.SLO.Latency = "5s"
 	r.Limits.MaxBodyBytes = 1 << 20
@@ -588,6 +595,10 @@ func fromRaw(path string, r raw) (*Config, error) {
 		ck.fail("queue.batch_share", q.BatchShare, "want a share above 0 and at most 1")
 	}
 	c.Queue.BatchShare = q.BatchShare
+	c.Queue.WaitUpdates = ck.duration("queue.wait_updates", q.WaitUpdates, 0)
+	if c.Queue.WaitUpdates > 0 && c.Queue.WaitUpdates < 100*time.Millisecond {
+		ck.fail("queue.wait_updates", q.WaitUpdates, `want "0s" (no updates) or at least 100ms`)
+	}
 
 	l := r.Limits
 	if l.MaxBodyBytes < 1024 {

@@ -71,6 +71,10 @@ type Config struct {
 	// ResponseTimeout is the longest the engine may send nothing of an
 	// answer (headers or body); 0: no bound.
 	ResponseTimeout time.Duration
+	// WaitUpdates: a streamed request that has waited this long in the
+	// queue is answered 200 and told its place every as long (waitupdates.go;
+	// 0: never).
+	WaitUpdates time.Duration
 }
 
 // settings is the part of the configuration that a reload swaps whole.
@@ -348,6 +352,11 @@ func (g *Gateway) serveModels(w http.ResponseWriter, r *http.Request) {
 type recorder struct {
 	http.ResponseWriter
 	status int
+	// early: the status (200) and the stream's headers went out with the
+	// first queue update (waitupdates.go); held keeps the body of an
+	// engine's error answer after that, to send it as an event.
+	early, convert bool
+	held           []byte
 	// rc reaches the connection's deadlines; timeout, when set, bounds
 	// each write to the client.
 	rc       *http.ResponseController
@@ -374,6 +383,14 @@ func (r *recorder) disarm() {
 }
 
 func (r *recorder) WriteHeader(code int) {
+	if r.early {
+		// The status went out with the first queue update: the engine's
+		// is not sent again, and an error's body becomes an event.
+		if code != http.StatusOK {
+			r.convert, r.status = true, code
+		}
+		return
+	}
 	if r.status == 0 {
 		r.status = code
 	}
@@ -381,6 +398,12 @@ func (r *recorder) WriteHeader(code int) {
 }
 
 func (r *recorder) Write(p []byte) (int, error) {
+	if r.convert {
+		if len(r.held) < maxHeld {
+			r.held = append(r.held, p[:min(len(p), maxHeld-len(r.held))]...)
+		}
+		return len(p), nil
+	}
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}

@@ -155,8 +155,12 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	st.body, st.stream, st.model = p.Body, p.Stream, p.Model
 
 	ctx := r.Context()
-	ticket, err := g.queue.Acquire(ctx, queue.Request{Weight: p.Weight, Key: p.CoalesceKey, Class: st.class,
-		Shape: enginemodel.Shape{PromptBytes: p.PromptBytes, MaxTokens: p.MaxTokens}, Stream: p.Stream, Deadline: deadline})
+	qr := queue.Request{Weight: p.Weight, Key: p.CoalesceKey, Class: st.class,
+		Shape: enginemodel.Shape{PromptBytes: p.PromptBytes, MaxTokens: p.MaxTokens}, Stream: p.Stream, Deadline: deadline}
+	if p.Stream && s.cfg.WaitUpdates > 0 {
+		qr.Updates, qr.Waiting = s.cfg.WaitUpdates, func(ahead int, start time.Duration) { waitUpdate(rec, ahead, start) }
+	}
+	ticket, err := g.queue.Acquire(ctx, qr)
 	if err != nil {
 		var ref *queue.Refusal
 		if errors.As(err, &ref) {
@@ -180,6 +184,10 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	st.waited = ticket.Waited()
 	g.metrics.queueWait.Observe(st.waited.Seconds())
 	rec.Header().Set(QueueWaitHeader, strconv.FormatFloat(st.waited.Seconds(), 'f', 3, 64))
+	if rec.early {
+		waited(rec, st.waited)
+		defer sendHeld(rec, st)
+	}
 	if ctx.Err() != nil {
 		ticket.Release()
 		st.outcome, st.status = "cancelled", 499
@@ -214,6 +222,11 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 // fail answers with f and records its outcome.
 func (g *Gateway) fail(w http.ResponseWriter, st *reqState, f failure) {
 	st.outcome = f.outcome
+	if rec, ok := w.(*recorder); ok && rec.early {
+		rec.status = f.status
+		writeErrorEvent(rec, f, st.id)
+		return
+	}
 	writeError(w, f, st.id)
 }
 

@@ -103,10 +103,26 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	select {
-	case <-w.ready:
-	case <-ctx.Done():
-	case <-timer.C:
+	var tick <-chan time.Time
+	if r.Waiting != nil && r.Updates > 0 {
+		t := time.NewTicker(r.Updates)
+		defer t.Stop()
+		tick = t.C
+	}
+wait:
+	for {
+		select {
+		case <-w.ready:
+			break wait
+		case <-ctx.Done():
+			break wait
+		case <-timer.C:
+			break wait
+		case now := <-tick:
+			if ahead, start, ok := q.position(now, w); ok {
+				r.Waiting(ahead, start)
+			}
+		}
 	}
 
 	q.mu.Lock()
@@ -136,6 +152,32 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		Message:    fmt.Sprintf("the request waited %s in the queue without reaching the engine; the server is overloaded", fmtDur(wait)),
 		RetryAfter: q.drainTimeLocked(),
 	}
+}
+
+// position is where w stands while it waits: the requests queued ahead
+// of it and when it is predicted to be sent, from now; ok is false once it
+// has left the queue.
+func (q *Queue) position(now time.Time, w *waiter) (ahead int, start time.Duration, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	select {
+	case <-w.ready:
+		return 0, 0, false
+	default:
+	}
+	aheadSlots := 0
+	if w.req.Class == Batch {
+		ahead, aheadSlots = q.waiters[Interactive].Len(), q.queuedSlots[Interactive]
+	}
+	for e := q.waiters[w.req.Class].Front(); e != nil && e != w.elem; e = e.Next() {
+		ahead++
+		aheadSlots += e.Value.(*waiter).req.Weight
+	}
+	start = q.remainingStart()
+	if short := aheadSlots + w.req.Weight - (q.capForLocked(w.req.Class) - q.inflight); short > 0 {
+		start += q.waitLocked(now, w.req, short)
+	}
+	return ahead, start, true
 }
 
 // objective is the latency r is judged against: an interactive request's

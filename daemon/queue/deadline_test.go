@@ -9,6 +9,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/llmlab/llmlab/daemon/enginemodel"
 )
 
 // Queued requests of a class are served earliest deadline first: a
@@ -149,4 +151,55 @@ func TestDeadlineBeyondSLO(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A waiting request is told, every Updates, how many are queued ahead of
+// it and when it is predicted to be sent; once sent, it is told nothing
+// more.
+func TestWaitingUpdates(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.MaxQueued, c.MaxWait = 1, 10, time.Minute
+		q := New(c, nil, nil)
+		q.SetModel(perRequest(100 * time.Millisecond)) // 100 tokens: 10 s a request
+		shape := enginemodel.Shape{MaxTokens: 100}
+		ctx := context.Background()
+		a, _ := q.Acquire(ctx, Request{Weight: 1, Shape: shape})
+		type update struct {
+			ahead int
+			start time.Duration
+		}
+		var bu, cu []update
+		b := acquireAsync(q, ctx, Request{Weight: 1, Shape: shape, Updates: time.Second, Waiting: func(n int, s time.Duration) { bu = append(bu, update{n, s}) }})
+		synctest.Wait()
+		cc := acquireAsync(q, ctx, Request{Weight: 1, Shape: shape, Updates: time.Second, Waiting: func(n int, s time.Duration) { cu = append(cu, update{n, s}) }})
+		synctest.Wait()
+		time.Sleep(2500 * time.Millisecond)
+		synctest.Wait()
+		if len(bu) != 2 || len(cu) != 2 {
+			t.Fatalf("after 2.5 s, %d and %d updates, want 2 each", len(bu), len(cu))
+		}
+		for i := range 2 {
+			if bu[i].ahead != 0 || cu[i].ahead != 1 || bu[i].start <= 0 || cu[i].start < bu[i].start+5*time.Second {
+				t.Errorf("update %d: %+v and %+v, want 0 and 1 ahead, the second predicted a request's time (10 s) after the first", i, bu[i], cu[i])
+			}
+		}
+		if bu[1].start >= bu[0].start {
+			t.Errorf("the predicted start did not come closer: %v, then %v", bu[0].start, bu[1].start)
+		}
+		a.Release()
+		synctest.Wait()
+		rb := <-b
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		if len(bu) != 2 {
+			t.Errorf("%d updates for a request that was sent after 2, want no more", len(bu))
+		}
+		if len(cu) != 5 || cu[4].ahead != 0 {
+			t.Errorf("the last of %d updates: %+v, want 5, with none ahead once the first was sent", len(cu), cu[len(cu)-1])
+		}
+		rb.t.Release()
+		synctest.Wait()
+		(<-cc).t.Release()
+	})
 }

@@ -122,6 +122,12 @@ type Request struct {
 	// to the end of its answer (0: none): admission judges it against
 	// that, and the queue serves each class earliest deadline first.
 	Deadline time.Duration
+	// Waiting, when set with Updates above 0, is told every Updates while
+	// the request waits in the queue how many requests are queued ahead of
+	// it and when it is predicted to be sent, from then. It is called from
+	// the goroutine in Acquire, without the queue's lock.
+	Waiting func(ahead int, start time.Duration)
+	Updates time.Duration
 }
 
 // Queue is safe for concurrent use.

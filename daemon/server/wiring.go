@@ -170,6 +170,7 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 		EngineURL:       cfg.Engine.URL,
 		ClientTimeout:   cfg.Gateway.ClientTimeout,
 		ResponseTimeout: cfg.Engine.ResponseTimeout,
+		WaitUpdates:     cfg.Queue.WaitUpdates,
 		Limits: gateway.Limits{
 			MaxTokens: cfg.Limits.MaxTokens,
 			MaxN:      cfg.Limits.MaxN,

@@ -347,11 +347,25 @@ func DoWith(ctx context.Context, client *http.Client, url string, body []byte, s
 	var last []byte
 	if stream {
 		br := bufio.NewReaderSize(resp.Body, 32<<10)
+		// A stream already answered 200 can still fail: llmlabd sends an
+		// error event, after a comment with the status the failure would
+		// have had (a refusal after queue updates), and an engine that
+		// fails midway ends with one too.
+		status := 0
 		for {
 			line, err := br.ReadSlice('\n')
+			if v, ok := bytes.CutPrefix(line, []byte(": llmlab status ")); ok {
+				status, _ = strconv.Atoi(string(bytes.TrimSpace(v)))
+			}
 			if bytes.HasPrefix(line, []byte("data: ")) {
 				data := bytes.TrimSpace(line[6:])
-				if s.TTFT == 0 {
+				if bytes.HasPrefix(data, []byte(`{"error"`)) {
+					if status > 0 {
+						s.Status = status
+					} else {
+						s.Error = "error event"
+					}
+				} else if s.TTFT == 0 {
 					s.TTFT = time.Since(t0)
 				}
 				if !bytes.Equal(data, []byte("[DONE]")) {
