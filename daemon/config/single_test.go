@@ -82,6 +82,7 @@ func TestSingleKeyChangesLoad(t *testing.T) {
 		{"engine", "ready_match", `"tiny"`},
 		{"gateway", "listen", `"0.0.0.0:8080"`},
 		{"gateway", "allow_public_without_keys", "true"},
+		{"gateway", "trusted_proxies", `["127.0.0.1", "::1"]`},
 		{"auth", "keys_file", `"/etc/llmlab/keys"`},
 		{"gpu", "memory_budget", `"4GiB"`},
 		{"gpu", "enabled", "false"},
@@ -97,6 +98,9 @@ func TestSingleKeyChangesLoad(t *testing.T) {
 		// Opening the API beyond loopback with no keys is refused unless
 		// the operator says they accept it: a safety check, not a default.
 		`gateway.listen = "0.0.0.0:8080"`: "listens beyond loopback without API keys",
+		// So is trusting a proxy's X-Forwarded-For with no keys: the API
+		// is then as public as the proxy makes it.
+		`gateway.trusted_proxies = ["127.0.0.1", "::1"]`: "behind a reverse proxy, as public as the proxy makes it, and has no API keys",
 		// The packaged file runs the engine as a unit; naming a command as
 		// well leaves two engines to manage. The message names both keys.
 		`engine.command = ["llmlab", "sim"] on unit`: "set engine.unit or engine.command, not both",
