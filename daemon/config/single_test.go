@@ -207,3 +207,49 @@ func TestShow(t *testing.T) {
 		t.Errorf("Show of a bad file: err = %v, want the key named", err)
 	}
 }
+
+// README's engine.command example, set key by key into the shipped file
+// (which runs the engine as a unit) as the README says, loads as a
+// command-managed engine; without its unit = "" it is refused, with the
+// message the README quotes.
+func TestReadmeCommandExample(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, _ := strings.Cut(string(readme), "\n## Scale to zero (exec backend)\n")
+	_, block, ok := strings.Cut(after, "\n```toml\n")
+	block, _, ok2 := strings.Cut(block, "\n```\n")
+	if !ok || !ok2 || !strings.HasPrefix(block, "[engine]\n") {
+		t.Fatalf("README.md has no [engine] toml block under \"Scale to zero (exec backend)\"")
+	}
+	shipped, err := os.ReadFile("../../etc/llmlab.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply := func(skip string) string {
+		text := string(shipped)
+		for _, l := range strings.Split(strings.TrimPrefix(block, "[engine]\n"), "\n") {
+			l, _, _ = strings.Cut(l, "#")
+			k, v, ok := strings.Cut(l, "=")
+			if ok && strings.TrimSpace(k) != skip {
+				text = setKey(t, text, "engine", strings.TrimSpace(k), strings.TrimSpace(v))
+			}
+		}
+		return text
+	}
+	c, err := Parse("/etc/llmlab/llmlab.toml", []byte(apply("")))
+	if err != nil {
+		t.Fatalf("the shipped file with README's example set: %v", err)
+	}
+	if len(c.Engine.Command) == 0 || c.Engine.Unit != "" {
+		t.Errorf("engine.command %q, engine.unit %q: want the example's command and no unit", c.Engine.Command, c.Engine.Unit)
+	}
+	const refusal = "set engine.unit or engine.command, not both"
+	if _, err := Parse("/etc/llmlab/llmlab.toml", []byte(apply("unit"))); err == nil || !strings.Contains(err.Error(), refusal) {
+		t.Errorf("the example without unit = \"\": %v, want %q", err, refusal)
+	}
+	if !strings.Contains(string(readme), `"`+refusal+`"`) {
+		t.Errorf("README.md no longer quotes %q", refusal)
+	}
+}
