@@ -2,6 +2,7 @@ package tune
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -221,11 +222,15 @@ enabled = false
 [metrics]
 listen = ""
 `), 0o644)
-	sweep := func() *exec.Cmd {
-		cmd := exec.Command(tool, "tune-engine", "--llmlabd", daemon, "--config", conf, "--profile", "instant", "--max-num-seqs", "4",
+	sweep := func(ctx context.Context) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, tool, "tune-engine", "--llmlabd", daemon, "--config", conf, "--profile", "instant", "--max-num-seqs", "4",
 			"--max-model-len", "1024", "--inflight", "seqs,model", "--slo-p95", "1s", "--warmup", "1s", "--duration", "3s", "--precision", "0.5", "--start-rate", "4",
 			"--results", filepath.Join(dir, "results"), "--quiet")
 		cmd.Dir = dir
+		// Stopped as an operator would, so that it stops its llmlabd and
+		// engine.
+		cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+		cmd.WaitDelay = 30 * time.Second
 		return cmd
 	}
 
@@ -235,7 +240,9 @@ listen = ""
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := sweep().CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a check that let it start ends here
+	out, err := sweep(ctx).CombinedOutput()
+	cancel()
 	running.Close()
 	if err == nil || !strings.Contains(string(out), "(engine.url) is in use") || !strings.Contains(string(out), "systemctl stop llmlab.socket llmlab.service") {
 		t.Fatalf("tune-engine with the engine's address taken: %v\n%s\nwant a refusal naming what to stop", err, out)
@@ -244,7 +251,7 @@ listen = ""
 		t.Fatal("the refused sweep recorded points")
 	}
 
-	out, err = sweep().CombinedOutput()
+	out, err = sweep(context.Background()).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
