@@ -67,7 +67,7 @@ lint:
 ## fuzz: each fuzz target for FUZZEXECS executions; fails when one finds a bug or stalls for FUZZSTALL
 fuzz:
 	$(GO) run ./internal/fuzzrun -execs $(FUZZEXECS) -stall $(FUZZSTALL) \
-	  ./daemon/config:FuzzParse ./daemon/gateway:FuzzValidate ./daemon/enginemetrics:FuzzParse
+	  ./daemon/config:FuzzParse ./daemon/gateway:FuzzValidate ./daemon/gateway:FuzzClientAddr ./daemon/enginemetrics:FuzzParse
 
 ## vulncheck: govulncheck against Go's vulnerability database, built from the golang.org/x/vulndb module (needs the Go module proxy; not part of make test)
 vulncheck:

@@ -72,6 +72,10 @@ date=$(date -u -R -d "@$SOURCE_DATE_EPOCH")
 		done
 } > "$STAGE/copyright"
 
+# README.md's links name the pages under docs/; the package has them
+# beside it, in /usr/share/doc/llmlab/.
+sed -e 's|](docs/|](|g' README.md > "$STAGE/README.md"
+
 mkdir -p "$DIST"
 sed -e "s|\${STAGE}|$STAGE|g" -e "s|\${VERSION}|$VERSION|g" packaging/nfpm.yaml > "$STAGE/nfpm.yaml"
 $GO run "$NFPM" package --packager deb --config "$STAGE/nfpm.yaml" --target "$DIST/" >&2

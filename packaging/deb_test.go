@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"debug/elf"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,6 +113,44 @@ func TestDeb(t *testing.T) {
 			if !strings.Contains(string(list), " "+f+"\n") && !strings.Contains(string(list), " "+f+" -> ") {
 				t.Errorf("the package lacks %s", f)
 			}
+		}
+	})
+
+	// Every relative link of a page in the package names a file or folder
+	// in the package (TestShippedDocLinksShipped reasons from nfpm.yaml;
+	// this reads the package itself, README.md as build-deb.sh made it).
+	t.Run("doc links", func(t *testing.T) {
+		root := t.TempDir()
+		if out, err := exec.Command("dpkg-deb", "-x", a, root).CombinedOutput(); err != nil {
+			t.Fatalf("dpkg-deb -x: %v %s", err, out)
+		}
+		docs := filepath.Join(root, "usr/share/doc/llmlab")
+		pages := 0
+		err := filepath.WalkDir(docs, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(p, ".md") {
+				return err
+			}
+			pages++
+			text, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(root, p)
+			for _, l := range relativeLinks(string(text)) {
+				target := filepath.Join(filepath.Dir(p), l.target)
+				if r, err := filepath.Rel(root, target); err != nil || strings.HasPrefix(r, "..") {
+					t.Errorf("/%s:%d: %s leaves the package", rel, l.line, l.target)
+				} else if _, err := os.Stat(target); err != nil {
+					t.Errorf("/%s:%d: %s: the package has no /%s", rel, l.line, l.target, r)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pages < 5 {
+			t.Errorf("%d pages in /usr/share/doc/llmlab, want README.md and the pages of docs/", pages)
 		}
 	})
 

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -98,8 +99,17 @@ type GPU struct {
 type Gateway struct {
 	// Listen is the API address used when the daemon is not socket-activated.
 	Listen string `toml:"listen" reload:"daemon"`
-	// AllowPublicWithoutKeys permits a non-loopback Listen with no API keys.
+	// AllowPublicWithoutKeys permits a non-loopback Listen with no API keys,
+	// and TrustedProxies with no API keys.
 	AllowPublicWithoutKeys bool `toml:"allow_public_without_keys" reload:"none"`
+	// TrustedProxies are the reverse proxies (addresses, as /32 or /128
+	// prefixes, and prefixes) whose X-Forwarded-For the gateway believes:
+	// a request from one of them is the client's that the header names
+	// (the rightmost address that is not a trusted proxy's), for the rate
+	// limit and the access log. Empty: the peer is the client. The API is
+	// then as public as the proxy makes it, so without API keys they need
+	// AllowPublicWithoutKeys, as a listener beyond loopback does.
+	TrustedProxies []netip.Prefix `toml:"trusted_proxies" reload:"none"`
 	// ShutdownGrace bounds how long in-flight requests may run after SIGTERM.
 	ShutdownGrace time.Duration `toml:"shutdown_grace" reload:"none"`
 	// ExitIdleTimeout makes a socket-activated daemon exit after this long
@@ -238,13 +248,14 @@ type Log struct {
 // reported with its key and value.
 type raw struct {
 	Gateway struct {
-		Listen                 string `toml:"listen"`
-		AllowPublicWithoutKeys bool   `toml:"allow_public_without_keys"`
-		ShutdownGrace          string `toml:"shutdown_grace"`
-		StateDir               string `toml:"state_dir"`
-		ExitIdleTimeout        string `toml:"exit_idle_timeout"`
-		MaxConnections         int    `toml:"max_connections"`
-		ClientTimeout          string `toml:"client_timeout"`
+		Listen                 string   `toml:"listen"`
+		AllowPublicWithoutKeys bool     `toml:"allow_public_without_keys"`
+		TrustedProxies         []string `toml:"trusted_proxies"`
+		ShutdownGrace          string   `toml:"shutdown_grace"`
+		StateDir               string   `toml:"state_dir"`
+		ExitIdleTimeout        string   `toml:"exit_idle_timeout"`
+		MaxConnections         int      `toml:"max_connections"`
+		ClientTimeout          string   `toml:"client_timeout"`
 	} `toml:"gateway"`
 	Engine struct {
 		URL                 string   `toml:"url"`
@@ -474,6 +485,39 @@ func (c *checker) addr(key, s string, allowEmpty bool) {
 	}
 }
 
+// prefixes reads a list of IP addresses and CIDR prefixes; an address is
+// the prefix of its own length, an IPv4 address in IPv6 form is read as
+// IPv4 (as Go's server reports a peer on a dual-stack socket), and a
+// prefix with host bits set is read masked ("10.1.2.3/8" is 10.0.0.0/8).
+func (c *checker) prefixes(key string, list []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		var p netip.Prefix
+		var err error
+		if strings.Contains(s, "/") {
+			p, err = netip.ParsePrefix(s)
+			if err == nil && p.Addr().Is4In6() && p.Bits() >= 96 {
+				p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+			}
+		} else {
+			var a netip.Addr
+			a, err = netip.ParseAddr(s)
+			if err == nil && a.Zone() != "" {
+				err = errors.New("zone")
+			}
+			a = a.Unmap()
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if err != nil {
+			c.fail(key, s, `not an IP address or CIDR prefix (want for example "127.0.0.1", "10.0.0.0/8", "::1" or "fd00::/8")`)
+			continue
+		}
+		out = append(out, p.Masked())
+	}
+	return out
+}
+
 func fromRaw(path string, r raw) (*Config, error) {
 	ck := &checker{path: path}
 	c := &Config{Path: path}
@@ -489,6 +533,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 		ClientTimeout:          ck.duration("gateway.client_timeout", r.Gateway.ClientTimeout, time.Second),
 	}
 	ck.atLeast("gateway.max_connections", r.Gateway.MaxConnections, 1)
+	c.Gateway.TrustedProxies = ck.prefixes("gateway.trusted_proxies", r.Gateway.TrustedProxies)
 
 	u, err := EngineURL(r.Engine.URL)
 	if err != nil {
@@ -623,6 +668,9 @@ func fromRaw(path string, r raw) (*Config, error) {
 	c.Auth = Auth{KeysFile: r.Auth.KeysFile}
 	if c.Gateway.Listen != "" && !IsLoopback(c.Gateway.Listen) && c.Auth.KeysFile == "" && !c.Gateway.AllowPublicWithoutKeys {
 		ck.fail("gateway.listen", c.Gateway.Listen, "listens beyond loopback without API keys: set auth.keys_file, or gateway.allow_public_without_keys = true to accept the risk")
+	}
+	if len(r.Gateway.TrustedProxies) > 0 && c.Auth.KeysFile == "" && !c.Gateway.AllowPublicWithoutKeys {
+		ck.fail("gateway.trusted_proxies", r.Gateway.TrustedProxies, "the API is behind a reverse proxy, as public as the proxy makes it, and has no API keys: set auth.keys_file, or gateway.allow_public_without_keys = true to accept the risk")
 	}
 
 	ck.addr("metrics.listen", r.Metrics.Listen, true)

@@ -82,6 +82,7 @@ func TestSingleKeyChangesLoad(t *testing.T) {
 		{"engine", "ready_match", `"tiny"`},
 		{"gateway", "listen", `"0.0.0.0:8080"`},
 		{"gateway", "allow_public_without_keys", "true"},
+		{"gateway", "trusted_proxies", `["127.0.0.1", "::1"]`},
 		{"auth", "keys_file", `"/etc/llmlab/keys"`},
 		{"gpu", "memory_budget", `"4GiB"`},
 		{"gpu", "enabled", "false"},
@@ -97,6 +98,9 @@ func TestSingleKeyChangesLoad(t *testing.T) {
 		// Opening the API beyond loopback with no keys is refused unless
 		// the operator says they accept it: a safety check, not a default.
 		`gateway.listen = "0.0.0.0:8080"`: "listens beyond loopback without API keys",
+		// So is trusting a proxy's X-Forwarded-For with no keys: the API
+		// is then as public as the proxy makes it.
+		`gateway.trusted_proxies = ["127.0.0.1", "::1"]`: "behind a reverse proxy, as public as the proxy makes it, and has no API keys",
 		// The packaged file runs the engine as a unit; naming a command as
 		// well leaves two engines to manage. The message names both keys.
 		`engine.command = ["llmlab", "sim"] on unit`: "set engine.unit or engine.command, not both",
@@ -201,5 +205,51 @@ func TestShow(t *testing.T) {
 	}
 	if _, err := Show("bad.toml", []byte("[queue]\nmax_inflight = 0\n")); err == nil || !strings.Contains(err.Error(), "queue.max_inflight") {
 		t.Errorf("Show of a bad file: err = %v, want the key named", err)
+	}
+}
+
+// README's engine.command example, set key by key into the shipped file
+// (which runs the engine as a unit) as the README says, loads as a
+// command-managed engine; without its unit = "" it is refused, with the
+// message the README quotes.
+func TestReadmeCommandExample(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, _ := strings.Cut(string(readme), "\n## Scale to zero (exec backend)\n")
+	_, block, ok := strings.Cut(after, "\n```toml\n")
+	block, _, ok2 := strings.Cut(block, "\n```\n")
+	if !ok || !ok2 || !strings.HasPrefix(block, "[engine]\n") {
+		t.Fatalf("README.md has no [engine] toml block under \"Scale to zero (exec backend)\"")
+	}
+	shipped, err := os.ReadFile("../../etc/llmlab.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply := func(skip string) string {
+		text := string(shipped)
+		for _, l := range strings.Split(strings.TrimPrefix(block, "[engine]\n"), "\n") {
+			l, _, _ = strings.Cut(l, "#")
+			k, v, ok := strings.Cut(l, "=")
+			if ok && strings.TrimSpace(k) != skip {
+				text = setKey(t, text, "engine", strings.TrimSpace(k), strings.TrimSpace(v))
+			}
+		}
+		return text
+	}
+	c, err := Parse("/etc/llmlab/llmlab.toml", []byte(apply("")))
+	if err != nil {
+		t.Fatalf("the shipped file with README's example set: %v", err)
+	}
+	if len(c.Engine.Command) == 0 || c.Engine.Unit != "" {
+		t.Errorf("engine.command %q, engine.unit %q: want the example's command and no unit", c.Engine.Command, c.Engine.Unit)
+	}
+	const refusal = "set engine.unit or engine.command, not both"
+	if _, err := Parse("/etc/llmlab/llmlab.toml", []byte(apply("unit"))); err == nil || !strings.Contains(err.Error(), refusal) {
+		t.Errorf("the example without unit = \"\": %v, want %q", err, refusal)
+	}
+	if !strings.Contains(string(readme), `"`+refusal+`"`) {
+		t.Errorf("README.md no longer quotes %q", refusal)
 	}
 }

@@ -9,7 +9,10 @@
 //  1. Tell the engine's supervisor that work arrived (a stopped engine
 //     starts while the body is still being read).
 //  2. Authenticate the API key, if keys are configured (401).
-//  3. Take a rate-limit token for the client and for the gateway (429).
+//  3. Take a rate-limit token for the client (its key's name, else its
+//     address: behind a proxy in gateway.trusted_proxies, the one the
+//     proxy's X-Forwarded-For names, clientaddr.go) and for the gateway
+//     (429).
 //  4. Read the body within the size limit (413) and validate it (400, 404).
 //  5. Wait for admission in the queue (429 queue full, 503 overloaded,
 //     queue timeout or draining).
@@ -31,6 +34,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"sync/atomic"
@@ -75,6 +79,9 @@ type Config struct {
 	// queue is answered 200 and told its place every as long (waitupdates.go;
 	// 0: never).
 	WaitUpdates time.Duration
+	// TrustedProxies are the peers whose X-Forwarded-For names the client
+	// (clientAddr); none: the peer is the client.
+	TrustedProxies []netip.Prefix
 }
 
 // settings is the part of the configuration that a reload swaps whole.
@@ -310,6 +317,7 @@ func (g *Gateway) finish(rec *recorder, st *reqState) {
 	attrs := []slog.Attr{
 		slog.String("request_id", st.id),
 		slog.String("client", st.client),
+		slog.String("remote", st.remote),
 		slog.String("class", queue.ClassName(st.class)),
 		slog.String("route", st.route),
 		slog.Int("status", status),

@@ -24,6 +24,12 @@ import (
 func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 	st := pr.In.Context().Value(stateKey{}).(*reqState)
 	pr.SetURL(g.settings.Load().cfg.EngineURL)
+	if st.forwarded {
+		// The client a trusted proxy named, then the proxy (appended by
+		// SetXForwarded); not the addresses left of the client, which it
+		// may have made up.
+		pr.Out.Header.Set("X-Forwarded-For", st.remote)
+	}
 	pr.SetXForwarded()
 	pr.Out.Body = io.NopCloser(bytes.NewReader(st.body))
 	pr.Out.ContentLength = int64(len(st.body))

@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -39,6 +38,10 @@ type reqState struct {
 	complete int
 	// ticket is the request's hold on the engine while it is proxied.
 	ticket *queue.Ticket
+	// remote is the client's address (clientAddr), and forwarded says it
+	// was read from a trusted proxy's X-Forwarded-For.
+	remote    string
+	forwarded bool
 }
 
 type stateKey struct{}
@@ -71,6 +74,7 @@ func validID(id string) bool {
 func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string) {
 	st := &reqState{route: route, start: time.Now(), client: "anonymous"}
 	st.id = requestID(w, r)
+	st.remote, st.forwarded = clientAddr(r, g.settings.Load().cfg.TrustedProxies)
 	rec := &recorder{ResponseWriter: w, rc: http.NewResponseController(w), timeout: g.settings.Load().cfg.ClientTimeout}
 	defer g.finish(rec, st)
 	if r.Method != http.MethodPost {
@@ -87,11 +91,12 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 		g.fail(rec, st, failure{status: http.StatusUnauthorized, kind: typeAuth, code: "invalid_api_key", msg: err.Error(), outcome: "unauthorized"})
 		return
 	}
+	// The rate limit's client: the key's name, else the client's address.
 	clientID := name
 	if name != "" {
 		st.client = name
-	} else if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		clientID = host
+	} else {
+		clientID = st.remote
 	}
 	// The key's class, which a request may lower but not raise.
 	if s.keys.Batch(name) {

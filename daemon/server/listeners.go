@@ -69,17 +69,29 @@ func openListeners(cfg *config.Config, keys *auth.Keys, log *slog.Logger) (*list
 	return lns, nil
 }
 
-// checkPublic refuses API listeners beyond loopback without API keys,
-// unless gateway.allow_public_without_keys accepts the risk (then each is
-// logged). The start and every reload ask it: a reload may remove the keys
-// or withdraw the permission.
+// checkPublic refuses a public API without API keys, unless
+// gateway.allow_public_without_keys accepts the risk (then each listener
+// is logged). An API listener is public when it listens beyond loopback,
+// or when gateway.trusted_proxies says a reverse proxy fronts it: then a
+// loopback listener is as public as the proxy makes it, which llmlabd
+// cannot see. The start and every reload ask it: a reload may remove the
+// keys, withdraw the permission or name a proxy.
 func checkPublic(api []net.Listener, cfg *config.Config, keys *auth.Keys, log *slog.Logger) error {
+	if keys.Enabled() {
+		return nil
+	}
 	for _, l := range api {
-		if !config.IsLoopback(l.Addr().String()) && !keys.Enabled() {
+		switch {
+		case !config.IsLoopback(l.Addr().String()):
 			if !cfg.Gateway.AllowPublicWithoutKeys {
 				return fmt.Errorf("the API listens on %s, beyond loopback, without API keys: set auth.keys_file, or gateway.allow_public_without_keys = true to accept the risk", l.Addr())
 			}
 			log.Warn("api listens beyond loopback without api keys", "addr", l.Addr().String())
+		case len(cfg.Gateway.TrustedProxies) > 0:
+			if !cfg.Gateway.AllowPublicWithoutKeys {
+				return fmt.Errorf("the API listens on %s behind a reverse proxy (gateway.trusted_proxies = %v), as public as the proxy makes it, without API keys: set auth.keys_file, or gateway.allow_public_without_keys = true to accept the risk", l.Addr(), cfg.Gateway.TrustedProxies)
+			}
+			log.Warn("api behind a reverse proxy without api keys", "addr", l.Addr().String(), "trusted_proxies", fmt.Sprint(cfg.Gateway.TrustedProxies))
 		}
 	}
 	return nil

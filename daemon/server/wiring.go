@@ -169,6 +169,7 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 	return gateway.Config{
 		EngineURL:       cfg.Engine.URL,
 		ClientTimeout:   cfg.Gateway.ClientTimeout,
+		TrustedProxies:  cfg.Gateway.TrustedProxies,
 		ResponseTimeout: cfg.Engine.ResponseTimeout,
 		WaitUpdates:     cfg.Queue.WaitUpdates,
 		Limits: gateway.Limits{

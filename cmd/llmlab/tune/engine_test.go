@@ -2,13 +2,18 @@ package tune
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -201,8 +206,14 @@ func TestEngineSweepOfAConfiguration(t *testing.T) {
 		t.Fatal(err)
 	}
 	host, port, _ := strings.Cut(engine, ":")
+	api, err := freeport.Addr()
+	if err != nil {
+		t.Fatal(err)
+	}
 	conf := filepath.Join(dir, "box.toml")
 	os.WriteFile(conf, []byte(`# the operator's file
+[gateway]
+listen = "`+api+`"
 [engine]
 url = "http://`+engine+`"
 command = ["`+tool+`", "sim", "--profile", "instant", "--step-fixed", "2ms", "--startup-delay", "300ms", "--host", "`+host+`", "--port", "`+port+`"]
@@ -211,11 +222,36 @@ enabled = false
 [metrics]
 listen = ""
 `), 0o644)
-	cmd := exec.Command(tool, "tune-engine", "--llmlabd", daemon, "--config", conf, "--profile", "instant", "--max-num-seqs", "4",
-		"--max-model-len", "1024", "--inflight", "seqs,model", "--slo-p95", "1s", "--warmup", "1s", "--duration", "3s", "--precision", "0.5", "--start-rate", "4",
-		"--results", filepath.Join(dir, "results"), "--quiet")
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
+	sweep := func(ctx context.Context) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, tool, "tune-engine", "--llmlabd", daemon, "--config", conf, "--profile", "instant", "--max-num-seqs", "4",
+			"--max-model-len", "1024", "--inflight", "seqs,model", "--slo-p95", "1s", "--warmup", "1s", "--duration", "3s", "--precision", "0.5", "--start-rate", "4",
+			"--results", filepath.Join(dir, "results"), "--quiet")
+		cmd.Dir = dir
+		// Stopped as an operator would, so that it stops its llmlabd and
+		// engine.
+		cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+		cmd.WaitDelay = 30 * time.Second
+		return cmd
+	}
+
+	// An engine already on engine.url (the packaged service left
+	// running): refused before anything starts, saying what to stop.
+	running, err := net.Listen("tcp", engine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a check that let it start ends here
+	out, err := sweep(ctx).CombinedOutput()
+	cancel()
+	running.Close()
+	if err == nil || !strings.Contains(string(out), "(engine.url) is in use") || !strings.Contains(string(out), "systemctl stop llmlab.socket llmlab.service") {
+		t.Fatalf("tune-engine with the engine's address taken: %v\n%s\nwant a refusal naming what to stop", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "results", "points.jsonl")); err == nil {
+		t.Fatal("the refused sweep recorded points")
+	}
+
+	out, err = sweep(context.Background()).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -294,6 +330,70 @@ func TestShippedStartingConfiguration(t *testing.T) {
 	e := cfg.Engine
 	if e.MaxNumSeqs == 0 || e.MaxNumBatchedTokens == 0 || e.MaxModelLen == 0 || cfg.Queue.MaxInflight > e.MaxNumSeqs {
 		t.Fatalf("engine %+v, queue.max_inflight %d", e, cfg.Queue.MaxInflight)
+	}
+
+	// Its own tune-engine command, run as its comment says, sweeps a grid
+	// that holds the file's values (the default grid's 2048 batched
+	// tokens would overwrite the 512 it calls decisive), after the
+	// command that stops what tune-engine refuses to run beside.
+	text := string(data)
+	stop := strings.Index(text, "#     systemctl stop llmlab.socket llmlab.service llmlab-vllm.service\n")
+	at := strings.Index(text, "#     llmlab tune-engine ")
+	if stop < 0 || at < stop || !strings.Contains(text, "#     systemctl start llmlab.socket\n") {
+		t.Fatalf("etc/tuning/gtx1650.toml: no stop, tune-engine and start commands, in that order:\n%s", text)
+	}
+	line, _, _ := strings.Cut(text[at+len("#     llmlab tune-engine "):], "\n")
+	fs := flag.NewFlagSet("tune-engine", flag.ContinueOnError)
+	tuneEngineFlags(fs)
+	if err := fs.Parse(strings.Fields(line)); err != nil || fs.NArg() > 0 {
+		t.Fatalf("the file's command %q: %v %q", line, err, fs.Args())
+	}
+	for flagName, want := range map[string]string{
+		"max-num-seqs": strconv.Itoa(e.MaxNumSeqs), "max-num-batched-tokens": strconv.Itoa(e.MaxNumBatchedTokens),
+		"max-model-len": strconv.Itoa(e.MaxModelLen), "gpu-memory-utilization": strconv.FormatFloat(cfg.GPU.MemoryFraction, 'g', -1, 64),
+	} {
+		if grid := strings.Split(fs.Lookup(flagName).Value.String(), ","); !slices.Contains(grid, want) {
+			t.Errorf("the file's command sweeps --%s %v, without the file's own %s", flagName, grid, want)
+		}
+	}
+	for _, f := range []string{"config", "apply"} {
+		if v := fs.Lookup(f).Value.String(); v == "" || v == "false" {
+			t.Errorf("the file's command does not set --%s", f)
+		}
+	}
+
+	// Its keys, set in their sections of the shipped llmlab.toml as its
+	// comment says, load with its values; appended, they are refused.
+	shipped, err := os.ReadFile("../../../etc/llmlab.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets, order := map[string][][2]string{}, []string(nil)
+	sec := ""
+	for _, l := range strings.Split(text, "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(l, "["):
+			sec = strings.Trim(l, "[]")
+			order = append(order, sec)
+		case l != "" && !strings.HasPrefix(l, "#"):
+			k, v, _ := strings.Cut(l, "=")
+			sets[sec] = append(sets[sec], [2]string{strings.TrimSpace(k), strings.TrimSpace(v)})
+		}
+	}
+	set, err := config.Parse("/etc/llmlab/llmlab.toml", []byte(SetKeys(string(shipped), sets, order)))
+	if err != nil {
+		t.Fatalf("the shipped llmlab.toml with the file's keys set in place: %v", err)
+	}
+	if set.Engine.MaxNumSeqs != e.MaxNumSeqs || set.Engine.MaxNumBatchedTokens != e.MaxNumBatchedTokens || set.Engine.MaxModelLen != e.MaxModelLen ||
+		set.Queue.MaxInflight != cfg.Queue.MaxInflight || set.GPU.MemoryFraction != cfg.GPU.MemoryFraction || set.Engine.Unit != "llmlab-vllm.service" {
+		t.Errorf("the shipped llmlab.toml with the file's keys set: engine %+v, queue.max_inflight %d, gpu.memory_fraction %g; want the file's", set.Engine, set.Queue.MaxInflight, set.GPU.MemoryFraction)
+	}
+	if _, err := config.Parse("/etc/llmlab/llmlab.toml", append(append(shipped, '\n'), data...)); err == nil || !strings.Contains(err.Error(), "Key 'engine' has already been defined") {
+		t.Errorf("the shipped llmlab.toml with the file appended: %v, want the refusal the file's comment quotes", err)
+	}
+	if !strings.Contains(text, "Key 'engine' has already been defined") {
+		t.Errorf("the file no longer says why it must not be appended")
 	}
 }
 

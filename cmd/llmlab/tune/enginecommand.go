@@ -34,7 +34,7 @@ func tuneEngineFlags(fs *flag.FlagSet) command.Run {
 	fs.Float64Var(&o.GPUMemoryGiB, "gpu-memory-gib", 0, "the card's memory in GiB (0: the profile's)")
 	simArgs := fs.String("sim-args", "", "more flags for the simulator, space-separated")
 	fs.DurationVar(&o.StartupDelay, "startup-delay", 3*time.Second, "the simulator's start time")
-	fs.StringVar(&o.Config, "config", "", "tune the engine that this llmlabd configuration manages (engine.command or engine.unit) instead of the simulator; stop llmlab.socket, llmlab.service and the engine first")
+	fs.StringVar(&o.Config, "config", "", "tune the engine that this llmlabd configuration manages (engine.command or engine.unit) instead of the simulator; llmlab.socket, llmlab.service and the engine must be stopped first (systemctl stop llmlab.socket llmlab.service llmlab-vllm.service), and the command refuses to start while systemd says one is active or the engine's or the API's address is in use")
 	seqs := fs.String("max-num-seqs", "16,32,64,128,256", "vLLM's --max-num-seqs values")
 	batched := fs.String("max-num-batched-tokens", "2048", "vLLM's --max-num-batched-tokens values")
 	mlen := fs.String("max-model-len", "2048", "vLLM's --max-model-len values")
@@ -95,6 +95,14 @@ func tuneEngineFlags(fs *flag.FlagSet) command.Run {
 			return 2
 		}
 		g.Inflight = strings.Split(strings.ReplaceAll(*inflight, " ", ""), ",")
+		if o.Config != "" && !o.Report {
+			// The sweep's llmlabd starts the operator's engine: nothing
+			// else may run it meanwhile.
+			if err := engineStopped(ctx, o.Config); err != nil {
+				fmt.Fprintln(os.Stderr, "llmlab tune-engine:", err)
+				return 1
+			}
+		}
 		if _, err := RunEngine(ctx, o); err != nil {
 			fmt.Fprintln(os.Stderr, "\nllmlab tune-engine:", err)
 			return 1
