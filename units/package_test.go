@@ -229,7 +229,7 @@ func TestPackageLifecycle(t *testing.T) {
 	// Purge, once the operator's own drop-ins and the stand-in for vLLM
 	// are gone: nothing is left but the llmlab system user (in /etc/passwd
 	// and friends).
-	c.must("rm", "-r", "/etc/systemd/system/llmlab.socket.d", "/etc/systemd/system/llmlab-vllm.service.d", "/usr/local/bin/vllm-standin")
+	c.must("rm", "-r", "/etc/systemd/system/llmlab.socket.d", "/etc/systemd/system/llmlab-vllm.service.d", "/opt/vllm")
 	c.must("apt-get", "purge", "-y", "llmlab")
 	if st, _ := c.exec("dpkg-query", "-W", "-f=${db:Status-Status}", "llmlab"); strings.TrimSpace(st) == "config-files" {
 		t.Error("dpkg still lists llmlab's config files after purge")
