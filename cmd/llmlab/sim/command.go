@@ -53,7 +53,15 @@ func simFlags(fs *flag.FlagSet) command.Run {
 	prefixCaching := fs.Bool("enable-prefix-caching", true, "reuse computed prompt blocks (vLLM's default)")
 	noPrefixCaching := fs.Bool("no-enable-prefix-caching", false, "turn prefix caching off")
 	show := fs.Bool("show-profile", false, "print the profile and exit")
+	fitFile := fs.String("fit", "", "fit the cost model to a measurement file of docs/calibration/measure.py, print each step's error, and exit")
 	return func(ctx context.Context, _ []string) int {
+		if *fitFile != "" {
+			if err := printFit(os.Stdout, *fitFile); err != nil {
+				fmt.Fprintln(os.Stderr, "llmlab sim:", err)
+				return 1
+			}
+			return 0
+		}
 
 		p, ok := Profiles[*profile]
 		if !ok {

@@ -246,7 +246,7 @@ func (e *Engine) Loop(stop <-chan struct{}) {
 			e.signalIdle()
 		}
 
-		tokens, kv, chunks := e.schedule()
+		tokens, kv, pairs, chunks := e.schedule()
 		e.publish()
 		if tokens == 0 {
 			select {
@@ -257,7 +257,7 @@ func (e *Engine) Loop(stop <-chan struct{}) {
 				return
 			}
 		}
-		step := e.cfg.Profile.StepTime(tokens, kv)
+		step := e.cfg.Profile.StepTime(tokens, kv, pairs)
 		now := time.Now()
 		if next.Before(now) {
 			next = now
@@ -288,7 +288,7 @@ type chunk struct {
 // sequence's chunk is its one newest token, a prefilling sequence's is the
 // next part of its prompt (or, after a preemption, of its prompt and the
 // tokens it had generated).
-func (e *Engine) schedule() (tokens, kv int, chunks []chunk) {
+func (e *Engine) schedule() (tokens, kv, pairs int, chunks []chunk) {
 	budget := e.cfg.MaxNumBatchedTokens
 	// Running sequences first, in arrival order; preempt from the back.
 	for i := 0; i < len(e.running) && budget > 0; i++ {
@@ -307,6 +307,9 @@ func (e *Engine) schedule() (tokens, kv int, chunks []chunk) {
 		chunks = append(chunks, chunk{s, n})
 		tokens += n
 		kv += s.computed + n
+		if n > 1 {
+			pairs += prefillPairs(s.computed, n)
+		}
 		budget -= n
 	}
 	// Then waiting sequences, first come first served.
@@ -336,6 +339,9 @@ func (e *Engine) schedule() (tokens, kv int, chunks []chunk) {
 		chunks = append(chunks, chunk{s, n})
 		tokens += n
 		kv += s.computed + n
+		if n > 1 {
+			pairs += prefillPairs(s.computed, n)
+		}
 		budget -= n
 		admitted++
 	}
@@ -343,7 +349,7 @@ func (e *Engine) schedule() (tokens, kv int, chunks []chunk) {
 		e.waiting = append(e.waiting[:0], e.waiting[admitted:]...)
 		e.waitingN.Add(-int32(admitted))
 	}
-	return tokens, kv, chunks
+	return tokens, kv, pairs, chunks
 }
 
 // reserve grows s's KV blocks to hold tokens; false if the cache is full.

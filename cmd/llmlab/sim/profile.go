@@ -23,6 +23,9 @@ type Profile struct {
 	StepFixed  time.Duration
 	PerToken   time.Duration
 	PerKVToken time.Duration
+	// PerPair is a prompt chunk's attention per query-key pair
+	// (prefillPairs), in nanoseconds; 0: not modelled.
+	PerPair float64
 	// HostPerStep is the part of StepFixed that is the engine's host side
 	// (scheduling, input preparation), where the GPU's part was measured
 	// apart from it (0: not separated).
@@ -79,7 +82,7 @@ var Profiles = map[string]Profile{
 		Name:        "h200",
 		Description: "NVIDIA H200 (141 GB HBM3e) serving Qwen2.5-0.5B-Instruct; GPU measured, host estimated",
 		Source: "GPU measured: the model's architecture with random bf16 weights, each step captured in a CUDA graph " +
-			"(docs/calibration/measure.py on an H200, 2026-11-30; 50 steps, fit within 15% of each (14.8% at an 8192-token prefill, whose attention grows with its square), docs/calibration.md): " +
+			"(docs/calibration/measure_unfused.py on an H200, 2026-11-30; 50 steps, fit within 15% of each (14.8% at an 8192-token prefill, whose attention grows with its square), docs/calibration.md): " +
 			"3.51 ms fixed, 2.548 us per token, 6 ns per KV token; PyTorch's unfused kernels, not vLLM's. " +
 			"Host estimated, not measured: 0.5 ms of scheduling per step, from vLLM's own profile of Llama 3 8B on an H100 " +
 			"(blog.vllm.ai 2024-09-05: scheduling 29% and the GPU 38% of the time before v0.6, then overlapped and amortised); " +
@@ -118,9 +121,10 @@ func (p Profile) KVBlocks(util float64) (int, error) {
 	return m.KVBlocks, err
 }
 
-// StepTime is the cost model.
-func (p Profile) StepTime(tokens, kvTokens int) time.Duration {
-	return p.StepFixed + time.Duration(tokens)*p.PerToken + time.Duration(kvTokens)*p.PerKVToken
+// StepTime is the cost model: a step that computes tokens, reads kvTokens
+// of KV cache and has pairs of prompt attention.
+func (p Profile) StepTime(tokens, kvTokens, pairs int) time.Duration {
+	return p.StepFixed + time.Duration(tokens)*p.PerToken + time.Duration(kvTokens)*p.PerKVToken + time.Duration(float64(pairs)*p.PerPair)
 }
 
 // Card is a GPU's datasheet figures that the cost model's terms scale by.
