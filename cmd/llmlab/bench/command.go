@@ -77,6 +77,7 @@ func benchFlagSet(fs *flag.FlagSet) command.Run {
 	fs.StringVar(&o.Model, "model", "Qwen/Qwen2.5-0.5B-Instruct", "model name (empty: the server's default)")
 	fs.BoolVar(&o.Chat, "chat", false, "use /v1/chat/completions")
 	fs.BoolVar(&o.Stream, "stream", true, "stream the answer (measures time to first token)")
+	fs.BoolVar(&o.Retry, "retry", false, "send each refusal (429, 503) again once, after its Retry-After, and report how many were then answered (the retries add load; they are not in the other figures)")
 	fs.IntVar(&o.PromptTokens, "prompt-tokens", 200, "prompt length in tokens")
 	fs.IntVar(&o.MaxTokens, "max-tokens", 200, "output tokens (sent with ignore_eos and min_tokens)")
 	fs.IntVar(&o.Concurrency, "concurrency", 0, "closed loop: this many clients")
@@ -267,4 +268,8 @@ func printPhase(out io.Writer, p Phase) {
 	}
 	fmt.Fprintf(out, "%-8s %-9s %8.2f %8.2f %8.0f %8.4f %9s %9s %9s %7d %7d  %s\n", p.Label, rate, s.RPS, s.Goodput, s.OutputTPS, s.ErrorRate,
 		s.Latency.P50.Round(time.Millisecond), s.Latency.P95.Round(time.Millisecond), s.TTFT.P95.Round(time.Millisecond), s.Refused, s.Failed, verdict)
+	if s.Retried > 0 {
+		fmt.Fprintf(out, "%-8s %-9s retried after Retry-After (p50 %s, p95 %s): %d, answered %d (%.0f%%)\n", "", "",
+			s.RetryAfter.P50, s.RetryAfter.P95, s.Retried, s.RetriedOK, 100*float64(s.RetriedOK)/float64(s.Retried))
+	}
 }

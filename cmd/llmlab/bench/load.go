@@ -59,6 +59,11 @@ type Options struct {
 	BatchShare float64
 	// Progress, when set, is called with every finished sample.
 	Progress func(Sample) `json:"-"`
+	// Retry sends each refusal (429 or 503) again, once, after its
+	// Retry-After, as a client that honours it would: the retries add
+	// load, and are summarised apart (Summary.Retried) to show how
+	// honest Retry-After was.
+	Retry bool
 }
 
 // Sample is one request's record. Times are from the run's start.
@@ -73,6 +78,10 @@ type Sample struct {
 	Warmup       bool          `json:"warmup,omitempty"`
 	// Batch says the request was sent in the batch priority class.
 	Batch bool `json:"batch,omitempty"`
+	// RetryAfter is a refusal's Retry-After; Retry says the request is the
+	// retry of a refusal, sent that long after it (Options.Retry).
+	RetryAfter time.Duration `json:"retry_after,omitempty"`
+	Retry      bool          `json:"retry,omitempty"`
 }
 
 // IsBatch says whether request number n (from 1, in start order) of a run
@@ -214,6 +223,16 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 		s := DoWith(ctx, client, url, body(n), o.Stream, timeout, start, h)
 		s.Batch = batch
 		record(s)
+		if o.Retry && s.Error == "" && (s.Status == http.StatusTooManyRequests || s.Status == http.StatusServiceUnavailable) && s.RetryAfter > 0 {
+			select {
+			case <-time.After(s.RetryAfter):
+			case <-ctx.Done():
+				return
+			}
+			r := DoWith(ctx, client, url, body(n), o.Stream, timeout, start, h)
+			r.Batch, r.Retry = batch, true
+			record(r)
+		}
 	}
 	var wg sync.WaitGroup
 	if o.Concurrency > 0 {
@@ -340,6 +359,9 @@ func DoWith(ctx context.Context, client *http.Client, url string, body []byte, s
 	defer resp.Body.Close()
 	s.Status = resp.StatusCode
 	if resp.StatusCode != http.StatusOK {
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+			s.RetryAfter = time.Duration(secs) * time.Second
+		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		s.Latency = time.Since(t0)
 		return s

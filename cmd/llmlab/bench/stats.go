@@ -43,6 +43,12 @@ type Summary struct {
 	TPOT    Percentiles    `json:"tpot"`
 	ByCode  map[string]int `json:"by_status"`
 	Pass    bool           `json:"pass"`
+	// RetryAfter is over the refusals that carried one. Retried counts
+	// the refusals sent again after it (Options.Retry; not in the figures
+	// above), RetriedOK those then answered.
+	RetryAfter Percentiles `json:"retry_after"`
+	Retried    int         `json:"retried,omitempty"`
+	RetriedOK  int         `json:"retried_ok,omitempty"`
 }
 
 // Percentile returns the nearest-rank p-th percentile (0 < p <= 100) of
@@ -67,11 +73,21 @@ func percentiles(v []time.Duration) Percentiles {
 // (the duration requests were started in), excluding warm-up samples.
 func Summarize(samples []Sample, window time.Duration, slo SLO) Summary {
 	s := Summary{ByCode: map[string]int{}, Seconds: window.Seconds()}
-	var lat, ttft, tpot []time.Duration
+	var lat, ttft, tpot, retryAfter []time.Duration
 	good, tokens := 0, 0
 	for _, x := range samples {
 		if x.Warmup {
 			continue
+		}
+		if x.Retry {
+			s.Retried++
+			if x.Error == "" && x.Status == 200 {
+				s.RetriedOK++
+			}
+			continue
+		}
+		if x.RetryAfter > 0 {
+			retryAfter = append(retryAfter, x.RetryAfter)
 		}
 		s.Requests++
 		code := "error"
@@ -110,6 +126,7 @@ func Summarize(samples []Sample, window time.Duration, slo SLO) Summary {
 		s.FailureRate = float64(s.Failed) / float64(s.Requests)
 	}
 	s.Latency, s.TTFT, s.TPOT = percentiles(lat), percentiles(ttft), percentiles(tpot)
+	s.RetryAfter = percentiles(retryAfter)
 	s.Pass = s.OK > 0 && s.Latency.P95 <= slo.Latency && s.ErrorRate <= slo.MaxErrorRate
 	return s
 }
