@@ -47,6 +47,12 @@ func checkConfig(_ context.Context, show bool, args []string) int {
 	for _, n := range cfg.Notes {
 		fmt.Fprintf(os.Stderr, "%s: note: %s\n", path, n)
 	}
+	if f, err := os.Open(engineEnvPath); err == nil {
+		for _, w := range engineEnvWarnings(f, cfg) {
+			fmt.Fprintf(os.Stderr, "%s: warning: %s\n", engineEnvPath, w)
+		}
+		f.Close()
+	}
 	if show {
 		data, err := os.ReadFile(path)
 		if errors.Is(err, os.ErrNotExist) && !explicit {
