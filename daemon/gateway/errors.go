@@ -45,8 +45,8 @@ type failure struct {
 	outcome string
 }
 
-// writeError writes f as an OpenAI-shaped error for the request reqID.
-func writeError(w http.ResponseWriter, f failure, reqID string) {
+// errorBody is f as OpenAI's error envelope for the request reqID.
+func errorBody(f failure, reqID string) []byte {
 	e := apiError{Message: f.msg, Type: f.kind, Code: f.code, RequestID: reqID}
 	if f.param != "" {
 		e.Param = &f.param
@@ -54,6 +54,12 @@ func writeError(w http.ResponseWriter, f failure, reqID string) {
 	body, _ := json.Marshal(struct {
 		Error apiError `json:"error"`
 	}{e})
+	return body
+}
+
+// writeError writes f as an OpenAI-shaped error for the request reqID.
+func writeError(w http.ResponseWriter, f failure, reqID string) {
+	body := errorBody(f, reqID)
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)+1))

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
@@ -47,14 +46,7 @@ func waited(rec *recorder, d time.Duration) {
 
 // writeErrorEvent sends f as an error event on a stream already answered.
 func writeErrorEvent(rec *recorder, f failure, reqID string) {
-	e := apiError{Message: f.msg, Type: f.kind, Code: f.code, RequestID: reqID}
-	if f.param != "" {
-		e.Param = &f.param
-	}
-	body, _ := json.Marshal(struct {
-		Error apiError `json:"error"`
-	}{e})
-	fmt.Fprintf(rec, ": llmlab status %d\ndata: %s\n\n", rec.status, body)
+	fmt.Fprintf(rec, ": llmlab status %d\ndata: %s\n\n", rec.status, errorBody(f, reqID))
 	rec.Flush()
 }
 

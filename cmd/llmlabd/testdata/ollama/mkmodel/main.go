@@ -285,6 +285,12 @@ func write(path string, layers, width, heads, kvHeads, ffn, vocab, ctxLen int, s
 		"tokenizer.ggml.add_bos_token":           true,
 		"tokenizer.ggml.add_eos_token":           false,
 	}
+	return writeGGUF(path, kv, ts)
+}
+
+// writeGGUF writes the model to path through a temporary file, so that a
+// file at path is always whole.
+func writeGGUF(path string, kv ggml.KV, ts []*ggml.Tensor) error {
 	f, err := os.Create(path + ".tmp")
 	if err != nil {
 		return err

@@ -54,7 +54,6 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
-	"os"
 
 	"github.com/ollama/ollama/fs/ggml"
 )
@@ -95,18 +94,7 @@ const chatML = `{% for message in messages %}{{'<|im_start|>' + message['role'] 
 
 func writeQwen2(path string, c qwen2Config) error {
 	kv, ts, _ := qwen2Model(c)
-	f, err := os.Create(path + ".tmp")
-	if err != nil {
-		return err
-	}
-	if err := ggml.WriteGGUF(f, kv, ts); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(path+".tmp", path)
+	return writeGGUF(path, kv, ts)
 }
 
 // qwen2Model returns the GGUF's keys and its tensors, which make their
