@@ -1,7 +1,9 @@
 // Package ratelimit owns the request-rate token buckets: one per client (the
 // API key's name when keys are configured, else the client's address: the
 // peer's, or behind gateway.trusted_proxies the one the proxy names) and one
-// for the whole gateway. A zero rate turns a bucket off.
+// for the whole gateway. A zero rate turns a bucket off. Beside them,
+// Tokens holds the buckets of API keys that limit their tokens per minute
+// (tokens.go).
 package ratelimit
 
 import (
