@@ -14,18 +14,26 @@
 //     proxy's X-Forwarded-For names, clientaddr.go) and for the gateway
 //     (429).
 //  4. Read the body within the size limit (413) and validate it (400, 404).
-//  5. Wait for admission in the queue (429 queue full, 503 overloaded,
-//     queue timeout or draining).
-//  6. Proxy to the engine, streaming server-sent events as they arrive, or
+//  5. Take the request's tokens (its prompt's and its max_tokens) from its
+//     key's tokens-per-minute bucket, if the key sets one (tpm= in the keys
+//     file; 429); what it does not use goes back when it ends.
+//  6. Wait for admission in the queue (429 queue full, 503 overloaded,
+//     queue timeout or draining), where the key's weight sets its share
+//     of the engine's work under contention (daemon/queue, fair.go).
+//  7. Proxy to the engine, streaming server-sent events as they arrive, or
 //     coalesce with compatible requests into one upstream request.
 //
 // Metrics: llmlab_requests_total, llmlab_request_duration_seconds,
 // llmlab_queue_wait_seconds, llmlab_time_to_first_token_seconds,
 // llmlab_dispatch_batch_size, llmlab_upstream_requests_total,
-// llmlab_client_requests_total, llmlab_client_tokens_total and the queue
-// gauges (llmlab_queue_depth, llmlab_queue_sequences,
-// llmlab_inflight_sequences, llmlab_inflight_limit, llmlab_queue_limit,
-// llmlab_completion_rate).
+// the per-key series (llmlab_client_requests_total,
+// llmlab_client_tokens_total, llmlab_client_usage_unreported_total,
+// llmlab_client_refused_total, llmlab_client_engine_tokens_total,
+// llmlab_client_queued_requests: the client label is a key's name for the
+// keys file's first 32 keys, "other" past them, "anonymous" without keys,
+// never a string a client sends) and the queue gauges
+// (llmlab_queue_depth, llmlab_queue_sequences, llmlab_inflight_sequences,
+// llmlab_inflight_limit, llmlab_queue_limit, llmlab_completion_rate).
 package gateway
 
 import (
@@ -92,10 +100,12 @@ type settings struct {
 
 // Gateway serves the API. Create it with New.
 type Gateway struct {
-	log       *slog.Logger
-	settings  atomic.Pointer[settings]
-	queue     *queue.Queue
-	limiter   *ratelimit.Limiter
+	log      *slog.Logger
+	settings atomic.Pointer[settings]
+	queue    *queue.Queue
+	limiter  *ratelimit.Limiter
+	// tokens holds the buckets of keys that limit their tokens per minute.
+	tokens    *ratelimit.Tokens
 	engine    Engine
 	transport *engineTransport
 	proxy     *httputil.ReverseProxy
@@ -140,9 +150,10 @@ func (g *Gateway) awaitEngine(ctx context.Context, firstRefused time.Time) bool 
 // New returns a gateway in front of cfg.EngineURL. keys may be nil (no
 // authentication).
 func New(cfg Config, keys *auth.Keys, engine Engine, warmup queue.Warmup, reg prometheus.Registerer, log *slog.Logger) *Gateway {
-	g := &Gateway{log: log, engine: engine, limiter: ratelimit.New(cfg.RateLimit), recent: recent.New(time.Now()), epoch: time.Now()}
+	g := &Gateway{log: log, engine: engine, limiter: ratelimit.New(cfg.RateLimit), tokens: ratelimit.NewTokens(), recent: recent.New(time.Now()), epoch: time.Now()}
 	g.settings.Store(&settings{cfg: cfg, keys: keys})
-	g.metrics = newMetrics(reg, func() queue.Stats { return g.queue.Stats() }, cfg.Queue.SLO)
+	g.metrics = newMetrics(reg, func() queue.Stats { return g.queue.Stats() }, func() map[string]int { return g.queue.QueuedByFlow() },
+		func() *auth.Keys { return g.settings.Load().keys }, cfg.Queue.SLO)
 	g.queue = queue.New(cfg.Queue, warmup, g.metrics)
 	g.transport = newEngineTransport()
 	g.transport.awaitEngine = g.awaitEngine
@@ -168,6 +179,7 @@ func (g *Gateway) Reload(cfg Config, keys *auth.Keys) {
 	old := g.settings.Load()
 	cfg.EngineURL = old.cfg.EngineURL
 	g.settings.Store(&settings{cfg: cfg, keys: keys})
+	g.metrics.initClients()
 	g.queue.SetConfig(cfg.Queue)
 	if cfg.RateLimit != old.cfg.RateLimit {
 		g.limiter.SetConfig(cfg.RateLimit)
@@ -297,7 +309,11 @@ func (g *Gateway) finish(rec *recorder, st *reqState) {
 	m := g.metrics
 	m.requests.WithLabelValues(st.route, st.outcome, strconv.Itoa(status)).Inc()
 	m.duration.WithLabelValues(st.route, result(st.outcome, status)).Observe(elapsed.Seconds())
-	m.clientReqs.WithLabelValues(st.client).Inc()
+	client := g.settings.Load().keys.Label(st.key)
+	m.clientReqs.WithLabelValues(client).Inc()
+	if result(st.outcome, status) == "refused" {
+		m.clientRefused.WithLabelValues(client).Inc()
+	}
 	m.classReqs.WithLabelValues(queue.ClassName(st.class), st.outcome).Inc()
 	if st.ttft > 0 {
 		m.ttft.WithLabelValues(st.route).Observe(st.ttft.Seconds())
@@ -306,11 +322,12 @@ func (g *Gateway) finish(rec *recorder, st *reqState) {
 	// docs/engine-contract.md) is counted, not silently left out.
 	unreported := st.outcome == "ok" && st.prompt == 0 && st.complete == 0
 	if unreported {
-		m.unreported.WithLabelValues(st.client).Inc()
+		m.unreported.WithLabelValues(client).Inc()
 	} else if st.prompt > 0 || st.complete > 0 {
-		m.clientTokens.WithLabelValues(st.client, "prompt").Add(float64(st.prompt))
-		m.clientTokens.WithLabelValues(st.client, "completion").Add(float64(st.complete))
+		m.clientTokens.WithLabelValues(client, "prompt").Add(float64(st.prompt))
+		m.clientTokens.WithLabelValues(client, "completion").Add(float64(st.complete))
 	}
+	g.returnTokens(st)
 	if !g.settings.Load().cfg.AccessLog {
 		return
 	}
@@ -337,6 +354,25 @@ func (g *Gateway) finish(rec *recorder, st *reqState) {
 		attrs = append(attrs, slog.String("usage", "unreported"))
 	}
 	g.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
+}
+
+// returnTokens settles a key's tokens-per-minute bucket with what st used:
+// all of its charge comes back if it never reached the engine; otherwise
+// the difference between its charge and the usage reported (taking more
+// where the usage is larger: a prompt longer than estimated); without
+// usage, what it used is not known, and the charge stands.
+func (g *Gateway) returnTokens(st *reqState) {
+	if st.tpmTaken == 0 {
+		return
+	}
+	used := st.tpmTaken
+	switch {
+	case !st.dispatched:
+		used = 0
+	case st.prompt > 0 || st.complete > 0:
+		used = st.prompt + st.complete
+	}
+	g.tokens.Return(time.Now(), st.key, st.tpm, st.tpmTaken-used)
 }
 
 // serveModels answers GET /v1/models from the engine, or from the

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/llmlab/llmlab/daemon/auth"
 	"github.com/llmlab/llmlab/daemon/queue"
 )
 
@@ -15,17 +16,47 @@ import (
 //	ok, invalid, unauthorized, rate_limited, queue_full, overloaded,
 //	queue_timeout, draining, engine_error, engine_unavailable, cancelled
 type metrics struct {
-	requests     *prometheus.CounterVec   // route, outcome, code
-	duration     *prometheus.HistogramVec // route, result
-	queueWait    prometheus.Histogram
-	ttft         *prometheus.HistogramVec // route
-	batchSize    prometheus.Histogram
-	upstream     *prometheus.CounterVec // kind: proxied, coalesced
-	clientReqs   *prometheus.CounterVec // client
-	clientTokens *prometheus.CounterVec // client, type
-	unreported   *prometheus.CounterVec // client
-	classReqs    *prometheus.CounterVec // class, outcome
-	decisions    *prometheus.CounterVec // class, decision, reason
+	requests      *prometheus.CounterVec   // route, outcome, code
+	duration      *prometheus.HistogramVec // route, result
+	queueWait     prometheus.Histogram
+	ttft          *prometheus.HistogramVec // route
+	batchSize     prometheus.Histogram
+	upstream      *prometheus.CounterVec // kind: proxied, coalesced
+	clientReqs    *prometheus.CounterVec // client
+	clientTokens  *prometheus.CounterVec // client, type
+	unreported    *prometheus.CounterVec // client
+	clientRefused *prometheus.CounterVec // client
+	clientEngine  *prometheus.CounterVec // client
+	classReqs     *prometheus.CounterVec // class, outcome
+	decisions     *prometheus.CounterVec // class, decision, reason
+	clientQueued  clientQueued
+	// keys are the API keys now, which name the client label (auth.Keys.Label).
+	keys func() *auth.Keys
+}
+
+// clientQueued is llmlab_client_queued_requests, read from the queue at
+// scrape time: every label the keys use, and any other a request still
+// queued has (a key removed by a reload).
+type clientQueued struct {
+	desc   *prometheus.Desc
+	keys   func() *auth.Keys
+	queued func() map[string]int
+}
+
+func (c clientQueued) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c clientQueued) Collect(ch chan<- prometheus.Metric) {
+	keys := c.keys()
+	byLabel := map[string]int{}
+	for _, l := range keys.Labels() {
+		byLabel[l] = 0
+	}
+	for flow, n := range c.queued() {
+		byLabel[keys.Label(flow)] += n
+	}
+	for l, n := range byLabel {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), l)
+	}
 }
 
 var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 60}
@@ -42,8 +73,10 @@ func bucketsWith(slo time.Duration) []float64 {
 	return b
 }
 
-func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Duration) *metrics {
-	m := &metrics{
+// newMetrics registers the gateway's series on reg: stats and queued are
+// read from the queue at scrape time, keys names the client label.
+func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, queued func() map[string]int, keys func() *auth.Keys, slo time.Duration) *metrics {
+	m := &metrics{keys: keys,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmlab_requests_total",
 			Help: "Requests answered by the gateway, by route, outcome and HTTP status code.",
@@ -74,7 +107,7 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Du
 		}, []string{"kind"}),
 		clientReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmlab_client_requests_total",
-			Help: "Requests by API key name (\"anonymous\" when keys are off).",
+			Help: "Requests by API key name (\"anonymous\" when keys are off; \"other\" past the keys file's first 32 keys).",
 		}, []string{"client"}),
 		clientTokens: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmlab_client_tokens_total",
@@ -83,6 +116,14 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Du
 		unreported: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmlab_client_usage_unreported_total",
 			Help: "Answered requests whose answer carried no usage (a stream without stream_options.include_usage), by API key name: their tokens are not in llmlab_client_tokens_total.",
+		}, []string{"client"}),
+		clientRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmlab_client_refused_total",
+			Help: "Requests refused with 429 or 503 and Retry-After (the key's request or token rate, or admission), by API key name.",
+		}, []string{"client"}),
+		clientEngine: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llmlab_client_engine_tokens_total",
+			Help: "Engine work by API key name as fair sharing counts it: each request's prompt and output tokens (usage where reported, else the streamed chunks, else prompt and max_tokens), when it ends; a key's share of the engine under contention is its weight's share of this.",
 		}, []string{"client"}),
 		classReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "llmlab_class_requests_total",
@@ -96,7 +137,11 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Du
 	stat := func(f func(queue.Stats) float64) func() float64 {
 		return func() float64 { return f(stats()) }
 	}
+	m.clientQueued = clientQueued{desc: prometheus.NewDesc("llmlab_client_queued_requests", "Requests waiting in the queue by API key name.", []string{"client"}, nil),
+		keys: keys, queued: queued}
+	m.initClients()
 	reg.MustRegister(m.requests, m.duration, m.queueWait, m.ttft, m.batchSize, m.upstream, m.clientReqs, m.clientTokens, m.unreported, m.classReqs, m.decisions,
+		m.clientRefused, m.clientEngine, m.clientQueued,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_depth", Help: "Requests waiting in the queue."},
 			stat(func(s queue.Stats) float64 { return float64(s.Queued) })),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_queue_sequences", Help: "Sequences waiting in the queue."},
@@ -124,6 +169,21 @@ func newMetrics(reg prometheus.Registerer, stats func() queue.Stats, slo time.Du
 			stat(func(s queue.Stats) float64 { return s.RateRPS })),
 	)
 	return m
+}
+
+// initClients makes the per-key series of every label the keys use, at
+// zero, so that a key's series exist before its first request.
+func (m *metrics) initClients() {
+	for _, l := range m.keys().Labels() {
+		m.clientReqs.WithLabelValues(l)
+		m.clientRefused.WithLabelValues(l)
+		m.clientEngine.WithLabelValues(l)
+	}
+}
+
+// Served implements queue.Observer.
+func (m *metrics) Served(_ queue.Class, flow string, tokens float64) {
+	m.clientEngine.WithLabelValues(m.keys().Label(flow)).Add(tokens)
 }
 
 // Dispatched implements queue.Observer.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/llmlab/llmlab/daemon/auth"
 	"github.com/llmlab/llmlab/daemon/queue"
 )
 
@@ -15,7 +16,7 @@ import (
 func TestDurationBucketAtTheObjective(t *testing.T) {
 	for _, slo := range []time.Duration{5 * time.Second, 1500 * time.Millisecond, 0} {
 		reg := prometheus.NewRegistry()
-		m := newMetrics(reg, func() queue.Stats { return queue.Stats{} }, slo)
+		m := newMetrics(reg, func() queue.Stats { return queue.Stats{} }, func() map[string]int { return nil }, func() *auth.Keys { return nil }, slo)
 		m.duration.WithLabelValues("/v1/completions", "ok").Observe(1)
 		fams, err := reg.Gather()
 		if err != nil {

@@ -8,7 +8,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"strconv"
@@ -17,12 +19,16 @@ import (
 
 	"github.com/llmlab/llmlab/daemon/enginemodel"
 	"github.com/llmlab/llmlab/daemon/queue"
+	"github.com/llmlab/llmlab/daemon/ratelimit"
 )
 
 // reqState follows one request through the gateway.
 type reqState struct {
-	id       string
+	id string
+	// client is the key's name ("anonymous" without keys), for the log;
+	// key is the key's name ("" without keys).
 	client   string
+	key      string
 	class    queue.Class
 	route    string
 	start    time.Time
@@ -42,6 +48,11 @@ type reqState struct {
 	// was read from a trusted proxy's X-Forwarded-For.
 	remote    string
 	forwarded bool
+	// tpmTaken is what the request took from its key's tokens-per-minute
+	// bucket of tpm tokens a minute (0: none); dispatched says it reached
+	// the engine.
+	tpm, tpmTaken int
+	dispatched    bool
 }
 
 type stateKey struct{}
@@ -93,6 +104,8 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 	}
 	// The rate limit's client: the key's name, else the client's address.
 	clientID := name
+	st.key = name
+	opts := s.keys.Options(name)
 	if name != "" {
 		st.client = name
 	} else {
@@ -161,7 +174,19 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 
 	ctx := r.Context()
 	qr := queue.Request{Weight: p.Weight, Key: p.CoalesceKey, Class: st.class,
-		Shape: enginemodel.Shape{PromptBytes: p.PromptBytes, MaxTokens: p.MaxTokens}, Stream: p.Stream, Deadline: deadline}
+		Shape: enginemodel.Shape{PromptBytes: p.PromptBytes, MaxTokens: p.MaxTokens}, Stream: p.Stream, Deadline: deadline,
+		Flow: name, FlowWeight: opts.Weight}
+	if tpm := opts.TokensPerMinute; tpm > 0 {
+		n := int(math.Ceil(g.queue.Model().PromptTokens(qr.Shape))) + p.Weight*p.MaxTokens
+		if ok, wait := g.tokens.Take(time.Now(), name, tpm, n); !ok {
+			st.reason = ratelimit.ScopeTokens
+			g.fail(rec, st, failure{status: http.StatusTooManyRequests, kind: typeRateLimit, code: "rate_limit_exceeded",
+				msg:        fmt.Sprintf("Rate limit reached for tokens per minute: this API key may use %d tokens a minute, and this request counts %d (its prompt and max_tokens); retry after the time in Retry-After.", tpm, n),
+				retryAfter: retrySeconds(wait), outcome: "rate_limited"})
+			return
+		}
+		st.tpm, st.tpmTaken = tpm, n
+	}
 	if p.Stream && s.cfg.WaitUpdates > 0 {
 		qr.Updates, qr.Waiting = s.cfg.WaitUpdates, func(ahead int, start time.Duration) { waitUpdate(rec, ahead, start) }
 	}
@@ -186,6 +211,7 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 		st.outcome, st.status = "cancelled", 499
 		return
 	}
+	st.dispatched = true
 	st.waited = ticket.Waited()
 	g.metrics.queueWait.Observe(st.waited.Seconds())
 	rec.Header().Set(QueueWaitHeader, strconv.FormatFloat(st.waited.Seconds(), 'f', 3, 64))

@@ -2,7 +2,6 @@ package queue
 
 import (
 	"container/heap"
-	"container/list"
 	"context"
 	"fmt"
 	"math"
@@ -49,13 +48,16 @@ func (r *Refusal) RetryAfterSeconds() int {
 	return max(1, int(math.Ceil(r.RetryAfter.Seconds())))
 }
 
-// Acquire admits r, waiting in the FIFO if needed. It returns a *Refusal
+// Acquire admits r, waiting in its queue if needed. It returns a *Refusal
 // when the request is refused or times out in the queue, and ctx's error
 // when the caller gives up first.
 func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	now := time.Now()
 	if r.Class != Batch {
 		r.Class = Interactive
+	}
+	if !(r.FlowWeight > 0) {
+		r.FlowWeight = 1
 	}
 	q.mu.Lock()
 	q.accountLocked(now)
@@ -64,15 +66,18 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	if obj > 0 {
 		due = now.Add(obj)
 	}
-	after, ahead, aheadSlots := q.placeLocked(r.Class, due)
-	ref, hold, judged := q.admitLocked(now, r, obj, ahead, aheadSlots)
+	prompt := q.model.PromptTokens(r.Shape)
+	cost := prompt + float64(r.Weight*max(r.Shape.MaxTokens, 1))
+	p := q.placeLocked(r, due, cost, now)
+	ref, hold, judged := q.admitLocked(now, r, obj, cost, p.ahead, p.aheadSlots)
 	if ref != nil {
 		q.mu.Unlock()
 		q.decided(r.Class, "refuse", string(ref.Reason))
 		return nil, ref
 	}
-	if q.cfg.BatchWindow == 0 && ahead == 0 && q.fitsLocked(r.Weight, r.Class) {
-		t := q.startLocked(now, r, now, judged, obj)
+	if q.cfg.BatchWindow == 0 && p.ahead == 0 && q.fitsLocked(r.Weight, r.Class) {
+		fl := q.classes[r.Class].charge(r.Flow, r.FlowWeight, cost)
+		t := q.startLocked(now, r, now, judged, obj, fl, cost, prompt)
 		q.mu.Unlock()
 		q.decided(r.Class, "dispatch", "slot_free")
 		if q.obs != nil {
@@ -90,13 +95,9 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		why = "batch_window"
 	}
 	wait := q.deadlineLocked(r.Class, obj, hold)
-	w := &waiter{req: r, ready: make(chan struct{}), arrived: now, judged: judged && !q.notReady, objective: obj, due: due}
-	if after == nil {
-		w.elem = q.waiters[r.Class].PushFront(w)
-	} else {
-		w.elem = q.waiters[r.Class].InsertAfter(w, after)
-	}
-	q.queuedSlots[r.Class] += r.Weight
+	w := &waiter{req: r, ready: make(chan struct{}), arrived: now, judged: judged && !q.notReady, objective: obj, due: due,
+		cost: cost, prompt: prompt}
+	q.classes[r.Class].insert(w, p)
 	q.dispatchLocked(now, false)
 	q.mu.Unlock()
 	q.decided(r.Class, "queue", why)
@@ -165,13 +166,9 @@ func (q *Queue) position(now time.Time, w *waiter) (ahead int, start time.Durati
 		return 0, 0, false
 	default:
 	}
-	aheadSlots := 0
+	ahead, aheadSlots := q.classes[w.req.Class].position(w)
 	if w.req.Class == Batch {
-		ahead, aheadSlots = q.waiters[Interactive].Len(), q.queuedSlots[Interactive]
-	}
-	for e := q.waiters[w.req.Class].Front(); e != nil && e != w.elem; e = e.Next() {
-		ahead++
-		aheadSlots += e.Value.(*waiter).req.Weight
+		ahead, aheadSlots = ahead+q.classes[Interactive].n, aheadSlots+q.classes[Interactive].slots
 	}
 	start = q.remainingStart()
 	if short := aheadSlots + w.req.Weight - (q.capForLocked(w.req.Class) - q.inflight); short > 0 {
@@ -194,34 +191,27 @@ func (q *Queue) objective(r Request) time.Duration {
 	return slo
 }
 
-// placeLocked is where a new request of class, due at due (zero: never),
-// goes in its class's queue: behind every waiter due no later, ahead of
-// the rest (earliest deadline first; a FIFO among equals). It returns the
-// element to insert it after (nil: the front), and how many requests and
-// slots will be queued ahead of it, a batch request counting every
-// interactive one too.
-func (q *Queue) placeLocked(class Class, due time.Time) (after *list.Element, ahead, aheadSlots int) {
-	if class == Batch {
-		ahead, aheadSlots = q.waiters[Interactive].Len(), q.queuedSlots[Interactive]
+// placeLocked is where a new request r, due at due (zero: never) and
+// costing cost tokens, goes in its class's queue (fair.go): in its flow,
+// behind every waiter due no later, ahead of the rest (earliest deadline
+// first; a FIFO among equals); among the flows, by its start tag. The
+// placement counts the requests and slots that will be dispatched before
+// it, a batch request counting every interactive one too.
+func (q *Queue) placeLocked(r Request, due time.Time, cost float64, now time.Time) placement {
+	p := q.classes[r.Class].place(r.Flow, r.FlowWeight, due, cost, now)
+	if r.Class == Batch {
+		p.ahead += q.classes[Interactive].n
+		p.aheadSlots += q.classes[Interactive].slots
 	}
-	for e := q.waiters[class].Front(); e != nil; e = e.Next() {
-		w := e.Value.(*waiter)
-		if !due.IsZero() && (w.due.IsZero() || w.due.After(due)) {
-			break
-		}
-		after = e
-		ahead++
-		aheadSlots += w.req.Weight
-	}
-	return after, ahead, aheadSlots
+	return p
 }
 
 // admitLocked applies the admission rules of the package doc to r, whose
-// objective is obj and which will have ahead requests of aheadSlots slots
-// queued ahead of it. It returns the refusal, or nil, the engine time the
-// model expects of the request (its mean) and whether it was judged
-// against its objective.
-func (q *Queue) admitLocked(now time.Time, r Request, obj time.Duration, ahead, aheadSlots int) (*Refusal, time.Duration, bool) {
+// objective is obj, which costs cost tokens and which will have ahead
+// requests of aheadSlots slots queued ahead of it. It returns the refusal,
+// or nil, the engine time the model expects of the request (its mean) and
+// whether it was judged against its objective.
+func (q *Queue) admitLocked(now time.Time, r Request, obj time.Duration, cost float64, ahead, aheadSlots int) (*Refusal, time.Duration, bool) {
 	if r.Weight > q.cfg.MaxInflight {
 		return &Refusal{Reason: ReasonTooManySequences,
 			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}, 0, false
@@ -235,9 +225,19 @@ func (q *Queue) admitLocked(now time.Time, r Request, obj time.Duration, ahead, 
 	if !free {
 		if r.Class == Interactive {
 			// Batch work makes room for interactive work, newest first.
-			for q.queuedSlotsLocked()+r.Weight > q.cfg.MaxQueued && q.waiters[Batch].Len() > 0 {
-				q.displaceNewestBatchLocked()
+			for q.queuedSlotsLocked()+r.Weight > q.cfg.MaxQueued && q.classes[Batch].n > 0 {
+				q.displaceLocked(q.classes[Batch].newest(),
+					"the batch request was displaced from a full queue by interactive work; retry later")
 			}
+		}
+		// A flow under its share makes room by displacing the flow most
+		// over it.
+		for q.queuedSlotsLocked()+r.Weight > q.cfg.MaxQueued {
+			v := q.classes[r.Class].victim(r.Flow, r.FlowWeight, cost)
+			if v == nil {
+				break
+			}
+			q.displaceLocked(v, "the request was displaced from a full queue by the request of an API key with less queued for its weight; retry later")
 		}
 		if q.queuedSlotsLocked()+r.Weight > q.cfg.MaxQueued {
 			return &Refusal{Reason: ReasonQueueFull,
@@ -401,13 +401,10 @@ func (q *Queue) drainTimeLocked() time.Duration {
 	return d
 }
 
-// displaceNewestBatchLocked refuses the newest queued batch request.
-func (q *Queue) displaceNewestBatchLocked() {
-	e := q.waiters[Batch].Back()
-	w := q.waiters[Batch].Remove(e).(*waiter)
-	q.queuedSlots[Batch] -= w.req.Weight
-	w.refusal = &Refusal{Reason: ReasonDisplaced,
-		Message: "the batch request was displaced from a full queue by interactive work; retry later", RetryAfter: q.drainTimeLocked()}
+// displaceLocked refuses w, queued, to make room in a full queue.
+func (q *Queue) displaceLocked(w *waiter, message string) {
+	q.classes[w.req.Class].remove(w)
+	w.refusal = &Refusal{Reason: ReasonDisplaced, Message: message, RetryAfter: q.drainTimeLocked()}
 	close(w.ready)
-	q.decided(Batch, "refuse", string(ReasonDisplaced))
+	q.decided(w.req.Class, "refuse", string(ReasonDisplaced))
 }

@@ -33,18 +33,19 @@ func (q *Queue) fitsLocked(w int, class Class) bool {
 // startLocked dispatches r, which arrived at arrived, at now; judged says
 // its answer moves admission's level (it was admitted by the model against
 // its objective obj, not held through a cold start).
-func (q *Queue) startLocked(now time.Time, r Request, arrived time.Time, judged bool, obj time.Duration) *Ticket {
+// fl is its flow, charged cost tokens of which prompt are its prompt's.
+func (q *Queue) startLocked(now time.Time, r Request, arrived time.Time, judged bool, obj time.Duration, fl *flow, cost, prompt float64) *Ticket {
 	q.accountLocked(now)
 	q.inflight += r.Weight
 	t := &Ticket{q: q, weight: r.Weight, shape: r.Shape, stream: r.Stream, dispatched: now, arrived: arrived, slotsAt: q.slotSeconds,
-		judged: judged, objective: obj, model: q.model, inflightAt: q.inflight}
+		judged: judged, objective: obj, model: q.model, inflightAt: q.inflight,
+		class: r.Class, flow: fl, cost: cost, prompt: prompt}
 	t.elem = q.running.PushBack(t)
 	return t
 }
 
 func (q *Queue) removeLocked(w *waiter) {
-	q.waiters[w.req.Class].Remove(w.elem)
-	q.queuedSlots[w.req.Class] -= w.req.Weight
+	q.classes[w.req.Class].remove(w)
 	// The head may have changed: a smaller request behind may now fit.
 	q.dispatchLocked(time.Now(), false)
 }
@@ -56,18 +57,19 @@ func (q *Queue) blockedLocked() bool {
 	return w != nil && !q.notReady && q.inflight+w.req.Weight > q.capForLocked(w.req.Class)
 }
 
-// frontLocked is the next request to dispatch: interactive first.
+// frontLocked is the next request to dispatch: interactive first, then
+// by fair share among flows, then by deadline within a flow.
 func (q *Queue) frontLocked() *waiter {
 	for _, c := range []Class{Interactive, Batch} {
-		if e := q.waiters[c].Front(); e != nil {
-			return e.Value.(*waiter)
+		if w := q.classes[c].front(); w != nil {
+			return w
 		}
 	}
 	return nil
 }
 
 // dispatchLocked releases waiters to the engine. Without a batch window it
-// releases the FIFO head while it fits. With one, it releases up to
+// releases the front (frontLocked) while it fits. With one, it releases up to
 // a batch (MaxBatch, at most the in-flight limit) when the window closes
 // (timerFired) or as soon as a batch waits, and otherwise makes sure a window is running.
 func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
@@ -93,9 +95,8 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 		if w == nil || !q.fitsLocked(w.req.Weight, w.req.Class) {
 			break
 		}
-		q.waiters[w.req.Class].Remove(w.elem)
-		q.queuedSlots[w.req.Class] -= w.req.Weight
-		w.ticket = q.startLocked(now, w.req, w.arrived, w.judged, w.objective)
+		q.classes[w.req.Class].dispatch(w)
+		w.ticket = q.startLocked(now, w.req, w.arrived, w.judged, w.objective, w.flow, w.cost, w.prompt)
 		released = append(released, w)
 	}
 	if len(released) == 0 {

@@ -59,6 +59,7 @@ type recordingObserver struct {
 	mu        sync.Mutex
 	sizes     []int
 	decisions []string
+	served    map[string]float64 // tokens by flow
 }
 
 func (r *recordingObserver) Dispatched(n int) {
@@ -71,6 +72,15 @@ func (r *recordingObserver) Decided(class Class, decision, reason string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.decisions = append(r.decisions, ClassName(class)+" "+decision+" "+reason)
+}
+
+func (r *recordingObserver) Served(class Class, flow string, tokens float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.served == nil {
+		r.served = map[string]float64{}
+	}
+	r.served[flow] += tokens
 }
 
 func (r *recordingObserver) got() []string {

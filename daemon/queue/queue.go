@@ -6,19 +6,29 @@
 // A request occupies one slot per sequence it asks the engine for. At most
 // the in-flight limit of slots are in the engine at once (MaxInflight, or
 // the limit set with SetLimit, never above MaxInflight); the rest wait in
-// queues of at most MaxQueued slots, one per priority class: interactive
-// requests are dispatched before batch ones, and batch ones only while
-// less than BatchShare of the limit is in use. Within a class the earliest
-// deadline goes first: a request's deadline is its arrival plus its
-// objective (the SLO, or the client's own Request.Deadline; see
-// objective), so without client deadlines each class is a FIFO, and a
-// request with none of either goes behind those with one. The decision is made when a
-// request arrives (admission.go):
+// queues of at most MaxQueued slots, one per priority class. The order of
+// dispatch:
+//
+//  1. Class: interactive requests are dispatched before batch ones, and
+//     batch ones only while less than BatchShare of the limit is in use.
+//  2. Flow: within a class, each flow (Request.Flow, the API key) gets its
+//     weight's share of the engine's work, counted in tokens (start-time
+//     fair queuing, fair.go); without keys there is one flow.
+//  3. Deadline: within a flow the earliest deadline goes first: a
+//     request's deadline is its arrival plus its objective (the SLO, or the
+//     client's own Request.Deadline; see objective), so without client
+//     deadlines each flow is a FIFO, and a request with none of either goes
+//     behind those with one.
+//
+// The decision is made when a request arrives (admission.go):
 //
 //  1. A request asking for more sequences than MaxInflight is invalid.
 //  2. While draining, a request that would have to queue is refused.
-//  3. If the FIFOs would overflow, refuse (queue_full); an interactive
-//     request first displaces queued batch requests, newest first.
+//  3. If the queues would overflow, refuse (queue_full); an interactive
+//     request first displaces queued batch requests, and any request
+//     displaces those of another flow of its class that has more queued
+//     for its weight than its own flow would have with it (each time the
+//     last request of the flow with the most queued for its weight).
 //  4. Predict its wait (0 if a slot is free for it) from the running
 //     requests' progress, and its time in the engine from the model at
 //     the concurrency it will run with. A wait past MaxWait is refused
@@ -103,6 +113,9 @@ type Observer interface {
 	// Decided reports an admission decision: "dispatch", "queue" or
 	// "refuse", with its reason, for a request of class.
 	Decided(class Class, decision, reason string)
+	// Served reports the tokens of engine work a request of flow took, as
+	// fair sharing counted them, when it ends.
+	Served(class Class, flow string, tokens float64)
 }
 
 // Request describes what a caller asks to admit.
@@ -122,6 +135,11 @@ type Request struct {
 	// to the end of its answer (0: none): admission judges it against
 	// that, and the queue serves each class earliest deadline first.
 	Deadline time.Duration
+	// Flow is the API key's name ("": no keys): within a class each flow
+	// gets FlowWeight's share of the engine's work, counted in tokens
+	// (fair.go). FlowWeight 0 means 1.
+	Flow       string
+	FlowWeight float64
 	// Waiting, when set with Updates above 0, is told every Updates while
 	// the request waits in the queue how many requests are queued ahead of
 	// it and when it is predicted to be sent, from then. It is called from
@@ -136,16 +154,15 @@ type Queue struct {
 	obs    Observer
 	model  *enginemodel.Model
 
-	mu          sync.Mutex
-	cfg         Config
-	inflight    int
-	waiters     [2]list.List // of *waiter, FIFO per class
-	queuedSlots [2]int
-	timer       *time.Timer
-	draining    bool
-	notReady    bool // the engine is starting or stopped: hold everything
-	hold        bool // the engine is saturated: dispatch nothing more
-	limit       int  // the in-flight limit set with SetLimit (0: MaxInflight)
+	mu       sync.Mutex
+	cfg      Config
+	inflight int
+	classes  [2]fairQueue // the waiters of each class, by flow
+	timer    *time.Timer
+	draining bool
+	notReady bool // the engine is starting or stopped: hold everything
+	hold     bool // the engine is saturated: dispatch nothing more
+	limit    int  // the in-flight limit set with SetLimit (0: MaxInflight)
 	// engineTime is a moving average of the time a request holds its
 	// slots (dispatch to release), the engine's latency as clients see it.
 	engineTime time.Duration
@@ -179,13 +196,18 @@ type waiter struct {
 	// through a cold start, nor exempt).
 	judged bool
 	// objective is what it is judged against (0: none); due is arrival
-	// plus that (zero: none), by which its class's FIFO is ordered.
+	// plus that (zero: none), by which its flow's queue is ordered.
 	objective time.Duration
 	due       time.Time
-	ready     chan struct{}
-	elem      *list.Element
-	ticket    *Ticket
-	refusal   *Refusal
+	// cost is its tokens as fair sharing counts them at dispatch: prompt
+	// tokens (prompt, estimated) and the output cap; flow is the flow it is
+	// queued in, elem its place there.
+	cost, prompt float64
+	flow         *flow
+	ready        chan struct{}
+	elem         *list.Element
+	ticket       *Ticket
+	refusal      *Refusal
 }
 
 // New returns a queue with the given limits, judging requests with a
@@ -248,10 +270,10 @@ func (q *Queue) decided(class Class, decision, reason string) {
 }
 
 // queuedLocked is the number of requests queued, all classes.
-func (q *Queue) queuedLocked() int { return q.waiters[Interactive].Len() + q.waiters[Batch].Len() }
+func (q *Queue) queuedLocked() int { return q.classes[Interactive].n + q.classes[Batch].n }
 
 // queuedSlotsLocked is the number of slots queued, all classes.
-func (q *Queue) queuedSlotsLocked() int { return q.queuedSlots[Interactive] + q.queuedSlots[Batch] }
+func (q *Queue) queuedSlotsLocked() int { return q.classes[Interactive].slots + q.classes[Batch].slots }
 
 // Level is the quantile of the engine model's spread at which admission
 // predicts (see lateness).
@@ -305,8 +327,7 @@ func (q *Queue) FailWaiting(reason Reason, message string, retryAfter time.Durat
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for w := q.frontLocked(); w != nil; w = q.frontLocked() {
-		q.waiters[w.req.Class].Remove(w.elem)
-		q.queuedSlots[w.req.Class] -= w.req.Weight
+		q.classes[w.req.Class].remove(w)
 		w.refusal = &Refusal{Reason: reason, Message: message, RetryAfter: retryAfter}
 		close(w.ready)
 	}
@@ -334,8 +355,7 @@ func (q *Queue) Drain() {
 	defer q.mu.Unlock()
 	q.draining = true
 	for w := q.frontLocked(); w != nil; w = q.frontLocked() {
-		q.waiters[w.req.Class].Remove(w.elem)
-		q.queuedSlots[w.req.Class] -= w.req.Weight
+		q.classes[w.req.Class].remove(w)
 		w.refusal = &Refusal{Reason: ReasonDraining, Message: "the server is shutting down", RetryAfter: time.Second}
 		close(w.ready)
 	}
@@ -376,7 +396,7 @@ func (q *Queue) Stats() Stats {
 	limit := q.capLocked()
 	return Stats{
 		Queued:        q.queuedLocked(),
-		QueuedBatch:   q.waiters[Batch].Len(),
+		QueuedBatch:   q.classes[Batch].n,
 		QueuedSlots:   q.queuedSlotsLocked(),
 		Inflight:      q.inflight,
 		MaxInflight:   q.cfg.MaxInflight,

@@ -40,6 +40,11 @@ type Ticket struct {
 	// moves admission's level (lateness).
 	judged    bool
 	objective time.Duration
+	// class and flow are where fair sharing counts it; cost is the tokens
+	// it was charged at dispatch, prompt the prompt's share of them.
+	class        Class
+	flow         *flow
+	cost, prompt float64
 }
 
 // Group is the set of tickets with the same Key dispatched together.
@@ -143,5 +148,33 @@ func (t *Ticket) Release() {
 		}
 	}
 	q.inflight -= t.weight
+	if t.flow != nil {
+		worked := t.workedLocked()
+		q.classes[t.class].released(t.flow, t.cost-worked)
+		if q.obs != nil {
+			q.obs.Served(t.class, t.flow.name, worked)
+		}
+	}
 	q.dispatchLocked(now, false)
+}
+
+// workedLocked is the tokens the request took, which fair sharing charges
+// its flow in the end instead of its cost at dispatch: the engine's usage
+// report where there is one; else, for a stream, its prompt as estimated
+// and the chunks it streamed (vLLM sends a token a chunk); else (an answer
+// that was not streamed and ended without usage, so what it took is not
+// known) the cost at dispatch.
+func (t *Ticket) workedLocked() float64 {
+	prompt, out := t.prompt, t.cost-t.prompt
+	streamed := float64(t.tokens.Load())
+	switch r := t.report; {
+	case r != nil && (r.PromptTokens > 0 || r.OutputTokens > 0):
+		if r.PromptTokens > 0 {
+			prompt = float64(r.PromptTokens)
+		}
+		out = float64(r.OutputTokens)
+	case t.stream:
+		out = streamed
+	}
+	return prompt + out
 }
