@@ -71,9 +71,11 @@ func (l *Tokens) Take(now time.Time, client string, perMinute, n int) (ok bool, 
 }
 
 // Return gives n tokens taken earlier back to client's bucket, up to its
-// size: what a request was charged and did not use.
+// size: what a request was charged and did not use. A negative n takes -n
+// more: a request that used more than it was charged (a prompt longer
+// than estimated).
 func (l *Tokens) Return(now time.Time, client string, perMinute, n int) {
-	if perMinute <= 0 || n <= 0 {
+	if perMinute <= 0 || n == 0 {
 		return
 	}
 	l.mu.Lock()

@@ -32,6 +32,11 @@ func TestTokensPerMinute(t *testing.T) {
 	if ok, _ := l.Take(now.Add(4*time.Second), "a", tpm, 400); !ok {
 		t.Fatal("refused after the bucket refilled for 4 s")
 	}
+	// A request that used 300 more than it was charged takes them.
+	l.Return(now.Add(4*time.Second), "a", tpm, -300)
+	if ok, wait := l.Take(now.Add(4*time.Second), "a", tpm, 100); ok || wait != 4*time.Second {
+		t.Fatalf("Take(100) after 300 more were taken = %v, %s; want refused, 4s", ok, wait)
+	}
 	// No limit: always allowed, nothing held.
 	if ok, _ := l.Take(now, "c", 0, 1<<30); !ok {
 		t.Fatal("a key without a limit refused")
