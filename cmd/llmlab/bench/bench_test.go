@@ -3,8 +3,12 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -162,5 +166,40 @@ func TestFindMax(t *testing.T) {
 	}
 	if got := FindMax(4, 100, 0.05, func(float64) bool { return false }); got != 0 {
 		t.Fatalf("FindMax where nothing passes = %v, want 0", got)
+	}
+}
+
+// Options.Header goes with every request, the batch class's header added
+// where a request is batch; an answer's X-Llmlab-Queue-Wait is recorded
+// and summarised, and the tokens of the answers are counted.
+func TestHeaderSentAndQueueWaitRead(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen[r.Header.Get("Authorization")+"|"+r.Header.Get(PriorityHeader)]++
+		mu.Unlock()
+		w.Header().Set(QueueWaitHeader, "0.250")
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"choices":[],"usage":{"prompt_tokens":200,"completion_tokens":5}}`)
+	}))
+	defer srv.Close()
+	o := Options{Target: srv.URL, PromptTokens: 200, MaxTokens: 5, Concurrency: 1, Requests: 10, BatchShare: 0.5,
+		Header: http.Header{"Authorization": {"Bearer sk-test"}}}
+	samples, err := Run(context.Background(), NewClient(1), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if seen["Bearer sk-test|"] != 5 || seen["Bearer sk-test|batch"] != 5 {
+		t.Errorf("requests by Authorization|priority = %v, want 5 interactive and 5 batch, each with the key", seen)
+	}
+	mu.Unlock()
+	s := Summarize(samples, time.Second, SLO{Latency: time.Second})
+	if s.QueueWait.P50 != 250*time.Millisecond || s.Tokens != 10*205 {
+		t.Errorf("queue wait p50 %s, tokens %d; want 250ms and %d", s.QueueWait.P50, s.Tokens, 10*205)
+	}
+	if data, _ := json.Marshal(o); strings.Contains(string(data), "sk-test") {
+		t.Errorf("the options' JSON holds the key: %s", data)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -102,7 +103,17 @@ func benchFlagSet(fs *flag.FlagSet) command.Run {
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 2*time.Minute, "most time to wait for an engine to go idle between phases")
 	fs.StringVar(&f.results, "results", "auto", "results folder (auto: results/bench-<UTC time>; \"\" writes none)")
 	progress := fs.String("progress", "auto", "progress line on stderr: auto (when a terminal), on (plain lines where not a terminal), off")
+	keyFile := fs.String("api-key-file", "", "send the API key this file holds as Authorization: Bearer KEY (a file, so that the key is in neither the process list nor the results)")
 	return func(ctx context.Context, _ []string) int {
+		if *keyFile != "" {
+			data, err := os.ReadFile(*keyFile)
+			key := strings.TrimSpace(string(data))
+			if err != nil || key == "" {
+				fmt.Fprintf(os.Stderr, "llmlab bench: --api-key-file %s: want a file holding an API key (%v)\n", *keyFile, err)
+				return 2
+			}
+			f.o.Header = http.Header{"Authorization": {"Bearer " + key}}
+		}
 		if *sides != "" {
 			var err error
 			if f.sides, err = parseSides(*sides, *sidesMetrics); err != nil {

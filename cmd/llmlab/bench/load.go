@@ -59,6 +59,9 @@ type Options struct {
 	BatchShare float64
 	// Progress, when set, is called with every finished sample.
 	Progress func(Sample) `json:"-"`
+	// Header is sent with every request (an API key's Authorization, for
+	// one): never written to results, since it may hold a secret.
+	Header http.Header `json:"-"`
 	// Retry sends each refusal (429 or 503) again, once, after its
 	// Retry-After, as a client that honours it would: the retries add
 	// load, and are summarised apart (Summary.Retried) to show how
@@ -82,6 +85,9 @@ type Sample struct {
 	// retry of a refusal, sent that long after it (Options.Retry).
 	RetryAfter time.Duration `json:"retry_after,omitempty"`
 	Retry      bool          `json:"retry,omitempty"`
+	// QueueWait is the time the request waited in llmlabd's queue, as its
+	// X-Llmlab-Queue-Wait header says (0: none, or no llmlabd).
+	QueueWait time.Duration `json:"queue_wait,omitempty"`
 }
 
 // IsBatch says whether request number n (from 1, in start order) of a run
@@ -95,6 +101,10 @@ func IsBatch(n int, share float64) bool {
 
 // PriorityHeader is llmlabd's priority-class request header.
 const PriorityHeader = "X-Llmlab-Priority"
+
+// QueueWaitHeader is llmlabd's answer header that says how long the
+// request waited in its queue, in seconds.
+const QueueWaitHeader = "X-Llmlab-Queue-Wait"
 
 // varyWords are sixteen words that are each one token in Qwen2.5's
 // vocabulary (checked against its tokenizer.json: " apple" is id 23268,
@@ -213,10 +223,14 @@ func Run(ctx context.Context, client *http.Client, o Options) ([]Sample, error) 
 		i := started.Add(1)
 		return int(i), ctx.Err() == nil && (o.Requests == 0 || i <= int64(o.Requests)), IsBatch(int(i), o.BatchShare)
 	}
-	batchHeader := http.Header{PriorityHeader: {"batch"}}
+	plain, batchHeader := o.Header.Clone(), o.Header.Clone()
+	if batchHeader == nil {
+		batchHeader = http.Header{}
+	}
+	batchHeader.Set(PriorityHeader, "batch")
 	body := o.bodies()
 	one := func(n int, batch bool) {
-		var h http.Header
+		h := plain
 		if batch {
 			h = batchHeader
 		}
@@ -358,6 +372,9 @@ func DoWith(ctx context.Context, client *http.Client, url string, body []byte, s
 	}
 	defer resp.Body.Close()
 	s.Status = resp.StatusCode
+	if v, err := strconv.ParseFloat(resp.Header.Get(QueueWaitHeader), 64); err == nil && v > 0 {
+		s.QueueWait = time.Duration(v * float64(time.Second))
+	}
 	if resp.StatusCode != http.StatusOK {
 		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
 			s.RetryAfter = time.Duration(secs) * time.Second

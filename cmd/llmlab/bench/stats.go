@@ -38,11 +38,17 @@ type Summary struct {
 	FailureRate float64 `json:"failure_rate"` // failed/requests
 	// Latency and TTFT are over successful requests; TPOT is the time per
 	// output token after the first.
-	Latency Percentiles    `json:"latency"`
-	TTFT    Percentiles    `json:"ttft"`
-	TPOT    Percentiles    `json:"tpot"`
-	ByCode  map[string]int `json:"by_status"`
-	Pass    bool           `json:"pass"`
+	Latency Percentiles `json:"latency"`
+	TTFT    Percentiles `json:"ttft"`
+	TPOT    Percentiles `json:"tpot"`
+	// QueueWait is over successful requests: their wait in llmlabd's queue
+	// (X-Llmlab-Queue-Wait; zero without llmlabd).
+	QueueWait Percentiles `json:"queue_wait"`
+	// Tokens are the prompt and output tokens of the successful requests,
+	// from their usage.
+	Tokens int            `json:"tokens"`
+	ByCode map[string]int `json:"by_status"`
+	Pass   bool           `json:"pass"`
 	// RetryAfter is over the refusals that carried one. Retried counts
 	// the refusals sent again after it (Options.Retry; not in the figures
 	// above), RetriedOK those then answered.
@@ -73,7 +79,7 @@ func percentiles(v []time.Duration) Percentiles {
 // (the duration requests were started in), excluding warm-up samples.
 func Summarize(samples []Sample, window time.Duration, slo SLO) Summary {
 	s := Summary{ByCode: map[string]int{}, Seconds: window.Seconds()}
-	var lat, ttft, tpot, retryAfter []time.Duration
+	var lat, ttft, tpot, retryAfter, wait []time.Duration
 	good, tokens := 0, 0
 	for _, x := range samples {
 		if x.Warmup {
@@ -103,6 +109,8 @@ func Summarize(samples []Sample, window time.Duration, slo SLO) Summary {
 			s.OK++
 			lat = append(lat, x.Latency)
 			ttft = append(ttft, x.TTFT)
+			wait = append(wait, x.QueueWait)
+			s.Tokens += x.PromptTokens + x.OutputTokens
 			if x.OutputTokens > 1 {
 				tpot = append(tpot, (x.Latency-x.TTFT)/time.Duration(x.OutputTokens-1))
 			}
@@ -127,6 +135,7 @@ func Summarize(samples []Sample, window time.Duration, slo SLO) Summary {
 	}
 	s.Latency, s.TTFT, s.TPOT = percentiles(lat), percentiles(ttft), percentiles(tpot)
 	s.RetryAfter = percentiles(retryAfter)
+	s.QueueWait = percentiles(wait)
 	s.Pass = s.OK > 0 && s.Latency.P95 <= slo.Latency && s.ErrorRate <= slo.MaxErrorRate
 	return s
 }
