@@ -13,10 +13,11 @@ import (
 	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 )
 
-// Command is llmlab tune: fixed in-flight limits against the model's, or
-// the priority classes compared, on the simulator (Run).
+// Command is llmlab tune: fixed in-flight limits against the model's, the
+// priority classes compared, or API keys' fair shares, on the simulator
+// (Run).
 func Command() command.Command {
-	return command.Command{Name: "tune", Summary: "sweep fixed in-flight limits against the model's (or compare priority classes) on the simulator",
+	return command.Command{Name: "tune", Summary: "sweep fixed in-flight limits against the model's (or compare priority classes, or API keys' fair shares) on the simulator",
 		Flags: tuneFlags}
 }
 
@@ -35,6 +36,10 @@ func tuneFlags(fs *flag.FlagSet) command.Run {
 	fs.DurationVar(&o.TargetLatency, "target-latency", 0, "the model mode's queue.target_latency (0: llmlabd's default, the SLO)")
 	fs.BoolVar(&o.Priority, "priority", false, "compare priority classes on a half-batch load instead of sweeping")
 	fs.Float64Var(&o.BatchShare, "batch-share", 0, "with --priority: llmlabd's queue.batch_share (0: its default)")
+	fs.BoolVar(&o.Fair, "fair", false, "compare API keys' fair shares instead of sweeping: a key flooding beside a light one (and alone, and without keys), then two flooding keys of weights 1 and 3")
+	fs.Float64Var(&o.Flood, "flood", 5, "with --fair: the flooding key's load, as a multiple of the capacity (the two weighted keys offer half of it each)")
+	fs.Float64Var(&o.Light, "light", 0.2, "with --fair: the light key's load, as a multiple of the capacity")
+	fs.Float64Var(&o.Capacity, "capacity", 0, "the engine's capacity in requests per second (0: measured, closed loop at --max-num-seqs)")
 	fs.StringVar(&o.Results, "results", "auto", "results folder (auto: results/tune-<UTC time>; \"\" writes none)")
 	return func(ctx context.Context, _ []string) int {
 		if o.Llmlabd == "" {

@@ -1,5 +1,5 @@
-// Package tune measures llmlabd's concurrency and priority settings
-// against the engine simulator (llmlab tune):
+// Package tune measures llmlabd's concurrency, priority and fair-share
+// settings against the engine simulator (llmlab tune):
 //
 //   - the sweep: for each GPU profile, an open loop at a fixed multiple of
 //     the engine's capacity through llmlabd with queue.max_inflight fixed
@@ -9,7 +9,10 @@
 //     goodput over the best fixed setting's;
 //   - the priority run: the same overload, half of it sent in the batch
 //     class, with priority classes honoured and with the header dropped
-//     (one class), showing what each class gets.
+//     (one class), showing what each class gets;
+//   - the fair-share run (--fair, fair.go): API keys' open loops, a light
+//     key alone and beside a flooding one, with keys and without, then two
+//     flooding keys of weights 1 and 3, showing what each key gets.
 //
 // Each setting gets a fresh llmlabd (and state directory) in front of one
 // simulator per profile, drained between runs.
@@ -21,6 +24,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -60,13 +64,24 @@ type Options struct {
 	BatchShare float64
 	Results    string
 	Out        io.Writer
+	// Fair runs the fair-share comparison instead of the sweep (fair.go):
+	// a key flooding at Flood times the capacity beside one at Light,
+	// then two flooding keys of weights 1 and 3.
+	Fair         bool
+	Flood, Light float64
+	// Capacity is the engine's capacity in requests a second (0: measured).
+	Capacity float64
 }
 
 // Row is one setting's figures.
 type Row struct {
-	Profile  string  `json:"profile"`
-	Setting  string  `json:"setting"` // "fixed 32", "model", "classes", "one class"
-	Class    string  `json:"class,omitempty"`
+	Profile string `json:"profile"`
+	Setting string `json:"setting"` // "fixed 32", "model", "classes", "one class", a fair-share phase
+	Class   string `json:"class,omitempty"`
+	// Key and Weight are the API key's name and weight in a fair-share
+	// phase.
+	Key      string  `json:"key,omitempty"`
+	Weight   float64 `json:"weight,omitempty"`
 	Capacity float64 `json:"capacity"`
 	Rate     float64 `json:"rate"`
 	// Limit is llmlabd's in-flight limit at the end (the model's choice
@@ -107,14 +122,16 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		engine := "http://" + l.Addr().String()
 		go sim.NewServer(sim.Options{Engine: cfg, Model: model}).Serve(sctx, l)
 
-		// The engine's capacity: a closed loop at its own sequence limit,
-		// with a warm-up longer than one round of it on a slow card.
-		fmt.Fprintf(o.Out, "profile %s: measuring the engine's capacity (closed loop at %d, 25s + 30s) ...\n", name, o.MaxNumSeqs)
-		probe := bench.Options{Target: engine, Model: model, Stream: o.Stream, PromptTokens: 200, MaxTokens: 200,
-			Concurrency: o.MaxNumSeqs, Warmup: 25 * time.Second, Duration: 30 * time.Second, Timeout: 5 * time.Minute}
-		samples, _ := bench.Run(ctx, client, probe)
-		capacity := bench.Summarize(samples, probe.Duration, o.SLO).RPS
-		bench.Drain(ctx, engine+"/metrics", 2*time.Minute)
+		capacity := measureCapacity(ctx, o, client, engine, name)
+		if o.Fair {
+			fair, err := runFair(ctx, o, client, engine, name, capacity, filepath.Join(dir, name))
+			rows = append(rows, fair...)
+			stopSim()
+			if err != nil {
+				return rows, err
+			}
+			continue
+		}
 		rate := o.Load * capacity
 		fmt.Fprintf(o.Out, "profile %s: capacity %.1f req/s; offering %.1f req/s (%.1fx)\n", name, capacity, rate, o.Load)
 
@@ -141,7 +158,7 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 				conf += fmt.Sprintf("\nmax_inflight = %d\nmin_inflight = %d\ntarget_latency = %q", o.MaxNumSeqs, o.MinInflight, o.TargetLatency.String())
 			}
 			fmt.Fprintf(o.Out, "  %s ...\n", s.label)
-			gw, stop, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", name, i)), o, engine, conf)
+			gw, stop, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", name, i)), o, engine, conf, "")
 			if err != nil {
 				stopSim()
 				return rows, err
@@ -179,9 +196,12 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		}
 		stopSim()
 	}
-	if o.Priority {
+	switch {
+	case o.Fair:
+		printFair(o.Out, o, rows)
+	case o.Priority:
 		printPriority(o.Out, o, rows)
-	} else {
+	default:
 		printSweep(o.Out, o, rows)
 	}
 	if o.Results != "" {
@@ -198,6 +218,23 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		fmt.Fprintf(o.Out, "\nresults: %s/tune.json\n", o.Results)
 	}
 	return rows, nil
+}
+
+// measureCapacity is the engine's capacity in requests a second: a closed
+// loop at its own sequence limit, with a warm-up longer than one round of
+// it on a slow card; or o.Capacity where that is set.
+func measureCapacity(ctx context.Context, o Options, client *http.Client, engine, profile string) float64 {
+	if o.Capacity > 0 {
+		fmt.Fprintf(o.Out, "profile %s: capacity %.2f req/s as given (--capacity)\n", profile, o.Capacity)
+		return o.Capacity
+	}
+	fmt.Fprintf(o.Out, "profile %s: measuring the engine's capacity (closed loop at %d, 25s + 30s) ...\n", profile, o.MaxNumSeqs)
+	probe := bench.Options{Target: engine, Model: model, Stream: o.Stream, PromptTokens: 200, MaxTokens: 200,
+		Concurrency: o.MaxNumSeqs, Warmup: 25 * time.Second, Duration: 30 * time.Second, Timeout: 5 * time.Minute}
+	samples, _ := bench.Run(ctx, client, probe)
+	capacity := bench.Summarize(samples, probe.Duration, o.SLO).RPS
+	bench.Drain(ctx, engine+"/metrics", 2*time.Minute)
+	return capacity
 }
 
 // markBatch marks the samples the bench would have sent as batch: by
@@ -230,7 +267,10 @@ func finalLimit(gw string) int {
 	return st.Queue.Limit
 }
 
-func startLlmlabd(ctx context.Context, dir string, o Options, engine string, queueConf string) (string, func(), error) {
+// startLlmlabd starts llmlabd in front of engine, with queueConf in its
+// [queue] section and extra (whole sections) at the end of its
+// configuration.
+func startLlmlabd(ctx context.Context, dir string, o Options, engine string, queueConf, extra string) (string, func(), error) {
 	return daemonproc.Start(ctx, o.Llmlabd, dir, func(listen string) string {
 		return fmt.Sprintf(`[gateway]
 listen = %q
@@ -253,7 +293,7 @@ enabled = false
 [log]
 format = "text"
 access_log = false
-`, listen, dir, engine, model, queueConf, o.SLO.Latency.String())
+%s`, listen, dir, engine, model, queueConf, o.SLO.Latency.String(), extra)
 	})
 }
 
