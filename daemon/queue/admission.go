@@ -68,6 +68,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	}
 	prompt := q.model.PromptTokens(r.Shape)
 	cost := prompt + float64(r.Weight*max(r.Shape.MaxTokens, 1))
+	q.classes[r.Class].flowFor(r.Flow, r.FlowWeight).arrived(now, r.Weight)
 	p := q.placeLocked(r, due, cost, now)
 	ref, hold, judged := q.admitLocked(now, r, obj, cost, p.ahead, p.aheadSlots)
 	if ref != nil {
@@ -75,8 +76,8 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 		q.decided(r.Class, "refuse", string(ref.Reason))
 		return nil, ref
 	}
-	if q.cfg.BatchWindow == 0 && p.ahead == 0 && q.fitsLocked(r.Weight, r.Class) {
-		fl := q.classes[r.Class].charge(r.Flow, r.FlowWeight, cost)
+	if q.cfg.BatchWindow == 0 && q.goesNowLocked(now, r, p.ahead) {
+		fl := q.classes[r.Class].charge(now, r.Flow, r.FlowWeight, cost, r.Weight)
 		t := q.startLocked(now, r, now, judged, obj, fl, cost, prompt)
 		q.mu.Unlock()
 		q.decided(r.Class, "dispatch", "slot_free")
@@ -171,7 +172,7 @@ func (q *Queue) position(now time.Time, w *waiter) (ahead int, start time.Durati
 		ahead, aheadSlots = ahead+q.classes[Interactive].n, aheadSlots+q.classes[Interactive].slots
 	}
 	start = q.remainingStart()
-	if short := aheadSlots + w.req.Weight - (q.capForLocked(w.req.Class) - q.inflight); short > 0 {
+	if short := aheadSlots + w.req.Weight - q.roomLocked(now, w.req.Class, w.req.Flow); short > 0 {
 		start += q.waitLocked(now, w.req, short)
 	}
 	return ahead, start, true
@@ -189,6 +190,17 @@ func (q *Queue) objective(r Request) time.Duration {
 		return r.Deadline
 	}
 	return slo
+}
+
+// goesNowLocked reports whether r, which finds ahead requests queued
+// before it, is dispatched on arrival at now: it fits, and nothing is
+// queued before it or its flow has room beyond the free slots (a light
+// flow of a contended limit, shares.go).
+func (q *Queue) goesNowLocked(now time.Time, r Request, ahead int) bool {
+	if !q.fitsLocked(now, r.Weight, r.Class, r.Flow) {
+		return false
+	}
+	return ahead == 0 || q.roomLocked(now, r.Class, r.Flow) > q.capForLocked(r.Class)-q.inflight
 }
 
 // placeLocked is where a new request r, due at due (zero: never) and
@@ -216,7 +228,7 @@ func (q *Queue) admitLocked(now time.Time, r Request, obj time.Duration, cost fl
 		return &Refusal{Reason: ReasonTooManySequences,
 			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}, 0, false
 	}
-	free := ahead == 0 && q.fitsLocked(r.Weight, r.Class)
+	free := q.goesNowLocked(now, r, ahead)
 	if q.draining && !free {
 		// A request that finds a free slot is served even while draining:
 		// it reached a connection accepted before the listeners closed.
@@ -258,7 +270,7 @@ func (q *Queue) admitLocked(now time.Time, r Request, obj time.Duration, cost fl
 	// retried by HAProxy on a second host, woke that host's engine).
 	n := float64(q.capLocked())
 	wait := q.remainingStart()
-	if short := aheadSlots + r.Weight - (q.capForLocked(r.Class) - q.inflight); short > 0 {
+	if short := aheadSlots + r.Weight - q.roomLocked(now, r.Class, r.Flow); short > 0 && !free {
 		wait += q.waitLocked(now, r, short)
 	} else {
 		n = min(n, max(float64(q.inflight+r.Weight+q.queuedSlotsLocked()), q.avgInflight))

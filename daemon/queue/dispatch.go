@@ -21,13 +21,23 @@ func (q *Queue) capForLocked(class Class) int {
 	return c
 }
 
-// fitsLocked reports whether a request of weight w and class may enter
-// the engine now.
-func (q *Queue) fitsLocked(w int, class Class) bool {
+// roomLocked is how many slots a request of class and flow may take at
+// now: the free slots under the class's limit, fewer for a flow over its
+// share of a contended limit, more for one under it (shares.go).
+func (q *Queue) roomLocked(now time.Time, class Class, flow string) int {
+	limit := q.capForLocked(class)
+	fq := &q.classes[class]
+	d := fq.divide(now, limit, q.engineTime)
+	return fq.flows[flow].room(now, d, limit, q.inflight, q.cfg.MaxInflight)
+}
+
+// fitsLocked reports whether a request of weight w, class and flow may
+// enter the engine at now.
+func (q *Queue) fitsLocked(now time.Time, w int, class Class, flow string) bool {
 	if q.notReady || (q.hold && q.inflight > 0) {
 		return false
 	}
-	return q.inflight+w <= q.capForLocked(class) || (q.inflight == 0 && w <= q.cfg.MaxInflight)
+	return w <= q.roomLocked(now, class, flow) || (q.inflight == 0 && w <= q.cfg.MaxInflight)
 }
 
 // startLocked dispatches r, which arrived at arrived, at now; judged says
@@ -52,9 +62,48 @@ func (q *Queue) removeLocked(w *waiter) {
 
 // blockedLocked reports whether requests wait for slots (as opposed to
 // waiting for a batch window).
-func (q *Queue) blockedLocked() bool {
-	w := q.frontLocked()
-	return w != nil && !q.notReady && q.inflight+w.req.Weight > q.capForLocked(w.req.Class)
+func (q *Queue) blockedLocked(now time.Time) bool {
+	return q.queuedLocked() > 0 && !q.notReady && q.pickLocked(now) == nil
+}
+
+// nextLocked is the request to dispatch at now, or nil.
+func (q *Queue) nextLocked(now time.Time) *waiter {
+	if q.notReady || (q.hold && q.inflight > 0) {
+		return nil
+	}
+	return q.pickLocked(now)
+}
+
+// pickLocked is the first queued request that may take slots at now, in
+// the order of dispatch: interactive first (a class with requests queued
+// and none of them allowed holds back the classes after it); within a
+// class, the fair order of its flows' heads (fair.go), a head passing
+// those before it only for want of their room: one blocked by the free
+// slots is passed only by a flow with room beyond them (a light flow of a
+// contended limit, shares.go), one blocked by its flow's share by any
+// that has room.
+func (q *Queue) pickLocked(now time.Time) *waiter {
+	for _, c := range []Class{Interactive, Batch} {
+		fq := &q.classes[c]
+		if fq.n == 0 {
+			continue
+		}
+		limit := q.capForLocked(c)
+		d := fq.divide(now, limit, q.engineTime)
+		free := limit - q.inflight
+		heads := fq.heads()
+		for i, w := range heads {
+			room := w.flow.room(now, d, limit, q.inflight, q.cfg.MaxInflight)
+			if w.req.Weight > room && !(q.inflight == 0 && w.req.Weight <= q.cfg.MaxInflight) {
+				continue
+			}
+			if i == 0 || room > free || heads[0].req.Weight <= free {
+				return w
+			}
+		}
+		return nil
+	}
+	return nil
 }
 
 // frontLocked is the next request to dispatch: interactive first, then
@@ -69,7 +118,7 @@ func (q *Queue) frontLocked() *waiter {
 }
 
 // dispatchLocked releases waiters to the engine. Without a batch window it
-// releases the front (frontLocked) while it fits. With one, it releases up to
+// releases the next (nextLocked) while there is one. With one, it releases up to
 // a batch (MaxBatch, at most the in-flight limit) when the window closes
 // (timerFired) or as soon as a batch waits, and otherwise makes sure a window is running.
 func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
@@ -91,16 +140,16 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 	}
 	var released []*waiter
 	for len(released) < limit {
-		w := q.frontLocked()
-		if w == nil || !q.fitsLocked(w.req.Weight, w.req.Class) {
+		w := q.nextLocked(now)
+		if w == nil {
 			break
 		}
-		q.classes[w.req.Class].dispatch(w)
+		q.classes[w.req.Class].dispatch(now, w)
 		w.ticket = q.startLocked(now, w.req, w.arrived, w.judged, w.objective, w.flow, w.cost, w.prompt)
 		released = append(released, w)
 	}
 	if len(released) == 0 {
-		if q.cfg.BatchWindow > 0 && q.queuedLocked() > 0 && !q.blockedLocked() {
+		if q.cfg.BatchWindow > 0 && q.queuedLocked() > 0 && !q.blockedLocked(now) {
 			q.armLocked()
 		}
 		return
@@ -124,7 +173,7 @@ func (q *Queue) dispatchLocked(now time.Time, timerFired bool) {
 	if q.obs != nil {
 		q.obs.Dispatched(len(released))
 	}
-	if q.cfg.BatchWindow > 0 && q.queuedLocked() > 0 && !q.blockedLocked() {
+	if q.cfg.BatchWindow > 0 && q.queuedLocked() > 0 && !q.blockedLocked(now) {
 		q.armLocked()
 	}
 }

@@ -31,6 +31,7 @@ package queue
 
 import (
 	"container/list"
+	"slices"
 	"time"
 )
 
@@ -46,8 +47,25 @@ type flow struct {
 	// start is the head's start tag while waiters is not empty; finish is
 	// where its last dispatched request finished.
 	start, finish float64
-	// running counts its tickets not yet released.
-	running int
+	// running counts its tickets not yet released, runSlots their slots;
+	// usedSec is the integral of runSlots up to usedTime.
+	running, runSlots int
+	usedSec           float64
+	usedTime          time.Time
+	// rate is its arrivals in slots a second (fairTau), as of rateTime;
+	// firstSeen is its first arrival.
+	rate                float64
+	rateTime, firstSeen time.Time
+	// What divide last made of it (shares.go): the slots it asks for, its
+	// weighted share of the limit, whether that share satisfies it; a
+	// constrained flow's allowance (since allowTime, allowSec their
+	// integral), and that in whole slots.
+	demand, share, allow float64
+	light, heavy         bool
+	wasHeavy             bool
+	allowSec             float64
+	allowTime            time.Time
+	entitled             int
 }
 
 // fairQueue is one class's queue: its flows and its virtual time.
@@ -58,6 +76,7 @@ type fairQueue struct {
 	vtime  float64
 	// n and slots count the requests and slots queued, all flows.
 	n, slots int
+	scratch  []*flow
 }
 
 // placement is where a new request would go: its flow (nil: a flow not
@@ -104,6 +123,21 @@ func (fq *fairQueue) front() *waiter {
 		}
 	}
 	return best
+}
+
+// heads are the flows' first requests, in the order of dispatch.
+func (fq *fairQueue) heads() []*waiter {
+	out := make([]*waiter, 0, len(fq.active))
+	for _, f := range fq.active {
+		out = append(out, f.waiters.Front().Value.(*waiter))
+	}
+	slices.SortFunc(out, func(a, b *waiter) int {
+		if before(a.flow.start, a.arrived, a.flow.name, b.flow.start, b.arrived, b.flow.name) {
+			return -1
+		}
+		return 1
+	})
+	return out
 }
 
 // countBefore counts the requests and slots of flows other than skip
@@ -209,13 +243,12 @@ func (fq *fairQueue) unlink(w *waiter) {
 // out or was refused).
 func (fq *fairQueue) remove(w *waiter) {
 	fq.unlink(w)
-	fq.gc(w.flow)
 }
 
 // dispatch takes w, the front, out of the queue to the engine: the
 // virtual time moves to its start tag, and its flow's next request starts
 // where it finishes.
-func (fq *fairQueue) dispatch(w *waiter) {
+func (fq *fairQueue) dispatch(now time.Time, w *waiter) {
 	f := w.flow
 	head := f.waiters.Front() == w.elem
 	tag := f.start
@@ -231,11 +264,12 @@ func (fq *fairQueue) dispatch(w *waiter) {
 		f.start = max(f.start, f.finish)
 	}
 	f.running++
+	f.hold(now, w.req.Weight)
 }
 
 // charge accounts for a request of flow name dispatched without queuing,
 // as if it had been queued at the head of its flow and dispatched at once.
-func (fq *fairQueue) charge(name string, weight, cost float64) *flow {
+func (fq *fairQueue) charge(now time.Time, name string, weight, cost float64, slots int) *flow {
 	f := fq.flowFor(name, weight)
 	tag := fq.headStart(f)
 	if f.waiters.Len() > 0 {
@@ -245,32 +279,38 @@ func (fq *fairQueue) charge(name string, weight, cost float64) *flow {
 	fq.vtime = max(fq.vtime, tag)
 	f.finish = max(f.finish, tag+share(cost, f.weight))
 	f.running++
+	f.hold(now, slots)
 	return f
 }
 
-// released ends one of f's requests, which was charged delta tokens more
-// than it took (less, if negative): its flow's clock moves back by that,
-// never behind the virtual time for its queued head.
-func (fq *fairQueue) released(f *flow, delta float64) {
+// released ends one of f's requests, of slots slots, which was charged
+// delta tokens more than it took (less, if negative): its flow's clock
+// moves back by that, never behind the virtual time for its queued head.
+func (fq *fairQueue) released(now time.Time, f *flow, slots int, delta float64) {
 	f.running--
+	f.hold(now, -slots)
 	if d := share(delta, f.weight); d != 0 {
 		f.finish -= d
 		if f.waiters.Len() > 0 {
 			f.start = max(fq.vtime, f.start-d)
 		}
 	}
-	fq.gc(f)
 }
 
-// gc forgets a flow with nothing queued and nothing running: it has no
-// credit to keep, and a debt of at most its last request, which the
-// virtual time passes within a round. With no flow left the virtual time
-// starts again from zero.
-func (fq *fairQueue) gc(f *flow) {
-	if f.waiters.Len() > 0 || f.running > 0 {
-		return
+// forgetAfter is how long a flow with nothing queued or running is kept
+// after its last arrival: its rate has fallen below 1% by then.
+const forgetAfter = 5 * fairTau
+
+// sweep forgets the flows with nothing queued or running and no arrival
+// for forgetAfter: such a flow has no credit to keep, and a debt of at
+// most its last request, which the virtual time passes within a round.
+// With no flow left the virtual time starts again from zero.
+func (fq *fairQueue) sweep(now time.Time) {
+	for name, f := range fq.flows {
+		if f.waiters.Len() == 0 && f.running == 0 && now.Sub(f.rateTime) > forgetAfter {
+			delete(fq.flows, name)
+		}
 	}
-	delete(fq.flows, f.name)
 	if len(fq.flows) == 0 {
 		fq.vtime = 0
 	}

@@ -426,9 +426,10 @@ func TestFullQueueSharedByFlows(t *testing.T) {
 	})
 }
 
-// Without keys every request is of one flow: the flow's state is
-// forgotten when it has nothing queued or running, so the states are
-// bounded by the keys active, and nothing of a key outlives its requests.
+// A flow's state is forgotten once it has nothing queued or running and
+// has sent nothing for forgetAfter (its rate of arrivals is then nothing),
+// so the states are bounded by the keys active, and with no flow left the
+// virtual time starts again.
 func TestFlowsForgottenWhenIdle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := newFairRig(t, 1)
@@ -447,7 +448,12 @@ func TestFlowsForgottenWhenIdle(t *testing.T) {
 		prev.Release()
 		r.q.mu.Lock()
 		defer r.q.mu.Unlock()
+		if n := len(r.q.classes[Interactive].flows); n != 10 {
+			t.Errorf("%d flows just after their requests, want 10 (their rates are remembered)", n)
+		}
+		time.Sleep(forgetAfter + time.Second)
 		for c := range r.q.classes {
+			r.q.classes[c].sweep(time.Now())
 			if n := len(r.q.classes[c].flows); n != 0 {
 				t.Errorf("class %v holds %d flows with nothing queued or running", Class(c), n)
 			}

@@ -150,7 +150,7 @@ func (t *Ticket) Release() {
 	q.inflight -= t.weight
 	if t.flow != nil {
 		worked := t.workedLocked()
-		q.classes[t.class].released(t.flow, t.cost-worked)
+		q.classes[t.class].released(now, t.flow, t.weight, t.cost-worked)
 		if q.obs != nil {
 			q.obs.Served(t.class, t.flow.name, worked)
 		}
