@@ -98,14 +98,29 @@ func runFair(ctx context.Context, o Options, client *http.Client, engine, profil
 		if p.keys {
 			extra = fmt.Sprintf("[auth]\nkeys_file = %q\n", keys)
 		}
-		gw, stop, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("phase-%d", i)), o, engine,
-			fmt.Sprintf("concurrency = \"model\"\nmax_inflight = %d\nmin_inflight = %d", o.MaxNumSeqs, o.MinInflight), extra)
+		d, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("phase-%d", i)), o, engine,
+			fmt.Sprintf("concurrency = \"model\"\nmax_inflight = %d\nmin_inflight = %d", o.MaxNumSeqs, o.MinInflight), extra, true)
 		if err != nil {
 			return rows, err
 		}
+		gw := d.URL
 		steps0, onTime0, _ := bench.LagSnapshot(engine + "/metrics")
 		samples := make([][]bench.Sample, len(p.clients))
 		var wg sync.WaitGroup
+		// The engine's work by key as llmlabd counts it, over the measured
+		// span: read at its start and at its end.
+		var served [2]map[string]float64
+		start := time.Now()
+		wg.Go(func() {
+			for k, at := range []time.Duration{o.Warmup, o.Warmup + o.Duration} {
+				select {
+				case <-time.After(time.Until(start.Add(at))):
+				case <-ctx.Done():
+					return
+				}
+				served[k] = engineTokens("http://" + d.Metrics + "/metrics")
+			}
+		})
 		for j, c := range p.clients {
 			opt := bench.Options{Target: gw, Model: model, Stream: o.Stream, PromptTokens: 200, MaxTokens: 200,
 				Rate: c.load * capacity, Poisson: true, Seed: c.seed, Warmup: o.Warmup, Duration: o.Duration, Timeout: 60 * time.Second,
@@ -115,11 +130,15 @@ func runFair(ctx context.Context, o Options, client *http.Client, engine, profil
 		wg.Wait()
 		steps1, onTime1, _ := bench.LagSnapshot(engine + "/metrics")
 		limit := finalLimit(gw)
-		stop()
+		d.Stop()
 		lag := bench.CheckLag(steps0, onTime0, steps1, onTime1)
 		for j, c := range p.clients {
-			rows = append(rows, Row{Profile: profile, Setting: p.label, Key: c.name, Weight: c.weight, Capacity: capacity,
-				Rate: c.load * capacity, Limit: limit, Summary: bench.Summarize(samples[j], o.Duration, o.SLO), Lag: lag})
+			row := Row{Profile: profile, Setting: p.label, Key: c.name, Weight: c.weight, Capacity: capacity,
+				Rate: c.load * capacity, Limit: limit, Summary: bench.Summarize(samples[j], o.Duration, o.SLO), Lag: lag}
+			if p.keys && served[0] != nil && served[1] != nil {
+				row.EngineTokens = served[1][c.name] - served[0][c.name]
+			}
+			rows = append(rows, row)
 		}
 		bench.Drain(ctx, engine+"/metrics", 2*time.Minute)
 		if ctx.Err() != nil {
@@ -127,6 +146,26 @@ func runFair(ctx context.Context, o Options, client *http.Client, engine, profil
 		}
 	}
 	return rows, nil
+}
+
+// engineTokens reads llmlab_client_engine_tokens_total by key from
+// llmlabd's metrics (nil: not read).
+func engineTokens(url string) map[string]float64 {
+	fams, err := bench.Scrape(url)
+	if err != nil {
+		return nil
+	}
+	out := map[string]float64{}
+	if f := fams["llmlab_client_engine_tokens_total"]; f != nil {
+		for _, m := range f.Metric {
+			for _, l := range m.Label {
+				if l.GetName() == "client" {
+					out[l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }
 
 // findRow is the row of profile, phase and key (nil: none).
@@ -142,13 +181,17 @@ func findRow(rows []Row, profile, phase, key string) *Row {
 func printFair(w io.Writer, o Options, rows []Row) {
 	fmt.Fprintf(w, "\nopen loops (Poisson) per API key, 200 prompt + 200 output tokens, SLO p95 <= %s; the model's limit; warm-up %s, measured %s\n\n",
 		o.SLO.Latency, o.Warmup, o.Duration)
-	fmt.Fprintf(w, "| profile | phase | key | weight | offered req/s | goodput req/s | ok/s | p95 | queue wait p95 | tokens/s | refused | final limit | note |\n")
-	fmt.Fprintf(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	fmt.Fprintf(w, "| profile | phase | key | weight | offered req/s | goodput req/s | ok/s | p95 | queue wait p95 | answered tokens/s | engine tokens/s | refused | final limit | note |\n")
+	fmt.Fprintf(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range rows {
 		s := r.Summary
-		fmt.Fprintf(w, "| %s | %s | %s | %g | %.2f | %.2f | %.2f | %s | %s | %.0f | %d | %d | %s |\n", r.Profile, r.Setting, r.Key, r.Weight,
+		engine := "-"
+		if r.EngineTokens > 0 {
+			engine = fmt.Sprintf("%.0f", r.EngineTokens/s.Seconds)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %g | %.2f | %.2f | %.2f | %s | %s | %.0f | %s | %d | %d | %s |\n", r.Profile, r.Setting, r.Key, r.Weight,
 			r.Rate, s.Goodput, s.RPS, s.Latency.P95.Round(10*time.Millisecond), s.QueueWait.P95.Round(10*time.Millisecond),
-			float64(s.Tokens)/s.Seconds, s.Refused, r.Limit, verdict(r))
+			float64(s.Tokens)/s.Seconds, engine, s.Refused, r.Limit, verdict(r))
 	}
 	fmt.Fprintln(w)
 	for _, p := range o.Profiles {
@@ -167,8 +210,12 @@ func printFair(w io.Writer, o Options, rows []Row) {
 		w1, w3 := findRow(rows, p, phaseWeights, "w1"), findRow(rows, p, phaseWeights, "w3")
 		if w1 != nil && w3 != nil && w1.Summary.Tokens > 0 {
 			ratio := float64(w3.Summary.Tokens) / float64(w1.Summary.Tokens)
-			fmt.Fprintf(w, "- %s: weights 1 and 3 were served tokens in the ratio 1:%.2f (%d and %d tokens answered); target 1:3 within 10%% (2.70-3.30)\n",
+			fmt.Fprintf(w, "- %s: weights 1 and 3 were answered tokens in the ratio 1:%.2f (%d and %d tokens, the answers to the requests sent in the measured span); target 1:3 within 10%% (2.70-3.30)\n",
 				p, ratio, w1.Summary.Tokens, w3.Summary.Tokens)
+			if w1.EngineTokens > 0 {
+				fmt.Fprintf(w, "- %s: llmlabd counted the engine's work in the ratio 1:%.2f (llmlab_client_engine_tokens_total over the measured span: %.0f and %.0f tokens)\n",
+					p, w3.EngineTokens/w1.EngineTokens, w1.EngineTokens, w3.EngineTokens)
+			}
 		}
 	}
 }

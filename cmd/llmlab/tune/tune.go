@@ -80,10 +80,13 @@ type Row struct {
 	Class   string `json:"class,omitempty"`
 	// Key and Weight are the API key's name and weight in a fair-share
 	// phase.
-	Key      string  `json:"key,omitempty"`
-	Weight   float64 `json:"weight,omitempty"`
-	Capacity float64 `json:"capacity"`
-	Rate     float64 `json:"rate"`
+	Key    string  `json:"key,omitempty"`
+	Weight float64 `json:"weight,omitempty"`
+	// EngineTokens is the key's engine work over the measured span as
+	// llmlabd counts it (llmlab_client_engine_tokens_total; 0: not read).
+	EngineTokens float64 `json:"engine_tokens,omitempty"`
+	Capacity     float64 `json:"capacity"`
+	Rate         float64 `json:"rate"`
 	// Limit is llmlabd's in-flight limit at the end (the model's choice
 	// with "model").
 	Limit   int            `json:"final_limit"`
@@ -158,11 +161,12 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 				conf += fmt.Sprintf("\nmax_inflight = %d\nmin_inflight = %d\ntarget_latency = %q", o.MaxNumSeqs, o.MinInflight, o.TargetLatency.String())
 			}
 			fmt.Fprintf(o.Out, "  %s ...\n", s.label)
-			gw, stop, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", name, i)), o, engine, conf, "")
+			d, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", name, i)), o, engine, conf, "", false)
 			if err != nil {
 				stopSim()
 				return rows, err
 			}
+			gw, stop := d.URL, d.Stop
 			opt := bench.Options{Target: gw, Model: model, Stream: o.Stream, PromptTokens: 200, MaxTokens: 200,
 				Rate: rate, Poisson: true, Seed: uint64(i + 1), Warmup: o.Warmup, Duration: o.Duration, Timeout: 60 * time.Second}
 			if s.classes {
@@ -269,9 +273,13 @@ func finalLimit(gw string) int {
 
 // startLlmlabd starts llmlabd in front of engine, with queueConf in its
 // [queue] section and extra (whole sections) at the end of its
-// configuration.
-func startLlmlabd(ctx context.Context, dir string, o Options, engine string, queueConf, extra string) (string, func(), error) {
-	return daemonproc.Start(ctx, o.Llmlabd, dir, func(listen string) string {
+// configuration, and a metrics listener if metrics is set.
+func startLlmlabd(ctx context.Context, dir string, o Options, engine string, queueConf, extra string, metrics bool) (*daemonproc.Proc, error) {
+	metricsListen := ""
+	if metrics {
+		metricsListen = daemonproc.Any
+	}
+	return daemonproc.Run(ctx, o.Llmlabd, dir, func(listen string) string {
 		return fmt.Sprintf(`[gateway]
 listen = %q
 state_dir = %q
@@ -286,14 +294,14 @@ max_batch = 1
 [slo]
 latency = %q
 [metrics]
-listen = ""
+listen = %q
 textfile = ""
 [gpu]
 enabled = false
 [log]
 format = "text"
 access_log = false
-%s`, listen, dir, engine, model, queueConf, o.SLO.Latency.String(), extra)
+%s`, listen, dir, engine, model, queueConf, o.SLO.Latency.String(), metricsListen, extra)
 	})
 }
 
