@@ -59,11 +59,12 @@ type flow struct {
 	// What divide last made of it (shares.go): the slots it asks for, its
 	// weighted share of the limit, whether that share satisfies it; a
 	// constrained flow's allowance (since allowTime, allowSec their
-	// integral), and that in whole slots.
+	// integral, credit that less the slot-seconds it held), and its
+	// allowance in whole slots.
 	demand, share, allow float64
 	light, heavy         bool
 	wasHeavy             bool
-	allowSec             float64
+	allowSec, credit     float64
 	allowTime            time.Time
 	entitled             int
 }

@@ -34,11 +34,12 @@ package queue
 //     two past the limit now and then.
 //  4. The constrained flows ("heavy") share what the light ones leave, L
 //     minus the light flows' slots, by weight: a heavy flow takes free
-//     slots below L up to its allowance in whole slots (rounded down, or
-//     up while it has credit: the slot-seconds its allowance came to
-//     exceed those it held, so that a fractional allowance is held on
-//     average), and beyond it only the free slots that the other heavy
-//     flows' unused allowances leave. Each heavy flow holds its allowance,
+//     slots below L up to its allowance in whole slots, and beyond it only
+//     the free slots that the other heavy flows' unused allowances leave.
+//     The allowances are rounded down, and the slots that leaves over go
+//     one each to the heavy flows with the most credit (the slot-seconds
+//     their allowances came to less those they held), so that a
+//     fractional allowance is held on average. Each heavy flow holds its allowance,
 //     so the slots, and with them the engine's work, are shared by weight
 //     (the work in tokens exactly where the flows' requests are alike, as
 //     a slot's time is mostly its answer's tokens).
@@ -124,12 +125,8 @@ func (f *flow) account(now time.Time, allow float64, hold time.Duration, fresh b
 	f.allowSec = min(max(f.allowSec, used-b), used+b)
 	f.allowTime = now
 	f.allow = allow
-	// Its allowance in whole slots: rounded up while it has credit, so
-	// that a fractional allowance is held on average.
+	f.credit = f.allowSec - used
 	f.entitled = int(math.Floor(allow + 1e-9))
-	if f.allowSec-used > 0 {
-		f.entitled = int(math.Ceil(allow - 1e-9))
-	}
 }
 
 // division is a class's limit divided among its active flows at one
@@ -204,9 +201,24 @@ func (fq *fairQueue) divide(now time.Time, limit int, hold time.Duration) divisi
 		}
 	}
 	pool := max(0, float64(limit-d.lightRun))
+	whole := 0
 	for _, f := range d.heavy {
 		f.heavy = true
 		f.account(now, pool*f.weight/heavyWeight, hold, !f.wasHeavy)
+		whole += f.entitled
+	}
+	// The slots left over by rounding the allowances down go to the heavy
+	// flows furthest behind theirs (largest credit first), one each, so
+	// that a fractional allowance is held on average.
+	byCredit := slices.Clone(d.heavy)
+	slices.SortFunc(byCredit, func(a, b *flow) int {
+		if c := cmp.Compare(b.credit, a.credit); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.name, b.name)
+	})
+	for _, f := range byCredit[:min(len(byCredit), max(0, int(math.Floor(pool+1e-9))-whole))] {
+		f.entitled++
 	}
 	return d
 }
