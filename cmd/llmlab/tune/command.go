@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,8 @@ func tuneFlags(fs *flag.FlagSet) command.Run {
 	fs.BoolVar(&o.Fair, "fair", false, "compare API keys' fair shares instead of sweeping: a key flooding beside a light one (and alone, and without keys), then two flooding keys of weights 1 and 3")
 	fs.Float64Var(&o.Flood, "flood", 5, "with --fair: the flooding key's load, as a multiple of the capacity (the two weighted keys offer half of it each)")
 	fs.Float64Var(&o.Light, "light", 0.2, "with --fair: the light key's load, as a multiple of the capacity")
+	phases := fs.String("phases", strings.Join(FairPhaseNames, ","), "with --fair: the phases to run, of "+strings.Join(FairPhaseNames, ","))
+	fs.IntVar(&o.Repeat, "repeat", 1, "with --fair: run each phase this many times, with new arrivals, and pool them")
 	fs.Float64Var(&o.Capacity, "capacity", 0, "the engine's capacity in requests per second (0: measured, closed loop at --max-num-seqs)")
 	fs.StringVar(&o.Results, "results", "auto", "results folder (auto: results/tune-<UTC time>; \"\" writes none)")
 	return func(ctx context.Context, _ []string) int {
@@ -49,6 +52,13 @@ func tuneFlags(fs *flag.FlagSet) command.Run {
 			o.Results = command.ResultsDir("tune")
 		}
 		o.Profiles = strings.Split(*profiles, ",")
+		for _, p := range strings.Split(*phases, ",") {
+			if p = strings.TrimSpace(p); !slices.Contains(FairPhaseNames, p) {
+				fmt.Fprintf(os.Stderr, "llmlab tune: --phases %q: want some of %s, separated by commas\n", *phases, strings.Join(FairPhaseNames, ","))
+				return 2
+			}
+			o.FairPhases = append(o.FairPhases, p)
+		}
 		for _, f := range strings.Split(*fixed, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(f))
 			if err != nil || n < 1 {

@@ -10,6 +10,9 @@ package tune
 //  3. the same without keys: llmlabd sees one flow, as before fair shares;
 //  4. weights 1 and 3: two keys, each at Flood/2 times the capacity.
 //
+// --phases runs some of them; --repeat runs each that many times (new
+// arrivals each round), and pools the rounds for the comparisons.
+//
 // The light key's goodput and p95 beside the flood are compared with
 // what it got alone, and the tokens the two weighted keys were served
 // with their weights.
@@ -21,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,7 +41,8 @@ type fairKey struct {
 }
 
 type fairPhase struct {
-	label string
+	// name is what --phases calls it, label what the table does.
+	name, label string
 	// keys: llmlabd has the keys file; otherwise every request is
 	// anonymous, of one flow (the keys still send their headers).
 	keys    bool
@@ -58,11 +63,29 @@ func fairPhases(o Options) []fairPhase {
 	w1 := fairKey{"w1", "sk-llmlab-tune-w1-000003", 1, o.Flood / 2, 3}
 	w3 := fairKey{"w3", "sk-llmlab-tune-w3-000004", 3, o.Flood / 2, 4}
 	return []fairPhase{
-		{phaseAlone, true, []fairKey{light}},
-		{phaseFlood, true, []fairKey{light, flood}},
-		{phaseOneFlow, false, []fairKey{light, flood}},
-		{phaseWeights, true, []fairKey{w1, w3}},
+		{"alone", phaseAlone, true, []fairKey{light}},
+		{"flood", phaseFlood, true, []fairKey{light, flood}},
+		{"nokeys", phaseOneFlow, false, []fairKey{light, flood}},
+		{"weights", phaseWeights, true, []fairKey{w1, w3}},
 	}
+}
+
+// FairPhaseNames are the phases --phases may name, in the order they run.
+var FairPhaseNames = []string{"alone", "flood", "nokeys", "weights"}
+
+// selectPhases keeps the phases o.FairPhases names (all when none).
+func selectPhases(o Options) []fairPhase {
+	all := fairPhases(o)
+	if len(o.FairPhases) == 0 {
+		return all
+	}
+	var out []fairPhase
+	for _, p := range all {
+		if slices.Contains(o.FairPhases, p.name) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // keysFile is the keys file of every phase's keys.
@@ -83,25 +106,71 @@ func keysFile(phases []fairPhase) string {
 // runFair runs the phases against the engine, of capacity requests a
 // second, in dir.
 func runFair(ctx context.Context, o Options, client *http.Client, engine, profile string, capacity float64, dir string) ([]Row, error) {
-	phases := fairPhases(o)
+	phases := selectPhases(o)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	keys := filepath.Join(dir, "keys")
-	if err := os.WriteFile(keys, []byte(keysFile(phases)), 0o600); err != nil {
+	if err := os.WriteFile(keys, []byte(keysFile(fairPhases(o))), 0o600); err != nil {
 		return nil, err
 	}
+	rounds := max(1, o.Repeat)
 	var rows []Row
-	for i, p := range phases {
-		fmt.Fprintf(o.Out, "  %s ...\n", p.label)
+	// Every round's samples and engine tokens, by phase and key.
+	type pooled struct {
+		samples []bench.Sample
+		tokens  float64
+	}
+	pool := map[[2]string]*pooled{}
+	for round := 1; round <= rounds; round++ {
+		r, err := runFairRound(ctx, o, client, engine, profile, capacity, dir, keys, phases, round)
+		rows = append(rows, r.rows...)
+		for k, v := range r.samples {
+			if pool[k] == nil {
+				pool[k] = &pooled{}
+			}
+			pool[k].samples = append(pool[k].samples, v...)
+			pool[k].tokens += r.tokens[k]
+		}
+		if err != nil {
+			return rows, err
+		}
+	}
+	if rounds > 1 {
+		for _, p := range phases {
+			for _, c := range p.clients {
+				k := [2]string{p.label, c.name}
+				rows = append(rows, Row{Profile: profile, Setting: p.label, Key: c.name, Weight: c.weight, Capacity: capacity,
+					Rate: c.load * capacity, Summary: bench.Summarize(pool[k].samples, time.Duration(rounds)*o.Duration, o.SLO),
+					EngineTokens: pool[k].tokens})
+			}
+		}
+	}
+	return rows, nil
+}
+
+// fairRound is one round's rows, and its samples and engine tokens by
+// phase label and key.
+type fairRound struct {
+	rows    []Row
+	samples map[[2]string][]bench.Sample
+	tokens  map[[2]string]float64
+}
+
+// runFairRound runs the phases once, as round round.
+func runFairRound(ctx context.Context, o Options, client *http.Client, engine, profile string, capacity float64, dir, keys string,
+	phases []fairPhase, round int) (fairRound, error) {
+	out := fairRound{samples: map[[2]string][]bench.Sample{}, tokens: map[[2]string]float64{}}
+	for _, p := range phases {
+		fmt.Fprintf(o.Out, "  %s (round %d) ...\n", p.label, round)
 		extra := ""
 		if p.keys {
 			extra = fmt.Sprintf("[auth]\nkeys_file = %q\n", keys)
 		}
-		d, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("phase-%d", i)), o, engine,
+		d, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", p.name, round)), o, engine,
 			fmt.Sprintf("concurrency = \"model\"\nmax_inflight = %d\nmin_inflight = %d", o.MaxNumSeqs, o.MinInflight), extra, true)
 		if err != nil {
-			return rows, err
+			return out, err
 		}
 		gw := d.URL
 		steps0, onTime0, _ := bench.LagSnapshot(engine + "/metrics")
@@ -123,7 +192,7 @@ func runFair(ctx context.Context, o Options, client *http.Client, engine, profil
 		})
 		for j, c := range p.clients {
 			opt := bench.Options{Target: gw, Model: model, Stream: o.Stream, PromptTokens: 200, MaxTokens: 200,
-				Rate: c.load * capacity, Poisson: true, Seed: c.seed, Warmup: o.Warmup, Duration: o.Duration, Timeout: 60 * time.Second,
+				Rate: c.load * capacity, Poisson: true, Seed: c.seed + 100*uint64(round-1), Warmup: o.Warmup, Duration: o.Duration, Timeout: 60 * time.Second,
 				Header: http.Header{"Authorization": {"Bearer " + c.key}}}
 			wg.Go(func() { samples[j], _ = bench.Run(ctx, client, opt) })
 		}
@@ -133,19 +202,22 @@ func runFair(ctx context.Context, o Options, client *http.Client, engine, profil
 		d.Stop()
 		lag := bench.CheckLag(steps0, onTime0, steps1, onTime1)
 		for j, c := range p.clients {
-			row := Row{Profile: profile, Setting: p.label, Key: c.name, Weight: c.weight, Capacity: capacity,
+			row := Row{Profile: profile, Setting: p.label, Key: c.name, Weight: c.weight, Round: round, Capacity: capacity,
 				Rate: c.load * capacity, Limit: limit, Summary: bench.Summarize(samples[j], o.Duration, o.SLO), Lag: lag}
 			if p.keys && served[0] != nil && served[1] != nil {
 				row.EngineTokens = served[1][c.name] - served[0][c.name]
 			}
-			rows = append(rows, row)
+			out.rows = append(out.rows, row)
+			k := [2]string{p.label, c.name}
+			out.samples[k] = samples[j]
+			out.tokens[k] = row.EngineTokens
 		}
 		bench.Drain(ctx, engine+"/metrics", 2*time.Minute)
 		if ctx.Err() != nil {
-			return rows, ctx.Err()
+			return out, ctx.Err()
 		}
 	}
-	return rows, nil
+	return out, nil
 }
 
 // engineTokens reads llmlab_client_engine_tokens_total by key from
@@ -168,28 +240,38 @@ func engineTokens(url string) map[string]float64 {
 	return out
 }
 
-// findRow is the row of profile, phase and key (nil: none).
+// findRow is the row of profile, phase and key (nil: none): the rounds
+// pooled where there are several, else the one round's.
 func findRow(rows []Row, profile, phase, key string) *Row {
+	var found *Row
 	for i := range rows {
-		if r := &rows[i]; r.Profile == profile && r.Setting == phase && r.Key == key {
-			return r
+		if r := &rows[i]; r.Profile == profile && r.Setting == phase && r.Key == key && (found == nil || r.Round == 0) {
+			found = r
 		}
 	}
-	return nil
+	return found
+}
+
+// roundLabel is a row's round in the table: "all" for the rounds pooled.
+func roundLabel(r Row) string {
+	if r.Round == 0 {
+		return "all"
+	}
+	return fmt.Sprint(r.Round)
 }
 
 func printFair(w io.Writer, o Options, rows []Row) {
 	fmt.Fprintf(w, "\nopen loops (Poisson) per API key, 200 prompt + 200 output tokens, SLO p95 <= %s; the model's limit; warm-up %s, measured %s\n\n",
 		o.SLO.Latency, o.Warmup, o.Duration)
-	fmt.Fprintf(w, "| profile | phase | key | weight | offered req/s | goodput req/s | ok/s | p95 | queue wait p95 | answered tokens/s | engine tokens/s | refused | final limit | note |\n")
-	fmt.Fprintf(w, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	fmt.Fprintf(w, "| profile | phase | round | key | weight | offered req/s | goodput req/s | ok/s | p95 | queue wait p95 | answered tokens/s | engine tokens/s | refused | final limit | note |\n")
+	fmt.Fprintf(w, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range rows {
 		s := r.Summary
 		engine := "-"
 		if r.EngineTokens > 0 {
 			engine = fmt.Sprintf("%.0f", r.EngineTokens/s.Seconds)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %g | %.2f | %.2f | %.2f | %s | %s | %.0f | %s | %d | %d | %s |\n", r.Profile, r.Setting, r.Key, r.Weight,
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %g | %.2f | %.2f | %.2f | %s | %s | %.0f | %s | %d | %d | %s |\n", r.Profile, r.Setting, roundLabel(r), r.Key, r.Weight,
 			r.Rate, s.Goodput, s.RPS, s.Latency.P95.Round(10*time.Millisecond), s.QueueWait.P95.Round(10*time.Millisecond),
 			float64(s.Tokens)/s.Seconds, engine, s.Refused, r.Limit, verdict(r))
 	}

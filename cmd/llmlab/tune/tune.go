@@ -69,6 +69,10 @@ type Options struct {
 	// then two flooding keys of weights 1 and 3.
 	Fair         bool
 	Flood, Light float64
+	// FairPhases are the fair-share phases to run (FairPhaseNames; none:
+	// all), Repeat how many times each (0: once).
+	FairPhases []string
+	Repeat     int
 	// Capacity is the engine's capacity in requests a second (0: measured).
 	Capacity float64
 }
@@ -85,8 +89,10 @@ type Row struct {
 	// EngineTokens is the key's engine work over the measured span as
 	// llmlabd counts it (llmlab_client_engine_tokens_total; 0: not read).
 	EngineTokens float64 `json:"engine_tokens,omitempty"`
-	Capacity     float64 `json:"capacity"`
-	Rate         float64 `json:"rate"`
+	// Round is the fair-share phase's round (0: the rounds pooled).
+	Round    int     `json:"round,omitempty"`
+	Capacity float64 `json:"capacity"`
+	Rate     float64 `json:"rate"`
 	// Limit is llmlabd's in-flight limit at the end (the model's choice
 	// with "model").
 	Limit   int            `json:"final_limit"`
