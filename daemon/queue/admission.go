@@ -70,7 +70,7 @@ func (q *Queue) Acquire(ctx context.Context, r Request) (*Ticket, error) {
 	cost := prompt + float64(r.Weight*max(r.Shape.MaxTokens, 1))
 	q.classes[r.Class].flowFor(r.Flow, r.FlowWeight).arrived(now, r.Weight)
 	p := q.placeLocked(r, due, cost, now)
-	ref, hold, judged := q.admitLocked(now, r, obj, cost, p.ahead, p.aheadSlots)
+	ref, hold, judged := q.admitLocked(now, r, obj, cost, p)
 	if ref != nil {
 		q.mu.Unlock()
 		q.decided(r.Class, "refuse", string(ref.Reason))
@@ -167,13 +167,13 @@ func (q *Queue) position(now time.Time, w *waiter) (ahead int, start time.Durati
 		return 0, 0, false
 	default:
 	}
-	ahead, aheadSlots := q.classes[w.req.Class].position(w)
+	ahead, aheadSlots, ownSlots := q.classes[w.req.Class].position(w)
 	if w.req.Class == Batch {
 		ahead, aheadSlots = ahead+q.classes[Interactive].n, aheadSlots+q.classes[Interactive].slots
 	}
 	start = q.remainingStart()
-	if short := aheadSlots + w.req.Weight - q.roomLocked(now, w.req.Class, w.req.Flow); short > 0 {
-		start += q.waitLocked(now, w.req, short)
+	if short, own := q.shortLocked(now, w.req.Class, w.req.Flow, aheadSlots, ownSlots, w.req.Weight); short > 0 {
+		start += q.waitLocked(now, w.req, short, own)
 	}
 	return ahead, start, true
 }
@@ -219,11 +219,12 @@ func (q *Queue) placeLocked(r Request, due time.Time, cost float64, now time.Tim
 }
 
 // admitLocked applies the admission rules of the package doc to r, whose
-// objective is obj, which costs cost tokens and which will have ahead
-// requests of aheadSlots slots queued ahead of it. It returns the refusal,
-// or nil, the engine time the model expects of the request (its mean) and
-// whether it was judged against its objective.
-func (q *Queue) admitLocked(now time.Time, r Request, obj time.Duration, cost float64, ahead, aheadSlots int) (*Refusal, time.Duration, bool) {
+// objective is obj, which costs cost tokens and which will be queued where
+// p says (p.ahead requests of p.aheadSlots slots before it). It returns
+// the refusal, or nil, the engine time the model expects of the request
+// (its mean) and whether it was judged against its objective.
+func (q *Queue) admitLocked(now time.Time, r Request, obj time.Duration, cost float64, p placement) (*Refusal, time.Duration, bool) {
+	ahead, aheadSlots := p.ahead, p.aheadSlots
 	if r.Weight > q.cfg.MaxInflight {
 		return &Refusal{Reason: ReasonTooManySequences,
 			Message: fmt.Sprintf("the request asks for %d sequences; the server runs at most %d at once", r.Weight, q.cfg.MaxInflight)}, 0, false
@@ -270,8 +271,8 @@ func (q *Queue) admitLocked(now time.Time, r Request, obj time.Duration, cost fl
 	// retried by HAProxy on a second host, woke that host's engine).
 	n := float64(q.capLocked())
 	wait := q.remainingStart()
-	if short := aheadSlots + r.Weight - q.roomLocked(now, r.Class, r.Flow); short > 0 && !free {
-		wait += q.waitLocked(now, r, short)
+	if short, own := q.shortLocked(now, r.Class, r.Flow, aheadSlots, p.ownSlots, r.Weight); short > 0 && !free {
+		wait += q.waitLocked(now, r, short, own)
 	} else {
 		n = min(n, max(float64(q.inflight+r.Weight+q.queuedSlotsLocked()), q.avgInflight))
 		if !free {
@@ -333,13 +334,17 @@ func (q *Queue) admitLocked(now time.Time, r Request, obj time.Duration, cost fl
 // will end, from their progress (tokens streamed so far, or time run); each
 // slot freed goes to the next request queued ahead, which then holds it
 // for the model's time at the limit; the request gets the slot freed when
-// enough have been.
-func (q *Queue) waitLocked(now time.Time, r Request, short int) time.Duration {
+// enough have been. With own set, only the slots own's requests free count
+// (shortLocked).
+func (q *Queue) waitLocked(now time.Time, r Request, short int, own *flow) time.Duration {
 	need := max(short, 1)
 	n := float64(q.capLocked())
 	var frees freeTimes
 	for e := q.running.Front(); e != nil; e = e.Next() {
 		t := e.Value.(*Ticket)
+		if own != nil && t.flow != own {
+			continue
+		}
 		rem := q.model.Remaining(float64(max(q.inflight, 1)), t.shape, now.Sub(t.dispatched), int(t.tokens.Load()))
 		for range t.weight {
 			frees = append(frees, rem)

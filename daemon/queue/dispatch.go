@@ -31,6 +31,23 @@ func (q *Queue) roomLocked(now time.Time, class Class, flow string) int {
 	return fq.flows[flow].room(now, d, limit, q.inflight, q.cfg.MaxInflight)
 }
 
+// shortLocked is how many more slots must free up before a request of
+// weight w, class and flow, with aheadSlots slots queued before it (own of
+// them its flow's), may go. own is its flow where only its flow's own
+// requests' ends make that room (a heavy flow held to its allowance,
+// shares.go: the slots the others free go to them), else nil.
+func (q *Queue) shortLocked(now time.Time, class Class, flow string, aheadSlots, ownSlots, w int) (short int, own *flow) {
+	limit := q.capForLocked(class)
+	fq := &q.classes[class]
+	d := fq.divide(now, limit, q.engineTime)
+	f := fq.flows[flow]
+	room := f.room(now, d, limit, q.inflight, q.cfg.MaxInflight)
+	if d.contended && f != nil && f.heavy && f.entitled-f.runSlots < ownSlots+w {
+		return ownSlots + w - (f.entitled - f.runSlots), f
+	}
+	return aheadSlots + w - room, nil
+}
+
 // fitsLocked reports whether a request of weight w, class and flow may
 // enter the engine at now.
 func (q *Queue) fitsLocked(now time.Time, w int, class Class, flow string) bool {

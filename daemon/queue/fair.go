@@ -82,13 +82,14 @@ type fairQueue struct {
 
 // placement is where a new request would go: its flow (nil: a flow not
 // yet known), the element to insert it after in its flow (nil: the front),
-// its start tag, and the requests and slots of its class dispatched before
-// it.
+// its start tag, the requests and slots of its class dispatched before
+// it, and how many of those slots are its own flow's.
 type placement struct {
 	flow              *flow
 	after             *list.Element
 	tag               float64
 	ahead, aheadSlots int
+	ownSlots          int
 }
 
 // share is what a flow's request costs in virtual time.
@@ -177,6 +178,7 @@ func (fq *fairQueue) place(name string, weight float64, due time.Time, cost floa
 			p.after = e
 			p.ahead++
 			p.aheadSlots += w.req.Weight
+			p.ownSlots += w.req.Weight
 			p.tag += share(w.cost, f.weight)
 		}
 	}
@@ -318,18 +320,18 @@ func (fq *fairQueue) sweep(now time.Time) {
 }
 
 // position counts the requests and slots of the class dispatched before
-// w, which is queued.
-func (fq *fairQueue) position(w *waiter) (ahead, slots int) {
+// w, which is queued, and the slots of those that are its flow's.
+func (fq *fairQueue) position(w *waiter) (ahead, slots, own int) {
 	f := w.flow
 	tag := f.start
 	for e := f.waiters.Front(); e != nil && e != w.elem; e = e.Next() {
 		v := e.Value.(*waiter)
 		ahead++
-		slots += v.req.Weight
+		own += v.req.Weight
 		tag += share(v.cost, f.weight)
 	}
 	n, s := fq.countBefore(f, tag, w.arrived, f.name)
-	return ahead + n, slots + s
+	return ahead + n, own + s, own
 }
 
 // fattest is the flow with the most queued over its weight, other than

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -171,6 +172,52 @@ func TestFlowsWithinTheLimitNotHeldBack(t *testing.T) {
 		}
 		if r.maxTotal > limit {
 			t.Errorf("up to %d in flight, want at most the limit %d", r.maxTotal, limit)
+		}
+	})
+}
+
+// A heavy flow held to its allowance waits for its own requests to end,
+// not for the first slot any flow frees (which goes to the flow it is
+// the allowance of): admission predicts its wait from its own.
+func TestHeldToItsAllowanceWaitsForItsOwn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := cfg()
+		c.MaxInflight, c.MaxQueued, c.MaxWait = 8, 10, 500*time.Millisecond
+		q := New(c, nil, nil)
+		q.SetModel(perRequest(100 * time.Millisecond)) // a step; ten tokens a request: 1 s
+		q.SetLimit(4)
+		// Two flows asking far more than their halves of the limit.
+		q.mu.Lock()
+		q.engineTime = time.Second
+		for range 50 {
+			for _, f := range []string{"a", "b"} {
+				q.classes[Interactive].flowFor(f, 1).arrived(time.Now(), 1)
+			}
+		}
+		q.mu.Unlock()
+		ctx := context.Background()
+		req := func(f string) Request {
+			return Request{Weight: 1, Flow: f, Shape: enginemodel.Shape{MaxTokens: 10}}
+		}
+		var held []*Ticket
+		for _, f := range []string{"b", "b", "a", "a"} {
+			if f == "a" && len(held) == 2 {
+				time.Sleep(800 * time.Millisecond)
+			}
+			tk, err := q.Acquire(ctx, req(f))
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			held = append(held, tk)
+		}
+		// b's requests end in 0.2 s, a's in about 1 s: a third of a's waits
+		// for its own, past max_wait, and is refused at once.
+		_, err := q.Acquire(ctx, req("a"))
+		if ref := refusal(t, err); ref.Reason != ReasonOverloaded || !strings.Contains(ref.Message, "predicted wait of 1") {
+			t.Errorf("a's third request: %v, want overloaded on a predicted wait of about 1s (its own requests' ends, not b's in 0.2 s)", ref)
+		}
+		for _, tk := range held {
+			tk.Release()
 		}
 	})
 }
