@@ -23,11 +23,12 @@ package queue
 // the streamed chunks where the answer carried no usage), so that a flow
 // whose answers stop early is not held to its caps.
 //
-// The scheduler is work-conserving: a request that finds a free slot and
+// The order is work-conserving: a request that finds a free slot and
 // nothing queued ahead of it in this order is dispatched at once, whatever
 // its flow was served before, so an uncontended engine holds nobody back.
-// Without keys every request is of the one flow "", and the order is the
-// class's earliest deadline first, as it was before flows.
+// Which slots count as free for a flow when the limit is contended is
+// shares.go's. Without keys every request is of the one flow "", and the
+// order is the class's earliest deadline first, as it was before flows.
 
 import (
 	"container/list"

@@ -12,8 +12,11 @@
 //  1. Class: interactive requests are dispatched before batch ones, and
 //     batch ones only while less than BatchShare of the limit is in use.
 //  2. Flow: within a class, each flow (Request.Flow, the API key) gets its
-//     weight's share of the engine's work, counted in tokens (start-time
-//     fair queuing, fair.go); without keys there is one flow.
+//     weight's share of the engine's work, counted in tokens: the queue in
+//     start-time fair order (fair.go), and when the limit is contended,
+//     each flow's share of its slots (shares.go: a flow under its share
+//     goes in on arrival, one over it only into the slots its share
+//     leaves it); without keys there is one flow.
 //  3. Deadline: within a flow the earliest deadline goes first: a
 //     request's deadline is its arrival plus its objective (the SLO, or the
 //     client's own Request.Deadline; see objective), so without client
