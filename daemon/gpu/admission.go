@@ -78,7 +78,10 @@ func (a *Admission) Instrument(reg prometheus.Registerer) {
 		Help: "Time from the engine's exit to its GPU memory being released.", Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30}})
 	timeouts := prometheus.NewCounter(prometheus.CounterOpts{Name: "llmlab_gpu_release_timeouts_total",
 		Help: "Engine stops whose GPU memory was not released within gpu.release_timeout."})
-	reg.MustRegister(refusals, release, timeouts)
+	contention := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_gpu_contention_factor",
+		Help: "How much the GPU's other compute processes slow the engine now: its steps take this many times as long as alone (1: nothing else runs)."},
+		func() float64 { f, _ := a.Contention(); return f })
+	reg.MustRegister(refusals, release, timeouts, contention)
 	for _, r := range []string{"gpu_memory", "budget"} {
 		refusals.WithLabelValues(r)
 	}

@@ -23,14 +23,18 @@ const gib = 1 << 30
 // card is a one-GPU machine behind go-nvml's mock: its memory, processes
 // and health change as a test says.
 type card struct {
-	mu        sync.Mutex
-	total     uint64
-	used      uint64
-	procs     []nvml.ProcessInfo
-	lost      bool // the GPU fell off the bus
-	noDriver  bool
-	inits     int
-	shutdowns int
+	mu    sync.Mutex
+	total uint64
+	used  uint64
+	procs []nvml.ProcessInfo
+	// samples are the per-process utilisation samples the driver holds
+	// (NVML returns those newer than the caller's last timestamp).
+	samples       []nvml.ProcessUtilizationSample
+	noProcessUtil bool // the device does not report them
+	lost          bool // the GPU fell off the bus
+	noDriver      bool
+	inits         int
+	shutdowns     int
 }
 
 func (c *card) lib() *mock.Interface {
@@ -52,6 +56,23 @@ func (c *card) lib() *mock.Interface {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			return append([]nvml.ProcessInfo(nil), c.procs...), nvml.SUCCESS
+		},
+		GetProcessUtilizationFunc: func(last uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.noProcessUtil {
+				return nil, nvml.ERROR_NOT_SUPPORTED
+			}
+			var out []nvml.ProcessUtilizationSample
+			for _, p := range c.samples {
+				if p.TimeStamp > last {
+					out = append(out, p)
+				}
+			}
+			if len(out) == 0 {
+				return nil, nvml.ERROR_NOT_FOUND
+			}
+			return out, nvml.SUCCESS
 		},
 	}
 	// Only Init and Shutdown are set until Init succeeds: the mock panics
@@ -101,8 +122,15 @@ func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock()
 
 func run(t *testing.T, lib nvml.Interface) (*Monitor, *logBuf) {
 	t.Helper()
+	return runEvery(t, lib, 10*time.Millisecond)
+}
+
+// runEvery runs a monitor polling at interval (a long one: readings only
+// when a test asks with Fresh).
+func runEvery(t *testing.T, lib nvml.Interface, interval time.Duration) (*Monitor, *logBuf) {
+	t.Helper()
 	logs := &logBuf{}
-	m := New(lib, 10*time.Millisecond, slog.New(slog.NewTextHandler(logs, nil)))
+	m := New(lib, interval, slog.New(slog.NewTextHandler(logs, nil)))
 	m.retry = 30 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -212,6 +240,9 @@ func TestCannedDGXH100(t *testing.T) {
 		dev.GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) { return nvml.Memory_v2{}, nvml.ERROR_NOT_SUPPORTED }
 		dev.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) { return nvml.Utilization{Gpu: 5}, nvml.SUCCESS }
 		dev.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) { return nil, nvml.SUCCESS }
+		dev.GetProcessUtilizationFunc = func(uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
+			return nil, nvml.ERROR_NOT_SUPPORTED
+		}
 	}
 	m, _ := run(t, srv)
 	waitFor(t, "a reading", func() bool { return m.Snapshot().Available })

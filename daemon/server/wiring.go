@@ -114,6 +114,9 @@ func (d *daemon) start() {
 	if d.mon != nil {
 		go d.mon.Run(gpuCtx)
 	}
+	if d.adm != nil {
+		go contentionFromGPU(bgCtx, d.log.With("component", "gpu"), d.adm, d.gw.Model(), cfg.GPU.PollInterval)
+	}
 	d.supDone = make(chan struct{})
 	if d.sup != nil {
 		go func() {
