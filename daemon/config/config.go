@@ -93,6 +93,9 @@ type GPU struct {
 	MemoryBudget   uint64        `toml:"memory_budget" reload:"engine"`
 	MemoryFraction float64       `toml:"memory_fraction" reload:"engine"`
 	ReleaseTimeout time.Duration `toml:"release_timeout" reload:"daemon"`
+	// Contention lets the other compute processes' share of the GPU slow
+	// what the engine model predicts (docs/gpu.md).
+	Contention bool `toml:"contention" reload:"none"`
 }
 
 // Gateway configures the API listener and its lifecycle.
@@ -327,6 +330,7 @@ type raw struct {
 		MemoryBudget   string  `toml:"memory_budget"`
 		MemoryFraction float64 `toml:"memory_fraction"`
 		ReleaseTimeout string  `toml:"release_timeout"`
+		Contention     bool    `toml:"contention"`
 	} `toml:"gpu"`
 	SLO struct {
 		Latency              string `toml:"latency"`
@@ -381,6 +385,7 @@ func defaults() raw {
 	r.GPU.PollInterval = "1s"
 	r.GPU.MemoryFraction = 0.9
 	r.GPU.ReleaseTimeout = "30s"
+	r.GPU.Contention = true
 	return r
 }
 
@@ -700,7 +705,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 	if g.MemoryFraction <= 0 || g.MemoryFraction > 1 {
 		ck.fail("gpu.memory_fraction", g.MemoryFraction, "want a share of the card above 0 and at most 1 (vLLM's default is 0.9)")
 	}
-	c.GPU = GPU{Enabled: g.Enabled, Device: g.Device, MemoryFraction: g.MemoryFraction,
+	c.GPU = GPU{Enabled: g.Enabled, Device: g.Device, MemoryFraction: g.MemoryFraction, Contention: g.Contention,
 		PollInterval:   ck.duration("gpu.poll_interval", g.PollInterval, 10*time.Millisecond),
 		ReleaseTimeout: ck.duration("gpu.release_timeout", g.ReleaseTimeout, 0),
 	}

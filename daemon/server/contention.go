@@ -23,13 +23,18 @@ type contentionSink interface {
 // predicts the slower engine at once, refusing and limiting for it, and
 // stops doing so as soon as the other work ends; the model keeps learning
 // the engine alone. It logs when other work starts and stops slowing the
-// engine by a tenth or more.
-func contentionFromGPU(ctx context.Context, log *slog.Logger, src contentionSource, model contentionSink, every time.Duration) {
+// engine by a tenth or more. While on() is false (gpu.contention, read at
+// each reading: a reload turns it off or on) the model expects the engine
+// alone.
+func contentionFromGPU(ctx context.Context, log *slog.Logger, src contentionSource, model contentionSink, on func() bool, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	slowed := false
 	for {
 		f, foreign := src.Contention()
+		if !on() {
+			f = 1
+		}
 		model.SetContention(f)
 		switch {
 		case f >= 1.1 && !slowed:

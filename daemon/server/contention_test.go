@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -54,11 +55,13 @@ func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(
 // end the model is left expecting the engine alone.
 func TestContentionFromGPU(t *testing.T) {
 	f := &fakeContention{factor: 1, changed: make(chan struct{}, 8)}
+	var on atomic.Bool
+	on.Store(true)
 	var logs syncBuf
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		contentionFromGPU(ctx, slog.New(slog.NewTextHandler(&logs, nil)), f, f, time.Millisecond)
+		contentionFromGPU(ctx, slog.New(slog.NewTextHandler(&logs, nil)), f, f, on.Load, time.Millisecond)
 		close(done)
 	}()
 	wait := func(want float64) {
@@ -91,6 +94,11 @@ func TestContentionFromGPU(t *testing.T) {
 	f.mu.Lock()
 	f.factor = 3
 	f.mu.Unlock()
+	wait(3)
+	// gpu.contention turned off by a reload: the engine alone.
+	on.Store(false)
+	wait(1)
+	on.Store(true)
 	wait(3)
 	cancel()
 	<-done

@@ -115,7 +115,7 @@ func (d *daemon) start() {
 		go d.mon.Run(gpuCtx)
 	}
 	if d.adm != nil {
-		go contentionFromGPU(bgCtx, d.log.With("component", "gpu"), d.adm, d.gw.Model(), cfg.GPU.PollInterval)
+		go contentionFromGPU(bgCtx, d.log.With("component", "gpu"), d.adm, d.gw.Model(), func() bool { return d.st.cfgNow().GPU.Contention }, cfg.GPU.PollInterval)
 	}
 	d.supDone = make(chan struct{})
 	if d.sup != nil {
