@@ -125,8 +125,8 @@ func simFlags(fs *flag.FlagSet) command.Run {
 			return 2
 		}
 		if *show {
-			fmt.Printf("profile %s: %s\nsource: %s\nstep = %s + %s/token + %s/KV token\nmax_num_seqs %d, max_num_batched_tokens %d, max_model_len %d, KV blocks %d (%d tokens), startup %s, wake %s\n",
-				p.Name, p.Description, p.Source, p.StepFixed, p.PerToken, p.PerKVToken, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, cfg.MaxModelLen,
+			fmt.Printf("profile %s: %s\nsource: %s\nstep = %s + %s/token + %s/KV token + %g ns/prompt attention pair\nmax_num_seqs %d, max_num_batched_tokens %d, max_model_len %d, KV blocks %d (%d tokens), startup %s, wake %s\n",
+				p.Name, p.Description, p.Source, p.StepFixed, p.PerToken, p.PerKVToken, p.PerPair, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, cfg.MaxModelLen,
 				cfg.KVBlocks, cfg.KVBlocks*BlockSize, p.StartupDelay, p.WakeTime)
 			return 0
 		}
