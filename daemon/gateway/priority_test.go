@@ -172,10 +172,7 @@ func checkPriority(t *testing.T, p *parsed) {
 				t.Fatalf("setPriority(%s, %t) of %s = %s: other fields changed", c, on, p.Body, q.Body)
 			}
 			for k, v := range before {
-				var x, y any
-				json.Unmarshal(v, &x)
-				json.Unmarshal(after[k], &y)
-				if b1, _ := json.Marshal(x); string(b1) != string(mustMarshal(y)) {
+				if canonical(v) != canonical(after[k]) {
 					t.Fatalf("setPriority(%s, %t) of %s = %s: %s changed", c, on, p.Body, q.Body, k)
 				}
 			}
@@ -183,7 +180,12 @@ func checkPriority(t *testing.T, p *parsed) {
 	}
 }
 
-func mustMarshal(v any) []byte {
+// canonical is a JSON value re-encoded, so that spacing does not count.
+func canonical(raw json.RawMessage) string {
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "invalid: " + string(raw)
+	}
 	b, _ := json.Marshal(v)
-	return b
+	return string(b)
 }
