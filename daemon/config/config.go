@@ -174,7 +174,24 @@ type Engine struct {
 	MaxNumSeqs          int `toml:"max_num_seqs" reload:"engine"`
 	MaxNumBatchedTokens int `toml:"max_num_batched_tokens" reload:"engine"`
 	MaxModelLen         int `toml:"max_model_len" reload:"engine"`
+	// SchedulingPolicy is vLLM's --scheduling-policy: "fcfs" (vLLM's
+	// default) or "priority", under which the gateway sends each request's
+	// class as its "priority" (0 interactive, 1 batch; EnginePriority). A
+	// managed engine is started with it; for one managed elsewhere it says
+	// how that engine runs. A change restarts a managed engine.
+	SchedulingPolicy string `toml:"scheduling_policy" reload:"engine"`
 }
+
+// Scheduling policies of engine.scheduling_policy, as vLLM names them
+// (vllm/config/scheduler.py, SchedulerPolicy).
+const (
+	PolicyFCFS     = "fcfs"
+	PolicyPriority = "priority"
+)
+
+// EnginePriority reports whether the engine schedules by each request's
+// priority, so that the gateway passes the request's class into it.
+func (e Engine) EnginePriority() bool { return e.SchedulingPolicy == PolicyPriority }
 
 // Queue configures admission control and micro-batching.
 type Queue struct {
@@ -279,6 +296,7 @@ type raw struct {
 		MaxNumSeqs          int      `toml:"max_num_seqs"`
 		MaxNumBatchedTokens int      `toml:"max_num_batched_tokens"`
 		MaxModelLen         int      `toml:"max_model_len"`
+		SchedulingPolicy    string   `toml:"scheduling_policy"`
 	} `toml:"engine"`
 	Queue struct {
 		MaxInflight   int     `toml:"max_inflight"`
@@ -359,6 +377,7 @@ func defaults() raw {
 	r.Engine.StopGrace = "10s"
 	r.Engine.SleepAfter = "0s"
 	r.Engine.ReadyPath = "/health"
+	r.Engine.SchedulingPolicy = PolicyFCFS
 	r.Queue.MaxInflight = 256
 	r.Queue.MaxQueued = 256
 	r.Queue.MaxWait = "4s"
@@ -567,6 +586,10 @@ func fromRaw(path string, r raw) (*Config, error) {
 		MaxNumSeqs:          r.Engine.MaxNumSeqs,
 		MaxNumBatchedTokens: r.Engine.MaxNumBatchedTokens,
 		MaxModelLen:         r.Engine.MaxModelLen,
+		SchedulingPolicy:    r.Engine.SchedulingPolicy,
+	}
+	if p := r.Engine.SchedulingPolicy; p != PolicyFCFS && p != PolicyPriority {
+		ck.fail("engine.scheduling_policy", p, `want "fcfs" (vLLM's default; llmlab sends no priority) or "priority" (the engine runs vLLM's --scheduling-policy priority, and llmlab sends each request's class as its priority)`)
 	}
 	ck.atLeast("engine.max_num_seqs", r.Engine.MaxNumSeqs, 0)
 	ck.atLeast("engine.max_num_batched_tokens", r.Engine.MaxNumBatchedTokens, 0)

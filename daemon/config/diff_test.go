@@ -90,6 +90,7 @@ func TestReloadNeeds(t *testing.T) {
 		"engine.max_num_seqs":           NeedEngineRestart,
 		"engine.max_num_batched_tokens": NeedEngineRestart,
 		"engine.max_model_len":          NeedEngineRestart,
+		"engine.scheduling_policy":      NeedEngineRestart,
 		"engine.sleep_after":            NeedEngineRestart,
 		"engine.runtime_env":            NeedEngineRestart,
 		"limits.max_tokens":             NeedEngineRestart,

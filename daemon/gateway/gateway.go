@@ -17,7 +17,9 @@
 //  5. Wait for admission in the queue (429 queue full, 503 overloaded,
 //     queue timeout or draining).
 //  6. Proxy to the engine, streaming server-sent events as they arrive, or
-//     coalesce with compatible requests into one upstream request.
+//     coalesce with compatible requests into one upstream request. An
+//     engine that schedules by priority gets the request's class as its
+//     "priority" (Config.EnginePriority, priority.go).
 //
 // Metrics: llmlab_requests_total, llmlab_request_duration_seconds,
 // llmlab_queue_wait_seconds, llmlab_time_to_first_token_seconds,
@@ -82,6 +84,11 @@ type Config struct {
 	// TrustedProxies are the peers whose X-Forwarded-For names the client
 	// (clientAddr); none: the peer is the client.
 	TrustedProxies []netip.Prefix
+	// EnginePriority: the engine schedules by each request's priority
+	// (vLLM's --scheduling-policy priority), and every request carries its
+	// class there as the body's "priority"; otherwise none is sent
+	// (priority.go).
+	EnginePriority bool
 }
 
 // settings is the part of the configuration that a reload swaps whole.

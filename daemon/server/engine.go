@@ -46,13 +46,17 @@ func runtimeEnv(cfg *config.Config) string {
 // engineKnobs is the engine's part of the environment that follows the
 // configuration: LLMLAB_MAX_NEW_TOKENS (limits.max_tokens), the engine's
 // own bound on what it holds (LLMLAB_MAX_NUM_QUEUED_REQS, engineQueueBound),
-// sleep mode, and vLLM's knobs that engine.* sets (none for 0, the
-// engine's default).
+// sleep mode, the priority policy (LLMLAB_SCHEDULING_POLICY, only when
+// engine.scheduling_policy is "priority": fcfs is vLLM's default), and
+// vLLM's knobs that engine.* sets (none for 0, the engine's default).
 func engineKnobs(c *config.Config) []string {
 	env := []string{fmt.Sprintf("LLMLAB_MAX_NEW_TOKENS=%d", c.Limits.MaxTokens),
 		fmt.Sprintf("LLMLAB_MAX_NUM_QUEUED_REQS=%d", engineQueueBound(c))}
 	if c.Engine.SleepAfter > 0 {
 		env = append(env, "LLMLAB_ENABLE_SLEEP_MODE=1")
+	}
+	if c.Engine.EnginePriority() {
+		env = append(env, "LLMLAB_SCHEDULING_POLICY="+config.PolicyPriority)
 	}
 	for _, k := range []struct {
 		name string

@@ -175,6 +175,7 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 		TrustedProxies:  cfg.Gateway.TrustedProxies,
 		ResponseTimeout: cfg.Engine.ResponseTimeout,
 		WaitUpdates:     cfg.Queue.WaitUpdates,
+		EnginePriority:  cfg.Engine.EnginePriority(),
 		Limits: gateway.Limits{
 			MaxTokens: cfg.Limits.MaxTokens,
 			MaxN:      cfg.Limits.MaxN,

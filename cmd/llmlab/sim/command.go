@@ -29,6 +29,12 @@ func simFlags(fs *flag.FlagSet) command.Run {
 		n, _ := strconv.Atoi(os.Getenv(name))
 		return max(n, 0)
 	}
+	envOr := func(name, def string) string {
+		if v := os.Getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
 	maxSeqs := fs.Int("max-num-seqs", envInt("LLMLAB_MAX_NUM_SEQS"), "most sequences running at once (0: the profile's; default $LLMLAB_MAX_NUM_SEQS)")
 	maxBatched := fs.Int("max-num-batched-tokens", envInt("LLMLAB_MAX_NUM_BATCHED_TOKENS"), "token budget of one engine step (0: the profile's; default $LLMLAB_MAX_NUM_BATCHED_TOKENS)")
 	maxLen := fs.Int("max-model-len", envInt("LLMLAB_MAX_MODEL_LEN"), "context length (0: the profile's; default $LLMLAB_MAX_MODEL_LEN)")
@@ -38,6 +44,7 @@ func simFlags(fs *flag.FlagSet) command.Run {
 	}
 	util := fs.Float64("gpu-memory-utilization", defUtil, "fraction of the card's memory the engine takes (default: $LLMLAB_GPU_MEMORY_UTILIZATION, else 0.9)")
 	blocks := fs.Int("num-gpu-blocks-override", 0, "KV-cache blocks of 16 tokens (0: from the memory budget)")
+	policy := fs.String("scheduling-policy", envOr("LLMLAB_SCHEDULING_POLICY", PolicyFCFS), `the waiting queue's order and the preemption victim: "fcfs" or "priority" (each request's "priority", lower first; default $LLMLAB_SCHEDULING_POLICY, else fcfs)`)
 	queued := fs.Int("max-num-queued-reqs", envInt("LLMLAB_MAX_NUM_QUEUED_REQS"), "most sequences in flight, waiting and running, before 503 (0: unbounded, as vLLM's default; default $LLMLAB_MAX_NUM_QUEUED_REQS)")
 	stepFixed := fs.Duration("step-fixed", -1, "fixed cost of an engine step (default: the profile's)")
 	perToken := fs.Duration("per-token", -1, "cost per token processed in a step (default: the profile's)")
@@ -63,6 +70,10 @@ func simFlags(fs *flag.FlagSet) command.Run {
 			return 0
 		}
 
+		if *policy != PolicyFCFS && *policy != PolicyPriority {
+			fmt.Fprintf(os.Stderr, "llmlab sim: --scheduling-policy %q: want %q or %q (as vLLM's)\n", *policy, PolicyFCFS, PolicyPriority)
+			return 2
+		}
 		p, ok := Profiles[*profile]
 		if !ok {
 			fmt.Fprintf(os.Stderr, "llmlab sim: --profile %q: want one of %s\n", *profile, ProfileNames())
@@ -87,7 +98,8 @@ func simFlags(fs *flag.FlagSet) command.Run {
 			p.GPUMemory = int64(*gpuMem * (1 << 30))
 		}
 		cfg := Config{Profile: p, MaxNumSeqs: p.MaxNumSeqs, MaxNumBatchedTokens: p.MaxNumBatchedTokens,
-			MaxModelLen: p.MaxModelLen, MaxNumQueuedReqs: *queued, PrefixCaching: *prefixCaching && !*noPrefixCaching}
+			MaxModelLen: p.MaxModelLen, MaxNumQueuedReqs: *queued, PrefixCaching: *prefixCaching && !*noPrefixCaching,
+			SchedulingPolicy: *policy}
 		maxNew := 0
 		if *genCfg != "" {
 			var g struct {

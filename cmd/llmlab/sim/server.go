@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -193,6 +194,11 @@ type genRequest struct {
 	StreamOptions       *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
+	// Priority orders the request in an engine run with the priority
+	// policy, lower first (default 0; any value is accepted and ignored
+	// first come first served: completion/protocol.py,
+	// chat_completion/protocol.py, and the fcfs queue that never reads it).
+	Priority int `json:"priority"`
 }
 
 // prompt is one prompt's token count and stable identity.
@@ -356,6 +362,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) {
 		d := defaultCompletionTokens
 		maxTok = &d
 	}
+	prio := requestPriority(r, req.Priority)
 	limit := s.opt.Engine.MaxModelLen
 	var seqs []*seq
 	notify := make(chan struct{}, 1)
@@ -393,6 +400,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) {
 		for range n {
 			sq := newSeq(p.tokens, out, notify)
 			sq.byLength = out == capped
+			sq.priority = prio
 			sq.blockHashes = p.blockHashes()
 			seqs = append(seqs, sq)
 		}
@@ -409,6 +417,23 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) {
 	} else {
 		g.wait(w, r.Context())
 	}
+}
+
+// PriorityHeader is vLLM's request header for the priority, which wins
+// over the body's field; a value that is not an integer is ignored
+// (vllm/entrypoints/generate/base/serving.py, PRIORITY_HEADER and
+// _get_priority; vLLM PR #51089, 2026-08-06).
+const PriorityHeader = "X-Vllm-Priority"
+
+// requestPriority is the request's priority as vLLM reads it: the
+// header's, else the body's.
+func requestPriority(r *http.Request, body int) int {
+	if v := r.Header.Get(PriorityHeader); v != "" {
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+			return n
+		}
+	}
+	return body
 }
 
 func (s *Server) rng2() uint64 {
