@@ -112,6 +112,15 @@ func (s *Supervisor) ExpectedWake(level int) time.Duration {
 	return time.Duration(s.learnedWake[min(max(level, 1), 2)].Load())
 }
 
+// MeasuredWake is the learned wake-up time from level 1 or 2, and whether
+// one was measured (or kept from an earlier run) rather than assumed.
+func (s *Supervisor) MeasuredWake(level int) (time.Duration, bool) {
+	if level != 1 && level != 2 {
+		return 0, false
+	}
+	return time.Duration(s.learnedWake[level].Load()), s.wakeMeasured[level].Load()
+}
+
 // SetLearnedWake restores a wake-up time kept from an earlier run.
 func (s *Supervisor) SetLearnedWake(level int, d time.Duration) {
 	if d > 0 && (level == 1 || level == 2) {
