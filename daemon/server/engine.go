@@ -173,6 +173,8 @@ func (d *daemon) supervisorConfig(cfg *config.Config) supervisor.Config {
 			}
 			return wakeFromLevel2(ctx, post)
 		},
+		// Level 1 only where the host can hold the weights (hostmemory.go).
+		HostHoldsWeights: d.hostHoldsWeights,
 		Probe: func(ctx context.Context) bool {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, health, nil)
 			if err != nil {
