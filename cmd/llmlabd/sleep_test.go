@@ -6,6 +6,7 @@ package main_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -40,7 +41,8 @@ func engineSleep(t *testing.T, engineURL string) (state, withoutWeights string) 
 // after idle_timeout; a request wakes the engine from each rung, in about
 // that rung's wake time (level 1: the 300 ms wake; level 2: the wake plus
 // the weights reloaded from disk, with none of the answers computed on
-// discarded weights; stopped: a start).
+// discarded weights; stopped: a start). While it wakes, a request whose
+// own deadline cannot survive the wake is refused at once.
 func TestSleepLadder(t *testing.T) {
 	engineAddr := freeAddr(t)
 	host, port, _ := net.SplitHostPort(engineAddr)
@@ -114,6 +116,32 @@ format = "text"
 	}
 	if s, n := engineSleep(t, engineURL); s != "1/0/0" || n != "0" {
 		t.Fatalf("after the wake from level 2: sleep state %s, %s answers on discarded weights; want awake and none", s, n)
+	}
+
+	// At level 2 again, with the wake measured (about 1.04 s): a request
+	// whose own deadline cannot survive the wake is refused at once; one
+	// whose deadline can is held through the wake and served.
+	waitState(t, d, "deep_sleeping")
+	withDeadline := func(deadline string) (int, string, time.Duration) {
+		req, _ := http.NewRequest(http.MethodPost, d.api+"/v1/completions", strings.NewReader(`{"prompt":"x","max_tokens":2}`))
+		req.Header.Set("X-Llmlab-Deadline", deadline)
+		t0 := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return 0, "", 0
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), time.Since(t0)
+	}
+	held := make(chan int, 1)
+	go func() { code, _, _ := withDeadline("5s"); held <- code }()
+	if code, body, took := withDeadline("600ms"); code == 200 || took > 300*time.Millisecond || !strings.Contains(body, "deadline of 600ms") {
+		t.Errorf("a 600ms deadline at level 2: %d after %s (%s), want refused at once", code, took, body)
+	}
+	if code := <-held; code != 200 {
+		t.Errorf("a 5s deadline at level 2: %d, want held through the wake and served", code)
 	}
 
 	waitState(t, d, "deep_sleeping")
