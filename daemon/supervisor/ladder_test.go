@@ -124,7 +124,7 @@ func TestLadderRungsInOrder(t *testing.T) {
 		}
 		t0 := time.Now()
 		for _, st := range steps {
-			time.Sleep(t0.Add(st.after).Sub(time.Now()))
+			time.Sleep(time.Until(t0.Add(st.after)))
 			synctest.Wait()
 			level, calls := vllm.state()
 			if s.State() != st.want || level != st.level || !slices.Equal(calls, st.calls) {
