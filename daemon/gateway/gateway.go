@@ -128,7 +128,7 @@ type Gateway struct {
 func (g *Gateway) awaitEngine(ctx context.Context, firstRefused time.Time) bool {
 	wait := g.settings.Load().cfg.Queue.MaxColdStartWait
 	switch g.engine.State() {
-	case supervisor.Ready, supervisor.Starting, supervisor.Stopped, supervisor.Sleeping:
+	case supervisor.Ready, supervisor.Starting, supervisor.Stopped, supervisor.Sleeping, supervisor.DeepSleeping:
 	default: // failed, or an engine llmlab does not manage
 		return false
 	}

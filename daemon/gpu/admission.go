@@ -187,6 +187,27 @@ func (a *Admission) NoteRunning(ctx context.Context) {
 	}
 }
 
+// EngineMemory is the GPU memory the engine's compute processes hold in
+// the latest reading (those NoteRunning recorded); false when there is no
+// reading, no recorded process, or NVML reports none of their memory.
+func (a *Admission) EngineMemory() (uint64, bool) {
+	a.mu.Lock()
+	engine := slices.Clone(a.engine)
+	a.mu.Unlock()
+	s := a.Monitor.Snapshot()
+	d, ok := s.Device(a.Device)
+	if !s.Available || !ok || len(engine) == 0 {
+		return 0, false
+	}
+	var used uint64
+	for _, p := range d.Processes {
+		if slices.Contains(engine, p.PID) {
+			used += p.UsedMemory
+		}
+	}
+	return used, used > 0
+}
+
 // AfterStop waits, at most ReleaseTimeout, until the engine's memory is
 // released: its compute processes are gone from the device and the memory
 // in use is back to what it was before the start (within 2% of the card).

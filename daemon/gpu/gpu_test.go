@@ -396,3 +396,37 @@ func TestReleaseWait(t *testing.T) {
 		t.Fatalf("AfterStop with the memory never released: %s, %v", took, release)
 	}
 }
+
+// EngineMemory is the memory of the engine's own processes, those that
+// appeared with its start, not another program's on the same card: the
+// bound on the weights that the sleep ladder's level 1 checks the host
+// against. With no engine recorded, or no GPU, it is not known.
+func TestEngineMemory(t *testing.T) {
+	c := &card{total: 16 * gib, used: 2 * gib, procs: []nvml.ProcessInfo{{Pid: 1000, UsedGpuMemory: 2 * gib}}}
+	m, _ := run(t, c.lib())
+	waitFor(t, "a reading", func() bool { return m.Snapshot().Available })
+	ctx := context.Background()
+	a, _ := newAdmission(t, m, 4*gib)
+	if _, ok := a.EngineMemory(); ok {
+		t.Fatal("EngineMemory before any start: known, want not")
+	}
+	if err := a.BeforeStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.set(func(c *card) {
+		c.used = 6 * gib
+		c.procs = append(c.procs, nvml.ProcessInfo{Pid: 4242, UsedGpuMemory: 3 * gib})
+	})
+	a.NoteRunning(ctx)
+	waitFor(t, "the engine's reading", func() bool { d, _ := m.Snapshot().Device(0); return len(d.Processes) == 2 })
+	if got, ok := a.EngineMemory(); !ok || got != 3*gib {
+		t.Fatalf("EngineMemory() = %s, %v; want the engine's 3.00 GiB, not the other program's", GiB(got), ok)
+	}
+
+	nc := &card{noDriver: true}
+	nm, _ := run(t, nc.lib())
+	na, _ := newAdmission(t, nm, 0)
+	if _, ok := na.EngineMemory(); ok {
+		t.Fatal("EngineMemory without a GPU: known, want not")
+	}
+}

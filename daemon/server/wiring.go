@@ -55,6 +55,10 @@ func (d *daemon) wire(cfg *config.Config) {
 		d.reg.MustRegister(d.mon)
 		d.adm = gpuAdmission(cfg, d.mon, d.reg, log.With("component", "gpu"))
 	}
+	d.host = hostMemory{meminfo: "/proc/meminfo"}
+	if d.adm != nil {
+		d.host.engineGPU = d.adm.EngineMemory
+	}
 	// st holds the running configuration (a reload swaps it); its gateway
 	// and engine are set once they exist, before anything serves.
 	d.st = &statusSource{gpu: d.mon, cfg: cfg, loadedAt: time.Now(), started: time.Now(), activated: d.lns.activated}

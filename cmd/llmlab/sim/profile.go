@@ -43,8 +43,37 @@ type Profile struct {
 	MaxNumBatchedTokens int
 	MaxModelLen         int
 	StartupDelay        time.Duration
-	WakeTime            time.Duration
+	// WakeTime is a wake-up from sleep level 1 (the weights copied back
+	// from host memory, the KV cache mapped again).
+	WakeTime time.Duration
+	// DiskReadRate is how fast the weights are read back from disk after a
+	// sleep at level 2 (vLLM's reload_weights), in bytes per second; 0:
+	// DefaultDiskReadRate.
+	DiskReadRate float64
 }
+
+// DefaultDiskReadRate is the rate the weights are read back from disk at
+// after a level-2 sleep, 1 GiB/s: between a SATA SSD's sequential read
+// (about 0.55 GB/s) and a PCIe 3 NVMe's (about 3 GB/s), and below what the
+// page cache gives when the weights are still cached from the start;
+// reload_weights also copies each tensor to the GPU and processes it,
+// which this rate is taken to include. A stated assumption, not a
+// measurement.
+const DefaultDiskReadRate = 1 << 30
+
+// ReloadTime is vLLM's reload_weights: the weights read from disk.
+func (p Profile) ReloadTime() time.Duration {
+	rate := p.DiskReadRate
+	if rate <= 0 {
+		rate = DefaultDiskReadRate
+	}
+	return time.Duration(float64(p.Weights) / rate * float64(time.Second))
+}
+
+// DeepWakeTime is a wake-up from sleep level 2: the weights' memory mapped
+// again, the weights reloaded from disk, the KV cache mapped again
+// (WakeTime plus ReloadTime).
+func (p Profile) DeepWakeTime() time.Duration { return p.WakeTime + p.ReloadTime() }
 
 const gib = 1 << 30
 

@@ -42,9 +42,10 @@ type Options struct {
 	// MaxNewTokens is the server-wide output cap, as vLLM's
 	// --override-generation-config '{"max_new_tokens": N}' (0: none).
 	MaxNewTokens int
-	// SleepMode serves /sleep, /wake_up and /is_sleeping, which vLLM does
-	// only with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1
-	// (docs/features/sleep_mode.md).
+	// SleepMode serves /sleep (levels 1 and 2), /wake_up, /is_sleeping and
+	// /collective_rpc (reload_weights), which vLLM does only with
+	// --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1
+	// (docs/features/sleep_mode.md; sleep.go).
 	SleepMode bool
 	// ForceIncludeUsage reports usage in every stream, as vLLM's
 	// --enable-force-include-usage; otherwise only when the request asks
@@ -62,8 +63,8 @@ type Server struct {
 	engine   *Engine
 	reg      *prometheus.Registry
 	requests atomic.Int64
-	sleeping atomic.Bool
-	sleepMu  sync.Mutex // one sleep or wake-up at a time
+	sleepSt  sleepState
+	sleepM   *sleepMetrics
 	rngMu    sync.Mutex
 	rng      *rand.Rand
 }
@@ -77,7 +78,7 @@ func NewServer(opt Options) *Server {
 			"gpu_memory_utilization": strconv.FormatFloat(opt.GPUMemoryUtilization, 'g', -1, 64), "engine": "0"}})
 	info.Set(1)
 	reg.MustRegister(info)
-	return &Server{opt: opt, engine: NewEngine(opt.Engine, m), reg: reg, rng: rand.New(rand.NewPCG(1, 2))}
+	return &Server{opt: opt, engine: NewEngine(opt.Engine, m), reg: reg, rng: rand.New(rand.NewPCG(1, 2)), sleepM: newSleepMetrics(reg, opt.Model)}
 }
 
 // Run waits out the startup delay, then serves on l until ctx ends.
@@ -124,49 +125,11 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	if s.opt.SleepMode {
 		mux.HandleFunc("POST /sleep", s.sleep)
-		mux.HandleFunc("POST /wake_up", func(w http.ResponseWriter, r *http.Request) {
-			s.sleepMu.Lock()
-			defer s.sleepMu.Unlock()
-			if s.sleeping.Load() {
-				time.Sleep(s.opt.Engine.Profile.WakeTime)
-				s.sleeping.Store(false)
-				s.engine.Resume()
-			}
-		})
-		mux.HandleFunc("GET /is_sleeping", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			fmt.Fprintf(w, "{\"is_sleeping\":%t}\n", s.sleeping.Load())
-		})
+		mux.HandleFunc("POST /wake_up", s.wakeUp)
+		mux.HandleFunc("GET /is_sleeping", s.isSleeping)
+		mux.HandleFunc("POST /collective_rpc", s.collectiveRPC)
 	}
 	return mux
-}
-
-// sleep is vLLM's POST /sleep?level=L&mode=M
-// (vllm/entrypoints/serve/dev/sleep/api_router.py): mode abort (the
-// default) ends the requests in the engine, wait lets them finish, keep
-// holds them; in every mode requests that arrive while asleep queue until
-// POST /wake_up (vllm/v1/engine/core.py, pause_scheduler). It answers once
-// the engine sleeps.
-func (s *Server) sleep(w http.ResponseWriter, r *http.Request) {
-	mode := r.URL.Query().Get("mode")
-	if mode == "" {
-		mode = "abort"
-	}
-	if mode != "abort" && mode != "wait" && mode != "keep" {
-		vllmError(w, http.StatusInternalServerError, "InternalServerError", "Invalid pause mode: "+mode)
-		return
-	}
-	s.sleepMu.Lock()
-	defer s.sleepMu.Unlock()
-	idle := s.engine.Pause(mode == "abort")
-	if mode != "keep" {
-		select {
-		case <-idle:
-		case <-r.Context().Done():
-			return
-		}
-	}
-	s.sleeping.Store(true)
 }
 
 // vllmError writes an error as vLLM's OpenAI server does.
@@ -417,6 +380,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) {
 	} else {
 		g.wait(w, r.Context())
 	}
+	s.noteAnswer()
 }
 
 // PriorityHeader is vLLM's request header for the priority, which wins
