@@ -29,20 +29,35 @@ func engineEnvWarnings(r io.Reader, cfg *config.Config) []string {
 		}
 		args = strings.Fields(strings.Trim(strings.TrimSpace(v), `"'`))
 	}
-	flag := func(name string) (int, bool) {
+	// value is the last value given to the flag name, as vLLM's argument
+	// parser keeps it.
+	value := func(name string) (string, bool) {
+		v, found := "", false
 		for i, a := range args {
-			if v, ok := strings.CutPrefix(a, name+"="); ok {
-				n, err := strconv.Atoi(v)
-				return n, err == nil
-			}
-			if a == name && i+1 < len(args) {
-				n, err := strconv.Atoi(args[i+1])
-				return n, err == nil
+			if s, ok := strings.CutPrefix(a, name+"="); ok {
+				v, found = s, true
+			} else if a == name && i+1 < len(args) {
+				v, found = args[i+1], true
 			}
 		}
-		return 0, false
+		return v, found
+	}
+	flag := func(name string) (int, bool) {
+		v, ok := value(name)
+		if !ok {
+			return 0, false
+		}
+		n, err := strconv.Atoi(v)
+		return n, err == nil
 	}
 	var out []string
+	if p, ok := value("--scheduling-policy"); ok && p != cfg.Engine.SchedulingPolicy {
+		why := "llmlab sends each request's class as its priority, which this engine ignores (an older vLLM refuses it): batch work does not yield inside the engine"
+		if p == config.PolicyPriority {
+			why = "the engine schedules by each request's priority but llmlab sends none: every request is priority 0, first come first served, and a client that reaches the engine by another path can overtake llmlab's work"
+		}
+		out = append(out, fmt.Sprintf("LLMLAB_VLLM_ARGS sets --scheduling-policy %s and llmlab.toml engine.scheduling_policy = %q: %s; set engine.scheduling_policy instead (llmlabd passes it to the engine)", p, cfg.Engine.SchedulingPolicy, why))
+	}
 	if n, ok := flag("--max-num-queued-reqs"); ok && n < cfg.Queue.MaxInflight {
 		out = append(out, fmt.Sprintf("LLMLAB_VLLM_ARGS sets --max-num-queued-reqs %d, below queue.max_inflight = %d: the engine would refuse llmlab's own requests with 503 (llmlabd passes %d, twice max_inflight; the flag in LLMLAB_VLLM_ARGS wins)",
 			n, cfg.Queue.MaxInflight, 2*cfg.Queue.MaxInflight))

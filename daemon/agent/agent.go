@@ -111,9 +111,11 @@ func (s *Server) answer(c net.Conn) {
 
 // Inputs are what a host's capacity is computed from.
 type Inputs struct {
-	// Engine is the engine's state: ready, sleeping (woken in well under
-	// a second) or external (not managed) count as warm; failed as failed;
-	// anything else (stopped, starting, stopping) as cold.
+	// Engine is the engine's state: ready, sleeping (vLLM's level 1,
+	// woken in well under a second) or external (not managed) count as
+	// warm; failed as failed; anything else (stopped, starting, stopping,
+	// and deep_sleeping, level 2, whose wake reads the weights from disk:
+	// seconds) as cold.
 	Engine supervisor.State
 	// Limit is the in-flight limit (chosen from the engine model, or
 	// queue.max_inflight), in requests.

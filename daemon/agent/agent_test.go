@@ -25,6 +25,7 @@ func TestCapacity(t *testing.T) {
 		{"warm: the limit and half of a second of queue at 5/s", func(i Inputs) Inputs { return i }, 26},
 		{"external engines are warm", func(i Inputs) Inputs { i.Engine = "external"; return i }, 26},
 		{"sleeping is warm", func(i Inputs) Inputs { i.Engine = "sleeping"; return i }, 26},
+		{"deep sleep is cold", func(i Inputs) Inputs { i.Engine = "deep_sleeping"; return i }, 24},
 		{"a tail past the objective leaves no queue", func(i Inputs) Inputs { i.Tail = 6 * time.Second; return i }, 24},
 		{"no objective: half of max_wait's queue", func(i Inputs) Inputs { i.SLO = 0; return i }, 34},
 		{"cold: the limit", func(i Inputs) Inputs { i.Engine = "stopped"; return i }, 24},

@@ -37,8 +37,11 @@ const DefaultPath = "/etc/llmlab/llmlab.toml"
 // llmlabd reloads (Need): "none", the reload applies it; "daemon", it is
 // read only when llmlabd starts, and a reload logs that it needs a
 // restart; "engine", it is read when the engine starts, and a reload
-// drains and restarts the engine. A key without a reload tag fails the
-// package's tests (TestEveryKeyDeclaresItsReload).
+// drains and restarts the engine; "sleep_mode", a rung of the sleep ladder
+// (ladder.go): the supervisor takes the new idle time at once, and the
+// engine is restarted only when the change turns vLLM's sleep mode on or
+// off (Engine.SleepMode), which the engine is started with. A key without
+// a reload tag fails the package's tests (TestEveryKeyDeclaresItsReload).
 type Config struct {
 	// Path is the file the configuration was read from ("" for defaults).
 	Path     string
@@ -93,6 +96,9 @@ type GPU struct {
 	MemoryBudget   uint64        `toml:"memory_budget" reload:"engine"`
 	MemoryFraction float64       `toml:"memory_fraction" reload:"engine"`
 	ReleaseTimeout time.Duration `toml:"release_timeout" reload:"daemon"`
+	// Contention lets the other compute processes' share of the GPU slow
+	// what the engine model predicts (docs/gpu.md).
+	Contention bool `toml:"contention" reload:"none"`
 }
 
 // Gateway configures the API listener and its lifecycle.
@@ -142,16 +148,22 @@ type Engine struct {
 	Unit string `toml:"unit" reload:"engine"`
 	// ResponseTimeout is the longest the engine may go without sending a
 	// byte of its answer (for a non-streamed answer, the whole of it).
-	ResponseTimeout   time.Duration `toml:"response_timeout" reload:"none"`
+	ResponseTimeout time.Duration `toml:"response_timeout" reload:"none"`
+	// IdleTimeout stops an idle engine: the last rung of the sleep ladder
+	// (ladder.go; 0: never).
 	IdleTimeout       time.Duration `toml:"idle_timeout" reload:"none"`
 	StartTimeout      time.Duration `toml:"start_timeout" reload:"none"`
 	ExpectedStartTime time.Duration `toml:"expected_start_time" reload:"none"`
 	MaxColdStartWait  time.Duration `toml:"max_cold_start_wait" reload:"none"`
 	StopGrace         time.Duration `toml:"stop_grace" reload:"none"`
-	// SleepAfter puts an idle engine into vLLM's sleep mode before
-	// IdleTimeout stops it (0: never). The engine is started with sleep
-	// mode only when it is set, so a change restarts the engine.
-	SleepAfter time.Duration `toml:"sleep_after" reload:"engine"`
+	// SleepAfter puts an idle engine to sleep at vLLM's level 1 (the
+	// weights kept in host memory; level 2 when the host cannot hold them),
+	// and DeepSleepAfter at level 2 (the weights discarded): the ladder's
+	// first rungs, before IdleTimeout stops it (ladder.go; 0: the rung is
+	// left out). The engine is started with vLLM's sleep mode only when
+	// one is set, so a change that turns both off, or one on, restarts it.
+	SleepAfter     time.Duration `toml:"sleep_after" reload:"sleep_mode"`
+	DeepSleepAfter time.Duration `toml:"deep_sleep_after" reload:"sleep_mode"`
 	// RuntimeEnv is the environment file llmlabd writes before each engine
 	// start ("": $RUNTIME_DIRECTORY/engine.env under systemd, else none);
 	// a change takes effect at the engine's restart that it asks for.
@@ -171,7 +183,24 @@ type Engine struct {
 	MaxNumSeqs          int `toml:"max_num_seqs" reload:"engine"`
 	MaxNumBatchedTokens int `toml:"max_num_batched_tokens" reload:"engine"`
 	MaxModelLen         int `toml:"max_model_len" reload:"engine"`
+	// SchedulingPolicy is vLLM's --scheduling-policy: "fcfs" (vLLM's
+	// default) or "priority", under which the gateway sends each request's
+	// class as its "priority" (0 interactive, 1 batch; EnginePriority). A
+	// managed engine is started with it; for one managed elsewhere it says
+	// how that engine runs. A change restarts a managed engine.
+	SchedulingPolicy string `toml:"scheduling_policy" reload:"engine"`
 }
+
+// Scheduling policies of engine.scheduling_policy, as vLLM names them
+// (vllm/config/scheduler.py, SchedulerPolicy).
+const (
+	PolicyFCFS     = "fcfs"
+	PolicyPriority = "priority"
+)
+
+// EnginePriority reports whether the engine schedules by each request's
+// priority, so that the gateway passes the request's class into it.
+func (e Engine) EnginePriority() bool { return e.SchedulingPolicy == PolicyPriority }
 
 // Queue configures admission control and micro-batching.
 type Queue struct {
@@ -269,6 +298,7 @@ type raw struct {
 		MaxColdStartWait    string   `toml:"max_cold_start_wait"`
 		StopGrace           string   `toml:"stop_grace"`
 		SleepAfter          string   `toml:"sleep_after"`
+		DeepSleepAfter      string   `toml:"deep_sleep_after"`
 		RuntimeEnv          string   `toml:"runtime_env"`
 		MetricsInterval     string   `toml:"metrics_interval"`
 		ReadyPath           string   `toml:"ready_path"`
@@ -276,6 +306,7 @@ type raw struct {
 		MaxNumSeqs          int      `toml:"max_num_seqs"`
 		MaxNumBatchedTokens int      `toml:"max_num_batched_tokens"`
 		MaxModelLen         int      `toml:"max_model_len"`
+		SchedulingPolicy    string   `toml:"scheduling_policy"`
 	} `toml:"engine"`
 	Queue struct {
 		MaxInflight   int     `toml:"max_inflight"`
@@ -327,6 +358,7 @@ type raw struct {
 		MemoryBudget   string  `toml:"memory_budget"`
 		MemoryFraction float64 `toml:"memory_fraction"`
 		ReleaseTimeout string  `toml:"release_timeout"`
+		Contention     bool    `toml:"contention"`
 	} `toml:"gpu"`
 	SLO struct {
 		Latency              string `toml:"latency"`
@@ -354,7 +386,9 @@ func defaults() raw {
 	r.Engine.MaxColdStartWait = "60s"
 	r.Engine.StopGrace = "10s"
 	r.Engine.SleepAfter = "0s"
+	r.Engine.DeepSleepAfter = "0s"
 	r.Engine.ReadyPath = "/health"
+	r.Engine.SchedulingPolicy = PolicyFCFS
 	r.Queue.MaxInflight = 256
 	r.Queue.MaxQueued = 256
 	r.Queue.MaxWait = "4s"
@@ -381,6 +415,7 @@ func defaults() raw {
 	r.GPU.PollInterval = "1s"
 	r.GPU.MemoryFraction = 0.9
 	r.GPU.ReleaseTimeout = "30s"
+	r.GPU.Contention = true
 	return r
 }
 
@@ -555,6 +590,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 		MaxColdStartWait:    ck.duration("engine.max_cold_start_wait", r.Engine.MaxColdStartWait, time.Millisecond),
 		StopGrace:           ck.duration("engine.stop_grace", r.Engine.StopGrace, 0),
 		SleepAfter:          ck.duration("engine.sleep_after", r.Engine.SleepAfter, 0),
+		DeepSleepAfter:      ck.duration("engine.deep_sleep_after", r.Engine.DeepSleepAfter, 0),
 		RuntimeEnv:          r.Engine.RuntimeEnv,
 		MetricsInterval:     ck.duration("engine.metrics_interval", r.Engine.MetricsInterval, 0),
 		ReadyPath:           r.Engine.ReadyPath,
@@ -562,6 +598,11 @@ func fromRaw(path string, r raw) (*Config, error) {
 		MaxNumSeqs:          r.Engine.MaxNumSeqs,
 		MaxNumBatchedTokens: r.Engine.MaxNumBatchedTokens,
 		MaxModelLen:         r.Engine.MaxModelLen,
+		SchedulingPolicy:    r.Engine.SchedulingPolicy,
+	}
+	ck.ladder(r.Engine.SleepAfter, r.Engine.DeepSleepAfter, r.Engine.IdleTimeout, c.Engine)
+	if p := r.Engine.SchedulingPolicy; p != PolicyFCFS && p != PolicyPriority {
+		ck.fail("engine.scheduling_policy", p, `want "fcfs" (vLLM's default; llmlab sends no priority) or "priority" (the engine runs vLLM's --scheduling-policy priority, and llmlab sends each request's class as its priority)`)
 	}
 	ck.atLeast("engine.max_num_seqs", r.Engine.MaxNumSeqs, 0)
 	ck.atLeast("engine.max_num_batched_tokens", r.Engine.MaxNumBatchedTokens, 0)
@@ -700,7 +741,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 	if g.MemoryFraction <= 0 || g.MemoryFraction > 1 {
 		ck.fail("gpu.memory_fraction", g.MemoryFraction, "want a share of the card above 0 and at most 1 (vLLM's default is 0.9)")
 	}
-	c.GPU = GPU{Enabled: g.Enabled, Device: g.Device, MemoryFraction: g.MemoryFraction,
+	c.GPU = GPU{Enabled: g.Enabled, Device: g.Device, MemoryFraction: g.MemoryFraction, Contention: g.Contention,
 		PollInterval:   ck.duration("gpu.poll_interval", g.PollInterval, 10*time.Millisecond),
 		ReleaseTimeout: ck.duration("gpu.release_timeout", g.ReleaseTimeout, 0),
 	}

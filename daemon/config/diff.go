@@ -20,10 +20,14 @@ const (
 	// NeedEngineRestart: the value is read when the engine starts; a
 	// reload drains the engine and starts it again with the new value.
 	NeedEngineRestart
+	// NeedSleepMode: a rung of the sleep ladder. The reload applies the
+	// new idle time; the engine is restarted only when vLLM's sleep mode,
+	// which it is started with, turns on or off (Engine.SleepMode).
+	NeedSleepMode
 )
 
 // needTags are the reload tag's values.
-var needTags = map[string]Need{"none": NeedNothing, "daemon": NeedDaemonRestart, "engine": NeedEngineRestart}
+var needTags = map[string]Need{"none": NeedNothing, "daemon": NeedDaemonRestart, "engine": NeedEngineRestart, "sleep_mode": NeedSleepMode}
 
 // String names the need as the reload tag writes it.
 func (n Need) String() string {
@@ -34,6 +38,8 @@ func (n Need) String() string {
 		return "daemon"
 	case NeedEngineRestart:
 		return "engine"
+	case NeedSleepMode:
+		return "sleep_mode"
 	}
 	return fmt.Sprintf("Need(%d)", int(n))
 }

@@ -78,6 +78,13 @@ func TestSingleKeyChangesLoad(t *testing.T) {
 		{"engine", "unit", `"vllm.service"`},
 		{"engine", "metrics_interval", `"0s"`},
 		{"engine", "sleep_after", `"1m"`},
+		{"engine", "sleep_after", `"30s"`},
+		{"engine", "sleep_after", `"10m"`},
+		{"engine", "deep_sleep_after", `"2m"`},
+		{"engine", "deep_sleep_after", `"10m"`},
+		{"engine", "idle_timeout", `"30m"`},
+		{"engine", "idle_timeout", `"10s"`},
+		{"engine", "idle_timeout", `"0s"`},
 		{"engine", "ready_path", `"/api/ps"`},
 		{"engine", "ready_match", `"tiny"`},
 		{"gateway", "listen", `"0.0.0.0:8080"`},
@@ -104,6 +111,11 @@ func TestSingleKeyChangesLoad(t *testing.T) {
 		// The packaged file runs the engine as a unit; naming a command as
 		// well leaves two engines to manage. The message names both keys.
 		`engine.command = ["llmlab", "sim"] on unit`: "set engine.unit or engine.command, not both",
+		// A sleep rung past the stop: the engine would be stopped before it
+		// slept, and whether the operator meant the sleep (and a later
+		// stop) or the stop cannot be guessed. The message names both keys.
+		`engine.sleep_after = "10m"`:      `must be shorter than engine.idle_timeout = "5m"`,
+		`engine.deep_sleep_after = "10m"`: `must be shorter than engine.idle_timeout = "5m"`,
 	}
 	bases := []struct {
 		name string

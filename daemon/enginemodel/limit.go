@@ -74,7 +74,7 @@ func (m *Model) kneeLocked() (int, bool) {
 	s, _, d, ok := m.knees.knee()
 	if ok && s >= 1 {
 		prompt, out := m.typicalLocked()
-		if d >= queueShare*m.meanLocked(float64(s), prompt, out)/float64(s) {
+		if d >= queueShare*m.aloneLocked(float64(s), prompt, out)/float64(s) {
 			m.lastKnee, m.kneeAt = s, now
 			return s, true
 		}

@@ -157,6 +157,10 @@ type Model struct {
 	// lastKnee is the knee last found, at kneeAt (kneeLocked).
 	lastKnee int
 	kneeAt   time.Time
+	// slow is how much other work on the card slows the engine now
+	// (SetContention; 1: none). The fits learn the engine alone: what is
+	// observed is divided by it, and what is predicted multiplied.
+	slow float64
 }
 
 // New returns a model seeded with s.
@@ -166,6 +170,7 @@ func New(s Seed) *Model {
 		ttft:          newFit(3, decay, []float64{s.StepFixed.Seconds(), s.PerToken.Seconds() * nScale, s.PerPromptToken.Seconds() * pScale}, []float64{priorWeight, priorWeight, priorWeight}),
 		outShare:      1,
 		tokensPerByte: s.TokensPerByte,
+		slow:          1,
 	}
 	if m.tokensPerByte <= 0 {
 		m.tokensPerByte = DefaultSeed.TokensPerByte
@@ -204,8 +209,26 @@ func (m *Model) ttftLocked(n, prompt float64) float64 {
 	return max(m.pre[0]+m.pre[1]*n/nScale+m.pre[2]*prompt/pScale, 0)
 }
 
-func (m *Model) meanLocked(n, prompt, out float64) float64 {
+// aloneLocked is a request's mean time with the engine alone on the card;
+// meanLocked as it runs now, beside the card's other work.
+func (m *Model) aloneLocked(n, prompt, out float64) float64 {
 	return m.ttftLocked(n, prompt) + (out-1)*m.tpotLocked(n)
+}
+
+func (m *Model) meanLocked(n, prompt, out float64) float64 {
+	return m.slow * m.aloneLocked(n, prompt, out)
+}
+
+// SetContention tells the model how much the card's other work slows the
+// engine now: its steps take factor times as long as alone (1: nothing
+// else runs; daemon/gpu's Admission.Contention reads it from NVML). The
+// fits keep learning the engine alone, so when the other work stops the
+// predictions are the engine's own again at once, not after the fits have
+// faded what they learned beside it.
+func (m *Model) SetContention(factor float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.slow = max(factor, 1)
 }
 
 // Observe learns from one finished request.
@@ -245,8 +268,8 @@ func (m *Model) Observe(o Observation) {
 	if out == 0 {
 		out = m.outTokensLocked(o.Shape)
 	}
-	total := o.Total.Seconds()
-	ttft := o.TTFT.Seconds()
+	total := o.Total.Seconds() / m.slow
+	ttft := o.TTFT.Seconds() / m.slow
 	if o.TTFT > 0 && o.TTFT <= o.Total {
 		m.ttft.add([]float64{1, n / nScale, prompt / pScale}, ttft)
 		at := float64(o.AtDispatch)
@@ -301,7 +324,7 @@ func (m *Model) FirstToken(atDispatch, running int, ttft time.Duration) {
 	defer m.mu.Unlock()
 	m.nHi = max(m.nHi, float64(running))
 	if atDispatch > 0 && ttft > 0 {
-		m.knees.add(float64(atDispatch), ttft.Seconds())
+		m.knees.add(float64(atDispatch), ttft.Seconds()/m.slow)
 	}
 }
 
@@ -314,7 +337,7 @@ func (m *Model) ObserveStep(tokens, seconds float64) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.decode.add([]float64{1, tokens / sScale}, seconds)
+	m.decode.add([]float64{1, tokens / sScale}, seconds/m.slow)
 	m.solveLocked()
 }
 
@@ -368,7 +391,7 @@ func (m *Model) Remaining(n float64, s Shape, elapsed time.Duration, tokens int)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n = max(n, 1)
-	tpot := m.tpotLocked(n)
+	tpot := m.slow * m.tpotLocked(n)
 	out := m.outTokensLocked(s)
 	var left float64
 	if tokens > 0 {
@@ -432,6 +455,9 @@ type Status struct {
 	// Knee is the concurrency past which requests wait inside the engine
 	// (0: none seen).
 	Knee int `json:"knee"`
+	// Contention is how much the card's other work slows the engine now
+	// (SetContention; 1: none).
+	Contention float64 `json:"gpu_contention"`
 }
 
 // Status returns the model's parameters and how much of it is measured.
@@ -443,7 +469,7 @@ func (m *Model) Status() Status {
 		TPOTSeconds: m.dec[0], TPOTPerToken: m.dec[1] / sScale,
 		TTFTSeconds: m.pre[0], TTFTPerSequence: m.pre[1] / nScale, PrefillPerToken: m.pre[2] / pScale,
 		Spread: m.spreadLocked(0.95), OutputShare: m.outShare, TokensPerByte: m.tokensPerByte,
-		ConcurrencyRange: [2]float64{m.nLo, m.nHi},
+		ConcurrencyRange: [2]float64{m.nLo, m.nHi}, Contention: m.slow,
 	}
 	if k, ok := m.kneeLocked(); ok {
 		st.Knee = k

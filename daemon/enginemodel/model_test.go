@@ -378,3 +378,45 @@ func TestKneeHoldsWhenTheFitLosesIt(t *testing.T) {
 		}
 	})
 }
+
+// Other work on the card (SetContention) slows what the model predicts at
+// once, and what the engine does beside it teaches the model the engine
+// alone: when the other work stops, the predictions are the engine's own
+// again without relearning.
+func TestContentionScalesPredictionsNotTheFit(t *testing.T) {
+	e := batching(2*time.Millisecond, 100*time.Microsecond, 50*time.Microsecond)
+	m := New(DefaultSeed)
+	r := rand.New(rand.NewPCG(3, 4))
+	feed(m, e, r, 400, 1, 40, 0.02)
+	shape := Shape{PromptBytes: 1000, MaxTokens: 200}
+	alone := m.Predict(10, shape, 0.95).Mean
+	limAlone := m.Limit(time.Second, 1, 1000, 0.95)
+
+	// A process beside the engine takes half the GPU's time: the engine's
+	// every step takes twice as long, and the model is told so.
+	m.SetContention(2)
+	if got := m.Predict(10, shape, 0.95).Mean; !within(got, 2*alone, 0.01) {
+		t.Fatalf("Predict beside another process = %v, want twice %v", got, alone)
+	}
+	if lim := m.Limit(time.Second, 1, 1000, 0.95); lim >= limAlone*3/4 {
+		t.Fatalf("Limit beside another process = %d, alone %d: want it well lower", lim, limAlone)
+	}
+	slowed := func(n float64, prompt, out int) (time.Duration, time.Duration) {
+		ttft, total := e(n, prompt, out)
+		return 2 * ttft, 2 * total
+	}
+	feed(m, slowed, r, 400, 1, 40, 0.02)
+	for tokens := 1.0; tokens < 60; tokens += 10 {
+		m.ObserveStep(tokens, 2*(0.002+tokens*0.0001))
+	}
+	if got := m.Predict(10, shape, 0.95).Mean; !within(got, 2*alone, 0.05) {
+		t.Fatalf("Predict after learning beside it = %v, want %v within 5%%", got, 2*alone)
+	}
+	m.SetContention(1)
+	if got := m.Predict(10, shape, 0.95).Mean; !within(got, alone, 0.05) {
+		t.Fatalf("Predict once the other process stopped = %v, want the engine alone's %v within 5%%", got, alone)
+	}
+	if st := m.Status(); st.Contention != 1 {
+		t.Fatalf("Status().Contention = %v, want 1", st.Contention)
+	}
+}

@@ -21,7 +21,9 @@
 //     queue timeout or draining), where the key's weight sets its share
 //     of the engine's work under contention (daemon/queue, fair.go).
 //  7. Proxy to the engine, streaming server-sent events as they arrive, or
-//     coalesce with compatible requests into one upstream request.
+//     coalesce with compatible requests into one upstream request. An
+//     engine that schedules by priority gets the request's class as its
+//     "priority" (Config.EnginePriority, priority.go).
 //
 // Metrics: llmlab_requests_total, llmlab_request_duration_seconds,
 // llmlab_queue_wait_seconds, llmlab_time_to_first_token_seconds,
@@ -90,6 +92,11 @@ type Config struct {
 	// TrustedProxies are the peers whose X-Forwarded-For names the client
 	// (clientAddr); none: the peer is the client.
 	TrustedProxies []netip.Prefix
+	// EnginePriority: the engine schedules by each request's priority
+	// (vLLM's --scheduling-policy priority), and every request carries its
+	// class there as the body's "priority"; otherwise none is sent
+	// (priority.go).
+	EnginePriority bool
 }
 
 // settings is the part of the configuration that a reload swaps whole.
@@ -131,7 +138,7 @@ type Gateway struct {
 func (g *Gateway) awaitEngine(ctx context.Context, firstRefused time.Time) bool {
 	wait := g.settings.Load().cfg.Queue.MaxColdStartWait
 	switch g.engine.State() {
-	case supervisor.Ready, supervisor.Starting, supervisor.Stopped, supervisor.Sleeping:
+	case supervisor.Ready, supervisor.Starting, supervisor.Stopped, supervisor.Sleeping, supervisor.DeepSleeping:
 	default: // failed, or an engine llmlab does not manage
 		return false
 	}

@@ -35,8 +35,11 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.ContentLength = int64(len(st.body))
 	pr.Out.Header.Set("Content-Length", strconv.Itoa(len(st.body)))
 	pr.Out.Header.Set("X-Request-Id", st.id)
-	// The client's API key is the gateway's business, not the engine's.
+	// The client's API key is the gateway's business, not the engine's;
+	// so is the engine's priority, which vLLM reads from this header
+	// before the body (priority.go).
 	pr.Out.Header.Del("Authorization")
+	pr.Out.Header.Del(EnginePriorityHeader)
 	pr.Out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(st.body)), nil }
 }
 

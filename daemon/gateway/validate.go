@@ -60,6 +60,9 @@ type parsed struct {
 	// MaxTokens the output cap the engine will apply (the request's, or
 	// the engine's default): what the engine model reads of the request.
 	PromptBytes, MaxTokens int
+	// ClientPriority: the client's body names a "priority" (any copy,
+	// null included), which setPriority replaces or removes.
+	ClientPriority bool
 }
 
 // invalid is a validation failure as the client sees it.
@@ -87,9 +90,15 @@ var parsers fastjson.ParserPool
 // unescaped ("max\u005ftokens" is max_tokens), as Python reads them.
 type fields struct {
 	model, prompt, messages, maxTokens, maxCompletionTokens, n, stream, echo *fastjson.Value
+	// priority: the body names a "priority", null included (the
+	// gateway owns the engine's priority: priority.go).
+	priority bool
 }
 
 func (f *fields) set(key []byte, v *fastjson.Value) {
+	if string(key) == "priority" {
+		f.priority = true
+	}
 	if v.Type() == fastjson.TypeNull {
 		v = nil
 	}
@@ -144,7 +153,7 @@ func validate(route string, body []byte, lim Limits, coalesce bool) (*parsed, *i
 	var f fields
 	v.GetObject().Visit(f.set)
 
-	p := &parsed{Body: body}
+	p := &parsed{Body: body, ClientPriority: f.priority}
 	if f.model != nil {
 		b, err := f.model.StringBytes()
 		if err != nil {
@@ -314,11 +323,21 @@ func intField(param string, v *fastjson.Value) (int, *invalid) {
 // characters in keys raw. It is rare (a cap below the engine's default),
 // so the cost of a full decode does not matter.
 func replaceField(body []byte, name string, value int) ([]byte, *invalid) {
+	return setField(body, name, json.RawMessage(strconv.Itoa(value)))
+}
+
+// setField is replaceField with any JSON value; a nil value removes every
+// copy of the member.
+func setField(body []byte, name string, value json.RawMessage) ([]byte, *invalid) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(body, &m); err != nil {
 		return nil, &invalid{Status: http.StatusBadRequest, Code: "invalid_json", Msg: "the request body is not valid JSON: " + err.Error()}
 	}
-	m[name] = json.RawMessage(strconv.Itoa(value))
+	if value == nil {
+		delete(m, name)
+	} else {
+		m[name] = value
+	}
 	out, err := json.Marshal(m)
 	if err != nil {
 		return nil, &invalid{Status: http.StatusBadRequest, Code: "invalid_json", Msg: "the request body is not valid JSON: " + err.Error()}

@@ -229,6 +229,7 @@ func FuzzValidate(f *testing.F) {
 		`{"messages":[{"role":"user"}],"max_completion_tokens":null,"max_tokens":900}`,
 		`{"prompt":"x","max\u005ftokens":900,"max_tokens":1}`,
 		`{"prompt":"x","echo":true,"n":1}`,
+		`{"prompt":"x","priority":3,"priorit\u0079":null}`, ` { "prompt":"x"}`,
 	} {
 		f.Add(s, true)
 		f.Add(s, false)
@@ -258,6 +259,7 @@ func FuzzValidate(f *testing.F) {
 		if !json.Valid(p.Body) {
 			t.Fatalf("upstream body not valid JSON: %s (from %s)", p.Body, body)
 		}
+		checkPriority(t, p)
 		// What the engine will read (last copy of a key, keys unescaped,
 		// the field it uses for this endpoint) never exceeds the cap.
 		if got := engineMaxTokens(t, route, p.Body); got > lim.MaxTokens {

@@ -170,6 +170,10 @@ func (g *Gateway) serveWork(w http.ResponseWriter, r *http.Request, route string
 		g.fail(rec, st, failure{status: inv.Status, kind: typeInvalid, code: inv.Code, param: inv.Param, msg: inv.Msg, outcome: "invalid"})
 		return
 	}
+	if inv := p.setPriority(st.class, s.cfg.EnginePriority); inv != nil {
+		g.fail(rec, st, failure{status: inv.Status, kind: typeInvalid, code: inv.Code, param: inv.Param, msg: inv.Msg, outcome: "invalid"})
+		return
+	}
 	st.body, st.stream, st.model = p.Body, p.Stream, p.Model
 
 	ctx := r.Context()

@@ -78,7 +78,10 @@ func (a *Admission) Instrument(reg prometheus.Registerer) {
 		Help: "Time from the engine's exit to its GPU memory being released.", Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30}})
 	timeouts := prometheus.NewCounter(prometheus.CounterOpts{Name: "llmlab_gpu_release_timeouts_total",
 		Help: "Engine stops whose GPU memory was not released within gpu.release_timeout."})
-	reg.MustRegister(refusals, release, timeouts)
+	contention := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "llmlab_gpu_contention_factor",
+		Help: "How much the GPU's other compute processes slow the engine now: its steps take this many times as long as alone (1: nothing else runs)."},
+		func() float64 { f, _ := a.Contention(); return f })
+	reg.MustRegister(refusals, release, timeouts, contention)
 	for _, r := range []string{"gpu_memory", "budget"} {
 		refusals.WithLabelValues(r)
 	}
@@ -182,6 +185,27 @@ func (a *Admission) NoteRunning(ctx context.Context) {
 			a.engine = append(a.engine, p.PID)
 		}
 	}
+}
+
+// EngineMemory is the GPU memory the engine's compute processes hold in
+// the latest reading (those NoteRunning recorded); false when there is no
+// reading, no recorded process, or NVML reports none of their memory.
+func (a *Admission) EngineMemory() (uint64, bool) {
+	a.mu.Lock()
+	engine := slices.Clone(a.engine)
+	a.mu.Unlock()
+	s := a.Monitor.Snapshot()
+	d, ok := s.Device(a.Device)
+	if !s.Available || !ok || len(engine) == 0 {
+		return 0, false
+	}
+	var used uint64
+	for _, p := range d.Processes {
+		if slices.Contains(engine, p.PID) {
+			used += p.UsedMemory
+		}
+	}
+	return used, used > 0
 }
 
 // AfterStop waits, at most ReleaseTimeout, until the engine's memory is

@@ -39,12 +39,19 @@ type Device struct {
 	UtilMemory float64   `json:"utilization_memory"`
 	UtilOK     bool      `json:"utilization_ok"`
 	Processes  []Process `json:"processes"`
+	// ProcessUtilOK is true where the device reports each process's
+	// share of the SMs (Process.SMUtil).
+	ProcessUtilOK bool `json:"process_utilization_ok"`
 }
 
 // Process is a compute process holding memory on a device.
 type Process struct {
 	PID        uint32 `json:"pid"`
 	UsedMemory uint64 `json:"used_memory_bytes"`
+	// SMUtil is the share of the time its kernels ran on the SMs since the
+	// last reading, 0 to 1 (NVML's per-process samples, averaged over the
+	// device's sample periods in that time).
+	SMUtil float64 `json:"sm_utilization"`
 }
 
 // Snapshot is what the monitor last read.
@@ -76,6 +83,9 @@ type Monitor struct {
 	log      *slog.Logger
 
 	fresh chan chan Snapshot
+	// lastSample is, per device, the timestamp of the newest per-process
+	// utilisation sample read (NVML returns those after it). Run's alone.
+	lastSample map[int]uint64
 
 	mu     sync.Mutex
 	snap   Snapshot
@@ -90,7 +100,7 @@ func New(lib nvml.Interface, interval time.Duration, log *slog.Logger) *Monitor 
 		interval = time.Second
 	}
 	return &Monitor{lib: lib, interval: interval, retry: time.Minute, log: log, fresh: make(chan chan Snapshot),
-		snap: Snapshot{Reason: "not read yet"}}
+		lastSample: map[int]uint64{}, snap: Snapshot{Reason: "not read yet"}}
 }
 
 // Snapshot returns the latest reading.
@@ -142,7 +152,7 @@ func (m *Monitor) Run(ctx context.Context) {
 		if !initialised {
 			return m.Snapshot()
 		}
-		s, err := read(m.lib, now)
+		s, err := read(m.lib, now, m.lastSample)
 		if err != nil {
 			m.lib.Shutdown()
 			initialised = false
@@ -186,8 +196,9 @@ func (m *Monitor) fail(now time.Time, last *string, reason string) Snapshot {
 	return m.snap
 }
 
-// read takes one reading of every device.
-func read(lib nvml.Interface, now time.Time) (Snapshot, error) {
+// read takes one reading of every device; last holds each device's newest
+// per-process utilisation sample read so far, and is updated.
+func read(lib nvml.Interface, now time.Time, last map[int]uint64) (Snapshot, error) {
 	s := Snapshot{At: now, Available: true}
 	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
 		s.Driver = v
@@ -231,7 +242,45 @@ func read(lib nvml.Interface, now time.Time) (Snapshot, error) {
 				d.Processes = append(d.Processes, Process{PID: p.Pid, UsedMemory: p.UsedGpuMemory})
 			}
 		}
+		d.ProcessUtilOK = processUtil(dev, &d, last, i)
 		s.Devices = append(s.Devices, d)
 	}
 	return s, nil
+}
+
+// processUtil sets each process's SMUtil from the per-process samples NVML
+// took since the last reading (nvmlDeviceGetProcessUtilization: a sample
+// for each process that ran in each of the driver's sample periods, each
+// with its own timestamp). A process's share is the sum of its samples over
+// the number of periods sampled, taken as the most samples any process
+// has, so one that was idle in some of them counts less. It returns false
+// where the device does not report per-process utilisation.
+func processUtil(dev nvml.Device, d *Device, last map[int]uint64, i int) bool {
+	samples, ret := dev.GetProcessUtilization(last[i])
+	switch ret {
+	case nvml.SUCCESS:
+	case nvml.ERROR_NOT_FOUND:
+		return true // no process ran since the last reading
+	default:
+		return false
+	}
+	since := last[i]
+	count := map[uint32]int{}
+	sum := map[uint32]float64{}
+	periods := 0
+	for _, p := range samples {
+		last[i] = max(last[i], p.TimeStamp)
+		if p.TimeStamp <= since {
+			continue
+		}
+		count[p.Pid]++
+		periods = max(periods, count[p.Pid])
+		sum[p.Pid] += float64(min(p.SmUtil, 100)) / 100
+	}
+	for k := range d.Processes {
+		if periods > 0 {
+			d.Processes[k].SMUtil = min(sum[d.Processes[k].PID]/float64(periods), 1)
+		}
+	}
+	return true
 }

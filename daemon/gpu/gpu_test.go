@@ -23,14 +23,18 @@ const gib = 1 << 30
 // card is a one-GPU machine behind go-nvml's mock: its memory, processes
 // and health change as a test says.
 type card struct {
-	mu        sync.Mutex
-	total     uint64
-	used      uint64
-	procs     []nvml.ProcessInfo
-	lost      bool // the GPU fell off the bus
-	noDriver  bool
-	inits     int
-	shutdowns int
+	mu    sync.Mutex
+	total uint64
+	used  uint64
+	procs []nvml.ProcessInfo
+	// samples are the per-process utilisation samples the driver holds
+	// (NVML returns those newer than the caller's last timestamp).
+	samples       []nvml.ProcessUtilizationSample
+	noProcessUtil bool // the device does not report them
+	lost          bool // the GPU fell off the bus
+	noDriver      bool
+	inits         int
+	shutdowns     int
 }
 
 func (c *card) lib() *mock.Interface {
@@ -52,6 +56,23 @@ func (c *card) lib() *mock.Interface {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			return append([]nvml.ProcessInfo(nil), c.procs...), nvml.SUCCESS
+		},
+		GetProcessUtilizationFunc: func(last uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.noProcessUtil {
+				return nil, nvml.ERROR_NOT_SUPPORTED
+			}
+			var out []nvml.ProcessUtilizationSample
+			for _, p := range c.samples {
+				if p.TimeStamp > last {
+					out = append(out, p)
+				}
+			}
+			if len(out) == 0 {
+				return nil, nvml.ERROR_NOT_FOUND
+			}
+			return out, nvml.SUCCESS
 		},
 	}
 	// Only Init and Shutdown are set until Init succeeds: the mock panics
@@ -101,8 +122,15 @@ func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock()
 
 func run(t *testing.T, lib nvml.Interface) (*Monitor, *logBuf) {
 	t.Helper()
+	return runEvery(t, lib, 10*time.Millisecond)
+}
+
+// runEvery runs a monitor polling at interval (a long one: readings only
+// when a test asks with Fresh).
+func runEvery(t *testing.T, lib nvml.Interface, interval time.Duration) (*Monitor, *logBuf) {
+	t.Helper()
 	logs := &logBuf{}
-	m := New(lib, 10*time.Millisecond, slog.New(slog.NewTextHandler(logs, nil)))
+	m := New(lib, interval, slog.New(slog.NewTextHandler(logs, nil)))
 	m.retry = 30 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -212,6 +240,9 @@ func TestCannedDGXH100(t *testing.T) {
 		dev.GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) { return nvml.Memory_v2{}, nvml.ERROR_NOT_SUPPORTED }
 		dev.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) { return nvml.Utilization{Gpu: 5}, nvml.SUCCESS }
 		dev.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) { return nil, nvml.SUCCESS }
+		dev.GetProcessUtilizationFunc = func(uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
+			return nil, nvml.ERROR_NOT_SUPPORTED
+		}
 	}
 	m, _ := run(t, srv)
 	waitFor(t, "a reading", func() bool { return m.Snapshot().Available })
@@ -363,5 +394,39 @@ func TestReleaseWait(t *testing.T) {
 	a.AfterStop(ctx)
 	if took := time.Since(t0); took > 2*time.Second || len(release) != 2 || release[1] {
 		t.Fatalf("AfterStop with the memory never released: %s, %v", took, release)
+	}
+}
+
+// EngineMemory is the memory of the engine's own processes, those that
+// appeared with its start, not another program's on the same card: the
+// bound on the weights that the sleep ladder's level 1 checks the host
+// against. With no engine recorded, or no GPU, it is not known.
+func TestEngineMemory(t *testing.T) {
+	c := &card{total: 16 * gib, used: 2 * gib, procs: []nvml.ProcessInfo{{Pid: 1000, UsedGpuMemory: 2 * gib}}}
+	m, _ := run(t, c.lib())
+	waitFor(t, "a reading", func() bool { return m.Snapshot().Available })
+	ctx := context.Background()
+	a, _ := newAdmission(t, m, 4*gib)
+	if _, ok := a.EngineMemory(); ok {
+		t.Fatal("EngineMemory before any start: known, want not")
+	}
+	if err := a.BeforeStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.set(func(c *card) {
+		c.used = 6 * gib
+		c.procs = append(c.procs, nvml.ProcessInfo{Pid: 4242, UsedGpuMemory: 3 * gib})
+	})
+	a.NoteRunning(ctx)
+	waitFor(t, "the engine's reading", func() bool { d, _ := m.Snapshot().Device(0); return len(d.Processes) == 2 })
+	if got, ok := a.EngineMemory(); !ok || got != 3*gib {
+		t.Fatalf("EngineMemory() = %s, %v; want the engine's 3.00 GiB, not the other program's", GiB(got), ok)
+	}
+
+	nc := &card{noDriver: true}
+	nm, _ := run(t, nc.lib())
+	na, _ := newAdmission(t, nm, 0)
+	if _, ok := na.EngineMemory(); ok {
+		t.Fatal("EngineMemory without a GPU: known, want not")
 	}
 }

@@ -18,11 +18,12 @@ var (
 	descUtil     = prometheus.NewDesc("llmlab_gpu_utilization_ratio", "Share of the last sample period the GPU was busy.", []string{"gpu"}, nil)
 	descMemUtil  = prometheus.NewDesc("llmlab_gpu_memory_utilization_ratio", "Share of the last sample period GPU memory was read or written.", []string{"gpu"}, nil)
 	descProc     = prometheus.NewDesc("llmlab_gpu_process_memory_bytes", "GPU memory of each compute process.", []string{"gpu", "pid"}, nil)
+	descProcSM   = prometheus.NewDesc("llmlab_gpu_process_sm_utilization_ratio", "Share of the time each compute process's kernels ran on the SMs since the previous reading.", []string{"gpu", "pid"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (m *Monitor) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descAge, descPolls, descTotal, descUsed, descFree, descReserved, descUtil, descMemUtil, descProc} {
+	for _, d := range []*prometheus.Desc{descUp, descAge, descPolls, descTotal, descUsed, descFree, descReserved, descUtil, descMemUtil, descProc, descProcSM} {
 		ch <- d
 	}
 }
@@ -57,7 +58,11 @@ func (m *Monitor) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descMemUtil, prometheus.GaugeValue, d.UtilMemory, g)
 		}
 		for _, p := range d.Processes {
-			ch <- prometheus.MustNewConstMetric(descProc, prometheus.GaugeValue, float64(p.UsedMemory), g, strconv.FormatUint(uint64(p.PID), 10))
+			pid := strconv.FormatUint(uint64(p.PID), 10)
+			ch <- prometheus.MustNewConstMetric(descProc, prometheus.GaugeValue, float64(p.UsedMemory), g, pid)
+			if d.ProcessUtilOK {
+				ch <- prometheus.MustNewConstMetric(descProcSM, prometheus.GaugeValue, p.SMUtil, g, pid)
+			}
 		}
 	}
 }

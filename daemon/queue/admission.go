@@ -304,7 +304,7 @@ func (q *Queue) admitLocked(now time.Time, r Request, obj time.Duration, cost fl
 	if own && alone+q.remainingStart() > obj {
 		why := ""
 		if q.remainingStart() > 0 {
-			why = fmt.Sprintf(" after the engine's start (%s more)", fmtDur(q.remainingStart()))
+			why = fmt.Sprintf(" after the engine's start or wake-up (%s more)", fmtDur(q.remainingStart()))
 		}
 		if alone > obj {
 			return &Refusal{Reason: ReasonDeadlineTooShort,

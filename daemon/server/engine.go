@@ -46,13 +46,17 @@ func runtimeEnv(cfg *config.Config) string {
 // engineKnobs is the engine's part of the environment that follows the
 // configuration: LLMLAB_MAX_NEW_TOKENS (limits.max_tokens), the engine's
 // own bound on what it holds (LLMLAB_MAX_NUM_QUEUED_REQS, engineQueueBound),
-// sleep mode, and vLLM's knobs that engine.* sets (none for 0, the
-// engine's default).
+// sleep mode, the priority policy (LLMLAB_SCHEDULING_POLICY, only when
+// engine.scheduling_policy is "priority": fcfs is vLLM's default), and
+// vLLM's knobs that engine.* sets (none for 0, the engine's default).
 func engineKnobs(c *config.Config) []string {
 	env := []string{fmt.Sprintf("LLMLAB_MAX_NEW_TOKENS=%d", c.Limits.MaxTokens),
 		fmt.Sprintf("LLMLAB_MAX_NUM_QUEUED_REQS=%d", engineQueueBound(c))}
-	if c.Engine.SleepAfter > 0 {
+	if c.Engine.SleepMode() {
 		env = append(env, "LLMLAB_ENABLE_SLEEP_MODE=1")
+	}
+	if c.Engine.EnginePriority() {
+		env = append(env, "LLMLAB_SCHEDULING_POLICY="+config.PolicyPriority)
 	}
 	for _, k := range []struct {
 		name string
@@ -133,33 +137,44 @@ func (d *daemon) supervisorConfig(cfg *config.Config) supervisor.Config {
 	health := cfg.Engine.URL.JoinPath(cfg.Engine.ReadyPath).String()
 	match := []byte(cfg.Engine.ReadyMatch)
 	client := &http.Client{Timeout: time.Second}
-	post := func(path, query string) func(ctx context.Context) error {
+	post := func(ctx context.Context, path, query, body string) error {
 		pu := cfg.Engine.URL.JoinPath(path)
 		pu.RawQuery = query
 		u := pu.String()
-		return func(ctx context.Context) error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
-			if err != nil {
-				return err
-			}
-			resp, err := (&http.Client{}).Do(req)
-			if err != nil {
-				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("POST %s: %s", u, resp.Status)
-			}
-			return nil
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(body))
+		if err != nil {
+			return err
 		}
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := (&http.Client{}).Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("POST %s: %s", u, resp.Status)
+		}
+		return nil
 	}
 	sc := supervisor.Config{
-		SleepAfter: cfg.Engine.SleepAfter,
-		// Level 1 keeps the weights in host memory; mode=wait lets any
-		// request still in the engine finish (vLLM's default, abort,
-		// would abort it: vllm/entrypoints/serve/dev/sleep/api_router.py).
-		Sleep:  post("/sleep", "level=1&mode=wait"),
-		WakeUp: post("/wake_up", ""),
+		SleepAfter:     cfg.Engine.SleepAfter,
+		DeepSleepAfter: cfg.Engine.DeepSleepAfter,
+		// mode=wait lets any request still in the engine finish (vLLM's
+		// default, abort, would abort it:
+		// vllm/entrypoints/serve/dev/sleep/api_router.py).
+		Sleep: func(ctx context.Context, level int) error {
+			return post(ctx, "/sleep", fmt.Sprintf("level=%d&mode=wait", level), "")
+		},
+		WakeUp: func(ctx context.Context, level int) error {
+			if level < 2 {
+				return post(ctx, "/wake_up", "", "")
+			}
+			return wakeFromLevel2(ctx, post)
+		},
+		// Level 1 only where the host can hold the weights (hostmemory.go).
+		HostHoldsWeights: d.hostHoldsWeights,
 		Probe: func(ctx context.Context) bool {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, health, nil)
 			if err != nil {
@@ -189,6 +204,23 @@ func (d *daemon) supervisorConfig(cfg *config.Config) supervisor.Config {
 		sc.OnReady, sc.AfterStop = d.adm.NoteRunning, d.adm.AfterStop
 	}
 	return sc
+}
+
+// wakeFromLevel2 wakes an engine asleep at vLLM's level 2, whose weights
+// were discarded: a bare POST /wake_up would map their memory back empty
+// and resume the scheduler on it (vllm/device_allocator/cumem.py, wake_up;
+// vllm/v1/engine/core.py, wake_up), so the weights' memory is woken alone,
+// the weights reloaded from disk (the worker's reload_weights through
+// /collective_rpc: vllm/v1/worker/gpu_model_runner.py), and the KV cache
+// woken last, which resumes the scheduler (docs/features/sleep_mode.md).
+func wakeFromLevel2(ctx context.Context, post func(ctx context.Context, path, query, body string) error) error {
+	if err := post(ctx, "/wake_up", "tags=weights", ""); err != nil {
+		return err
+	}
+	if err := post(ctx, "/collective_rpc", "", `{"method":"reload_weights"}`); err != nil {
+		return err
+	}
+	return post(ctx, "/wake_up", "tags=kv_cache", "")
 }
 
 // engineReady reports whether the engine serves: ready, or managed

@@ -3,7 +3,9 @@ package server
 import (
 	"errors"
 	"log/slog"
+	"maps"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,6 +58,11 @@ func restoreLearned(log *slog.Logger, dir string, gw *gateway.Gateway, sup *supe
 	}
 	if sup != nil {
 		sup.SetLearnedStart(time.Duration(s.EngineStartSeconds * float64(time.Second)))
+		for level, secs := range s.EngineWakeSeconds {
+			if l, err := strconv.Atoi(level); err == nil {
+				sup.SetLearnedWake(l, time.Duration(secs*float64(time.Second)))
+			}
+		}
 	}
 	if s.EngineModel != nil || s.EngineStartSeconds > 0 {
 		ms := gw.Model().Status()
@@ -75,6 +82,14 @@ func (l *learned) current() statefile.State {
 	}
 	if l.sup != nil {
 		s.EngineStartSeconds = l.sup.LearnedStart().Seconds()
+		for level := 1; level <= 2; level++ {
+			if d, ok := l.sup.MeasuredWake(level); ok {
+				if s.EngineWakeSeconds == nil {
+					s.EngineWakeSeconds = map[string]float64{}
+				}
+				s.EngineWakeSeconds[strconv.Itoa(level)] = d.Seconds()
+			}
+		}
 	}
 	return s
 }
@@ -88,13 +103,15 @@ func observedRequests(s statefile.State) int {
 }
 
 // save writes the state file when the engine model has seen more
-// requests, or the engine's start time changed, since the last write.
+// requests, or the engine's start or wake times changed, since the last
+// write.
 func (l *learned) save() {
 	if l.dir == "" {
 		return
 	}
 	now := l.current()
-	if observedRequests(now) == observedRequests(l.saved) && now.EngineStartSeconds == l.saved.EngineStartSeconds {
+	if observedRequests(now) == observedRequests(l.saved) && now.EngineStartSeconds == l.saved.EngineStartSeconds &&
+		maps.Equal(now.EngineWakeSeconds, l.saved.EngineWakeSeconds) {
 		return
 	}
 	now.Counters = l.saved.Counters

@@ -143,3 +143,25 @@ func TestTextfileAtExitKeepsTheCounters(t *testing.T) {
 		t.Errorf("the next run's counter totals: %v, %v; want the 400 answered before", totals, err)
 	}
 }
+
+// The wake-up times learned from each sleep level are kept with the start
+// time, so that the first wake after llmlabd's own restart (an exit on
+// idle) is admitted against a measured time, not the assumed one.
+func TestLearnedWakeIsSaved(t *testing.T) {
+	dir := t.TempDir()
+	conf := testConfig(`gateway.state_dir = "`+dir+`"`, `engine.command = ["true"]`, `engine.sleep_after = "1m"`)
+	d, _, _ := newTestDaemon(t, conf)
+	d.sup.SetLearnedWake(2, 1300*time.Millisecond)
+	d.learned.save()
+	s, err := statefile.Load(dir)
+	if err != nil || len(s.EngineWakeSeconds) != 1 || s.EngineWakeSeconds["2"] != 1.3 {
+		t.Fatalf("the state file holds wake times %v (%v), want level 2's 1.3 s alone", s.EngineWakeSeconds, err)
+	}
+	d2, _, _ := newTestDaemon(t, conf)
+	if got, ok := d2.sup.MeasuredWake(2); !ok || got != 1300*time.Millisecond {
+		t.Errorf("a new daemon's level-2 wake: %s (measured %v), want the kept 1.3s", got, ok)
+	}
+	if _, ok := d2.sup.MeasuredWake(1); ok {
+		t.Error("a new daemon's level-1 wake counts as measured, though none was kept")
+	}
+}

@@ -23,7 +23,8 @@ import (
 //     used (the profiler, the engine's stop grace, the connection cap) is
 //     the new value from then on.
 //  3. A key the engine reads at its start drains the engine and starts it
-//     again, once, with the new configuration (swapped in by then).
+//     again, once, with the new configuration (swapped in by then); so does
+//     a sleep rung's change that turns vLLM's sleep mode on or off.
 func (d *daemon) reload() {
 	o := d.o
 	o.Explicit = true
@@ -36,7 +37,8 @@ func (d *daemon) reload() {
 		return
 	}
 	warnDeprecated(d.log, cfg)
-	changes := config.Diff(d.st.cfgNow(), cfg)
+	old := d.st.cfgNow()
+	changes := config.Diff(old, cfg)
 	engineChanged := false
 	texts := make([]string, len(changes))
 	for i, c := range changes {
@@ -46,6 +48,13 @@ func (d *daemon) reload() {
 			d.log.Warn("setting needs a restart to take effect", "change", texts[i])
 		case config.NeedEngineRestart:
 			engineChanged = true
+		case config.NeedSleepMode:
+			// A rung's new time applies at once (the supervisor's
+			// SetConfig below); sleep mode itself is the engine's from
+			// its start.
+			if old.Engine.SleepMode() != cfg.Engine.SleepMode() {
+				engineChanged = true
+			}
 		}
 	}
 	// The engine's environment is read from the running configuration at

@@ -161,6 +161,63 @@ func TestReloadSupervisor(t *testing.T) {
 	}
 }
 
+// A sleep rung's new time is the supervisor's at once; the engine is
+// restarted only by a change that turns vLLM's sleep mode, which it is
+// started with, on or off, and its environment then says so.
+func TestReloadSleepMode(t *testing.T) {
+	srv := httptest.NewServer(&fakeengine.Engine{})
+	t.Cleanup(srv.Close)
+	env := filepath.Join(t.TempDir(), "engine.env")
+	conf := func(sleep, deep string) string {
+		return testConfig(fmt.Sprintf("engine.url = %q", srv.URL), `engine.command = ["sh", "-c", "exec sleep 60"]`,
+			fmt.Sprintf("engine.runtime_env = %q", env), `engine.idle_timeout = "1h"`,
+			fmt.Sprintf("engine.sleep_after = %q", sleep), fmt.Sprintf("engine.deep_sleep_after = %q", deep))
+	}
+	d, logs, path := newTestDaemon(t, conf("0s", "0s"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.sup.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	ready := func() {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for d.sup.State() != supervisor.Ready {
+			if time.Now().After(deadline) {
+				t.Fatalf("the engine is %s, want ready:\n%s", d.sup.State(), logs)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	d.sup.Wake()
+	ready()
+	for i, step := range []struct {
+		sleep, deep string
+		restarts    int
+		sleepMode   bool
+	}{
+		{"0s", "50m", 1, true},  // on: a restart
+		{"0s", "40m", 1, true},  // a new time: none
+		{"10m", "40m", 1, true}, // level 1 added, still on: none
+		{"0s", "0s", 2, false},  // off: a restart
+		{"20m", "0s", 3, true},  // on again through level 1 alone
+	} {
+		writeConfig(t, path, conf(step.sleep, step.deep))
+		d.reload()
+		deadline := time.Now().Add(3 * time.Second)
+		for len(logs.lines("restarting the engine with its new settings")) < step.restarts && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		ready()
+		if n := len(logs.lines("restarting the engine with its new settings")); n != step.restarts {
+			t.Fatalf("step %d (sleep_after %s, deep_sleep_after %s): %d restarts, want %d\n%s", i, step.sleep, step.deep, n, step.restarts, logs)
+		}
+		data, err := os.ReadFile(env)
+		if err != nil || strings.Contains(string(data), "LLMLAB_ENABLE_SLEEP_MODE=1") != step.sleepMode {
+			t.Fatalf("step %d: the engine's environment %q (%v), want sleep mode %v", i, data, err, step.sleepMode)
+		}
+	}
+}
+
 // metrics.pprof serves Go's profiler, or not, from the reload that sets it.
 func TestReloadPprof(t *testing.T) {
 	d, _, path := newTestDaemon(t, testConfig("metrics.pprof = false"))

@@ -130,6 +130,7 @@ type daemon struct {
 	sup     *supervisor.Supervisor // nil when the engine is managed elsewhere
 	mon     *gpu.Monitor           // nil when gpu.enabled is false
 	adm     *gpu.Admission         // nil when gpu.enabled is false
+	host    hostMemory             // what the sleep ladder's level 1 is checked against
 	gw      *gateway.Gateway
 	scraper *enginemetrics.Scraper // nil when engine.metrics_interval is 0
 	agent   *agent.Server          // nil without balancer.agent_listen

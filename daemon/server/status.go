@@ -84,6 +84,13 @@ type Status struct {
 		Lifecycle *supervisor.Info `json:"lifecycle,omitempty"`
 		// ExpectedStartSeconds is the learned start time (supervised engines).
 		ExpectedStartSeconds float64 `json:"expected_start_seconds,omitempty"`
+		// SleepLevel is vLLM's sleep level the engine is at: 1 (the state
+		// sleeping) or 2 (deep_sleeping); 0 when it is not asleep.
+		SleepLevel int `json:"sleep_level,omitempty"`
+		// ExpectedWakeSeconds is the learned wake-up time from sleep level
+		// 1 and 2 (by "1" and "2"), where the sleep ladder has a sleep
+		// rung.
+		ExpectedWakeSeconds map[string]float64 `json:"expected_wake_seconds,omitempty"`
 		// MaxModelLen is the context length the engine reported (0: not
 		// known: the engine is not ready, or does not say).
 		MaxModelLen int `json:"max_model_len"`
@@ -137,6 +144,10 @@ func (s *statusSource) serve(w http.ResponseWriter, _ *http.Request) {
 	d.Engine.MaxModelLen = s.gw.MaxModelLen()
 	if s.sup != nil {
 		d.Engine.ExpectedStartSeconds = s.sup.LearnedStart().Seconds()
+		d.Engine.SleepLevel = s.engine.State().SleepLevel()
+		if cfg.Engine.SleepMode() {
+			d.Engine.ExpectedWakeSeconds = map[string]float64{"1": s.sup.ExpectedWake(1).Seconds(), "2": s.sup.ExpectedWake(2).Seconds()}
+		}
 	}
 	d.Queue = s.gw.QueueStats()
 	d.Limits.Concurrency = cfg.Queue.Concurrency

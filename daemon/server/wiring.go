@@ -55,6 +55,10 @@ func (d *daemon) wire(cfg *config.Config) {
 		d.reg.MustRegister(d.mon)
 		d.adm = gpuAdmission(cfg, d.mon, d.reg, log.With("component", "gpu"))
 	}
+	d.host = hostMemory{meminfo: "/proc/meminfo"}
+	if d.adm != nil {
+		d.host.engineGPU = d.adm.EngineMemory
+	}
 	// st holds the running configuration (a reload swaps it); its gateway
 	// and engine are set once they exist, before anything serves.
 	d.st = &statusSource{gpu: d.mon, cfg: cfg, loadedAt: time.Now(), started: time.Now(), activated: d.lns.activated}
@@ -114,6 +118,9 @@ func (d *daemon) start() {
 	if d.mon != nil {
 		go d.mon.Run(gpuCtx)
 	}
+	if d.adm != nil {
+		go contentionFromGPU(bgCtx, d.log.With("component", "gpu"), d.adm, d.gw.Model(), func() bool { return d.st.cfgNow().GPU.Contention }, cfg.GPU.PollInterval)
+	}
 	d.supDone = make(chan struct{})
 	if d.sup != nil {
 		go func() {
@@ -172,6 +179,7 @@ func gatewayConfig(cfg *config.Config) gateway.Config {
 		TrustedProxies:  cfg.Gateway.TrustedProxies,
 		ResponseTimeout: cfg.Engine.ResponseTimeout,
 		WaitUpdates:     cfg.Queue.WaitUpdates,
+		EnginePriority:  cfg.Engine.EnginePriority(),
 		Limits: gateway.Limits{
 			MaxTokens: cfg.Limits.MaxTokens,
 			MaxN:      cfg.Limits.MaxN,

@@ -1,5 +1,5 @@
-// Package statefile keeps what llmlabd learns (the engine's start time and
-// the engine model) in its state directory, so that an exit on idle or a
+// Package statefile keeps what llmlabd learns (the engine's start and wake
+// times and the engine model) in its state directory, so that an exit on idle or a
 // restart does not make it forget. The file is JSON, written atomically
 // (a temporary file renamed over the old one).
 package statefile
@@ -22,6 +22,9 @@ const Name = "learned.json"
 type State struct {
 	// EngineStartSeconds is the learned engine start time (0: none yet).
 	EngineStartSeconds float64 `json:"engine_start_seconds,omitempty"`
+	// EngineWakeSeconds are the learned wake-up times from vLLM's sleep
+	// levels, by level ("1", "2"; a level never measured is absent).
+	EngineWakeSeconds map[string]float64 `json:"engine_wake_seconds,omitempty"`
 	// EngineModel is what the engine model learned (nil: nothing yet).
 	EngineModel *enginemodel.State `json:"engine_model,omitempty"`
 	// AdmissionLevel is the quantile admission predicts at (0: none yet).
@@ -45,7 +48,11 @@ func Load(dir string) (State, error) {
 	if err := json.Unmarshal(data, &s); err != nil {
 		return State{}, fmt.Errorf("learned state %s: %w", filepath.Join(dir, Name), err)
 	}
-	if s.EngineStartSeconds < 0 || s.AdmissionLevel < 0 || s.AdmissionLevel > 1 {
+	negativeWake := false
+	for _, v := range s.EngineWakeSeconds {
+		negativeWake = negativeWake || v < 0
+	}
+	if s.EngineStartSeconds < 0 || s.AdmissionLevel < 0 || s.AdmissionLevel > 1 || negativeWake {
 		return State{}, fmt.Errorf("learned state %s: negative values", filepath.Join(dir, Name))
 	}
 	return s, nil

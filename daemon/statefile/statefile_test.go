@@ -51,3 +51,19 @@ func TestOldFileWithAdaptiveLimit(t *testing.T) {
 		t.Fatalf("Load of a file with adaptive_limit = %+v, %v; want its other values", s, err)
 	}
 }
+
+// Wake-up times by sleep level round-trip; a negative one is refused like
+// a negative start time.
+func TestWakeTimes(t *testing.T) {
+	dir := t.TempDir()
+	if err := Save(dir, State{EngineWakeSeconds: map[string]float64{"1": 0.3, "2": 1.25}}); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := Load(dir); err != nil || s.EngineWakeSeconds["1"] != 0.3 || s.EngineWakeSeconds["2"] != 1.25 {
+		t.Fatalf("Load = %+v, %v", s, err)
+	}
+	os.WriteFile(filepath.Join(dir, Name), []byte(`{"engine_wake_seconds": {"2": -1}}`), 0o644)
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "negative") {
+		t.Fatalf("Load of a negative wake time: %v, want refused", err)
+	}
+}

@@ -7,18 +7,25 @@ import "time"
 func (s *Supervisor) started() time.Time { return s.epoch.Add(time.Duration(s.startedAt.Load())) }
 
 // RemainingStart is how much longer the engine is expected to take to be
-// ready: 0 when ready, the learned start time when stopped.
+// ready: 0 when ready, the learned start time when stopped, the learned
+// wake time of its sleep level when asleep.
 func (s *Supervisor) RemainingStart() time.Duration {
 	learned := time.Duration(s.learnedStart.Load())
-	switch s.State() {
+	st := s.State()
+	switch st {
 	case Ready:
 		return 0
 	case Starting:
 		elapsed := time.Since(s.started())
 		// Past the expectation, assume a little more rather than none.
 		return max(learned-elapsed, learned/10)
-	case Sleeping:
-		return time.Duration(s.learnedWake.Load())
+	case Sleeping, DeepSleeping:
+		// The rung's wake time; during a wake, what is left of it.
+		wake := s.ExpectedWake(st.SleepLevel())
+		if at := s.wakingAt.Load(); at != 0 {
+			return max(wake-time.Since(s.epoch.Add(time.Duration(at))), wake/10)
+		}
+		return wake
 	}
 	return learned
 }

@@ -2,17 +2,21 @@
 // work arrives, waits for it to answer its health check, stops it after an
 // idle period (scale to zero), and retries failed starts with backoff.
 //
-// One goroutine (Run) owns the state: stopped, starting, ready, stopping,
-// failed. Everything else talks to it through channels or reads published
+// One goroutine (Run) owns the state: stopped, starting, ready, sleeping
+// and deep_sleeping (vLLM's sleep levels 1 and 2), stopping, failed.
+// Everything else talks to it through channels or reads published
 // snapshots.
 //
 //  1. stopped --Wake--> starting: the backend starts the engine; the
 //     health check is probed every ProbeInterval.
 //  2. starting --healthy--> ready: the gate opens (queued requests flow);
 //     the start's duration is learned for RemainingStart.
-//  3. ready --idle for IdleTimeout with nothing queued or in flight-->
-//     stopping --> stopped: the gate closes first.
-//  4. ready or sleeping --the engine exits on its own (a crash)--> starting:
+//  3. ready --idle with nothing queued or in flight--> down the sleep
+//     ladder (ladder.go): sleeping after SleepAfter, deep_sleeping after
+//     DeepSleepAfter, stopping --> stopped after IdleTimeout; the gate
+//     closes first. Work wakes a sleeping engine (the gate opens once it
+//     is awake; the wake time is learned per level for RemainingStart).
+//  4. ready or asleep --the engine exits on its own (a crash)--> starting:
 //     llmlabd, not systemd (the engine unit has no Restart=), restarts it at
 //     once; requests in flight failed with the engine, those waiting keep
 //     waiting within their deadlines. A second crash within crashWindow
@@ -24,14 +28,16 @@
 //
 // Config keys: engine.command (the exec backend), engine.idle_timeout,
 // engine.start_timeout, engine.expected_start_time, engine.sleep_after,
-// engine.ready_path and engine.ready_match; SetConfig hands it new values
-// on a reload.
+// engine.deep_sleep_after, engine.ready_path and engine.ready_match;
+// SetConfig hands it new values on a reload.
 // Metrics: llmlab_engine_state{state}, llmlab_engine_starts_total{result},
-// llmlab_engine_start_seconds, llmlab_engine_crashes_total.
+// llmlab_engine_start_seconds, llmlab_engine_wake_seconds{level},
+// llmlab_engine_crashes_total.
 package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -52,9 +58,13 @@ const (
 	Ready    State = "ready"
 	Stopping State = "stopping"
 	Failed   State = "failed"
-	// Sleeping is vLLM's sleep mode: the process runs but has released the
-	// GPU's weights and KV cache; waking takes a fraction of a start.
+	// Sleeping is vLLM's sleep level 1: the process runs but has released
+	// the GPU's memory, the weights kept in host memory; waking takes a
+	// fraction of a second.
 	Sleeping State = "sleeping"
+	// DeepSleeping is vLLM's sleep level 2: the weights are discarded too;
+	// waking reads them back from disk, a fraction of a start.
+	DeepSleeping State = "deep_sleeping"
 	// External is no state of the supervisor's: it is the state of an
 	// engine llmlab does not manage (no engine.command or engine.unit),
 	// which is taken to be always on.
@@ -62,7 +72,7 @@ const (
 )
 
 // states are the states the supervisor reports.
-var states = []State{Stopped, Starting, Ready, Stopping, Failed, Sleeping}
+var states = []State{Stopped, Starting, Ready, Stopping, Failed, Sleeping, DeepSleeping}
 
 // Backend starts the engine.
 type Backend interface {
@@ -104,12 +114,19 @@ type Config struct {
 	StartTimeout time.Duration
 	// ExpectedStart is the start time assumed until one is measured.
 	ExpectedStart time.Duration
-	// SleepAfter puts an idle engine to sleep (vLLM's POST /sleep) after
-	// this long, before IdleTimeout stops it; 0 never. Sleep and WakeUp
-	// make the calls.
-	SleepAfter time.Duration
-	Sleep      func(ctx context.Context) error
-	WakeUp     func(ctx context.Context) error
+	// SleepAfter and DeepSleepAfter put an idle engine to sleep at vLLM's
+	// level 1 and 2 after this long, before IdleTimeout stops it (the
+	// ladder, ladder.go); 0 leaves the rung out. Sleep puts the engine to
+	// sleep at a level; WakeUp wakes it from one, ready to serve (from
+	// level 2, with its weights reloaded).
+	SleepAfter     time.Duration
+	DeepSleepAfter time.Duration
+	Sleep          func(ctx context.Context, level int) error
+	WakeUp         func(ctx context.Context, level int) error
+	// HostHoldsWeights, when set, is asked before each sleep at level 1,
+	// which copies the weights into host memory: an error says why the
+	// host cannot hold them now, and the engine sleeps at level 2 instead.
+	HostHoldsWeights func(ctx context.Context) error
 	// BeforeStart, when set, may refuse a start (the GPU's memory is
 	// taken, say): the start fails as if the engine had, with the error's
 	// message for the waiting requests, and is retried with backoff.
@@ -121,10 +138,6 @@ type Config struct {
 	// memory is really released.
 	AfterStop func(ctx context.Context)
 }
-
-// expectedWake is the wake-up time assumed until one is measured (vLLM
-// documents 0.1-0.4 s for a small model).
-const expectedWake = 500 * time.Millisecond
 
 // Supervisor runs one engine. Create it with New and run Run.
 type Supervisor struct {
@@ -142,7 +155,12 @@ type Supervisor struct {
 	startedAt    atomic.Int64 // the current start, in nanoseconds after epoch (monotonic)
 	epoch        time.Time
 	learnedStart atomic.Int64 // nanoseconds
-	learnedWake  atomic.Int64 // nanoseconds
+	// learnedWake is the wake-up time from sleep level 1 and 2 (by
+	// index), in nanoseconds, assumed until wakeMeasured; wakingAt is when
+	// the wake-up under way began, like startedAt (0: none).
+	learnedWake  [3]atomic.Int64
+	wakeMeasured [3]atomic.Bool
+	wakingAt     atomic.Int64
 	// measured says learnedStart comes from a start (measured, or kept
 	// from an earlier run), no longer from Config.ExpectedStart.
 	measured atomic.Bool
@@ -185,6 +203,7 @@ type metrics struct {
 	state     *prometheus.GaugeVec
 	starts    *prometheus.CounterVec
 	startTime prometheus.Histogram
+	wakeTime  *prometheus.HistogramVec
 	crashes   prometheus.Counter
 }
 
@@ -203,14 +222,17 @@ func New(cfg Config, backend Backend, gate Gate, reg prometheus.Registerer, log 
 		reconfig: make(chan Config, 1), epoch: time.Now()}
 	s.state.Store(Stopped)
 	s.learnedStart.Store(int64(cfg.ExpectedStart))
-	s.learnedWake.Store(int64(expectedWake))
+	s.learnedWake[1].Store(int64(expectedWake))
+	s.learnedWake[2].Store(int64(expectedDeepWake))
 	s.metrics = &metrics{
 		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "llmlab_engine_state",
-			Help: "1 for the engine's current lifecycle state."}, []string{"state"}),
+			Help: "1 for the engine's current lifecycle state (stopped, starting, ready, sleeping: vLLM's sleep level 1, deep_sleeping: level 2, stopping, failed)."}, []string{"state"}),
 		starts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmlab_engine_starts_total",
 			Help: "Engine starts by result (ready, failed)."}, []string{"result"}),
 		startTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "llmlab_engine_start_seconds",
 			Help: "Time from starting the engine to its first healthy answer.", Buckets: []float64{0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300}}),
+		wakeTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "llmlab_engine_wake_seconds",
+			Help: "Time to wake the engine from vLLM's sleep, by level (1: weights from host memory; 2: weights reloaded from disk).", Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60}}, []string{"level"}),
 		crashes: prometheus.NewCounter(prometheus.CounterOpts{Name: "llmlab_engine_crashes_total",
 			Help: "Times the engine exited without being asked to (restarted at once when it was running, unless it crashed within the last minute too)."}),
 	}
@@ -218,8 +240,10 @@ func New(cfg Config, backend Backend, gate Gate, reg prometheus.Registerer, log 
 	// a run is an increase a query can see, not a new series.
 	s.metrics.starts.WithLabelValues("ready")
 	s.metrics.starts.WithLabelValues("failed")
+	s.metrics.wakeTime.WithLabelValues("1")
+	s.metrics.wakeTime.WithLabelValues("2")
 	if reg != nil {
-		reg.MustRegister(s.metrics.state, s.metrics.starts, s.metrics.startTime, s.metrics.crashes)
+		reg.MustRegister(s.metrics.state, s.metrics.starts, s.metrics.startTime, s.metrics.wakeTime, s.metrics.crashes)
 	}
 	s.publish(Stopped)
 	return s
@@ -234,7 +258,7 @@ func (c Config) withDefaults() Config {
 }
 
 // SetConfig hands the supervisor new settings (a reload). The engine is
-// not restarted: from Run's next turn, the idle and sleep delays, the
+// not restarted: from Run's next turn, the ladder's idle times, the
 // start timeout (of a start in progress too), the readiness probe, and,
 // until a start has been measured, the expected start time are cfg's.
 func (s *Supervisor) SetConfig(cfg Config) {
@@ -254,7 +278,7 @@ func (s *Supervisor) Wake() {
 }
 
 // Restart switches to a new backend (new engine settings). A running
-// engine (starting, ready or sleeping) is drained and restarted once with
+// engine (starting, ready or asleep) is drained and restarted once with
 // it: the gate closes at once, so requests that arrive meanwhile wait as in
 // a cold start; when nothing is left in the engine it stops and starts
 // again. Settings handed over by SetConfig just before are the new
@@ -299,6 +323,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 		exited      <-chan struct{}
 		pending     Backend   // a backend to restart with once drained
 		lastCrash   time.Time // when a running engine last exited on its own
+		sleepRetry  time.Time // no sleep before then: the last one failed
 		housekeeper = time.NewTicker(250 * time.Millisecond)
 	)
 	defer housekeeper.Stop()
@@ -380,7 +405,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 		case b := <-s.restart:
 			// A sleeping engine is restarted too: woken, it would serve
 			// with its old settings.
-			if state == Ready || state == Starting || state == Sleeping {
+			if state == Ready || state == Starting || state.SleepLevel() > 0 {
 				s.log.Info("engine settings changed; draining the engine to restart it")
 				pending = b
 				s.gate.SetEngineReady(false)
@@ -390,20 +415,13 @@ func (s *Supervisor) Run(ctx context.Context) {
 		case <-s.wake:
 			lastWork = time.Now()
 			switch {
-			case state == Sleeping && pending == nil: // else the housekeeper restarts it
-				t0 := time.Now()
-				wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				err := s.cfg.WakeUp(wctx)
-				cancel()
-				if err != nil {
-					s.log.Warn("engine did not wake up; restarting it", "err", err)
+			case state.SleepLevel() > 0 && pending == nil: // else the housekeeper restarts it
+				if err := s.wakeUp(ctx, state.SleepLevel()); err != nil {
+					s.log.Warn("engine did not wake up; restarting it", "sleep_level", state.SleepLevel(), "err", err)
 					stop(ctx)
 					start()
 					continue
 				}
-				took := time.Since(t0)
-				s.learnedWake.Store(int64(took))
-				s.log.Info("engine woke up", "wake_time", took)
 				s.gate.SetEngineReady(true) // open before anyone reads Ready
 				set(Ready)
 			case state == Stopped || (state == Failed && !time.Now().Before(retryAt)):
@@ -451,7 +469,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 			proc, exited = nil, nil
 			s.gate.SetEngineReady(false)
 			s.metrics.crashes.Inc()
-			if (state == Ready || state == Sleeping) && time.Since(lastCrash) > crashWindow {
+			if (state == Ready || state.SleepLevel() > 0) && time.Since(lastCrash) > crashWindow {
 				// A running engine died: its requests in flight have
 				// failed with it, but those waiting keep waiting, within
 				// their own deadlines, for a restart now. A second crash
@@ -478,24 +496,37 @@ func (s *Supervisor) Run(ctx context.Context) {
 				s.backend, pending = pending, nil
 				s.log.Info("restarting the engine with its new settings")
 				start()
-			case (state == Ready || state == Sleeping) && s.cfg.IdleTimeout > 0 && busy == 0 && now.Sub(lastWork) >= s.cfg.IdleTimeout:
-				s.log.Info("engine idle; stopping", "idle_timeout", s.cfg.IdleTimeout)
-				stop(ctx)
-			case state == Ready && s.cfg.SleepAfter > 0 && busy == 0 && now.Sub(lastWork) >= s.cfg.SleepAfter:
-				s.gate.SetEngineReady(false)
-				sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				err := s.cfg.Sleep(sctx)
-				cancel()
-				if err != nil {
-					s.log.Warn("engine did not go to sleep; keeping it ready", "err", err)
-					s.gate.SetEngineReady(true)
-					lastWork = now // do not retry at every tick
-					continue
-				}
-				s.log.Info("engine idle; sleeping", "sleep_after", s.cfg.SleepAfter)
-				set(Sleeping)
 			case state == Failed && busy > 0 && !now.Before(retryAt):
 				start()
+			case (state == Ready || state.SleepLevel() > 0) && busy == 0:
+				target := s.cfg.rung(now.Sub(lastWork))
+				switch {
+				case depth(target) <= depth(state):
+				case target == Stopped:
+					s.log.Info("engine idle; stopping", "idle_timeout", s.cfg.IdleTimeout)
+					stop(ctx)
+				case now.Before(sleepRetry):
+				default:
+					s.gate.SetEngineReady(false)
+					next, err := s.descend(ctx, state, target)
+					switch {
+					case errors.Is(err, errEngineUnknown):
+						s.log.Warn("engine did not wake up to sleep deeper; stopping it", "err", err)
+						stop(ctx)
+						continue
+					case err != nil:
+						// Ready: the sleep failed. Try again after the
+						// rung's time once more; the stop still comes.
+						s.log.Warn("engine did not go to sleep; keeping it ready", "sleep_level", target.SleepLevel(), "err", err)
+						sleepRetry = now.Add(s.cfg.rungTime(target))
+					case next == Ready:
+						lastWork = time.Now() // work arrived during the wake
+					}
+					if next == Ready {
+						s.gate.SetEngineReady(true) // open before anyone reads Ready
+					}
+					set(next)
+				}
 			}
 		}
 	}

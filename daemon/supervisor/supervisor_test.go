@@ -306,8 +306,8 @@ func TestSleepMode(t *testing.T) {
 		var sleeps, wakes atomic.Int32
 		s := New(Config{Probe: eng.healthy, ProbeInterval: 50 * time.Millisecond, IdleTimeout: time.Minute, SleepAfter: 10 * time.Second,
 			StartTimeout: time.Minute, ExpectedStart: 10 * time.Second,
-			Sleep:  func(context.Context) error { sleeps.Add(1); return nil },
-			WakeUp: func(context.Context) error { wakes.Add(1); time.Sleep(200 * time.Millisecond); return nil },
+			Sleep:  func(context.Context, int) error { sleeps.Add(1); return nil },
+			WakeUp: func(context.Context, int) error { wakes.Add(1); time.Sleep(200 * time.Millisecond); return nil },
 		}, eng, g, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
@@ -422,7 +422,7 @@ func TestSetConfigApplies(t *testing.T) {
 			eng := &fakeEngine{}
 			var sleeps atomic.Int32
 			cfg := base(eng)
-			cfg.Sleep = func(context.Context) error { sleeps.Add(1); return nil }
+			cfg.Sleep = func(context.Context, int) error { sleeps.Add(1); return nil }
 			s, _ := run(t, eng, cfg)
 			ready(s)
 			cfg.SleepAfter = 10 * time.Second
@@ -508,8 +508,8 @@ func TestRestartWhileSleeping(t *testing.T) {
 		var wakes atomic.Int32
 		s := New(Config{Probe: old.healthy, ProbeInterval: 50 * time.Millisecond, IdleTimeout: time.Hour, SleepAfter: 10 * time.Second,
 			StartTimeout: time.Minute, ExpectedStart: 10 * time.Second,
-			Sleep:  func(context.Context) error { return nil },
-			WakeUp: func(context.Context) error { wakes.Add(1); return nil },
+			Sleep:  func(context.Context, int) error { return nil },
+			WakeUp: func(context.Context, int) error { wakes.Add(1); return nil },
 		}, old, g, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 )
@@ -29,6 +30,12 @@ func simFlags(fs *flag.FlagSet) command.Run {
 		n, _ := strconv.Atoi(os.Getenv(name))
 		return max(n, 0)
 	}
+	envOr := func(name, def string) string {
+		if v := os.Getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
 	maxSeqs := fs.Int("max-num-seqs", envInt("LLMLAB_MAX_NUM_SEQS"), "most sequences running at once (0: the profile's; default $LLMLAB_MAX_NUM_SEQS)")
 	maxBatched := fs.Int("max-num-batched-tokens", envInt("LLMLAB_MAX_NUM_BATCHED_TOKENS"), "token budget of one engine step (0: the profile's; default $LLMLAB_MAX_NUM_BATCHED_TOKENS)")
 	maxLen := fs.Int("max-model-len", envInt("LLMLAB_MAX_MODEL_LEN"), "context length (0: the profile's; default $LLMLAB_MAX_MODEL_LEN)")
@@ -38,17 +45,19 @@ func simFlags(fs *flag.FlagSet) command.Run {
 	}
 	util := fs.Float64("gpu-memory-utilization", defUtil, "fraction of the card's memory the engine takes (default: $LLMLAB_GPU_MEMORY_UTILIZATION, else 0.9)")
 	blocks := fs.Int("num-gpu-blocks-override", 0, "KV-cache blocks of 16 tokens (0: from the memory budget)")
+	policy := fs.String("scheduling-policy", envOr("LLMLAB_SCHEDULING_POLICY", PolicyFCFS), `the waiting queue's order and the preemption victim: "fcfs" or "priority" (each request's "priority", lower first; default $LLMLAB_SCHEDULING_POLICY, else fcfs)`)
 	queued := fs.Int("max-num-queued-reqs", envInt("LLMLAB_MAX_NUM_QUEUED_REQS"), "most sequences in flight, waiting and running, before 503 (0: unbounded, as vLLM's default; default $LLMLAB_MAX_NUM_QUEUED_REQS)")
 	stepFixed := fs.Duration("step-fixed", -1, "fixed cost of an engine step (default: the profile's)")
 	perToken := fs.Duration("per-token", -1, "cost per token processed in a step (default: the profile's)")
 	perKV := fs.Duration("per-kv-token", -1, "cost per KV-cache token read in a step (default: the profile's)")
 	startup := fs.Duration("startup-delay", -1, "time before the port opens (default: the profile's)")
-	wake := fs.Duration("wake-time", -1, "time POST /wake_up takes after POST /sleep (default: the profile's)")
+	wake := fs.Duration("wake-time", -1, "time POST /wake_up takes after POST /sleep?level=1 (default: the profile's)")
+	diskRate := fs.Float64("disk-read-rate", DefaultDiskReadRate/(1<<30), "GiB/s the weights are read back from disk at after POST /sleep?level=2 (POST /collective_rpc reload_weights)")
 	gpuMem := fs.Float64("gpu-memory-gib", 0, "the card's memory in GiB (default: the profile's)")
 	errRate := fs.Float64("error-rate", 0, "fraction of requests answered 500 (failure injection)")
 	crashAfter := fs.Int("crash-after", 0, "exit with status 1 when this many requests have been served (0: never)")
 	genCfg := fs.String("override-generation-config", "", `JSON generation settings, as vLLM's; "max_new_tokens" caps every request's output`)
-	sleepMode := fs.Bool("enable-sleep-mode", false, "serve /sleep, /wake_up and /is_sleeping (only with VLLM_SERVER_DEV_MODE=1 in the environment, as vLLM)")
+	sleepMode := fs.Bool("enable-sleep-mode", false, "serve /sleep (levels 1 and 2), /wake_up, /is_sleeping and /collective_rpc's reload_weights (only with VLLM_SERVER_DEV_MODE=1 in the environment, as vLLM)")
 	forceUsage := fs.Bool("enable-force-include-usage", false, "report usage in every stream, as if each asked with stream_options.include_usage")
 	prefixCaching := fs.Bool("enable-prefix-caching", true, "reuse computed prompt blocks (vLLM's default)")
 	noPrefixCaching := fs.Bool("no-enable-prefix-caching", false, "turn prefix caching off")
@@ -63,6 +72,10 @@ func simFlags(fs *flag.FlagSet) command.Run {
 			return 0
 		}
 
+		if *policy != PolicyFCFS && *policy != PolicyPriority {
+			fmt.Fprintf(os.Stderr, "llmlab sim: --scheduling-policy %q: want %q or %q (as vLLM's)\n", *policy, PolicyFCFS, PolicyPriority)
+			return 2
+		}
 		p, ok := Profiles[*profile]
 		if !ok {
 			fmt.Fprintf(os.Stderr, "llmlab sim: --profile %q: want one of %s\n", *profile, ProfileNames())
@@ -83,11 +96,17 @@ func simFlags(fs *flag.FlagSet) command.Run {
 		if *wake >= 0 {
 			p.WakeTime = *wake
 		}
+		if *diskRate <= 0 {
+			fmt.Fprintf(os.Stderr, "llmlab sim: --disk-read-rate %g: want GiB/s above 0\n", *diskRate)
+			return 2
+		}
+		p.DiskReadRate = *diskRate * (1 << 30)
 		if *gpuMem > 0 {
 			p.GPUMemory = int64(*gpuMem * (1 << 30))
 		}
 		cfg := Config{Profile: p, MaxNumSeqs: p.MaxNumSeqs, MaxNumBatchedTokens: p.MaxNumBatchedTokens,
-			MaxModelLen: p.MaxModelLen, MaxNumQueuedReqs: *queued, PrefixCaching: *prefixCaching && !*noPrefixCaching}
+			MaxModelLen: p.MaxModelLen, MaxNumQueuedReqs: *queued, PrefixCaching: *prefixCaching && !*noPrefixCaching,
+			SchedulingPolicy: *policy}
 		maxNew := 0
 		if *genCfg != "" {
 			var g struct {
@@ -125,9 +144,9 @@ func simFlags(fs *flag.FlagSet) command.Run {
 			return 2
 		}
 		if *show {
-			fmt.Printf("profile %s: %s\nsource: %s\nstep = %s + %s/token + %s/KV token\nmax_num_seqs %d, max_num_batched_tokens %d, max_model_len %d, KV blocks %d (%d tokens), startup %s, wake %s\n",
-				p.Name, p.Description, p.Source, p.StepFixed, p.PerToken, p.PerKVToken, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, cfg.MaxModelLen,
-				cfg.KVBlocks, cfg.KVBlocks*BlockSize, p.StartupDelay, p.WakeTime)
+			fmt.Printf("profile %s: %s\nsource: %s\nstep = %s + %s/token + %s/KV token + %g ns/prompt attention pair\nmax_num_seqs %d, max_num_batched_tokens %d, max_model_len %d, KV blocks %d (%d tokens), startup %s, wake %s from sleep level 1, %s from level 2 (%s of weights reloaded from disk)\n",
+				p.Name, p.Description, p.Source, p.StepFixed, p.PerToken, p.PerKVToken, p.PerPair, cfg.MaxNumSeqs, cfg.MaxNumBatchedTokens, cfg.MaxModelLen,
+				cfg.KVBlocks, cfg.KVBlocks*BlockSize, p.StartupDelay, p.WakeTime, p.DeepWakeTime().Round(time.Millisecond), p.ReloadTime().Round(time.Millisecond))
 			return 0
 		}
 		srv := NewServer(Options{

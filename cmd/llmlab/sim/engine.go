@@ -7,9 +7,27 @@
 // prompt is computed, and spends the rest of max_num_batched_tokens on
 // prompt chunks (chunked prefill), first for running sequences, then for
 // waiting ones, while fewer than max_num_seqs run and the KV cache has
-// blocks. A decode that finds no free block preempts the latest-arrived
-// running sequence, which frees its blocks and is recomputed later, as
-// vLLM's recompute preemption does.
+// blocks. A decode that finds no free block preempts a running sequence,
+// which frees its blocks and is recomputed later, as vLLM's recompute
+// preemption does; a step that preempts admits no waiting sequence.
+//
+// The scheduling policy is vLLM's --scheduling-policy, read in
+// vllm/v1/core/sched/scheduler.py (Scheduler.schedule) and
+// vllm/v1/core/sched/request_queue.py at commit 017e9f4448b7:
+//
+//   - "fcfs" (the default): the waiting queue is first come first served,
+//     a preempted sequence goes back to its front, and the victim of a
+//     preemption is the last of the running list (self.running.pop()).
+//     A request's priority is accepted and ignored.
+//   - "priority": the waiting queue is ordered by (priority, arrival),
+//     lower first (PriorityRequestQueue, Request.__lt__ in
+//     vllm/v1/request.py, whose last tie-break, the request id, is the
+//     order of submission here), and a preempted sequence re-enters it by
+//     that order; the victim is the running sequence with the largest
+//     (priority, arrival), the first of equals (max(self.running, key=...)),
+//     even one already given its share of this step, which then gives it
+//     back. Running sequences are not preempted to admit a waiting one of
+//     better priority: only a lack of KV blocks preempts.
 //
 // With prefix caching (on by default, as in vLLM), a waiting sequence's
 // leading full blocks that an earlier prompt computed are not prefilled
@@ -22,6 +40,7 @@ package sim
 
 import (
 	"container/list"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,7 +65,17 @@ type Config struct {
 	// PrefixCaching reuses computed prompt blocks (vLLM's
 	// --enable-prefix-caching, on by default: CacheConfig).
 	PrefixCaching bool
+	// SchedulingPolicy is vLLM's --scheduling-policy: PolicyFCFS (also
+	// "") or PolicyPriority (see the package doc).
+	SchedulingPolicy string
 }
+
+// Scheduling policies, as vLLM names them (vllm/config/scheduler.py,
+// SchedulerPolicy).
+const (
+	PolicyFCFS     = "fcfs"
+	PolicyPriority = "priority"
+)
 
 // seq is one sequence the engine generates.
 type seq struct {
@@ -54,9 +83,16 @@ type seq struct {
 	prompt    int  // prompt tokens
 	maxTokens int  // stop after this many output tokens
 	byLength  bool // maxTokens is the request's cap (finish_reason "length")
+	// priority is the request's (lower is served first); it orders the
+	// engine's work only under the priority policy.
+	priority int
 	// blockHashes key the prompt's full blocks in the prefix cache.
 	blockHashes []uint64
+	// order is the sequence's place in submission order, set by Submit:
+	// the last tie-break of the priority policy's order.
+	order uint64
 	// Owned by the engine goroutine:
+	preemptions  int  // times preempted
 	cacheChecked bool // looked up in the prefix cache
 	cacheStored  bool // its blocks are in the prefix cache
 	computed     int  // context tokens whose KV is computed
@@ -92,11 +128,12 @@ type Engine struct {
 	cfg     Config
 	metrics *metrics
 
-	mu       sync.Mutex
-	incoming []*seq
-	wake     chan struct{}
-	waitingN atomic.Int32 // waiting + incoming, for admission and metrics
-	runningN atomic.Int32 // running, as of the last step, for admission
+	mu        sync.Mutex
+	incoming  []*seq
+	submitted uint64 // sequences submitted so far (seq.order)
+	wake      chan struct{}
+	waitingN  atomic.Int32 // waiting + incoming, for admission and metrics
+	runningN  atomic.Int32 // running, as of the last step, for admission
 
 	// paused holds new sequences out of the scheduler (set by Pause, ended
 	// by Resume); abort asks the loop to end the sequences it has.
@@ -199,6 +236,10 @@ func (e *Engine) Submit(seqs ...*seq) error {
 		return ErrQueueFull{}
 	}
 	e.mu.Lock()
+	for _, s := range seqs {
+		e.submitted++
+		s.order = e.submitted
+	}
 	e.incoming = append(e.incoming, seqs...)
 	e.mu.Unlock()
 	e.waitingN.Add(int32(len(seqs)))
@@ -226,10 +267,7 @@ func (e *Engine) Loop(stop <-chan struct{}) {
 	defer timer.Stop()
 	for {
 		if !e.paused.Load() {
-			e.mu.Lock()
-			e.waiting = append(e.waiting, e.incoming...)
-			e.incoming = e.incoming[:0]
-			e.mu.Unlock()
+			e.takeIncoming()
 		}
 		if e.abort.Swap(false) {
 			for _, s := range append(e.running, e.waiting...) {
@@ -277,6 +315,67 @@ func (e *Engine) Loop(stop <-chan struct{}) {
 	}
 }
 
+// takeIncoming moves the submitted sequences into the waiting queue.
+func (e *Engine) takeIncoming() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, s := range e.incoming {
+		e.enqueue(s)
+	}
+	clear(e.incoming)
+	e.incoming = e.incoming[:0]
+}
+
+// priority reports whether the engine schedules by priority.
+func (e *Engine) priority() bool { return e.cfg.SchedulingPolicy == PolicyPriority }
+
+// before is the priority policy's order: lower priority value first, then
+// earlier arrival (vllm/v1/request.py, Request.__lt__), then submission.
+func before(a, b *seq) bool {
+	if a.priority != b.priority {
+		return a.priority < b.priority
+	}
+	if !a.arrival.Equal(b.arrival) {
+		return a.arrival.Before(b.arrival)
+	}
+	return a.order < b.order
+}
+
+// enqueue adds s to the waiting queue: at the back first come first
+// served, in (priority, arrival) order under the priority policy
+// (PriorityRequestQueue.add_request).
+func (e *Engine) enqueue(s *seq) {
+	if !e.priority() {
+		e.waiting = append(e.waiting, s)
+		return
+	}
+	i, _ := slices.BinarySearchFunc(e.waiting, s, func(w, s *seq) int {
+		if before(w, s) {
+			return -1
+		}
+		return 1
+	})
+	e.waiting = slices.Insert(e.waiting, i, s)
+}
+
+// victim is the running sequence a preemption takes: the last one
+// first come first served (self.running.pop()); the first with the
+// largest (priority, arrival) under the priority policy
+// (max(self.running, key=lambda r: (r.priority, r.arrival_time)), which
+// keeps the first of equals).
+func (e *Engine) victim() *seq {
+	if !e.priority() {
+		return e.running[len(e.running)-1]
+	}
+	v := e.running[0]
+	for _, r := range e.running[1:] {
+		if r.priority > v.priority || r.priority == v.priority && r.arrival.After(v.arrival) {
+			v = r
+		}
+	}
+	return v
+}
+
 // scheduled work of one step.
 type chunk struct {
 	s *seq
@@ -290,13 +389,33 @@ type chunk struct {
 // tokens it had generated).
 func (e *Engine) schedule() (tokens, kv, pairs int, chunks []chunk) {
 	budget := e.cfg.MaxNumBatchedTokens
-	// Running sequences first, in arrival order; preempt from the back.
+	take := func(s *seq, n, sign int) {
+		tokens += sign * n
+		kv += sign * (s.computed + n)
+		if n > 1 {
+			pairs += sign * prefillPairs(s.computed, n)
+		}
+		budget -= sign * n
+	}
+	preempted := false
+	// Running sequences first, in the order they were scheduled; a lack of
+	// blocks preempts the policy's victim.
 	for i := 0; i < len(e.running) && budget > 0; i++ {
 		s := e.running[i]
 		n := min(s.context()-s.computed, budget)
 		for !e.reserve(s, s.computed+n) {
-			victim := e.running[len(e.running)-1]
+			victim := e.victim()
+			if vi := slices.Index(e.running, victim); vi < i {
+				// Scheduled earlier in this step (only the priority
+				// policy picks one): its share of the step is given back,
+				// as scheduler.py restores the victim's token budget.
+				j := slices.IndexFunc(chunks, func(c chunk) bool { return c.s == victim })
+				take(victim, chunks[j].n, -1)
+				chunks = slices.Delete(chunks, j, j+1)
+				i--
+			}
 			e.preempt(victim)
+			preempted = true
 			if victim == s {
 				break
 			}
@@ -305,16 +424,12 @@ func (e *Engine) schedule() (tokens, kv, pairs int, chunks []chunk) {
 			break // s itself was preempted
 		}
 		chunks = append(chunks, chunk{s, n})
-		tokens += n
-		kv += s.computed + n
-		if n > 1 {
-			pairs += prefillPairs(s.computed, n)
-		}
-		budget -= n
+		take(s, n, 1)
 	}
-	// Then waiting sequences, first come first served.
+	// Then waiting sequences in the queue's order, unless this step
+	// preempted (scheduler.py: "if not preempted_reqs").
 	admitted := 0
-	for admitted < len(e.waiting) && budget > 0 && len(e.running) < e.cfg.MaxNumSeqs {
+	for !preempted && admitted < len(e.waiting) && budget > 0 && len(e.running) < e.cfg.MaxNumSeqs {
 		s := e.waiting[admitted]
 		if e.cfg.PrefixCaching && !s.cacheChecked {
 			s.cacheChecked = true
@@ -337,12 +452,7 @@ func (e *Engine) schedule() (tokens, kv, pairs int, chunks []chunk) {
 		}
 		e.running = append(e.running, s)
 		chunks = append(chunks, chunk{s, n})
-		tokens += n
-		kv += s.computed + n
-		if n > 1 {
-			pairs += prefillPairs(s.computed, n)
-		}
-		budget -= n
+		take(s, n, 1)
 		admitted++
 	}
 	if admitted > 0 {
@@ -371,19 +481,22 @@ func (e *Engine) release(s *seq) {
 	s.blocks = 0
 }
 
-// preempt moves a running sequence back to the front of the waiting queue
-// and frees its KV cache; it will be recomputed (prompt and the tokens
-// generated so far).
+// preempt moves a running sequence back to the waiting queue (its front
+// first come first served, its place by (priority, arrival) under the
+// priority policy: prepend_request) and frees its KV cache; it will be
+// recomputed (prompt and the tokens generated so far).
 func (e *Engine) preempt(s *seq) {
-	for i, r := range e.running {
-		if r == s {
-			e.running = append(e.running[:i], e.running[i+1:]...)
-			break
-		}
+	if i := slices.Index(e.running, s); i >= 0 {
+		e.running = slices.Delete(e.running, i, i+1)
 	}
 	e.release(s)
 	s.computed = 0
-	e.waiting = append([]*seq{s}, e.waiting...)
+	s.preemptions++
+	if e.priority() {
+		e.enqueue(s)
+	} else {
+		e.waiting = slices.Insert(e.waiting, 0, s)
+	}
 	e.waitingN.Add(1)
 	if e.metrics != nil {
 		e.metrics.preemptions.Inc()

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"time"
@@ -42,8 +43,37 @@ type Profile struct {
 	MaxNumBatchedTokens int
 	MaxModelLen         int
 	StartupDelay        time.Duration
-	WakeTime            time.Duration
+	// WakeTime is a wake-up from sleep level 1 (the weights copied back
+	// from host memory, the KV cache mapped again).
+	WakeTime time.Duration
+	// DiskReadRate is how fast the weights are read back from disk after a
+	// sleep at level 2 (vLLM's reload_weights), in bytes per second; 0:
+	// DefaultDiskReadRate.
+	DiskReadRate float64
 }
+
+// DefaultDiskReadRate is the rate the weights are read back from disk at
+// after a level-2 sleep, 1 GiB/s: between a SATA SSD's sequential read
+// (about 0.55 GB/s) and a PCIe 3 NVMe's (about 3 GB/s), and below what the
+// page cache gives when the weights are still cached from the start;
+// reload_weights also copies each tensor to the GPU and processes it,
+// which this rate is taken to include. A stated assumption, not a
+// measurement.
+const DefaultDiskReadRate = 1 << 30
+
+// ReloadTime is vLLM's reload_weights: the weights read from disk.
+func (p Profile) ReloadTime() time.Duration {
+	rate := p.DiskReadRate
+	if rate <= 0 {
+		rate = DefaultDiskReadRate
+	}
+	return time.Duration(float64(p.Weights) / rate * float64(time.Second))
+}
+
+// DeepWakeTime is a wake-up from sleep level 2: the weights' memory mapped
+// again, the weights reloaded from disk, the KV cache mapped again
+// (WakeTime plus ReloadTime).
+func (p Profile) DeepWakeTime() time.Duration { return p.WakeTime + p.ReloadTime() }
 
 const gib = 1 << 30
 
@@ -54,42 +84,25 @@ const (
 	qwenKV      = 12 << 10
 )
 
-// Profiles are the shipped profiles, by name.
+// Profiles are the shipped profiles, by name: h100 measured (its GPU
+// side), the others derived from it by datasheet ratios (init, Derive),
+// and instant.
 var Profiles = map[string]Profile{
-	"gtx1650": {
-		Name:        "gtx1650",
-		Description: "GeForce GTX 1650 (4 GB GDDR5/6, Turing TU117) serving Qwen2.5-0.5B-Instruct",
-		Source: "datasheet estimates, not yet measured: 128 GB/s memory bandwidth -> 0.99 GB of weights read per step = 7.7 ms, " +
-			"plus about 2 ms of launches = 10 ms fixed; about 6 TFLOPS fp16 at about 65% in the large matmuls of a busy step, for 1 GFLOP per token = 0.25 ms per token; " +
-			"12 KiB of KV per context token at 128 GB/s = 96 ns; 4 GiB card, 0.6 GiB of activations and graphs",
-		StepFixed: 10 * time.Millisecond, PerToken: 250 * time.Microsecond, PerKVToken: 96 * time.Nanosecond,
-		GPUMemory: 4 * gib, Weights: qwenWeights, Overhead: 600 << 20, KVBytesPerToken: qwenKV,
-		MaxNumSeqs: 256, MaxNumBatchedTokens: 2048, MaxModelLen: 2048,
-		StartupDelay: 20 * time.Second, WakeTime: 300 * time.Millisecond,
-	},
-	"t4": {
-		Name:        "t4",
-		Description: "NVIDIA T4 (16 GB GDDR6, Turing TU104) serving Qwen2.5-0.5B-Instruct",
-		Source: "datasheet estimates, not yet measured: 320 GB/s -> 3.1 ms of weight reads plus about 2 ms of launches = 5 ms fixed; " +
-			"65 TFLOPS fp16 tensor at 25% for 1 GFLOP per token = 60 us per token; 12 KiB per KV token at 320 GB/s = 38 ns; " +
-			"16 GiB card, 1 GiB of activations and graphs",
-		StepFixed: 5 * time.Millisecond, PerToken: 60 * time.Microsecond, PerKVToken: 38 * time.Nanosecond,
-		GPUMemory: 16 * gib, Weights: qwenWeights, Overhead: 1 * gib, KVBytesPerToken: qwenKV,
-		MaxNumSeqs: 256, MaxNumBatchedTokens: 2048, MaxModelLen: 4096,
-		StartupDelay: 15 * time.Second, WakeTime: 200 * time.Millisecond,
-	},
-	"h200": {
-		Name:        "h200",
-		Description: "NVIDIA H200 (141 GB HBM3e) serving Qwen2.5-0.5B-Instruct; GPU measured, host estimated",
-		Source: "GPU measured: the model's architecture with random bf16 weights, each step captured in a CUDA graph " +
-			"(docs/calibration/measure_unfused.py on an H200, 2026-11-30; 50 steps, fit within 15% of each (14.8% at an 8192-token prefill, whose attention grows with its square), docs/calibration.md): " +
-			"3.51 ms fixed, 2.548 us per token, 6 ns per KV token; PyTorch's unfused kernels, not vLLM's. " +
+	"h100": {
+		Name:        "h100",
+		Description: "NVIDIA H100 SXM (80 GB HBM3) serving Qwen2.5-0.5B-Instruct; GPU measured with vLLM's kernel structure, host estimated",
+		Source: "GPU measured: the model's architecture with random bf16 weights in vLLM's kernel structure (merged QKV and gate_up GEMMs, " +
+			"fused norms and activation compiled, one rotary kernel, a cache write, FlashAttention, decode in CUDA graphs; " +
+			"docs/calibration/measure.py on an H100, 2026-12-07; 50 steps, docs/calibration/h100-fit.md): " +
+			"1.254 ms fixed, 1.22 us per token, 4 ns per KV token, 0.323 ns per prompt attention pair; " +
+			"the fit is within 15% of 46 of the 50 steps; one to eight sequences at 2048 tokens of context take 15-18% longer than it says " +
+			"(PyTorch's decode attention does not split a long context among the SMs, vLLM's FlashAttention does: docs/calibration.md). " +
 			"Host estimated, not measured: 0.5 ms of scheduling per step, from vLLM's own profile of Llama 3 8B on an H100 " +
 			"(blog.vllm.ai 2024-09-05: scheduling 29% and the GPU 38% of the time before v0.6, then overlapped and amortised); " +
 			"vLLM's defaults for a card of 70 GiB or more (vllm/engine/arg_utils.py): max_num_seqs 1024, max_num_batched_tokens 8192",
-		StepFixed: 4010745 * time.Nanosecond, PerToken: 2548 * time.Nanosecond, PerKVToken: 6 * time.Nanosecond,
+		StepFixed: 1753831 * time.Nanosecond, PerToken: 1220 * time.Nanosecond, PerKVToken: 4 * time.Nanosecond, PerPair: 0.323,
 		HostPerStep: 500 * time.Microsecond,
-		GPUMemory:   140 * gib, Weights: qwenWeights, Overhead: 1 * gib, KVBytesPerToken: qwenKV,
+		GPUMemory:   79 * gib, Weights: qwenWeights, Overhead: 1 * gib, KVBytesPerToken: qwenKV,
 		MaxNumSeqs: 1024, MaxNumBatchedTokens: 8192, MaxModelLen: 32768,
 		StartupDelay: 40 * time.Second, WakeTime: 200 * time.Millisecond,
 	},
@@ -134,56 +147,103 @@ type Card struct {
 	Bandwidth float64
 	// FLOPS is the dense 16-bit matmul rate the engine's kernels use.
 	FLOPS float64
+	// Clock is the SMs' boost clock in Hz: a kernel's launch and its
+	// latency-bound start and end run at it.
+	Clock float64
 }
 
 // Datasheet figures (NVIDIA's product pages and datasheets).
 var (
-	// H200 SXM: 4.8 TB/s HBM3e; 989 TFLOPS dense BF16 tensor (1,979
-	// with sparsity).
-	H200 = Card{Name: "H200", Bandwidth: 4.8e12, FLOPS: 989e12}
+	// H100 SXM5 80 GB: 3.35 TB/s HBM3; 989 TFLOPS dense BF16 tensor;
+	// boost clock 1.98 GHz (the measured card: 1980 MHz, NVML's
+	// clocks.max.sm).
+	H100 = Card{Name: "H100", Bandwidth: 3.35e12, FLOPS: 989e12, Clock: 1.98e9}
+	// H200 SXM: 4.8 TB/s HBM3e; the H100's chip and clock, so its FLOPS.
+	H200 = Card{Name: "H200", Bandwidth: 4.8e12, FLOPS: 989e12, Clock: 1.98e9}
 	// GeForce GTX 1650 (TU117, GDDR5 edition): 128 GB/s; no tensor
-	// cores, so FP16 at twice FP32's 2.98 TFLOPS. vLLM runs it in fp16
-	// (no bf16 before compute capability 8.0) with Triton attention
-	// (docs/engine-contract.md).
-	GTX1650 = Card{Name: "GeForce GTX 1650", Bandwidth: 128e9, FLOPS: 5.97e12}
-	// T4: 320 GB/s GDDR6; 65 TFLOPS FP16 tensor.
-	T4 = Card{Name: "T4", Bandwidth: 320e9, FLOPS: 65e12}
+	// cores, so FP16 at twice FP32's 2.98 TFLOPS; boost clock 1.665 GHz.
+	// vLLM runs it in fp16 (no bf16 before compute capability 8.0) with
+	// Triton attention (docs/engine-contract.md).
+	GTX1650 = Card{Name: "GeForce GTX 1650", Bandwidth: 128e9, FLOPS: 5.97e12, Clock: 1.665e9}
+	// T4: 320 GB/s GDDR6; 65 TFLOPS FP16 tensor; boost clock 1.59 GHz.
+	T4 = Card{Name: "T4", Bandwidth: 320e9, FLOPS: 65e12, Clock: 1.59e9}
 )
 
-// Derive scales a profile measured on card from to card to: the fixed
-// term's weight reads (Weights over the bandwidth) by the bandwidth, the
-// rest of it (kernel launches and latencies, which a CUDA graph replays
-// alike) as it is; the per-token term (matmul FLOPs) by the FLOPS; the
-// per-KV-token term (reading K and V) by the bandwidth; the host's share
-// as it is. The memory, knobs and start times are the target's own (base).
+// Derive scales a profile measured on card from to card to:
+//   - the fixed term's weight reads (Weights over the bandwidth) by the
+//     bandwidth;
+//   - the rest of the GPU's fixed term (about 12 kernels a layer, each
+//     launched from a CUDA graph and bound by its latency, not by FLOPS or
+//     bytes) by the SM clock: a launch on a GTX 1650 is not an H100's, but
+//     a graph replays the same kernels, so the same number of
+//     latency-bound cycles;
+//   - the per-token term (matmul FLOPs) and the prompt attention's per
+//     pair term (its multiplies) by the FLOPS;
+//   - the per-KV-token term (reading K and V) by the bandwidth;
+//   - the host's share as it is.
+//
+// The memory, knobs and start times are the target's own (base).
 func Derive(measured Profile, from, to Card, base Profile) Profile {
 	readFrom := time.Duration(float64(measured.Weights) / from.Bandwidth * float64(time.Second))
 	readTo := time.Duration(float64(measured.Weights) / to.Bandwidth * float64(time.Second))
 	gpuFixed := measured.StepFixed - measured.HostPerStep
-	launches := max(gpuFixed-readFrom, 0)
+	launchesFrom := max(gpuFixed-readFrom, 0)
+	launches := time.Duration(float64(launchesFrom) * from.Clock / to.Clock)
 	p := base
 	p.HostPerStep = measured.HostPerStep
 	p.StepFixed = readTo + launches + measured.HostPerStep
-	p.PerToken = time.Duration(float64(measured.PerToken) * from.FLOPS / to.FLOPS)
-	p.PerKVToken = time.Duration(float64(measured.PerKVToken) * from.Bandwidth / to.Bandwidth)
+	p.PerToken = time.Duration(math.Round(float64(measured.PerToken) * from.FLOPS / to.FLOPS))
+	p.PerKVToken = time.Duration(math.Round(float64(measured.PerKVToken) * from.Bandwidth / to.Bandwidth))
+	p.PerPair = math.Round(measured.PerPair*from.FLOPS/to.FLOPS*1000) / 1000
 	p.Source = fmt.Sprintf("derived from the measured %s profile by datasheet ratios, not measured on this card: "+
-		"weight reads %s at %.0f GB/s plus %s of launches as measured plus %s host (estimated) = %s fixed; "+
-		"%s per token x %.0f/%.2f TFLOPS = %s; %s per KV token x %.0f/%.0f GB/s = %s",
-		measured.Name, readTo.Round(10*time.Microsecond), to.Bandwidth/1e9, launches.Round(10*time.Microsecond), measured.HostPerStep,
+		"weight reads %s at %.0f GB/s plus %s of latency-bound kernels (%s measured at %.2f GHz, at %.3f GHz) plus %s host (estimated) = %s fixed; "+
+		"%s per token x %.0f/%.2f TFLOPS = %s (as efficient as the measured card's matmuls, which a card without tensor cores may not be); "+
+		"%s per KV token x %.0f/%.0f GB/s = %s; %.3f ns per prompt attention pair x the FLOPS = %.3f ns",
+		measured.Name, readTo.Round(10*time.Microsecond), to.Bandwidth/1e9, launches.Round(10*time.Microsecond),
+		launchesFrom.Round(10*time.Microsecond), from.Clock/1e9, to.Clock/1e9, measured.HostPerStep,
 		p.StepFixed.Round(10*time.Microsecond), measured.PerToken, from.FLOPS/1e12, to.FLOPS/1e12, p.PerToken.Round(time.Microsecond),
-		measured.PerKVToken, from.Bandwidth/1e9, to.Bandwidth/1e9, p.PerKVToken)
+		measured.PerKVToken, from.Bandwidth/1e9, to.Bandwidth/1e9, p.PerKVToken, measured.PerPair, p.PerPair)
 	return p
 }
 
+// The derived profiles' own parts: the card's memory, vLLM's defaults for
+// it and its start times.
+var (
+	gtx1650Base = Profile{
+		Description: "GeForce GTX 1650 (4 GB GDDR5/6, Turing TU117) serving Qwen2.5-0.5B-Instruct",
+		GPUMemory:   4 * gib, Weights: qwenWeights, Overhead: 600 << 20, KVBytesPerToken: qwenKV,
+		MaxNumSeqs: 256, MaxNumBatchedTokens: 2048, MaxModelLen: 2048,
+		StartupDelay: 20 * time.Second, WakeTime: 300 * time.Millisecond,
+	}
+	t4Base = Profile{
+		Description: "NVIDIA T4 (16 GB GDDR6, Turing TU104) serving Qwen2.5-0.5B-Instruct",
+		GPUMemory:   16 * gib, Weights: qwenWeights, Overhead: 1 * gib, KVBytesPerToken: qwenKV,
+		MaxNumSeqs: 256, MaxNumBatchedTokens: 2048, MaxModelLen: 4096,
+		StartupDelay: 15 * time.Second, WakeTime: 200 * time.Millisecond,
+	}
+	h200Base = Profile{
+		Description: "NVIDIA H200 (141 GB HBM3e) serving Qwen2.5-0.5B-Instruct",
+		GPUMemory:   140 * gib, Weights: qwenWeights, Overhead: 1 * gib, KVBytesPerToken: qwenKV,
+		MaxNumSeqs: 1024, MaxNumBatchedTokens: 8192, MaxModelLen: 32768,
+		StartupDelay: 40 * time.Second, WakeTime: 200 * time.Millisecond,
+	}
+)
+
+// init derives the cards' profiles from the H100's. gtx1650 and t4 are the
+// derived ones under their short names too (the -derived names are kept
+// for the commands in docs/ that used them).
 func init() {
-	h := Profiles["h200"]
+	h := Profiles["h100"]
 	for _, d := range []struct {
-		name, base string
-		card       Card
-	}{{"gtx1650-derived", "gtx1650", GTX1650}, {"t4-derived", "t4", T4}} {
-		p := Derive(h, H200, d.card, Profiles[d.base])
-		p.Name = d.name
-		p.Description = Profiles[d.base].Description + "; derived from the H200 measurement"
-		Profiles[d.name] = p
+		names []string
+		base  Profile
+		card  Card
+	}{{[]string{"gtx1650", "gtx1650-derived"}, gtx1650Base, GTX1650}, {[]string{"t4", "t4-derived"}, t4Base, T4}, {[]string{"h200"}, h200Base, H200}} {
+		p := Derive(h, H100, d.card, d.base)
+		p.Description = d.base.Description + "; derived from the H100 measurement"
+		for _, name := range d.names {
+			p.Name = name
+			Profiles[name] = p
+		}
 	}
 }

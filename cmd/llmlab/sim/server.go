@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,9 +42,10 @@ type Options struct {
 	// MaxNewTokens is the server-wide output cap, as vLLM's
 	// --override-generation-config '{"max_new_tokens": N}' (0: none).
 	MaxNewTokens int
-	// SleepMode serves /sleep, /wake_up and /is_sleeping, which vLLM does
-	// only with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1
-	// (docs/features/sleep_mode.md).
+	// SleepMode serves /sleep (levels 1 and 2), /wake_up, /is_sleeping and
+	// /collective_rpc (reload_weights), which vLLM does only with
+	// --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1
+	// (docs/features/sleep_mode.md; sleep.go).
 	SleepMode bool
 	// ForceIncludeUsage reports usage in every stream, as vLLM's
 	// --enable-force-include-usage; otherwise only when the request asks
@@ -61,8 +63,8 @@ type Server struct {
 	engine   *Engine
 	reg      *prometheus.Registry
 	requests atomic.Int64
-	sleeping atomic.Bool
-	sleepMu  sync.Mutex // one sleep or wake-up at a time
+	sleepSt  sleepState
+	sleepM   *sleepMetrics
 	rngMu    sync.Mutex
 	rng      *rand.Rand
 }
@@ -76,7 +78,7 @@ func NewServer(opt Options) *Server {
 			"gpu_memory_utilization": strconv.FormatFloat(opt.GPUMemoryUtilization, 'g', -1, 64), "engine": "0"}})
 	info.Set(1)
 	reg.MustRegister(info)
-	return &Server{opt: opt, engine: NewEngine(opt.Engine, m), reg: reg, rng: rand.New(rand.NewPCG(1, 2))}
+	return &Server{opt: opt, engine: NewEngine(opt.Engine, m), reg: reg, rng: rand.New(rand.NewPCG(1, 2)), sleepM: newSleepMetrics(reg, opt.Model)}
 }
 
 // Run waits out the startup delay, then serves on l until ctx ends.
@@ -123,49 +125,11 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	if s.opt.SleepMode {
 		mux.HandleFunc("POST /sleep", s.sleep)
-		mux.HandleFunc("POST /wake_up", func(w http.ResponseWriter, r *http.Request) {
-			s.sleepMu.Lock()
-			defer s.sleepMu.Unlock()
-			if s.sleeping.Load() {
-				time.Sleep(s.opt.Engine.Profile.WakeTime)
-				s.sleeping.Store(false)
-				s.engine.Resume()
-			}
-		})
-		mux.HandleFunc("GET /is_sleeping", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			fmt.Fprintf(w, "{\"is_sleeping\":%t}\n", s.sleeping.Load())
-		})
+		mux.HandleFunc("POST /wake_up", s.wakeUp)
+		mux.HandleFunc("GET /is_sleeping", s.isSleeping)
+		mux.HandleFunc("POST /collective_rpc", s.collectiveRPC)
 	}
 	return mux
-}
-
-// sleep is vLLM's POST /sleep?level=L&mode=M
-// (vllm/entrypoints/serve/dev/sleep/api_router.py): mode abort (the
-// default) ends the requests in the engine, wait lets them finish, keep
-// holds them; in every mode requests that arrive while asleep queue until
-// POST /wake_up (vllm/v1/engine/core.py, pause_scheduler). It answers once
-// the engine sleeps.
-func (s *Server) sleep(w http.ResponseWriter, r *http.Request) {
-	mode := r.URL.Query().Get("mode")
-	if mode == "" {
-		mode = "abort"
-	}
-	if mode != "abort" && mode != "wait" && mode != "keep" {
-		vllmError(w, http.StatusInternalServerError, "InternalServerError", "Invalid pause mode: "+mode)
-		return
-	}
-	s.sleepMu.Lock()
-	defer s.sleepMu.Unlock()
-	idle := s.engine.Pause(mode == "abort")
-	if mode != "keep" {
-		select {
-		case <-idle:
-		case <-r.Context().Done():
-			return
-		}
-	}
-	s.sleeping.Store(true)
 }
 
 // vllmError writes an error as vLLM's OpenAI server does.
@@ -193,6 +157,11 @@ type genRequest struct {
 	StreamOptions       *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
+	// Priority orders the request in an engine run with the priority
+	// policy, lower first (default 0; any value is accepted and ignored
+	// first come first served: completion/protocol.py,
+	// chat_completion/protocol.py, and the fcfs queue that never reads it).
+	Priority int `json:"priority"`
 }
 
 // prompt is one prompt's token count and stable identity.
@@ -356,6 +325,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) {
 		d := defaultCompletionTokens
 		maxTok = &d
 	}
+	prio := requestPriority(r, req.Priority)
 	limit := s.opt.Engine.MaxModelLen
 	var seqs []*seq
 	notify := make(chan struct{}, 1)
@@ -393,6 +363,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) {
 		for range n {
 			sq := newSeq(p.tokens, out, notify)
 			sq.byLength = out == capped
+			sq.priority = prio
 			sq.blockHashes = p.blockHashes()
 			seqs = append(seqs, sq)
 		}
@@ -409,6 +380,24 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) {
 	} else {
 		g.wait(w, r.Context())
 	}
+	s.noteAnswer()
+}
+
+// PriorityHeader is vLLM's request header for the priority, which wins
+// over the body's field; a value that is not an integer is ignored
+// (vllm/entrypoints/generate/base/serving.py, PRIORITY_HEADER and
+// _get_priority; vLLM PR #51089, 2026-08-06).
+const PriorityHeader = "X-Vllm-Priority"
+
+// requestPriority is the request's priority as vLLM reads it: the
+// header's, else the body's.
+func requestPriority(r *http.Request, body int) int {
+	if v := r.Header.Get(PriorityHeader); v != "" {
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+			return n
+		}
+	}
+	return body
 }
 
 func (s *Server) rng2() uint64 {

@@ -64,6 +64,13 @@ func renderDaemon(w io.Writer, d *server.Status, units map[uint32]string, now ti
 		fmt.Fprintf(w, "  config:   %s, loaded %s\n", d.Config.Path, when(d.Config.LoadedAt, now))
 	}
 	eng := d.Engine.State
+	if l := d.Engine.SleepLevel; l > 0 {
+		eng += fmt.Sprintf(" (vLLM's sleep level %d", l)
+		if w := d.Engine.ExpectedWakeSeconds[fmt.Sprint(l)]; w > 0 {
+			eng += ", wakes in about " + dur(w)
+		}
+		eng += ")"
+	}
 	if lc := d.Engine.Lifecycle; lc != nil {
 		eng += " since " + when(lc.Since, now)
 		if d.Engine.Unit != "" {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/daemon/config"
+	"github.com/llmlab/llmlab/daemon/server"
+	"github.com/llmlab/llmlab/daemon/supervisor"
 )
 
 type fakeUnits map[string]Unit
@@ -90,5 +92,19 @@ func TestStateFromSystemd(t *testing.T) {
 				t.Fatalf("rendered:\n%s", out.String())
 			}
 		})
+	}
+}
+
+// An engine on a sleep rung shows its level and the wake it expects.
+func TestRenderSleepLevel(t *testing.T) {
+	now := time.Now()
+	var d server.Status
+	d.Engine.State, d.Engine.SleepLevel = "deep_sleeping", 2
+	d.Engine.ExpectedWakeSeconds = map[string]float64{"1": 0.3, "2": 1.265}
+	d.Engine.Lifecycle = &supervisor.Info{State: "deep_sleeping", Since: now.Add(-time.Minute)}
+	var b strings.Builder
+	renderDaemon(&b, &d, nil, now)
+	if want := "engine:   deep_sleeping (vLLM's sleep level 2, wakes in about 1.27s) since "; !strings.Contains(b.String(), want) {
+		t.Fatalf("renderDaemon:\n%s\nwant a line with %q", b.String(), want)
 	}
 }

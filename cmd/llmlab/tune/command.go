@@ -37,6 +37,9 @@ func tuneFlags(fs *flag.FlagSet) command.Run {
 	fs.DurationVar(&o.TargetLatency, "target-latency", 0, "the model mode's queue.target_latency (0: llmlabd's default, the SLO)")
 	fs.BoolVar(&o.Priority, "priority", false, "compare priority classes on a half-batch load instead of sweeping")
 	fs.Float64Var(&o.BatchShare, "batch-share", 0, "with --priority: llmlabd's queue.batch_share (0: its default)")
+	fs.BoolVar(&o.EnginePriority, "engine-priority", false, "with --priority: compare the classes passed into an engine that schedules by priority (engine.scheduling_policy = \"priority\") with a first-come-first-served engine, instead of one class")
+	fs.BoolVar(&o.NoSLOAdmission, "no-slo-admission", false, "run llmlabd with slo.latency = 0s: nothing judged against the SLO at admission (goodput still counts it)")
+	fs.IntVar(&o.Inflight, "inflight", 0, "with --priority: fix queue.max_inflight at this (concurrency = \"fixed\"; 0: the model's limit)")
 	fs.BoolVar(&o.Fair, "fair", false, "compare API keys' fair shares instead of sweeping: a key flooding beside a light one (and alone, and without keys), then two flooding keys of weights 1 and 3")
 	fs.Float64Var(&o.Flood, "flood", 5, "with --fair: the flooding key's load, as a multiple of the capacity (the two weighted keys offer half of it each)")
 	fs.Float64Var(&o.Light, "light", 0.2, "with --fair: the light key's load, as a multiple of the capacity")
@@ -45,6 +48,14 @@ func tuneFlags(fs *flag.FlagSet) command.Run {
 	fs.Float64Var(&o.Capacity, "capacity", 0, "the engine's capacity in requests per second (0: measured, closed loop at --max-num-seqs)")
 	fs.StringVar(&o.Results, "results", "auto", "results folder (auto: results/tune-<UTC time>; \"\" writes none)")
 	return func(ctx context.Context, _ []string) int {
+		if !o.Priority && (o.EnginePriority || o.Inflight != 0) {
+			fmt.Fprintln(os.Stderr, "llmlab tune: --engine-priority and --inflight shape the priority run: add --priority")
+			return 2
+		}
+		if o.Inflight < 0 {
+			fmt.Fprintf(os.Stderr, "llmlab tune: --inflight %d: want a positive limit, or 0 for the model's\n", o.Inflight)
+			return 2
+		}
 		if o.Llmlabd == "" {
 			o.Llmlabd = command.Sibling("llmlabd")
 		}

@@ -136,8 +136,13 @@ func RunEngine(ctx context.Context, o EngineOptions) ([]Result, error) {
 		if len(all) == 0 {
 			return nil, fmt.Errorf("--report: %s holds no point measured on %s", resultsPath, engineName)
 		}
-		o.report(all, prof)
+		o.report(all, measuredProfile(o.Results, prof))
 		return all, nil
+	}
+	if o.Config == "" {
+		if err := recordProfile(o.Results, prof); err != nil {
+			return nil, err
+		}
 	}
 	if err := appendFile(filepath.Join(o.Results, "command.txt"), strings.Join(os.Args, " ")+"\n"); err != nil {
 		return nil, err

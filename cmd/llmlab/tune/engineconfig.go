@@ -64,14 +64,14 @@ func (o EngineOptions) baseConfig(dir string, prof sim.Profile) (map[string]any,
 }
 
 // renderConfig is base with the point's settings and tune's own: its
-// listener, a state folder, no exit or stop on idle, no textfile, agent
-// or access log.
+// listener, a state folder, no exit, sleep or stop on idle, no textfile,
+// agent or access log.
 func renderConfig(base map[string]any, p Point, listen, stateDir, metricsListen string, slo time.Duration, budget uint64) (string, error) {
 	c := deepCopy(base)
 	gw := section(c, "gateway")
 	gw["listen"], gw["state_dir"], gw["exit_idle_timeout"] = listen, stateDir, "0s"
 	eng := section(c, "engine")
-	eng["idle_timeout"], eng["sleep_after"] = "0s", "0s"
+	eng["idle_timeout"], eng["sleep_after"], eng["deep_sleep_after"] = "0s", "0s", "0s"
 	eng["max_num_seqs"], eng["max_num_batched_tokens"], eng["max_model_len"] = p.MaxNumSeqs, p.MaxNumBatchedTokens, p.MaxModelLen
 	g := section(c, "gpu")
 	g["memory_fraction"], g["memory_budget"] = p.GPUMemoryUtilization, ""

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/llmlab/llmlab/cmd/llmlab/bench"
+	"github.com/llmlab/llmlab/cmd/llmlab/sim"
 )
 
 // fairKey is one API key of a fair-share phase: its name, key, weight,
@@ -167,7 +168,7 @@ func runFairRound(ctx context.Context, o Options, client *http.Client, engine, p
 		if p.keys {
 			extra = fmt.Sprintf("[auth]\nkeys_file = %q\n", keys)
 		}
-		d, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", p.name, round)), o, engine,
+		d, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", p.name, round)), o, engine, sim.PolicyFCFS,
 			fmt.Sprintf("concurrency = \"model\"\nmax_inflight = %d\nmin_inflight = %d", o.MaxNumSeqs, o.MinInflight), extra, true)
 		if err != nil {
 			return out, err

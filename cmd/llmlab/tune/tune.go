@@ -9,13 +9,18 @@
 //     goodput over the best fixed setting's;
 //   - the priority run: the same overload, half of it sent in the batch
 //     class, with priority classes honoured and with the header dropped
-//     (one class), showing what each class gets;
+//     (one class), showing what each class gets; with EnginePriority,
+//     the classes with a first-come-first-served engine and with the
+//     classes passed into an engine that schedules by priority (the
+//     simulator's --scheduling-policy priority, llmlabd's
+//     engine.scheduling_policy = "priority") instead;
 //   - the fair-share run (--fair, fair.go): API keys' open loops, a light
 //     key alone and beside a flooding one, with keys and without, then two
 //     flooding keys of weights 1 and 3, showing what each key gets.
 //
 // Each setting gets a fresh llmlabd (and state directory) in front of one
-// simulator per profile, drained between runs.
+// simulator per profile (a fresh one where the setting needs another
+// scheduling policy), drained between runs.
 package tune
 
 import (
@@ -56,6 +61,17 @@ type Options struct {
 	Stream   bool
 	// Priority runs the mixed-class comparison instead of the sweep.
 	Priority bool
+	// EnginePriority adds to the priority run the classes passed into an
+	// engine that schedules by priority.
+	EnginePriority bool
+	// NoSLOAdmission runs llmlabd with slo.latency = 0s: no request is
+	// judged against the SLO at admission (the queue's bounds and the
+	// classes still apply; goodput still counts the SLO).
+	NoSLOAdmission bool
+	// Inflight, in the priority run, fixes queue.max_inflight there
+	// (queue.concurrency = "fixed"; 0: the model's limit). Above the
+	// engine's MaxNumSeqs, the rest waits in the engine's own queue.
+	Inflight int
 	// TargetLatency is the model mode's queue.target_latency (0: its
 	// default, the SLO).
 	TargetLatency time.Duration
@@ -80,7 +96,7 @@ type Options struct {
 // Row is one setting's figures.
 type Row struct {
 	Profile string `json:"profile"`
-	Setting string `json:"setting"` // "fixed 32", "model", "classes", "one class", a fair-share phase
+	Setting string `json:"setting"` // "fixed 32", "model", "classes", "one class", "classes + engine priority", a fair-share phase
 	Class   string `json:"class,omitempty"`
 	// Key and Weight are the API key's name and weight in a fair-share
 	// phase.
@@ -121,15 +137,27 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 			return rows, err
 		}
 		cfg := sim.Config{Profile: prof, MaxNumSeqs: o.MaxNumSeqs, MaxNumBatchedTokens: prof.MaxNumBatchedTokens,
-			MaxModelLen: prof.MaxModelLen, KVBlocks: blocks}
-		sctx, stopSim := context.WithCancel(ctx)
-		l, err := freeport.Listen()
-		if err != nil {
+			MaxModelLen: prof.MaxModelLen, KVBlocks: blocks, SchedulingPolicy: sim.PolicyFCFS}
+		// The simulator, started again (fresh) for a setting that needs
+		// another scheduling policy.
+		var engine string
+		stopSim := func() {}
+		startSim := func(policy string) error {
 			stopSim()
+			cfg.SchedulingPolicy = policy
+			sctx, cancel := context.WithCancel(ctx)
+			l, err := freeport.Listen()
+			if err != nil {
+				cancel()
+				return err
+			}
+			engine, stopSim = "http://"+l.Addr().String(), cancel
+			go sim.NewServer(sim.Options{Engine: cfg, Model: model}).Serve(sctx, l)
+			return nil
+		}
+		if err := startSim(sim.PolicyFCFS); err != nil {
 			return rows, err
 		}
-		engine := "http://" + l.Addr().String()
-		go sim.NewServer(sim.Options{Engine: cfg, Model: model}).Serve(sctx, l)
 
 		capacity := measureCapacity(ctx, o, client, engine, name)
 		if o.Fair {
@@ -148,10 +176,22 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 			label, conf string
 			batch       float64 // share sent as batch
 			classes     bool
+			policy      string // the engine's scheduling policy
 		}
 		var settings []setting
 		if o.Priority {
-			settings = []setting{{"classes", "concurrency = \"model\"", 0.5, true}, {"one class", "concurrency = \"model\"", 0.5, false}}
+			limit := "concurrency = \"model\""
+			if o.Inflight > 0 {
+				limit = fmt.Sprintf("concurrency = \"fixed\"\nmax_inflight = %d", o.Inflight)
+			}
+			settings = []setting{{"classes", limit, 0.5, true, sim.PolicyFCFS}}
+			if o.EnginePriority {
+				// The comparison is the engine's policy, with llmlab's
+				// classes either way.
+				settings = append(settings, setting{"classes + engine priority", limit, 0.5, true, sim.PolicyPriority})
+			} else {
+				settings = append(settings, setting{"one class", limit, 0.5, false, sim.PolicyFCFS})
+			}
 		} else {
 			for _, n := range o.Fixed {
 				settings = append(settings, setting{label: fmt.Sprintf("fixed %d", n), conf: fmt.Sprintf("concurrency = \"fixed\"\nmax_inflight = %d", n)})
@@ -159,6 +199,14 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 			settings = append(settings, setting{label: "model", conf: "concurrency = \"model\""})
 		}
 		for i, s := range settings {
+			if s.policy == "" {
+				s.policy = sim.PolicyFCFS
+			}
+			if s.policy != cfg.SchedulingPolicy {
+				if err := startSim(s.policy); err != nil {
+					return rows, err
+				}
+			}
 			conf := s.conf
 			if o.Priority && o.BatchShare > 0 {
 				conf += fmt.Sprintf("\nbatch_share = %g", o.BatchShare)
@@ -167,7 +215,7 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 				conf += fmt.Sprintf("\nmax_inflight = %d\nmin_inflight = %d\ntarget_latency = %q", o.MaxNumSeqs, o.MinInflight, o.TargetLatency.String())
 			}
 			fmt.Fprintf(o.Out, "  %s ...\n", s.label)
-			d, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", name, i)), o, engine, conf, "", false)
+			d, err := startLlmlabd(ctx, filepath.Join(dir, fmt.Sprintf("%s-%d", name, i)), o, engine, s.policy, conf, "", false)
 			if err != nil {
 				stopSim()
 				return rows, err
@@ -277,10 +325,11 @@ func finalLimit(gw string) int {
 	return st.Queue.Limit
 }
 
-// startLlmlabd starts llmlabd in front of engine, with queueConf in its
-// [queue] section and extra (whole sections) at the end of its
-// configuration, and a metrics listener if metrics is set.
-func startLlmlabd(ctx context.Context, dir string, o Options, engine string, queueConf, extra string, metrics bool) (*daemonproc.Proc, error) {
+// startLlmlabd starts llmlabd in front of engine, which schedules by
+// policy, with queueConf in its [queue] section and extra (whole sections)
+// at the end of its configuration, and a metrics listener if metrics is
+// set.
+func startLlmlabd(ctx context.Context, dir string, o Options, engine, policy, queueConf, extra string, metrics bool) (*daemonproc.Proc, error) {
 	metricsListen := ""
 	if metrics {
 		metricsListen = daemonproc.Any
@@ -292,6 +341,7 @@ state_dir = %q
 [engine]
 url = %q
 models = [%q]
+scheduling_policy = %q
 [queue]
 %s
 max_queued = 1024
@@ -307,8 +357,17 @@ enabled = false
 [log]
 format = "text"
 access_log = false
-%s`, listen, dir, engine, model, queueConf, o.SLO.Latency.String(), metricsListen, extra)
+%s`, listen, dir, engine, model, policy, queueConf, admissionSLO(o).String(), metricsListen, extra)
 	})
+}
+
+// admissionSLO is llmlabd's slo.latency: the SLO, or 0 (none) with
+// NoSLOAdmission.
+func admissionSLO(o Options) time.Duration {
+	if o.NoSLOAdmission {
+		return 0
+	}
+	return o.SLO.Latency
 }
 
 func verdict(r Row) string {
@@ -353,8 +412,16 @@ func printPriority(w io.Writer, o Options, rows []Row) {
 	if o.BatchShare > 0 {
 		share = fmt.Sprintf("%g", o.BatchShare)
 	}
-	fmt.Fprintf(w, "\nopen loop (Poisson) at %.1fx each engine's capacity, half of the requests in the batch class (X-Llmlab-Priority: batch); SLO p95 <= %s; the model's limit; queue.batch_share %s\n\n",
-		o.Load, o.SLO.Latency, share)
+	limit := "the model's limit"
+	if o.Inflight > 0 {
+		limit = fmt.Sprintf("queue.max_inflight fixed at %d (the engine runs at most %d, the rest waits in its own queue)", o.Inflight, o.MaxNumSeqs)
+	}
+	admission := ""
+	if o.NoSLOAdmission {
+		admission = " (llmlabd's slo.latency 0s: nothing judged against it at admission)"
+	}
+	fmt.Fprintf(w, "\nopen loop (Poisson) at %.1fx each engine's capacity, half of the requests in the batch class (X-Llmlab-Priority: batch); SLO p95 <= %s%s; %s; queue.batch_share %s; warm-up %s, measured %s\n\n",
+		o.Load, o.SLO.Latency, admission, limit, share, o.Warmup, o.Duration)
 	fmt.Fprintf(w, "| profile | classes | class | goodput req/s | ok/s | p95 | refused | failed | note |\n|---|---|---|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range rows {
 		s := r.Summary

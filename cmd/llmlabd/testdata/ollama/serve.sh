@@ -6,6 +6,8 @@
 # own model store, registers the model, loads it and keeps it loaded, then
 # waits for the server. llmlabd knows it is ready when GET /api/ps lists the
 # model (engine.ready_path = "/api/ps", engine.ready_match = "llmlab-tiny").
+# On stderr it says when each part of the start ended: the server
+# answering, the model registered, the weights loaded.
 #
 #   OLLAMA_NUM_PARALLEL  slots (default 4)
 #   LLMLAB_OLLAMA_DIR    build.sh's folder (default: run build.sh)
@@ -30,6 +32,8 @@ export OLLAMA_HOST=${OLLAMA_HOST:-127.0.0.1:11434}
 export OLLAMA_NUM_PARALLEL=${OLLAMA_NUM_PARALLEL:-4}
 export OLLAMA_KEEP_ALIVE=-1
 export OLLAMA_MAX_LOADED_MODELS=1
+T0=$(date +%s.%N)
+since() { echo "$(date +%s.%N) $T0" | awk '{printf "%.2f", $1 - $2}'; }
 STORE=$(mktemp -d "${TMPDIR:-/tmp}/llmlab-ollama.XXXXXX")
 export OLLAMA_MODELS="$STORE"
 PIN=""
@@ -50,6 +54,7 @@ until curl -fsS "http://$OLLAMA_HOST/api/version" >/dev/null 2>&1; do
 	fi
 	sleep 0.05
 done
+echo "serve.sh: ollama answering after $(since) s" >&2
 {
 	case $MODEL in
 	"") cat "$DIR/Modelfile" ;;
@@ -59,6 +64,8 @@ done
 	echo "PARAMETER num_thread $THREADS"
 } > "$STORE/Modelfile"
 "$DIR/bin/ollama" create "$NAME" -f "$STORE/Modelfile" >/dev/null 2>&1
+echo "serve.sh: model $NAME registered after $(since) s" >&2
 # An empty generate request loads the model; keep_alive -1 keeps it.
 curl -fsS "http://$OLLAMA_HOST/api/generate" -d "{\"model\":\"$NAME\",\"keep_alive\":-1}" >/dev/null
+echo "serve.sh: weights loaded after $(since) s" >&2
 wait $PID

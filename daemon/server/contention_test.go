@@ -1,0 +1,108 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+type fakeContention struct {
+	mu      sync.Mutex
+	factor  float64
+	told    []float64
+	changed chan struct{}
+}
+
+func (f *fakeContention) Contention() (float64, float64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.factor, 1 - 1/f.factor
+}
+
+func (f *fakeContention) SetContention(x float64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.told) == 0 || f.told[len(f.told)-1] != x {
+		f.told = append(f.told, x)
+		select {
+		case f.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (f *fakeContention) last() float64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.told[len(f.told)-1]
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// The engine model follows the GPU's contention reading by reading, the
+// log says when other work starts and stops slowing the engine, and at the
+// end the model is left expecting the engine alone.
+func TestContentionFromGPU(t *testing.T) {
+	f := &fakeContention{factor: 1, changed: make(chan struct{}, 8)}
+	var on atomic.Bool
+	on.Store(true)
+	var logs syncBuf
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		contentionFromGPU(ctx, slog.New(slog.NewTextHandler(&logs, nil)), f, f, on.Load, time.Millisecond)
+		close(done)
+	}()
+	wait := func(want float64) {
+		t.Helper()
+		deadline := time.After(5 * time.Second)
+		for f.last() != want {
+			select {
+			case <-f.changed:
+			case <-deadline:
+				t.Fatalf("the model was told %v, want %v", f.told, want)
+			}
+		}
+	}
+	<-f.changed
+	wait(1)
+	f.mu.Lock()
+	f.factor = 2
+	f.mu.Unlock()
+	wait(2)
+	if !strings.Contains(logs.String(), "other work on the GPU slows the engine") {
+		t.Fatalf("no log line when the engine was slowed:\n%s", logs.String())
+	}
+	f.mu.Lock()
+	f.factor = 1
+	f.mu.Unlock()
+	wait(1)
+	if !strings.Contains(logs.String(), "the engine has the GPU to itself again") {
+		t.Fatalf("no log line when the other work stopped:\n%s", logs.String())
+	}
+	f.mu.Lock()
+	f.factor = 3
+	f.mu.Unlock()
+	wait(3)
+	// gpu.contention turned off by a reload: the engine alone.
+	on.Store(false)
+	wait(1)
+	on.Store(true)
+	wait(3)
+	cancel()
+	<-done
+	if got := f.last(); got != 1 {
+		t.Fatalf("after the loop ended the model expects %v, want 1", got)
+	}
+}
