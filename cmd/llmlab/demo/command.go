@@ -21,8 +21,8 @@ func Command() command.Command {
 func demoFlags(fs *flag.FlagSet) command.Run {
 	o := Options{Out: os.Stdout, SLO: bench.SLO{MaxErrorRate: 0.001}}
 	fs.StringVar(&o.Llmlabd, "llmlabd", "", "llmlabd binary (default: the one next to llmlab)")
-	fs.StringVar(&o.Profile, "profile", "t4", "simulator profile")
-	fs.Float64Var(&o.Capacity, "capacity", 25, "the engine's sustainable rate in req/s (the unit of load)")
+	fs.StringVar(&o.Profile, "profile", "gtx1650", "simulator profile (the target card; its --capacity below)")
+	fs.Float64Var(&o.Capacity, "capacity", 5.25, "the engine's sustainable rate in req/s (the unit of load; gtx1650 at vLLM's default knobs: docs/benchmarks.md)")
 	loads := fs.String("loads", "0.5,1.5,3", "offered loads, as multiples of --capacity")
 	fs.DurationVar(&o.Warmup, "warmup", 3*time.Second, "warm-up per load, excluded")
 	fs.DurationVar(&o.Duration, "duration", 6*time.Second, "measurement per load")
