@@ -100,13 +100,20 @@ func (l *Limiter) Allow(now time.Time, clientID string) (ok bool, retryAfter tim
 // sweep forgets clients idle for a while, so the map stays bounded by the
 // number of recently active clients.
 func (l *Limiter) sweep(now time.Time) {
-	if now.Sub(l.lastSweep) < time.Minute {
+	forgetIdle(l.clients, func(c *client) time.Time { return c.lastSeen }, now, &l.lastSweep)
+}
+
+// forgetIdle deletes, at most once a minute (last is when it last ran),
+// the entries of m not seen for idleAfter: a bucket left alone that long is
+// full again, which a new one is too.
+func forgetIdle[V any](m map[string]V, seen func(V) time.Time, now time.Time, last *time.Time) {
+	if now.Sub(*last) < time.Minute {
 		return
 	}
-	l.lastSweep = now
-	for id, c := range l.clients {
-		if now.Sub(c.lastSeen) > idleAfter {
-			delete(l.clients, id)
+	*last = now
+	for id, v := range m {
+		if now.Sub(seen(v)) > idleAfter {
+			delete(m, id)
 		}
 	}
 }

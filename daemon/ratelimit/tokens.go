@@ -84,18 +84,9 @@ func (l *Tokens) Return(now time.Time, client string, perMinute, n int) {
 	b.level = min(float64(perMinute), b.level+float64(n))
 }
 
-// sweep forgets buckets unused for idleAfter: a bucket left alone that
-// long is full again, which a new one is too.
+// sweep forgets buckets unused for idleAfter (forgetIdle).
 func (l *Tokens) sweep(now time.Time) {
-	if now.Sub(l.lastSweep) < time.Minute {
-		return
-	}
-	l.lastSweep = now
-	for id, b := range l.buckets {
-		if now.Sub(b.lastSeen) > idleAfter {
-			delete(l.buckets, id)
-		}
-	}
+	forgetIdle(l.buckets, func(b *tokenBucket) time.Time { return b.lastSeen }, now, &l.lastSweep)
 }
 
 // Len returns how many token buckets are held.
