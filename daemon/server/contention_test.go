@@ -75,22 +75,29 @@ func TestContentionFromGPU(t *testing.T) {
 			}
 		}
 	}
+	// The loop tells the model, then logs: wait for the line.
+	waitLog := func(line string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(logs.String(), line) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no log line %q:\n%s", line, logs.String())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	<-f.changed
 	wait(1)
 	f.mu.Lock()
 	f.factor = 2
 	f.mu.Unlock()
 	wait(2)
-	if !strings.Contains(logs.String(), "other work on the GPU slows the engine") {
-		t.Fatalf("no log line when the engine was slowed:\n%s", logs.String())
-	}
+	waitLog("other work on the GPU slows the engine")
 	f.mu.Lock()
 	f.factor = 1
 	f.mu.Unlock()
 	wait(1)
-	if !strings.Contains(logs.String(), "the engine has the GPU to itself again") {
-		t.Fatalf("no log line when the other work stopped:\n%s", logs.String())
-	}
+	waitLog("the engine has the GPU to itself again")
 	f.mu.Lock()
 	f.factor = 3
 	f.mu.Unlock()
