@@ -274,3 +274,24 @@ func (k *Keys) Authenticate(r *http.Request) (string, error) {
 	}
 	return name, nil
 }
+
+// FirstKey returns the name and the key of a keys file's first key, for a
+// client on the same box (llmlab smoke run by root) that was given none.
+// The file is loaded as llmlabd loads it first, so a file llmlabd would
+// refuse gives its error here too.
+func FirstKey(path string) (name, key string, err error) {
+	if _, err := Load(path); err != nil {
+		return "", "", err
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", "", fmt.Errorf("reading keys file: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if f := strings.Fields(line); len(f) >= 2 && !strings.HasPrefix(line, "#") {
+			return f[0], f[1], nil
+		}
+	}
+	return "", "", fmt.Errorf("keys file %s: no keys", path)
+}
