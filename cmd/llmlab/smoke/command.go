@@ -12,6 +12,7 @@ import (
 
 	"github.com/llmlab/llmlab/cmd/llmlab/internal/command"
 	"github.com/llmlab/llmlab/cmd/llmlab/status"
+	"github.com/llmlab/llmlab/daemon/auth"
 	"github.com/llmlab/llmlab/daemon/config"
 )
 
@@ -26,7 +27,7 @@ func smokeFlags(fs *flag.FlagSet) command.Run {
 	path := fs.String("config", config.DefaultPath, "llmlabd's configuration (its model, metrics listener and engine unit)")
 	api := fs.String("api", "", "llmlabd's API base URL (default: llmlab.socket's address, else gateway.listen)")
 	model := fs.String("model", "", "the model to ask for (default: the first of engine.models)")
-	key := fs.String("key", os.Getenv("LLMLAB_API_KEY"), "an API key (default $LLMLAB_API_KEY)")
+	key := fs.String("key", os.Getenv("LLMLAB_API_KEY"), "an API key (default $LLMLAB_API_KEY, else auth.keys_file's first key where this user may read the file)")
 	maxTokens := fs.Int("max-tokens", 16, "tokens to ask for")
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long, cold start included")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
@@ -46,6 +47,14 @@ func smokeFlags(fs *flag.FlagSet) command.Run {
 		}
 		if cfg.Metrics.Listen != "" {
 			o.Status = "http://" + cfg.Metrics.Listen + "/status"
+		}
+		// No key given: the keys file's first, where this user may read it
+		// (root, or the llmlab group).
+		var keyFrom string
+		if o.Key == "" && cfg.Auth.KeysFile != "" {
+			if name, k, err := auth.FirstKey(cfg.Auth.KeysFile); err == nil {
+				o.Key, keyFrom = k, fmt.Sprintf("the key of %q from %s", name, cfg.Auth.KeysFile)
+			}
 		}
 		var notListening string
 		if sd, err := status.ConnectSystemdIfBooted(ctx); err == nil && sd != nil {
@@ -75,6 +84,9 @@ func smokeFlags(fs *flag.FlagSet) command.Run {
 			enc.SetIndent("", "  ")
 			_ = enc.Encode(r)
 		} else {
+			if keyFrom != "" {
+				fmt.Printf("  with %s\n", keyFrom)
+			}
 			for _, s := range r.Steps {
 				if s.Skipped != "" {
 					fmt.Printf("  -   %-18s %s\n", s.Name, s.Skipped)

@@ -210,6 +210,9 @@ func refusedReason(ctx context.Context, resp *http.Response, o Options) (string,
 func diagnose(lines []string) string {
 	text := strings.Join(lines, "\n")
 	for _, p := range []struct{ needle, why string }{
+		{"vLLM's Python", "vLLM's Python cannot be run by the llmlab user (uv put it under a home directory): make the environment again with UV_PYTHON_INSTALL_DIR=/opt/uv/python (install.md, step 4)"},
+		{"bad interpreter", "vLLM's Python cannot be run by the llmlab user (uv put it under a home directory?): make the environment again with UV_PYTHON_INSTALL_DIR=/opt/uv/python (install.md, step 4)"},
+		{"vLLM is not installed", "vLLM is not installed where the engine unit looks: install it (install.md, step 4) or set LLMLAB_VLLM in /etc/llmlab/engine.env"},
 		{"LocalEntryNotFoundError", "the model is not in the local cache and the engine may not download it: fetch it first (hf download MODEL, as the llmlab user's HF_HOME)"},
 		{"We couldn't connect to 'https://huggingface.co'", "the model is not in the local cache and the engine may not download it: fetch it first (hf download MODEL, as the llmlab user's HF_HOME)"},
 		{"is not a local folder and is not a valid model identifier", "the model named in engine.env is neither a local folder nor a known model id"},

@@ -30,6 +30,12 @@ func TestEngineFailureReasons(t *testing.T) {
 		{"vLLM's own memory check", "the engine stopped unexpectedly; retrying",
 			fakeJournal{"ValueError: Free memory on device (0.31/3.81 GiB) on startup is less than desired GPU memory utilization (0.9, 3.43 GiB)."},
 			"another process holds it"},
+		{"python under root's home", "the engine stopped unexpectedly; retrying",
+			fakeJournal{"llmlab-engine: vLLM's Python /opt/vllm/bin/python3 (the first line of /opt/vllm/bin/vllm) cannot be run by user llmlab: it leads to /root/.local/share/uv/python/cpython-3.12.11-linux-x86_64-gnu/bin/python3.12, which a home directory hides."},
+			"UV_PYTHON_INSTALL_DIR=/opt/uv/python"},
+		{"vLLM missing", "the engine stopped unexpectedly; retrying",
+			fakeJournal{"llmlab-engine: vLLM is not installed (no '/opt/vllm/bin/vllm'; LLMLAB_VLLM in /etc/llmlab/engine.env names it)."},
+			"vLLM is not installed where the engine unit looks"},
 		{"unrecognised", "the engine stopped unexpectedly; retrying",
 			fakeJournal{"something odd"}, "the engine unit llmlab-vllm.service is failing"},
 	} {
