@@ -17,7 +17,7 @@ export PATH=/usr/local/cuda/bin:$PATH LD_LIBRARY_PATH=$CB:/usr/local/cuda/lib64:
 echo "cuBLAS from $CB"
 PHASES=${PHASES:-refuse bench contention}
 # FAST=1: shorter phases, for a call that built the backend first.
-if [ "${FAST:-0}" = 1 ]; then CAPT=70 CAPD=6s ADMT=110 ADMD=8s ADMW=2s; else CAPT=120 CAPD=10s ADMT=240 ADMD=15s ADMW=4s; fi
+if [ "${FAST:-0}" = 1 ]; then CAPT=100 CAPD=6s ADMT=110 ADMD=8s ADMW=2s; else CAPT=120 CAPD=10s ADMT=240 ADMD=15s ADMW=4s; fi
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader
 E=/tmp/eng
 rm -rf $E; mkdir -p $E/bin $E/lib/ollama/cuda_v13 /tmp/llmlab-state
@@ -90,7 +90,7 @@ metric 'llmlab_gpu_process_memory_bytes|llmlab_gpu_memory_used|llmlab_gpu_conten
 for i in 1 2 3; do ask; done
 if [[ $PHASES == *bench* ]]; then
 	echo "== $(el) capacity, direct"
-	timeout $CAPT $E/bin/llmlab bench --target http://127.0.0.1:11434 --model $NAME --find-max --rate 20 --precision 0.1 --duration $CAPD --warmup 2s --progress off --results "" > $OUT/cap.txt 2>&1
+	timeout $CAPT $E/bin/llmlab bench --target http://127.0.0.1:11434 --model $NAME --find-max --rate 2 --max-rate 64 --precision 0.1 --duration $CAPD --warmup 2s --progress off --results "" > $OUT/cap.txt 2>&1
 	tail -5 $OUT/cap.txt
 	C=$(sed -n 's/^sustainable rate within the SLO.*: \([0-9.]*\) req\/s$/\1/p' $OUT/cap.txt)
 	echo "capacity C=$C"
