@@ -53,8 +53,9 @@ func cgroupMounts(t *testing.T) string {
 	return strings.Join(out, "\n")
 }
 
-// boot starts the container with dist bound read-only at /mnt/dist.
-func boot(t *testing.T, rootfs, dist string) *container {
+// boot starts the container with dist bound read-only at /mnt/dist;
+// extra are more systemd-nspawn options (--private-network).
+func boot(t *testing.T, rootfs, dist string, extra ...string) *container {
 	t.Helper()
 	before := cgroupMounts(t)
 	c := &container{t: t, log: &bytes.Buffer{}, cgname: fmt.Sprintf("llmlab-test-%d", os.Getpid())}
@@ -73,9 +74,9 @@ for h in /sys/fs/cgroup/*/; do
   echo $$ > "$h$CG/cgroup.procs"
 done
 [ -e /sys/fs/cgroup/cgroup.procs ] && { mkdir -p /sys/fs/cgroup/$CG && echo $$ > /sys/fs/cgroup/$CG/cgroup.procs; }
-exec systemd-nspawn -D "$ROOT" --boot --register=no --keep-unit --console=passive --volatile=overlay --machine=llmlabtest --bind-ro="$DIST:/mnt/dist"`
+exec systemd-nspawn -D "$ROOT" --boot --register=no --keep-unit --console=passive --volatile=overlay --machine=llmlabtest --bind-ro="$DIST:/mnt/dist" $EXTRA`
 	cmd := exec.Command("sh", "-c", script)
-	cmd.Env = append(os.Environ(), "CG="+c.cgname, "ROOT="+rootfs, "DIST="+dist)
+	cmd.Env = append(os.Environ(), "CG="+c.cgname, "ROOT="+rootfs, "DIST="+dist, "EXTRA="+strings.Join(extra, " "))
 	cmd.Stdout, cmd.Stderr = c.log, c.log
 	cmd.Stdin = nil
 	if err := cmd.Start(); err != nil {
@@ -229,6 +230,15 @@ func TestMain(m *testing.M) {
 // installs the current one with dpkg, as an operator would.
 func bootWithPackage(t *testing.T) (*container, string, string) {
 	t.Helper()
+	c, first, next := bootFresh(t)
+	c.must("dpkg", "-i", "/mnt/dist/"+first)
+	return c, first, next
+}
+
+// bootFresh boots a fresh container with the packages at /mnt/dist, not
+// installed; extra are more systemd-nspawn options.
+func bootFresh(t *testing.T, extra ...string) (*container, string, string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the real-systemd tests need root (make test-system)")
 	}
@@ -240,9 +250,8 @@ func bootWithPackage(t *testing.T) (*container, string, string) {
 		t.Fatalf("building the rootfs (needs debootstrap and the Debian mirror): %v\n%s", err, stderr.String())
 	}
 	dist, first, next := buildDebs(t)
-	c := boot(t, strings.TrimSpace(string(rootfs)), dist)
+	c := boot(t, strings.TrimSpace(string(rootfs)), dist, extra...)
 	c.before = c.snapshot()
-	c.must("dpkg", "-i", "/mnt/dist/"+first)
 	return c, first, next
 }
 

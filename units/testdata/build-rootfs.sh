@@ -3,7 +3,7 @@
 # systemd-nspawn, once per machine: the result is cached under
 # /var/cache/llmlab-test, keyed by the package list, and reused.
 set -eu
-PKGS="systemd,systemd-sysv,dbus,libpam-systemd,polkitd,procps,curl,ca-certificates,iproute2"
+PKGS="systemd,systemd-sysv,dbus,libpam-systemd,polkitd,procps,curl,ca-certificates,iproute2,sudo"
 KEY=$(printf '%s' "bookworm $PKGS" | sha256sum | cut -c1-12)
 CACHE=/var/cache/llmlab-test
 ROOT="$CACHE/rootfs-$KEY"
