@@ -157,11 +157,20 @@ type Model struct {
 	// lastKnee is the knee last found, at kneeAt (kneeLocked).
 	lastKnee int
 	kneeAt   time.Time
-	// slow is how much other work on the card slows the engine now
-	// (SetContention; 1: none). The fits learn the engine alone: what is
-	// observed is divided by it, and what is predicted multiplied.
-	slow float64
+	// slow is how much NVML says other work on the card slows the engine
+	// now (SetContention; 1: none). While it is above 1 the fits, which
+	// describe the engine alone, learn nothing, and seen learns from the
+	// answers how much slower than alone the engine really is (seenN
+	// answers so far): NVML tells that other work runs, the answers how
+	// much it costs.
+	slow  float64
+	seen  float64
+	seenN int
 }
+
+// minSeen is the answers beside other work after which their measured
+// slowdown replaces NVML's estimate.
+const minSeen = 3
 
 // New returns a model seeded with s.
 func New(s Seed) *Model {
@@ -216,19 +225,38 @@ func (m *Model) aloneLocked(n, prompt, out float64) float64 {
 }
 
 func (m *Model) meanLocked(n, prompt, out float64) float64 {
-	return m.slow * m.aloneLocked(n, prompt, out)
+	return m.slowLocked() * m.aloneLocked(n, prompt, out)
+}
+
+// slowLocked is how much slower than alone the engine runs now: 1 without
+// other work on the card; beside it, NVML's estimate until minSeen answers
+// have measured it.
+func (m *Model) slowLocked() float64 {
+	switch {
+	case m.slow <= 1:
+		return 1
+	case m.seenN >= minSeen:
+		return max(m.seen, 1)
+	}
+	return m.slow
 }
 
 // SetContention tells the model how much the card's other work slows the
-// engine now: its steps take factor times as long as alone (1: nothing
-// else runs; daemon/gpu's Admission.Contention reads it from NVML). The
-// fits keep learning the engine alone, so when the other work stops the
-// predictions are the engine's own again at once, not after the fits have
-// faded what they learned beside it.
+// engine now, by NVML's reading: its steps take factor times as long as
+// alone (1: nothing else runs; daemon/gpu's Admission.Contention). NVML's
+// factor assumes fair time slices; a compute-bound neighbour took far more
+// on an H100 (docs/gpu.md: ten times, where the factor said two), so the
+// answers that end beside the other work measure the slowdown and replace
+// the estimate, and teach the fits nothing: when the other work stops, the
+// predictions are the engine alone's again at once, neither faded by what
+// it did beside it nor kept in the state file.
 func (m *Model) SetContention(factor float64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.slow = max(factor, 1)
+	if m.slow == 1 {
+		m.seen, m.seenN = 0, 0
+	}
 }
 
 // Observe learns from one finished request.
@@ -245,6 +273,27 @@ func (m *Model) Observe(o Observation) {
 	prompt := float64(o.PromptTokens)
 	if prompt == 0 {
 		prompt = m.promptTokensLocked(o.Shape)
+	}
+	if m.slow > 1 {
+		// Beside other work: how much slower than alone the engine runs,
+		// and nothing about the engine alone (its fits, its spread).
+		out := float64(o.OutputTokens)
+		if out == 0 {
+			out = float64(o.Chunks)
+		}
+		if out == 0 {
+			out = m.outTokensLocked(o.Shape)
+		}
+		if alone := m.aloneLocked(n, prompt, max(out, 1)); alone > 0 {
+			r := o.Total.Seconds() / alone
+			if m.seenN == 0 {
+				m.seen = r
+			} else {
+				m.seen += (r - m.seen) / 8
+			}
+			m.seenN++
+		}
+		return
 	}
 	// The spread compares the finished request with what admission would
 	// have predicted for it: its output length unknown, as at admission.
@@ -268,8 +317,8 @@ func (m *Model) Observe(o Observation) {
 	if out == 0 {
 		out = m.outTokensLocked(o.Shape)
 	}
-	total := o.Total.Seconds() / m.slow
-	ttft := o.TTFT.Seconds() / m.slow
+	total := o.Total.Seconds()
+	ttft := o.TTFT.Seconds()
 	if o.TTFT > 0 && o.TTFT <= o.Total {
 		m.ttft.add([]float64{1, n / nScale, prompt / pScale}, ttft)
 		at := float64(o.AtDispatch)
@@ -323,8 +372,8 @@ func (m *Model) FirstToken(atDispatch, running int, ttft time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.nHi = max(m.nHi, float64(running))
-	if atDispatch > 0 && ttft > 0 {
-		m.knees.add(float64(atDispatch), ttft.Seconds()/m.slow)
+	if atDispatch > 0 && ttft > 0 && m.slow <= 1 {
+		m.knees.add(float64(atDispatch), ttft.Seconds())
 	}
 }
 
@@ -337,7 +386,10 @@ func (m *Model) ObserveStep(tokens, seconds float64) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.decode.add([]float64{1, tokens / sScale}, seconds/m.slow)
+	if m.slow > 1 {
+		return // beside other work: not the engine alone's step
+	}
+	m.decode.add([]float64{1, tokens / sScale}, seconds)
 	m.solveLocked()
 }
 
@@ -391,7 +443,7 @@ func (m *Model) Remaining(n float64, s Shape, elapsed time.Duration, tokens int)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n = max(n, 1)
-	tpot := m.slow * m.tpotLocked(n)
+	tpot := m.slowLocked() * m.tpotLocked(n)
 	out := m.outTokensLocked(s)
 	var left float64
 	if tokens > 0 {
@@ -469,7 +521,7 @@ func (m *Model) Status() Status {
 		TPOTSeconds: m.dec[0], TPOTPerToken: m.dec[1] / sScale,
 		TTFTSeconds: m.pre[0], TTFTPerSequence: m.pre[1] / nScale, PrefillPerToken: m.pre[2] / pScale,
 		Spread: m.spreadLocked(0.95), OutputShare: m.outShare, TokensPerByte: m.tokensPerByte,
-		ConcurrencyRange: [2]float64{m.nLo, m.nHi}, Contention: m.slow,
+		ConcurrencyRange: [2]float64{m.nLo, m.nHi}, Contention: m.slowLocked(),
 	}
 	if k, ok := m.kneeLocked(); ok {
 		st.Knee = k

@@ -1,6 +1,7 @@
 package enginemodel
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -418,5 +419,56 @@ func TestContentionScalesPredictionsNotTheFit(t *testing.T) {
 	}
 	if st := m.Status(); st.Contention != 1 {
 		t.Fatalf("Status().Contention = %v, want 1", st.Contention)
+	}
+}
+
+// NVML's factor assumes fair time slices; a compute-bound neighbour took
+// far more on an H100 (docs/gpu.md). The answers that end beside it
+// measure the real slowdown, which replaces the estimate; the fits, which
+// describe the engine alone, learn nothing meanwhile, so when the other
+// work stops (or a restart restores the state file) the predictions are
+// the engine alone's.
+func TestContentionMeasuredFromTheAnswers(t *testing.T) {
+	e := batching(2*time.Millisecond, 100*time.Microsecond, 50*time.Microsecond)
+	m := New(DefaultSeed)
+	r := rand.New(rand.NewPCG(5, 6))
+	feed(m, e, r, 400, 1, 40, 0.02)
+	shape := Shape{PromptBytes: 1000, MaxTokens: 200}
+	alone := m.Predict(10, shape, 0.95).Mean
+	fits := func() string {
+		st := m.State()
+		return fmt.Sprint(st.Decode, st.TTFT, st.Bins, st.Ratios)
+	}
+	before := fits()
+
+	m.SetContention(2)
+	if got := m.Predict(10, shape, 0.95).Mean; !within(got, 2*alone, 0.01) {
+		t.Fatalf("Predict before any answer beside the other work = %v, want NVML's twice %v", got, alone)
+	}
+	tenfold := func(n float64, prompt, out int) (time.Duration, time.Duration) {
+		ttft, total := e(n, prompt, out)
+		return 10 * ttft, 10 * total
+	}
+	feed(m, tenfold, r, 60, 1, 40, 0.02)
+	for tokens := 1.0; tokens < 60; tokens += 10 {
+		m.ObserveStep(tokens, 10*(0.002+tokens*0.0001))
+	}
+	if got := m.Predict(10, shape, 0.95).Mean; !within(got, 10*alone, 0.15) {
+		t.Fatalf("Predict after answers ten times slower = %v, want %v within 15%%", got, 10*alone)
+	}
+	if st := m.Status(); st.Contention < 8.5 || st.Contention > 11.5 {
+		t.Fatalf("Status().Contention = %.2f, want about 10 (measured)", st.Contention)
+	}
+	if during := fits(); during != before {
+		t.Fatalf("the engine alone's fits and spread changed beside the other work:\nbefore %s\nduring %s", before, during)
+	}
+	m.SetContention(1)
+	if got := m.Predict(10, shape, 0.95).Mean; !within(got, alone, 0.02) {
+		t.Fatalf("Predict once the other work stopped = %v, want the engine alone's %v", got, alone)
+	}
+	// The next contention starts from NVML's estimate again.
+	m.SetContention(3)
+	if got := m.Predict(10, shape, 0.95).Mean; !within(got, 3*alone, 0.02) {
+		t.Fatalf("Predict at the next contention = %v, want NVML's 3 x %v", got, alone)
 	}
 }
