@@ -36,7 +36,7 @@ test: lint
 
 ## test-system: boot a Debian rootfs with systemd-nspawn and test the units, socket activation and scale to zero in it (root; needs systemd-container and debootstrap)
 test-system:
-	$(GO) test -tags systemtest -count=1 -timeout 20m -v ./units/
+	$(GO) test -tags systemtest -count=1 -timeout 30m -v ./units/
 
 ## test-fleet: two llmlab hosts in network namespaces behind Debian's HAProxy, each waking its own simulated engine (root; needs haproxy, iproute2, curl; about 2 minutes)
 test-fleet:
