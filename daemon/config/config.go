@@ -739,7 +739,7 @@ func fromRaw(path string, r raw) (*Config, error) {
 	g := r.GPU
 	ck.atLeast("gpu.device", g.Device, 0)
 	if g.MemoryFraction <= 0 || g.MemoryFraction > 1 {
-		ck.fail("gpu.memory_fraction", g.MemoryFraction, "want a share of the card above 0 and at most 1 (vLLM's default is 0.9)")
+		ck.fail("gpu.memory_fraction", g.MemoryFraction, "want a share of the card above 0 and at most 1 (llmlab's default is 0.9; vLLM's own, 0.92)")
 	}
 	c.GPU = GPU{Enabled: g.Enabled, Device: g.Device, MemoryFraction: g.MemoryFraction, Contention: g.Contention,
 		PollInterval:   ck.duration("gpu.poll_interval", g.PollInterval, 10*time.Millisecond),

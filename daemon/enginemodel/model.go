@@ -100,10 +100,15 @@ type Seed struct {
 }
 
 // DefaultSeed is the target card's engine: Qwen2.5-0.5B on a GeForce GTX
-// 1650, from the simulator's gtx1650-derived profile (11.3 ms a step and
-// 0.42 ms a token: cmd/llmlab/sim/profile.go, docs/calibration.md). A
-// faster engine is learned within a few requests; a slower prior would
-// refuse more while it learns, a faster one admit more.
+// 1650, as the simulator's gtx1650-derived profile stood before 2026-12-07
+// (derived from the unfused H200 measurement: 11.89 ms a step, rounded
+// here to 11.3, and 0.42 ms a token). Today's profile, derived from the
+// H100 measurement in vLLM's structure, is faster (9.72 ms and 0.20 ms:
+// docs/calibration.md); the seed stays until a step-from-idle benchmark on
+// both the simulator and a real engine says which prior refuses less
+// without admitting late answers. A faster engine is learned within a few
+// requests; a slower prior refuses more while it learns, a faster one
+// admits more.
 var DefaultSeed = Seed{StepFixed: 11300 * time.Microsecond, PerToken: 422 * time.Microsecond,
 	PerPromptToken: 422 * time.Microsecond, TokensPerByte: 0.2}
 
