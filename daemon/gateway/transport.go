@@ -148,8 +148,8 @@ func (t *engineTransport) CloseIdleConnections() {
 // a reused one fails before any answer (the engine closed it while idle);
 // once more, through awaitEngine, when a fresh connection fails the same
 // way (the engine died or reset it: a crash, or a restart under way); and
-// for as long as awaitEngine allows when the engine refuses connections
-// (it is restarting).
+// for as long as awaitEngine allows when the engine refuses connections,
+// or resets one while it is being made (it is dying or restarting).
 func (t *engineTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	var firstRefused time.Time
@@ -166,7 +166,10 @@ func (t *engineTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
 		ec, reused, err := t.get(ctx, hostPort(req))
 		if err != nil {
-			if errors.Is(err, syscall.ECONNREFUSED) && await() {
+			// A connection refused, or reset while it was being made (the
+			// engine died with it in its accept queue: CI caught a request
+			// dispatched in that instant answered 502), sent nothing.
+			if (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)) && await() {
 				continue
 			}
 			return nil, err

@@ -3,12 +3,14 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -153,5 +155,45 @@ func TestTransportClosesExpiredIdleConnections(t *testing.T) {
 	defer tr.mu.Unlock()
 	if len(tr.idle) != 0 || tr.sweep != nil {
 		t.Fatalf("pool %d, sweep %v after the sweep", len(tr.idle), tr.sweep != nil)
+	}
+}
+
+// A connection reset while it is being made (the engine killed with it in
+// its accept queue) sent nothing of the request: the transport asks
+// awaitEngine and dials again, as for a refused one, instead of failing
+// the request (TestEngineCrashMidStream met it once in CI: 502).
+func TestTransportRedialsAfterAResetDial(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	tr := newEngineTransport()
+	var dials, waits atomic.Int32
+	tr.dialer.Control = func(network, address string, c syscall.RawConn) error {
+		if dials.Add(1) == 1 {
+			return syscall.ECONNRESET
+		}
+		return nil
+	}
+	tr.awaitEngine = func(ctx context.Context, firstRefused time.Time) bool {
+		waits.Add(1)
+		return true
+	}
+	resp, err := roundTrip(t, tr, context.Background(), srv.URL, "x")
+	if err != nil {
+		t.Fatalf("a request whose first dial was reset: %v, want it dialled again and answered", err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(got) != "ok" || dials.Load() != 2 || waits.Load() != 1 {
+		t.Fatalf("got %q after %d dials and %d waits, want ok after 2 and 1", got, dials.Load(), waits.Load())
+	}
+
+	// Without awaitEngine (an engine llmlab does not manage) it fails.
+	dials.Store(0)
+	tr.awaitEngine = nil
+	tr.idle = nil
+	if _, err := roundTrip(t, tr, context.Background(), srv.URL, "x"); err == nil || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a reset dial with nobody to wait for the engine: %v, want the reset", err)
 	}
 }
