@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/llmlab/llmlab/internal/lockedbuf"
 	"net"
 	"net/http"
 	"os"
@@ -166,7 +167,7 @@ scrape_configs:
 func daemonize(t *testing.T, bin string, args ...string) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
-	logs := &syncBuffer{}
+	logs := &lockedbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -6,9 +6,9 @@ package main_test
 // in the files named for what they check.
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/llmlab/llmlab/internal/lockedbuf"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -19,7 +19,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -55,25 +54,8 @@ type daemon struct {
 	cmd     *exec.Cmd
 	api     string // base URL
 	metrics string
-	logs    *syncBuffer
+	logs    *lockedbuf.Buffer
 	exited  chan error
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 var servingRE = regexp.MustCompile(`msg=serving api=(\S+) .*metrics=(\S+)`)
@@ -115,7 +97,7 @@ func start(t *testing.T, env []string, wrapper []string, args ...string) *daemon
 	cmd.Env = append(os.Environ(), env...)
 	// A child that keeps the output pipe open must not hang the test.
 	cmd.WaitDelay = 5 * time.Second
-	d := &daemon{cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	d := &daemon{cmd: cmd, logs: &lockedbuf.Buffer{}, exited: make(chan error, 1)}
 	cmd.Stderr = d.logs
 	cmd.Stdout = d.logs
 	if err := cmd.Start(); err != nil {
@@ -227,13 +209,13 @@ func freeAddr(t *testing.T) string {
 type activated struct {
 	addr   string
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *lockedbuf.Buffer
 	exited chan error
 }
 
 func socketActivate(t *testing.T, cfgPath string, env ...string) *activated {
 	t.Helper()
-	a := &activated{addr: freeAddr(t), logs: &syncBuffer{}, exited: make(chan error, 1)}
+	a := &activated{addr: freeAddr(t), logs: &lockedbuf.Buffer{}, exited: make(chan error, 1)}
 	args := []string{"-l", a.addr, "--fdname=http"}
 	for _, e := range env {
 		name, _, _ := strings.Cut(e, "=")

@@ -13,6 +13,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"github.com/llmlab/llmlab/internal/lockedbuf"
 	"io"
 	"math/big"
 	"net"
@@ -145,7 +146,7 @@ http {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(nginx, "-c", confPath, "-p", dir, "-g", "daemon off;")
-	out := &syncBuffer{}
+	out := &lockedbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {

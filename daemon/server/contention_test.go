@@ -1,8 +1,8 @@
 package server
 
 import (
-	"bytes"
 	"context"
+	"github.com/llmlab/llmlab/internal/lockedbuf"
 	"log/slog"
 	"strings"
 	"sync"
@@ -42,14 +42,6 @@ func (f *fakeContention) last() float64 {
 	return f.told[len(f.told)-1]
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // The engine model follows the GPU's contention reading by reading, the
 // log says when other work starts and stops slowing the engine, and at the
 // end the model is left expecting the engine alone.
@@ -57,7 +49,7 @@ func TestContentionFromGPU(t *testing.T) {
 	f := &fakeContention{factor: 1, changed: make(chan struct{}, 8)}
 	var on atomic.Bool
 	on.Store(true)
-	var logs syncBuf
+	var logs lockedbuf.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

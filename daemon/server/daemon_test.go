@@ -1,48 +1,15 @@
 package server
 
 import (
-	"bytes"
 	"fmt"
+	"github.com/llmlab/llmlab/internal/lockedbuf"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 )
-
-// logBuffer collects a daemon's log lines; the gateway logs from its
-// handlers' goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines are the log lines that contain msg.
-func (b *logBuffer) lines(msg string) []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []string
-	for _, l := range strings.Split(b.buf.String(), "\n") {
-		if strings.Contains(l, msg) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // testConfig is a configuration file for a daemon built in a test: its
 // own API port, no metrics listener or textfile, no GPU, text logs, and
@@ -83,11 +50,11 @@ func writeConfig(t *testing.T, path, text string) {
 // newTestDaemon builds, with newDaemon, the daemon that the configuration
 // text describes, written to a file of its own; nothing runs until the
 // test says so. It returns the daemon, its logs and its file.
-func newTestDaemon(t *testing.T, text string) (*daemon, *logBuffer, string) {
+func newTestDaemon(t *testing.T, text string) (*daemon, *lockedbuf.Buffer, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "llmlab.toml")
 	writeConfig(t, path, text)
-	logs := &logBuffer{}
+	logs := &lockedbuf.Buffer{}
 	d, err := newDaemon(Options{ConfigPath: path, Explicit: true, Stderr: logs})
 	if err != nil {
 		t.Fatalf("newDaemon: %v", err)

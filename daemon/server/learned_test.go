@@ -39,7 +39,7 @@ func TestLearnedStateIsSaved(t *testing.T) {
 	if s, _ := statefile.Load(dir); !s.Saved.Equal(saved) {
 		t.Errorf("the state file was written again with nothing new learned (saved %s, then %s)", saved, s.Saved)
 	}
-	if w := logs.lines("cannot write"); len(w) > 0 {
+	if w := logs.Lines("cannot write"); len(w) > 0 {
 		t.Errorf("warnings: %q", w)
 	}
 
@@ -48,7 +48,7 @@ func TestLearnedStateIsSaved(t *testing.T) {
 	if got := d2.gw.Model().State().Observed; got != 1 {
 		t.Errorf("a new daemon's engine model has %d observed requests, want the saved 1", got)
 	}
-	if len(logs2.lines("restored learned state")) != 1 {
+	if len(logs2.Lines("restored learned state")) != 1 {
 		t.Errorf("the restore is not logged:\n%s", logs2)
 	}
 }
@@ -67,13 +67,13 @@ func TestLearnedStateWriteFailureIsLogged(t *testing.T) {
 	d, logs, _ := newTestDaemon(t, testConfig(`gateway.state_dir = "`+dir+`"`))
 	observe(d)
 	d.learned.save()
-	warned := logs.lines("cannot write the state file; llmlabd keeps serving and retries")
+	warned := logs.Lines("cannot write the state file; llmlabd keeps serving and retries")
 	if len(warned) != 1 || !strings.Contains(warned[0], filepath.Join(dir, statefile.Name)) || !strings.Contains(warned[0], "state_dir="+dir) {
 		t.Fatalf("warnings %q, want one naming %s", warned, filepath.Join(dir, statefile.Name))
 	}
 	observe(d)
 	d.learned.save()
-	if n := len(logs.lines("cannot write the state file")); n != 1 {
+	if n := len(logs.Lines("cannot write the state file")); n != 1 {
 		t.Errorf("a failing state file was logged %d times, want once", n)
 	}
 
@@ -87,7 +87,7 @@ func TestLearnedStateWriteFailureIsLogged(t *testing.T) {
 	if s, err := statefile.Load(dir); err != nil || s.EngineModel == nil || s.EngineModel.Observed != 2 {
 		t.Fatalf("the state file, once writable: %+v, %v; want the 2 observed requests", s, err)
 	}
-	if len(logs.lines("the state file is written again")) != 1 {
+	if len(logs.Lines("the state file is written again")) != 1 {
 		t.Errorf("the recovery is not logged:\n%s", logs)
 	}
 }
@@ -132,7 +132,7 @@ func TestTextfileAtExitKeepsTheCounters(t *testing.T) {
 	if total != 1 {
 		t.Errorf("the state file keeps %g requests (%v), want the 1 answered", total, s.Counters)
 	}
-	if w := logs.lines("cannot write"); len(w) > 0 {
+	if w := logs.Lines("cannot write"); len(w) > 0 {
 		t.Errorf("warnings: %q", w)
 	}
 

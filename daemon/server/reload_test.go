@@ -78,7 +78,7 @@ func TestReload(t *testing.T) {
 					t.Errorf("the log lacks %s:\n%s", want, logs)
 				}
 			}
-			if got := len(logs.lines("needs a restart")) > 0; got != tc.restart {
+			if got := len(logs.Lines("needs a restart")) > 0; got != tc.restart {
 				t.Errorf("a restart logged as needed: %v, want %v:\n%s", got, tc.restart, logs)
 			}
 
@@ -153,10 +153,10 @@ func TestReloadSupervisor(t *testing.T) {
 	// Idle for 1 s, then stopped: SIGTERM is ignored, SIGKILL follows
 	// the new 100 ms grace, not the old 20 s.
 	waitFor(supervisor.Stopped, 3*time.Second)
-	if len(logs.lines("ignored SIGTERM for 100ms")) != 1 {
+	if len(logs.Lines("ignored SIGTERM for 100ms")) != 1 {
 		t.Errorf("the stop does not say the engine was killed after the new 100ms grace:\n%s", logs)
 	}
-	if len(logs.lines("needs a restart")) != 0 || len(logs.lines("draining the engine")) != 0 {
+	if len(logs.Lines("needs a restart")) != 0 || len(logs.Lines("draining the engine")) != 0 {
 		t.Errorf("the supervisor's settings asked for a restart:\n%s", logs)
 	}
 }
@@ -204,11 +204,11 @@ func TestReloadSleepMode(t *testing.T) {
 		writeConfig(t, path, conf(step.sleep, step.deep))
 		d.reload()
 		deadline := time.Now().Add(3 * time.Second)
-		for len(logs.lines("restarting the engine with its new settings")) < step.restarts && time.Now().Before(deadline) {
+		for len(logs.Lines("restarting the engine with its new settings")) < step.restarts && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		ready()
-		if n := len(logs.lines("restarting the engine with its new settings")); n != step.restarts {
+		if n := len(logs.Lines("restarting the engine with its new settings")); n != step.restarts {
 			t.Fatalf("step %d (sleep_after %s, deep_sleep_after %s): %d restarts, want %d\n%s", i, step.sleep, step.deep, n, step.restarts, logs)
 		}
 		data, err := os.ReadFile(env)
@@ -306,7 +306,7 @@ func TestReloadPublicWithoutKeys(t *testing.T) {
 	if got := d.st.cfgNow(); got.Auth.KeysFile != keys || got.Queue.MaxQueued == 7 {
 		t.Errorf("a reload that drops the keys of a public API was applied: auth.keys_file %q, queue.max_queued %d", got.Auth.KeysFile, got.Queue.MaxQueued)
 	}
-	if refused := logs.lines("reload refused"); len(refused) != 1 || !strings.Contains(refused[0], "beyond loopback, without API keys") {
+	if refused := logs.Lines("reload refused"); len(refused) != 1 || !strings.Contains(refused[0], "beyond loopback, without API keys") {
 		t.Errorf("the refusal does not say why:\n%s", logs)
 	}
 
@@ -315,7 +315,7 @@ func TestReloadPublicWithoutKeys(t *testing.T) {
 	if got := d.st.cfgNow(); got.Auth.KeysFile != "" || got.Queue.MaxQueued != 7 {
 		t.Errorf("with allow_public_without_keys the reload was not applied: auth.keys_file %q, queue.max_queued %d", got.Auth.KeysFile, got.Queue.MaxQueued)
 	}
-	if len(logs.lines("api listens beyond loopback without api keys")) != 1 {
+	if len(logs.Lines("api listens beyond loopback without api keys")) != 1 {
 		t.Errorf("the accepted risk is not logged:\n%s", logs)
 	}
 
@@ -324,7 +324,7 @@ func TestReloadPublicWithoutKeys(t *testing.T) {
 	if got := d.st.cfgNow(); !got.Gateway.AllowPublicWithoutKeys {
 		t.Errorf("withdrawing allow_public_without_keys from a public API without keys was applied")
 	}
-	if n := len(logs.lines("reload refused")); n != 2 {
+	if n := len(logs.Lines("reload refused")); n != 2 {
 		t.Errorf("withdrawing allow_public_without_keys: %d refusals logged, want 2:\n%s", n, logs)
 	}
 }

@@ -1,10 +1,10 @@
 package supervisor
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/llmlab/llmlab/internal/lockedbuf"
 	"log/slog"
 	"slices"
 	"strings"
@@ -69,7 +69,7 @@ func (f *fakeSleep) state() (int, []string) {
 // ladder runs a supervisor with the ladder 10s (level 1), 1m (level 2),
 // 10m (stop) unless mod changes it, woken once and ready; it returns the
 // supervisor, its gate, the engine, vLLM's side and the log.
-func ladder(t *testing.T, mod func(*Config)) (*Supervisor, *gate, *fakeEngine, *fakeSleep, *bytes.Buffer) {
+func ladder(t *testing.T, mod func(*Config)) (*Supervisor, *gate, *fakeEngine, *fakeSleep, *lockedbuf.Buffer) {
 	eng := &fakeEngine{startDelay: 5 * time.Second}
 	vllm := &fakeSleep{wake: [3]time.Duration{0, 200 * time.Millisecond, 1200 * time.Millisecond}}
 	cfg := Config{Probe: eng.healthy, ProbeInterval: 50 * time.Millisecond, StartTimeout: time.Minute, ExpectedStart: 10 * time.Second,
@@ -78,7 +78,7 @@ func ladder(t *testing.T, mod func(*Config)) (*Supervisor, *gate, *fakeEngine, *
 		mod(&cfg)
 	}
 	g := &gate{}
-	var logs syncLog
+	var logs lockedbuf.Buffer
 	s := New(cfg, eng, g, nil, slog.New(slog.NewTextHandler(&logs, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() { cancel(); synctest.Wait() })
@@ -87,19 +87,7 @@ func ladder(t *testing.T, mod func(*Config)) (*Supervisor, *gate, *fakeEngine, *
 	for s.State() != Ready {
 		time.Sleep(10 * time.Millisecond)
 	}
-	return s, g, eng, vllm, &logs.buf
-}
-
-// syncLog is a log buffer the supervisor writes from its goroutine.
-type syncLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
+	return s, g, eng, vllm, &logs
 }
 
 // The rungs in order: ready until sleep_after, then level 1, then at
