@@ -77,6 +77,15 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 // "other") is refused: the keys are secrets, and the file belongs to root
 // with group llmlab, mode 0640.
 func Load(path string) (*Keys, error) {
+	data, err := read(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// read returns a keys file's content, refusing one that others may read.
+func read(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading keys file: %w", err)
@@ -93,7 +102,7 @@ func Load(path string) (*Keys, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading keys file: %w", err)
 	}
-	return Parse(path, data)
+	return data, nil
 }
 
 // Parse reads keys file content; path is used in messages.
@@ -277,15 +286,15 @@ func (k *Keys) Authenticate(r *http.Request) (string, error) {
 
 // FirstKey returns the name and the key of a keys file's first key, for a
 // client on the same box (llmlab smoke run by root) that was given none.
-// The file is loaded as llmlabd loads it first, so a file llmlabd would
-// refuse gives its error here too.
+// The file is read and parsed as llmlabd loads it, so a file llmlabd
+// would refuse gives its error here too.
 func FirstKey(path string) (name, key string, err error) {
-	if _, err := Load(path); err != nil {
+	data, err := read(path)
+	if err != nil {
 		return "", "", err
 	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", "", fmt.Errorf("reading keys file: %w", err)
+	if _, err := Parse(path, data); err != nil {
+		return "", "", err
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		line = strings.TrimSpace(line)

@@ -264,6 +264,18 @@ func (m *Model) SetContention(factor float64) {
 	}
 }
 
+// answerTokensLocked is how many tokens a finished request's answer had:
+// its usage, else its streamed chunks, else what its shape predicts.
+func (m *Model) answerTokensLocked(o Observation) float64 {
+	switch {
+	case o.OutputTokens > 0:
+		return float64(o.OutputTokens)
+	case o.Chunks > 0:
+		return float64(o.Chunks)
+	}
+	return m.outTokensLocked(o.Shape)
+}
+
 // Observe learns from one finished request.
 func (m *Model) Observe(o Observation) {
 	if o.Total <= 0 || o.Concurrency <= 0 {
@@ -282,14 +294,7 @@ func (m *Model) Observe(o Observation) {
 	if m.slow > 1 {
 		// Beside other work: how much slower than alone the engine runs,
 		// and nothing about the engine alone (its fits, its spread).
-		out := float64(o.OutputTokens)
-		if out == 0 {
-			out = float64(o.Chunks)
-		}
-		if out == 0 {
-			out = m.outTokensLocked(o.Shape)
-		}
-		if alone := m.aloneLocked(n, prompt, max(out, 1)); alone > 0 {
+		if alone := m.aloneLocked(n, prompt, max(m.answerTokensLocked(o), 1)); alone > 0 {
 			r := o.Total.Seconds() / alone
 			if m.seenN == 0 {
 				m.seen = r
@@ -312,16 +317,10 @@ func (m *Model) Observe(o Observation) {
 			m.sortRatiosLocked()
 		}
 	}
-	out := float64(o.OutputTokens)
-	if out == 0 {
-		out = float64(o.Chunks)
-	}
 	if o.OutputTokens > 0 && o.MaxTokens > 0 {
 		m.outShare += (min(float64(o.OutputTokens)/float64(o.MaxTokens), 1) - m.outShare) / 20
 	}
-	if out == 0 {
-		out = m.outTokensLocked(o.Shape)
-	}
+	out := m.answerTokensLocked(o)
 	total := o.Total.Seconds()
 	ttft := o.TTFT.Seconds()
 	if o.TTFT > 0 && o.TTFT <= o.Total {
